@@ -1,0 +1,92 @@
+//! The JSON envelope every message on the bus carries.
+//!
+//! ```json
+//! {"id":"msg:334385199974967042","source":"gateway","type":"MESSAGE_CREATE","shard":0,
+//!  "seq":42,"guild_id":"290926798626357250","received_at":"2026-11-23T12:00:00.123Z",
+//!  "data":{ ...Discord's `d`, byte for byte... }}
+//! ```
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Where an event entered Relaycord.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Gateway,
+    Interaction,
+}
+
+/// An envelope, borrowing its payload. Serializing writes `data` verbatim; deserializing
+/// (consumers, sinks) borrows it without parsing it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope<'a> {
+    pub id: std::borrow::Cow<'a, str>,
+    pub source: Source,
+    #[serde(rename = "type")]
+    pub event_type: std::borrow::Cow<'a, str>,
+    pub shard: Option<u32>,
+    pub seq: Option<u64>,
+    pub guild_id: Option<std::borrow::Cow<'a, str>>,
+    /// RFC 3339 with milliseconds, UTC.
+    pub received_at: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+}
+
+impl<'a> Envelope<'a> {
+    pub fn to_bytes(&self) -> Bytes {
+        // Serializing a struct of strings, integers and a RawValue cannot fail.
+        Bytes::from(serde_json::to_vec(self).expect("envelope serializes"))
+    }
+
+    pub fn from_slice(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// `received_at` parsed back, for end-to-end latency.
+    pub fn received_at_time(&self) -> Option<SystemTime> {
+        humantime::parse_rfc3339(&self.received_at).ok()
+    }
+}
+
+/// The current time in the envelope's `received_at` format.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_bytes_survive_a_round_trip() {
+        let raw = r#"{"content":"caf\u00e9 \"q\" \\ 🔥","n":1.50,"big":12345678901234567890}"#;
+        let data = RawValue::from_string(raw.to_owned()).unwrap();
+        let env = Envelope {
+            id: "msg:1".into(),
+            source: Source::Gateway,
+            event_type: "MESSAGE_CREATE".into(),
+            shard: Some(3),
+            seq: Some(42),
+            guild_id: Some("81384788765712384".into()),
+            received_at: now_rfc3339().into(),
+            data: &data,
+        };
+        let bytes = env.to_bytes();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(text.contains(raw), "payload re-serialized: {text}");
+        assert!(text.starts_with(r#"{"id":"msg:1","source":"gateway","type":"MESSAGE_CREATE","shard":3,"seq":42,"guild_id":"81384788765712384","received_at":""#));
+
+        let back = Envelope::from_slice(&bytes).unwrap();
+        assert_eq!(back.data.get(), raw);
+        assert_eq!(back.id, "msg:1");
+        let age = SystemTime::now()
+            .duration_since(back.received_at_time().unwrap())
+            .unwrap();
+        assert!(age.as_secs() < 60);
+    }
+}

@@ -1,0 +1,36 @@
+#![doc = include_str!("../README.md")]
+
+pub mod dedupe;
+pub mod dispatch;
+pub mod envelope;
+pub mod error;
+pub mod interaction;
+pub mod kv;
+pub mod secret;
+pub mod streams;
+pub mod subject;
+
+/// Installs ring as the process-wide rustls provider unless one is installed already.
+///
+/// Several dependencies enable different rustls providers, so rustls cannot pick one by
+/// itself; every role calls this before it builds an HTTP or websocket client.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub use dispatch::{Dispatch, MalformedDispatch};
+pub use envelope::{Envelope, Source};
+pub use error::{BusError, BusErrorKind};
+pub use secret::Secret;
+pub use streams::{StreamSettings, ensure_streams};
+pub use subject::Subjects;
+
+/// Default subject prefix.
+pub const DEFAULT_PREFIX: &str = "discord";
+
+/// Headers set on every published event, beside `Nats-Msg-Id` (= envelope id).
+pub mod headers {
+    pub const TYPE: &str = "Relaycord-Type";
+    pub const SHARD: &str = "Relaycord-Shard";
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+}

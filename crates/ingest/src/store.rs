@@ -1,0 +1,149 @@
+//! Ingest's state in NATS KV: gateway sessions, shard leases, replica membership and
+//! identify slots. Everything a replacement process needs lives here, none of it in
+//! the process that dies.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+
+use bytes::Bytes;
+use relaycord_bus::{Subjects, streams::stream_stem};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IngestError, IngestErrorKind};
+
+/// The KV buckets ingest uses.
+#[derive(Clone)]
+pub struct Buckets {
+    /// `s.<count>.<id>` → [`SessionRecord`]. Kept for a day: past Discord's resume window
+    /// a session is useless anyway.
+    pub sessions: kv::Store,
+    /// `s.<count>.<id>` → owning replica id; entries expire `lease_ttl` after their last renewal.
+    pub leases: kv::Store,
+    /// `<replica id>` → "", renewed like leases; the live replicas that share the shards.
+    pub members: kv::Store,
+    /// `b.<bucket>` → replica id, expiring after 5 s: one identify per max_concurrency bucket
+    /// per 5 s across every replica.
+    pub identify: kv::Store,
+}
+
+/// Discord allows one identify per rate-limit bucket every 5 seconds.
+pub const IDENTIFY_INTERVAL: Duration = Duration::from_secs(5);
+
+impl Buckets {
+    pub async fn ensure(
+        js: &jetstream::Context,
+        subjects: &Subjects,
+        replicas: usize,
+        lease_ttl: Duration,
+    ) -> Result<Self, IngestError> {
+        let stem = stream_stem(subjects);
+        let bucket = |name: &str, max_age: Duration| {
+            let name = format!("{stem}_{name}");
+            async move {
+                relaycord_bus::kv::ensure_bucket(js, &name, max_age, replicas)
+                    .await
+                    .map_err(|e| {
+                        IngestError::with_source(
+                            IngestErrorKind::Bus,
+                            "cannot set up ingest state",
+                            e,
+                        )
+                    })
+            }
+        };
+        Ok(Self {
+            sessions: bucket("SESSIONS", Duration::from_secs(24 * 3600)).await?,
+            leases: bucket("LEASES", lease_ttl).await?,
+            members: bucket("MEMBERS", lease_ttl).await?,
+            identify: bucket("IDENTIFY", IDENTIFY_INTERVAL).await?,
+        })
+    }
+}
+
+/// The KV key of one shard, including the shard count: a session or lease of a
+/// different sharding is never reused.
+pub fn shard_key(id: u32, count: u32) -> String {
+    format!("s.{count}.{id}")
+}
+
+/// Where a shard can resume: the last seq below which every dispatch is on the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub session_id: String,
+    pub seq: u64,
+    pub resume_url: Option<String>,
+}
+
+/// Why a session could not be saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveError {
+    /// Another process wrote the record since we read it: it owns the shard now.
+    Fenced,
+    /// NATS did not answer; try again later.
+    Unavailable,
+}
+
+/// Reads and writes one shard's session record with compare-and-set on the KV
+/// revision, so a process that lost its shard can never overwrite its successor's record.
+pub struct SessionStore {
+    kv: kv::Store,
+    key: String,
+    revision: Option<u64>,
+}
+
+impl SessionStore {
+    pub async fn load(
+        kv: kv::Store,
+        id: u32,
+        count: u32,
+    ) -> Result<(Self, Option<SessionRecord>), IngestError> {
+        let key = shard_key(id, count);
+        let entry = kv.entry(key.clone()).await.map_err(|e| {
+            IngestError::with_source(
+                IngestErrorKind::Bus,
+                format!("cannot read session {key}"),
+                e,
+            )
+        })?;
+        let (revision, record) = match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let record = serde_json::from_slice(&entry.value)
+                    .inspect_err(
+                        |e| tracing::warn!(%key, error = %e, "ignoring unreadable session record"),
+                    )
+                    .ok();
+                (Some(entry.revision), record)
+            }
+            Some(entry) => (Some(entry.revision), None),
+            None => (None, None),
+        };
+        Ok((Self { kv, key, revision }, record))
+    }
+
+    pub async fn save(&mut self, record: &SessionRecord) -> Result<(), SaveError> {
+        let value = Bytes::from(serde_json::to_vec(record).expect("session record serializes"));
+        let result = match self.revision {
+            Some(revision) => self
+                .kv
+                .update(&self.key, value, revision)
+                .await
+                .map_err(|e| {
+                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                        SaveError::Fenced
+                    } else {
+                        SaveError::Unavailable
+                    }
+                }),
+            None => self.kv.create(&self.key, value).await.map_err(|e| {
+                if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                    SaveError::Fenced
+                } else {
+                    SaveError::Unavailable
+                }
+            }),
+        };
+        self.revision = Some(result?);
+        Ok(())
+    }
+}

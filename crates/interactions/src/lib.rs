@@ -1,0 +1,149 @@
+//! Discord HTTP interactions for Relaycord.
+//!
+//! Every request is verified (ed25519 over timestamp ‖ body, fail closed), published to
+//! JetStream as `<prefix>.interactions.<kind>.<name>` with dedupe id `ix:<id>`, then
+//! routed to a handler — NATS request/reply or an HTTP function — whose reply becomes the
+//! HTTP response if it comes within the deadline. Otherwise Relaycord answers with a
+//! deferral and a worker sends the late reply as a follow-up; late replies are kept on a
+//! JetStream stream, so they survive the death of the replica that deferred.
+//!
+//! ```no_run
+//! # async fn demo(js: async_nats::jetstream::Context, hex_key: &str) -> Result<(), Box<dyn std::error::Error>> {
+//! use relaycord_interactions::{InteractionMetrics, Service, Settings, verify::PublicKey};
+//! let settings = Settings::new(PublicKey::from_hex(hex_key)?)
+//!     .deadline(std::time::Duration::from_millis(2500))
+//!     .api_base("https://discord.com/api");
+//! let metrics = InteractionMetrics::new(&prometheus::Registry::new())?;
+//! let service = Service::start(settings, js, metrics).await?;
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+//! service.run(listener, tokio_util::sync::CancellationToken::new()).await?;
+//! # Ok(()) }
+//! ```
+
+mod decisions;
+mod endpoint;
+pub mod error;
+mod late;
+mod metrics;
+pub mod replies;
+pub mod response;
+pub mod rest;
+pub mod routes;
+pub mod settings;
+pub mod verify;
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use axum::Router;
+use axum::routing::post;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use decisions::{Decisions, TOKEN_LIFETIME};
+pub use endpoint::handler_headers;
+pub use error::{InteractionsError, InteractionsErrorKind};
+pub use late::CONSUMER as LATE_REPLIES_CONSUMER;
+pub use metrics::InteractionMetrics;
+pub use routes::{Handler, RouteConfig, Routes};
+pub use settings::Settings;
+
+use endpoint::Endpoint;
+use late::LateWorker;
+use replies::ReplyMux;
+use rest::DiscordRest;
+
+/// A started interactions service: streams, bucket, consumer and reply subscription are
+/// set up; [`Service::run`] serves HTTP and sends late replies until shutdown.
+pub struct Service {
+    endpoint: Arc<Endpoint>,
+    late: LateWorker,
+    late_consumer: async_nats::jetstream::consumer::PullConsumer,
+    shutdown_mux: CancellationToken,
+}
+
+impl Service {
+    /// Sets up everything the service needs on NATS. Idempotent, so replicas may start
+    /// in any order.
+    pub async fn start(
+        settings: Settings,
+        js: jetstream::Context,
+        metrics: InteractionMetrics,
+    ) -> Result<Self, InteractionsError> {
+        relaycord_bus::install_crypto_provider();
+        let subjects = settings.subjects.clone();
+        relaycord_bus::ensure_streams(&js, &subjects, &settings.streams)
+            .await
+            .map_err(|e| {
+                InteractionsError::with_source(InteractionsErrorKind::Setup, "streams", e)
+            })?;
+        replies::ensure_stream(&js, &subjects, settings.streams.replicas).await?;
+        let decisions = Decisions::open(&js, &subjects, settings.streams.replicas).await?;
+        let client = js.client();
+        let shutdown_mux = CancellationToken::new();
+        let replica = format!("{:016x}", rand::random::<u64>());
+        let mux = ReplyMux::start(&client, &subjects, &replica, shutdown_mux.clone()).await?;
+        let http = reqwest::Client::builder().build().map_err(|e| {
+            InteractionsError::with_source(InteractionsErrorKind::Setup, "HTTP client", e)
+        })?;
+        let late = LateWorker {
+            js: js.clone(),
+            subjects: subjects.clone(),
+            decisions: decisions.clone(),
+            rest: DiscordRest::new(http.clone(), &settings.api_base),
+            metrics: metrics.clone(),
+            concurrency: settings.late_concurrency,
+        };
+        let late_consumer = late.consumer().await?;
+        let endpoint = Arc::new(Endpoint {
+            verifier: verify::Verifier::new(settings.public_key.clone())
+                .window(settings.timestamp_window),
+            routes: settings.routes.clone(),
+            subjects,
+            js,
+            client,
+            http,
+            mux,
+            decisions,
+            metrics,
+            settings,
+        });
+        Ok(Self {
+            endpoint,
+            late,
+            late_consumer,
+            shutdown_mux,
+        })
+    }
+
+    /// The HTTP routes: `POST <path>`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route(&self.endpoint.settings.path, post(endpoint::handle))
+            .with_state(Arc::clone(&self.endpoint))
+    }
+
+    /// Serves `listener` and runs the late-reply worker until `shutdown`.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), InteractionsError> {
+        // A child token: a failing server stops this service, not the caller's others.
+        let stop = shutdown.child_token();
+        let app = self.router();
+        let late = tokio::spawn(self.late.run(self.late_consumer, stop.clone()));
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .await
+            .map_err(|e| {
+                InteractionsError::with_source(InteractionsErrorKind::Serve, "HTTP server", e)
+            });
+        stop.cancel();
+        self.shutdown_mux.cancel();
+        late.await.map_err(|e| {
+            InteractionsError::with_source(InteractionsErrorKind::Serve, "late-reply worker", e)
+        })?;
+        served
+    }
+}

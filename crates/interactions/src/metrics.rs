@@ -1,0 +1,81 @@
+//! Interaction metrics. Labels are bounded: outcome, reason, handler type — never an
+//! interaction, guild or command name (command names are chosen by users of the bot's
+//! config, but a wildcard route would make them unbounded).
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, exponential_buckets,
+};
+
+#[derive(Clone)]
+pub struct InteractionMetrics {
+    /// outcome: pong | answered | deferred | default | unavailable | rejected | failed;
+    /// reason: why rejected (401/400/413) or failed, else empty.
+    pub requests: IntCounterVec,
+    /// From the request's arrival to the response, by outcome.
+    pub response_latency: HistogramVec,
+    /// From sending to the handler to its reply; handler: nats | http; result: in_time |
+    /// late | error.
+    pub handler_latency: HistogramVec,
+    /// outcome: delivered | expired | invalid | failed | retried.
+    pub late_replies: IntCounterVec,
+    /// Publishing the interaction to JetStream, until the ack.
+    pub publish_latency: Histogram,
+}
+
+impl InteractionMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "relaycord_interactions_requests_total",
+                    "Interaction requests by outcome (pong, answered by a handler, deferred, default response, unavailable, rejected, failed) and reason.",
+                ),
+                &["outcome", "reason"],
+            )?,
+            response_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "relaycord_interactions_response_seconds",
+                    "From a request's arrival to its HTTP response.",
+                )
+                .buckets(exponential_buckets(0.0001, 2.0, 16)?),
+                &["outcome"],
+            )?,
+            handler_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "relaycord_interactions_handler_seconds",
+                    "From sending an interaction to a handler to its reply (late replies included).",
+                )
+                .buckets(exponential_buckets(0.0001, 2.0, 24)?),
+                &["handler", "result"],
+            )?,
+            late_replies: IntCounterVec::new(
+                Opts::new(
+                    "relaycord_interactions_late_replies_total",
+                    "Replies that arrived after the deferral: delivered as a follow-up, expired (token older than 15 min), invalid, failed, retried.",
+                ),
+                &["outcome"],
+            )?,
+            publish_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "relaycord_interactions_publish_seconds",
+                    "Publishing a verified interaction to JetStream, until its ack.",
+                )
+                .buckets(exponential_buckets(0.0001, 2.0, 16)?),
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.response_latency.clone()))?;
+        registry.register(Box::new(m.handler_latency.clone()))?;
+        registry.register(Box::new(m.late_replies.clone()))?;
+        registry.register(Box::new(m.publish_latency.clone()))?;
+        Ok(m)
+    }
+
+    pub(crate) fn request(&self, outcome: &str, reason: &str) {
+        self.requests.with_label_values(&[outcome, reason]).inc();
+    }
+
+    pub(crate) fn late(&self, outcome: &str) {
+        self.late_replies.with_label_values(&[outcome]).inc();
+    }
+}

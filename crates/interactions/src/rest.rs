@@ -1,0 +1,134 @@
+//! The two Discord REST calls a late reply needs. Interaction webhooks are authorized by
+//! the token in the path, so no bot token is involved; the path is never logged because
+//! it carries that token.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+
+use crate::response::FollowUp;
+
+/// How a follow-up attempt ended, when it did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestError {
+    /// The token expired or the interaction is unknown (404/401): never retry.
+    Expired,
+    /// Rate limited or a server/transport error: try again, after this delay if given.
+    Retry(Option<Duration>),
+    /// Discord refused the body (400 and other 4xx): the handler's reply is invalid.
+    Rejected(u16),
+}
+
+#[derive(Debug, Clone)]
+pub struct DiscordRest {
+    http: reqwest::Client,
+    api_base: String,
+}
+
+impl DiscordRest {
+    /// `api_base` as in the config: `https://discord.com/api` (tests: the simulator's).
+    pub fn new(http: reqwest::Client, api_base: &str) -> Self {
+        Self {
+            http,
+            api_base: api_base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        application_id: &str,
+        token: &str,
+        follow_up: &FollowUp,
+    ) -> Result<(), RestError> {
+        // Both come from a verified interaction, but they become a URL path: refuse
+        // anything that could change its meaning.
+        let safe = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        if !safe(application_id) || !safe(token) {
+            return Err(RestError::Rejected(0));
+        }
+        let webhook = format!("{}/v10/webhooks/{application_id}/{token}", self.api_base);
+        let request = match follow_up {
+            FollowUp::Nothing => return Ok(()),
+            FollowUp::EditOriginal(body) => self
+                .http
+                .patch(format!("{webhook}/messages/@original"))
+                .body(body.clone()),
+            FollowUp::Create(body) => self.http.post(webhook).body(body.clone()),
+        };
+        let response = request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .send()
+            .await
+            .map_err(|_| RestError::Retry(None))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.parse::<f64>().ok());
+        let body = response.bytes().await.unwrap_or_default();
+        Err(classify(status, retry_after, &body))
+    }
+}
+
+fn classify(status: StatusCode, retry_after: Option<f64>, body: &Bytes) -> RestError {
+    match status.as_u16() {
+        401 | 404 => RestError::Expired,
+        429 => {
+            #[derive(serde::Deserialize)]
+            struct Limited {
+                retry_after: f64,
+            }
+            let seconds = serde_json::from_slice::<Limited>(body)
+                .map(|l| l.retry_after)
+                .ok()
+                .or(retry_after)
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .unwrap_or(1.0);
+            RestError::Retry(Some(Duration::from_secs_f64(seconds.min(60.0))))
+        }
+        408 | 500.. => RestError::Retry(None),
+        other => RestError::Rejected(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified() {
+        let none = Bytes::new();
+        assert_eq!(
+            classify(StatusCode::NOT_FOUND, None, &none),
+            RestError::Expired
+        );
+        assert_eq!(
+            classify(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(9.0),
+                &Bytes::from_static(br#"{"message":"You are being rate limited.","retry_after":0.5,"global":false}"#)
+            ),
+            RestError::Retry(Some(Duration::from_millis(500)))
+        );
+        assert_eq!(
+            classify(StatusCode::TOO_MANY_REQUESTS, Some(2.0), &none),
+            RestError::Retry(Some(Duration::from_secs(2)))
+        );
+        assert_eq!(
+            classify(StatusCode::BAD_GATEWAY, None, &none),
+            RestError::Retry(None)
+        );
+        assert_eq!(
+            classify(StatusCode::BAD_REQUEST, None, &none),
+            RestError::Rejected(400)
+        );
+    }
+}

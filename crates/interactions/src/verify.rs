@@ -1,0 +1,262 @@
+//! Discord's request signature: ed25519 over `X-Signature-Timestamp ‖ raw body`.
+//!
+//! Fail closed: anything but a well-formed, valid, fresh signature is a [`Rejection`].
+//! The signature is checked before the timestamp window so that a forged request learns
+//! nothing about the clock, and with `verify_strict` so that malleable signatures and
+//! weak keys are refused too (Discord's own signatures are canonical).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::{Signature, VerifyingKey};
+
+pub const SIGNATURE_HEADER: &str = "x-signature-ed25519";
+pub const TIMESTAMP_HEADER: &str = "x-signature-timestamp";
+
+/// How far a request's timestamp may be from our clock, either way.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
+
+/// Why a request was refused with 401. Bounded, so it is also a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// No `X-Signature-Ed25519` or no `X-Signature-Timestamp`.
+    MissingHeader,
+    /// The signature is not hex.
+    BadHex,
+    /// The signature is not 64 bytes.
+    BadLength,
+    /// The timestamp is not a decimal number of seconds.
+    BadTimestamp,
+    /// The signature does not verify.
+    BadSignature,
+    /// Valid signature, but the timestamp is outside the window (a replay).
+    Stale,
+}
+
+impl Rejection {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingHeader => "missing_header",
+            Self::BadHex => "bad_hex",
+            Self::BadLength => "bad_length",
+            Self::BadTimestamp => "bad_timestamp",
+            Self::BadSignature => "bad_signature",
+            Self::Stale => "stale",
+        }
+    }
+}
+
+/// The application's public key (hex in the Developer Portal).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicKey(VerifyingKey);
+
+/// Why a configured public key is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("must be 64 hex characters (the application's public key from the Developer Portal)")]
+    Format,
+    #[error("is not a valid ed25519 public key")]
+    Invalid,
+}
+
+impl PublicKey {
+    pub fn from_hex(hex: &str) -> Result<Self, KeyError> {
+        let bytes = decode_hex::<32>(hex.trim()).map_err(|_| KeyError::Format)?;
+        VerifyingKey::from_bytes(&bytes)
+            .map(Self)
+            .map_err(|_| KeyError::Invalid)
+    }
+
+    pub fn to_hex(&self) -> String {
+        encode_hex(self.0.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Public, so printable: it helps to see which application a process verifies for.
+        write!(f, "PublicKey({})", self.to_hex())
+    }
+}
+
+/// Verifies requests against one public key.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    key: PublicKey,
+    window: Duration,
+}
+
+impl Verifier {
+    pub fn new(key: PublicKey) -> Self {
+        Self {
+            key,
+            window: DEFAULT_WINDOW,
+        }
+    }
+
+    /// The accepted clock difference (default 300 s).
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Checks one request. `signature` and `timestamp` are the raw header values.
+    pub fn verify(
+        &self,
+        signature: Option<&[u8]>,
+        timestamp: Option<&[u8]>,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<(), Rejection> {
+        let (Some(signature), Some(timestamp)) = (signature, timestamp) else {
+            return Err(Rejection::MissingHeader);
+        };
+        let signature = std::str::from_utf8(signature).map_err(|_| Rejection::BadHex)?;
+        let signature = Signature::from_bytes(&decode_hex::<64>(signature)?);
+        let seconds = parse_seconds(timestamp).ok_or(Rejection::BadTimestamp)?;
+        let mut message = Vec::with_capacity(timestamp.len() + body.len());
+        message.extend_from_slice(timestamp);
+        message.extend_from_slice(body);
+        self.key
+            .0
+            .verify_strict(&message, &signature)
+            .map_err(|_| Rejection::BadSignature)?;
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        if now.abs_diff(seconds) > self.window.as_secs() {
+            return Err(Rejection::Stale);
+        }
+        Ok(())
+    }
+}
+
+/// Unix seconds as Discord sends them: 1 to 19 ASCII digits, nothing else.
+fn parse_seconds(raw: &[u8]) -> Option<u64> {
+    if raw.is_empty() || raw.len() > 19 || !raw.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(raw).ok()?.parse().ok()
+}
+
+/// Exactly `N` bytes of hex (either case). Length is checked first so that a truncated
+/// signature is reported as such.
+fn decode_hex<const N: usize>(hex: &str) -> Result<[u8; N], Rejection> {
+    if !hex.is_ascii() {
+        return Err(Rejection::BadHex);
+    }
+    if hex.len() != 2 * N {
+        return Err(Rejection::BadLength);
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+        let digit = |c: u8| (c as char).to_digit(16).ok_or(Rejection::BadHex);
+        *byte = (digit(pair[0])? << 4 | digit(pair[1])?) as u8;
+    }
+    Ok(out)
+}
+
+pub(crate) fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    const BODY: &[u8] = br#"{"type":1,"id":"1","application_id":"2"}"#;
+
+    fn setup() -> (SigningKey, Verifier, SystemTime) {
+        let signing = SigningKey::from_bytes(&[7; 32]);
+        let key = PublicKey::from_hex(&encode_hex(signing.verifying_key().as_bytes())).unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        (signing, Verifier::new(key), now)
+    }
+
+    fn sign(key: &SigningKey, timestamp: &str, body: &[u8]) -> String {
+        let mut message = timestamp.as_bytes().to_vec();
+        message.extend_from_slice(body);
+        encode_hex(&key.sign(&message).to_bytes())
+    }
+
+    #[test]
+    fn accepts_a_fresh_valid_signature_and_nothing_else() {
+        let (key, verifier, now) = setup();
+        let ts = "1700000000";
+        let sig = sign(&key, ts, BODY);
+        let check = |sig: &str, ts: &str, body: &[u8]| {
+            verifier.verify(Some(sig.as_bytes()), Some(ts.as_bytes()), body, now)
+        };
+        assert_eq!(check(&sig, ts, BODY), Ok(()));
+        assert_eq!(check(&sig.to_uppercase(), ts, BODY), Ok(()));
+        // Any change to what was signed.
+        assert_eq!(
+            check(&sig, "1700000001", BODY),
+            Err(Rejection::BadSignature)
+        );
+        assert_eq!(check(&sig, ts, b"{}"), Err(Rejection::BadSignature));
+        assert_eq!(
+            check(&sig, ts, &BODY[..BODY.len() - 1]),
+            Err(Rejection::BadSignature)
+        );
+        let other = SigningKey::from_bytes(&[8; 32]);
+        assert_eq!(
+            check(&sign(&other, ts, BODY), ts, BODY),
+            Err(Rejection::BadSignature)
+        );
+        // Malformed headers.
+        assert_eq!(check(&sig[..126], ts, BODY), Err(Rejection::BadLength));
+        assert_eq!(
+            check(&format!("{sig}00"), ts, BODY),
+            Err(Rejection::BadLength)
+        );
+        assert_eq!(
+            check(&format!("zz{}", &sig[2..]), ts, BODY),
+            Err(Rejection::BadHex)
+        );
+        assert_eq!(check(&sig, "17e8", BODY), Err(Rejection::BadTimestamp));
+        assert_eq!(check(&sig, "", BODY), Err(Rejection::BadTimestamp));
+        assert_eq!(
+            verifier.verify(None, Some(ts.as_bytes()), BODY, now),
+            Err(Rejection::MissingHeader)
+        );
+        assert_eq!(
+            verifier.verify(Some(sig.as_bytes()), None, BODY, now),
+            Err(Rejection::MissingHeader)
+        );
+    }
+
+    #[test]
+    fn timestamps_outside_the_window_are_stale_only_when_signed() {
+        let (key, verifier, now) = setup();
+        for (offset, expected) in [
+            (-300i64, Ok(())),
+            (300, Ok(())),
+            (-301, Err(Rejection::Stale)),
+            (301, Err(Rejection::Stale)),
+        ] {
+            let ts = (1_700_000_000 + offset).to_string();
+            let sig = sign(&key, &ts, BODY);
+            assert_eq!(
+                verifier.verify(Some(sig.as_bytes()), Some(ts.as_bytes()), BODY, now),
+                expected,
+                "offset {offset}"
+            );
+        }
+        // A forged old request is a bad signature, not "stale": no clock oracle.
+        let forged = "00".repeat(64);
+        assert_eq!(
+            verifier.verify(Some(forged.as_bytes()), Some(b"1"), BODY, now),
+            Err(Rejection::BadSignature)
+        );
+    }
+
+    #[test]
+    fn public_keys_are_checked() {
+        assert_eq!(PublicKey::from_hex("abc").unwrap_err(), KeyError::Format);
+        assert_eq!(
+            PublicKey::from_hex(&"g".repeat(64)).unwrap_err(),
+            KeyError::Format
+        );
+        let hex = encode_hex(SigningKey::from_bytes(&[1; 32]).verifying_key().as_bytes());
+        assert_eq!(PublicKey::from_hex(&hex).unwrap().to_hex(), hex);
+    }
+}

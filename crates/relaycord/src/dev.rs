@@ -1,0 +1,278 @@
+//! `relaycord dev`: everything in one process — NATS (a child nats-server unless
+//! `--nats-url`), the Discord simulator (or real Discord when `DISCORD_TOKEN` is set),
+//! ingest, an HTTP sink and a local receiver that prints each event as it arrives.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use prometheus::Registry;
+use relaycord_bus::{Dispatch, Secret, dedupe};
+use relaycord_sim::{GenerateSpec, SentDispatch, SimConfig, Simulator};
+use relaycord_sinks::http::{HttpSinkConfig, SigningKey};
+use relaycord_sinks::{SinkConfig, SinkKind};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::nats_server::NatsServer;
+use crate::receiver::Receiver;
+use crate::roles;
+
+/// Event types the simulator's generator produces; the demo's summary counts these.
+pub const GENERATED_TYPES: [&str; 4] = [
+    "MESSAGE_CREATE",
+    "MESSAGE_REACTION_ADD",
+    "GUILD_MEMBER_ADD",
+    "PRESENCE_UPDATE",
+];
+
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// Send exactly this many events, wait for them, print a summary and stop.
+    pub events: Option<u64>,
+    pub nats_url: Option<String>,
+    /// Bot token for real Discord; `None` runs the simulator.
+    pub discord_token: Option<Secret>,
+    pub shards: u32,
+    /// Simulated events per second (0: as fast as possible).
+    pub rate: f64,
+    /// Print one line per received event.
+    pub print_events: bool,
+    /// How long to wait for the last events after generation finished.
+    pub settle_timeout: Duration,
+}
+
+/// What `--events N` proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevReport {
+    pub expected: usize,
+    pub delivered: usize,
+    pub missing: usize,
+    pub duplicates: u64,
+}
+
+impl DevReport {
+    pub fn summary(&self) -> String {
+        format!(
+            "delivered {}/{} events, {} missing, {} duplicates",
+            self.delivered, self.expected, self.missing, self.duplicates
+        )
+    }
+}
+
+/// Dedupe ids of the simulator's dispatches that ingest publishes (all but the
+/// connection-level READY and RESUMED), restricted to `types` when given.
+pub fn expected_ids(sent: &[SentDispatch], types: Option<&[&str]>) -> HashSet<String> {
+    sent.iter()
+        .filter(|d| !matches!(d.event_type.as_str(), "READY" | "RESUMED"))
+        .filter(|d| types.is_none_or(|t| t.contains(&d.event_type.as_str())))
+        .map(|d| {
+            let frame = format!(
+                r#"{{"op":0,"t":"{}","s":{},"d":{}}}"#,
+                d.event_type, d.seq, d.data
+            );
+            let dispatch = Dispatch::parse(&frame)
+                .expect("the simulator logs well-formed dispatches")
+                .expect("a logged dispatch is op 0");
+            dedupe::gateway_key(&dispatch)
+        })
+        .collect()
+}
+
+/// Runs the demo until `shutdown`, or until `--events` are delivered.
+pub async fn run(
+    opts: DevOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<DevReport>> {
+    if opts.events.is_some() && opts.discord_token.is_some() {
+        bail!("--events counts simulated events: unset DISCORD_TOKEN to use the simulator");
+    }
+    let _nats_child;
+    let nats_url = match &opts.nats_url {
+        Some(url) => url.clone(),
+        None => {
+            let server = NatsServer::start()?;
+            eprintln!(
+                "nats-server started on {} (store in {})",
+                server.url(),
+                server.store_dir().display()
+            );
+            let url = server.url();
+            _nats_child = server;
+            url
+        }
+    };
+
+    let stop = shutdown.child_token();
+    let sim = match &opts.discord_token {
+        Some(_) => None,
+        None => {
+            let config = SimConfig {
+                shards: opts.shards,
+                guilds: opts.shards.max(1) * 4,
+                ..SimConfig::default()
+            };
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let sim = Simulator::start(listener, config).await?;
+            eprintln!(
+                "Discord simulator on {} ({} shards)",
+                sim.api_base(),
+                opts.shards
+            );
+            Some(sim)
+        }
+    };
+
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+    );
+    let key = SigningKey::parse(&secret).expect("generated secret is valid");
+    let receiver = Receiver::start(
+        TcpListener::bind("127.0.0.1:0").await?,
+        Some(key),
+        opts.print_events,
+        stop.clone(),
+    )?;
+    eprintln!("receiver listening on {}", receiver.url());
+
+    let config = dev_config(&opts, &nats_url, sim.as_ref(), &receiver, secret)?;
+    let js = roles::connect(&config, "dev").await?;
+    let registry = Registry::new();
+    let mut ingest = tokio::spawn({
+        let (config, js, registry, stop) =
+            (config.clone(), js.clone(), registry.clone(), stop.clone());
+        async move { roles::run_ingest(&config, js, &registry, &Default::default(), stop).await }
+    });
+    let mut sinks = tokio::spawn({
+        let (config, js, registry, stop) =
+            (config.clone(), js.clone(), registry.clone(), stop.clone());
+        async move { roles::run_sinks(&config, &[], js, &registry, stop).await }
+    });
+
+    let work = async {
+        let Some(sim) = &sim else {
+            eprintln!("connected to Discord; events print below as they arrive (Ctrl-C to stop)");
+            stop.cancelled().await;
+            return Ok(None);
+        };
+        sim.wait_ready(Duration::from_secs(60))
+            .await
+            .context("shards did not become ready")?;
+        let generator = sim.generate(GenerateSpec {
+            count: opts.events,
+            rate_per_sec: opts.rate,
+            ..GenerateSpec::default()
+        });
+        let Some(n) = opts.events else {
+            eprintln!("generating events at {}/s (Ctrl-C to stop)", opts.rate);
+            stop.cancelled().await;
+            generator.stop();
+            return Ok(None);
+        };
+        let generated = generator.finished().await;
+        eprintln!("simulator sent {generated} events; waiting for delivery");
+        let expected = expected_ids(&sim.sent(), Some(&GENERATED_TYPES));
+        anyhow::ensure!(
+            expected.len() as u64 == n,
+            "simulator logged {} distinct events, expected {n}",
+            expected.len()
+        );
+        Ok(Some(
+            wait_for(&receiver, &expected, opts.settle_timeout, &stop).await,
+        ))
+    };
+
+    let report = tokio::select! {
+        report = work => report?,
+        result = &mut ingest => {
+            result.context("ingest panicked")??;
+            bail!("ingest stopped unexpectedly");
+        }
+        result = &mut sinks => {
+            result.context("sink panicked")??;
+            bail!("sink stopped unexpectedly");
+        }
+    };
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(15), async {
+        let _ = ingest.await;
+        let _ = sinks.await;
+    })
+    .await;
+    Ok(report)
+}
+
+fn dev_config(
+    opts: &DevOptions,
+    nats_url: &str,
+    sim: Option<&Simulator>,
+    receiver: &Receiver,
+    secret: String,
+) -> anyhow::Result<Config> {
+    let mut config = Config::load(None)?;
+    config.nats.url = nats_url.to_owned();
+    match (sim, &opts.discord_token) {
+        (Some(sim), _) => {
+            config.discord.token = Secret::new(sim.config().token.clone());
+            config.discord.api_base = sim.api_base();
+        }
+        (None, Some(token)) => config.discord.token = token.clone(),
+        (None, None) => unreachable!("either the simulator or a token"),
+    }
+    config.sinks = vec![SinkConfig {
+        max_attempts: 1000,
+        concurrency: 64,
+        backoff: relaycord_sinks::retry::Backoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(5),
+        },
+        ..SinkConfig::new(
+            "dev-receiver",
+            SinkKind::Http(HttpSinkConfig {
+                url: receiver.url(),
+                secret: Some(Secret::new(secret)),
+                headers: Default::default(),
+                timeout: Duration::from_secs(10),
+            }),
+        )
+    }];
+    config.validate()?;
+    Ok(config)
+}
+
+/// Waits until every expected id reached the receiver, showing progress on stderr.
+async fn wait_for(
+    receiver: &Receiver,
+    expected: &HashSet<String>,
+    settle: Duration,
+    stop: &CancellationToken,
+) -> DevReport {
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    loop {
+        let seen = receiver.seen();
+        let delivered = expected.iter().filter(|id| seen.contains_key(*id)).count();
+        let done = delivered == expected.len();
+        if done || started.elapsed() > settle || stop.is_cancelled() {
+            let duplicates = expected
+                .iter()
+                .filter_map(|id| seen.get(id))
+                .map(|n| u64::from(n.saturating_sub(1)))
+                .sum();
+            return DevReport {
+                expected: expected.len(),
+                delivered,
+                missing: expected.len() - delivered,
+                duplicates,
+            };
+        }
+        if last_progress.elapsed() > Duration::from_secs(2) {
+            eprintln!("… {delivered}/{} delivered", expected.len());
+            last_progress = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

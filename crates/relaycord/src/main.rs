@@ -1,0 +1,301 @@
+//! `relaycord`: one binary, one subcommand per role.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use prometheus::Registry;
+use relaycord::config::Config;
+use relaycord::dev::{self, DevOptions};
+use relaycord::roles;
+use relaycord::telemetry::{self, Health};
+use relaycord_bus::Secret;
+use relaycord_sim::{SimConfig, Simulator};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+mod dlq;
+mod tail;
+
+#[derive(Parser)]
+#[command(
+    name = "relaycord",
+    version,
+    about = "Discord events as durable streams on NATS JetStream"
+)]
+struct Cli {
+    /// Config file (TOML). Every key can also be set as RELAYCORD_<SECTION>__<KEY>.
+    #[arg(long, global = true, env = "RELAYCORD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything in one process against the simulator (or Discord with DISCORD_TOKEN).
+    Dev {
+        /// Send exactly N simulated events, wait for their delivery, print a summary, exit.
+        #[arg(long)]
+        events: Option<u64>,
+        /// Use this NATS server instead of starting a nats-server child.
+        #[arg(long)]
+        nats_url: Option<String>,
+        /// Simulated shards.
+        #[arg(long, default_value_t = 4)]
+        shards: u32,
+        /// Simulated events per second (0: as fast as possible). Default: 5, or 0 with --events.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Do not print a line per received event.
+        #[arg(long)]
+        quiet: bool,
+        /// Seconds to wait for the last deliveries after generation.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Hold gateway shards and publish every dispatch to JetStream.
+    Ingest {
+        /// Run this inclusive shard range only (e.g. 0-15, for StatefulSet ordinals)
+        /// instead of sharing all shards with the other replicas through leases.
+        #[arg(long)]
+        shards: Option<String>,
+        /// Total shard count (required with --shards).
+        #[arg(long)]
+        shard_count: Option<u32>,
+    },
+    /// Deliver events to the configured sinks (all, or those named with --name).
+    Sink {
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Metrics and health endpoint.
+        #[arg(long, default_value = "127.0.0.1:9101")]
+        metrics_listen: SocketAddr,
+    },
+    /// Serve Discord's HTTP interactions: verify, publish, route to handlers, defer.
+    Interactions {
+        /// Listen address (default: interactions.listen in the config).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run the Discord simulator (gateway + REST) for local experiments.
+    Sim {
+        #[arg(long, default_value = "127.0.0.1:8990")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
+        #[arg(long, default_value = "sim-token")]
+        token: String,
+        /// Identify buckets reported by /gateway/bot (`shard % max_concurrency`).
+        #[arg(long, default_value_t = 16)]
+        max_concurrency: u16,
+        /// Simulated guilds (default: 8, or one per shard when there are more shards).
+        #[arg(long)]
+        guilds: Option<u32>,
+        /// Identifies allowed per day (session_start_limit.total).
+        #[arg(long, default_value_t = 1000)]
+        session_start_limit: u32,
+    },
+    /// Dead letters of a sink: list, show, replay through the sink, purge.
+    Dlq(dlq::DlqArgs),
+    /// Follow events live: pretty lines, or the envelopes as JSON lines (--json).
+    Tail(tail::TailArgs),
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load and validate the config (file + environment); name the bad key and the fix.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels the returned token on Ctrl-C or SIGTERM (Kubernetes stops pods with it).
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        trigger.cancel();
+    });
+    token
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let shutdown = shutdown_on_signal();
+    match cli.command {
+        Command::Dev {
+            events,
+            nats_url,
+            shards,
+            rate,
+            quiet,
+            timeout,
+        } => {
+            // The demo prints its own progress; component logs stay quiet unless RUST_LOG asks.
+            telemetry::init_logging("warn");
+            let opts = DevOptions {
+                events,
+                nats_url,
+                discord_token: std::env::var("DISCORD_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .map(Secret::new),
+                shards,
+                rate: rate.unwrap_or(if events.is_some() { 0.0 } else { 5.0 }),
+                print_events: !quiet,
+                settle_timeout: Duration::from_secs(timeout),
+            };
+            match dev::run(opts, shutdown).await? {
+                Some(report) => {
+                    println!("{}", report.summary());
+                    Ok(if report.missing == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                }
+                None => Ok(ExitCode::SUCCESS),
+            }
+        }
+        Command::Ingest {
+            shards,
+            shard_count,
+        } => {
+            telemetry::init_logging("info");
+            let mut config = Config::load(cli.config.as_deref())?;
+            if let Some(shards) = shards {
+                config.ingest.shards = shards;
+            }
+            if let Some(count) = shard_count {
+                config.ingest.shard_count = relaycord::config::ShardCount::Number(count);
+            }
+            config.validate()?;
+            let health = Health::default();
+            let registry = Registry::new();
+            let listener = TcpListener::bind(config.ingest.metrics_listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on ingest.metrics_listen = {}",
+                        config.ingest.metrics_listen
+                    )
+                })?;
+            telemetry::serve_metrics(listener, registry.clone(), health.clone(), shutdown.clone());
+            let js = roles::connect(&config, "ingest").await?;
+            health.set_ready(true);
+            roles::run_ingest(&config, js, &registry, &health, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sink {
+            names,
+            metrics_listen,
+        } => {
+            telemetry::init_logging("info");
+            let config = Config::load(cli.config.as_deref())?;
+            let health = Health::default();
+            let registry = Registry::new();
+            let listener = TcpListener::bind(metrics_listen)
+                .await
+                .with_context(|| format!("cannot listen on --metrics-listen {metrics_listen}"))?;
+            telemetry::serve_metrics(listener, registry.clone(), health.clone(), shutdown.clone());
+            let js = roles::connect(&config, "sink").await?;
+            health.set_ready(true);
+            roles::run_sinks(&config, &names, js, &registry, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Interactions { listen } => {
+            telemetry::init_logging("info");
+            let mut config = Config::load(cli.config.as_deref())?;
+            if let Some(listen) = listen {
+                config.interactions.listen = listen;
+            }
+            let health = Health::default();
+            let registry = Registry::new();
+            let metrics_listen = config.interactions.metrics_listen;
+            let metrics = TcpListener::bind(metrics_listen).await.with_context(|| {
+                format!("cannot listen on interactions.metrics_listen = {metrics_listen}")
+            })?;
+            telemetry::serve_metrics(metrics, registry.clone(), health.clone(), shutdown.clone());
+            let listen = config.interactions.listen;
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on interactions.listen = {listen}"))?;
+            let js = roles::connect(&config, "interactions").await?;
+            relaycord::interactions::run_interactions(
+                &config, js, &registry, &health, listener, shutdown,
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sim {
+            listen,
+            shards,
+            token,
+            max_concurrency,
+            guilds,
+            session_start_limit,
+        } => {
+            telemetry::init_logging("info");
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let config = SimConfig {
+                shards,
+                token,
+                max_concurrency,
+                guilds: guilds.unwrap_or(shards.max(8)),
+                session_start_limit,
+                ..SimConfig::default()
+            };
+            eprintln!("simulator: api_base = http://{listen}/api, gateway = ws://{listen}");
+            Simulator::run(listener, config, async move { shutdown.cancelled().await }).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq(args) => dlq::run(cli.config.as_deref(), args).await,
+        Command::Tail(args) => tail::run(cli.config.as_deref(), args, shutdown).await,
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            let config = Config::load(cli.config.as_deref())?;
+            for sink in &config.sinks {
+                sink.check()?;
+            }
+            println!(
+                "config ok: nats {} (prefix {:?}), {} sink(s)",
+                config.nats.url,
+                config.nats.subject_prefix,
+                config.sinks.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

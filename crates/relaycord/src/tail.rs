@@ -1,0 +1,112 @@
+//! `relaycord tail [SUBJECT] [--json]`: follow events live. A plain core-NATS
+//! subscription: it reads what is published from now on and leaves no state behind.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use futures::StreamExt;
+use relaycord::config::Config;
+use relaycord_bus::Envelope;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args)]
+pub struct TailArgs {
+    /// Subject to follow; default every gateway event, `<prefix>.gateway.>`. Examples:
+    /// `discord.gateway.MESSAGE_CREATE.*`, `discord.interactions.>`, `relaycord.dlq.>`.
+    subject: Option<String>,
+    /// Print each envelope as one JSON line (byte for byte as on the bus).
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(
+    config_path: Option<&Path>,
+    args: TailArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let subject = args
+        .subject
+        .unwrap_or_else(|| config.nats.subjects().gateway_all());
+    let url = &config.nats.url;
+    let client = async_nats::ConnectOptions::new()
+        .name("relaycord-tail")
+        .connect(url)
+        .await
+        .with_context(|| {
+            format!("cannot connect to NATS at {url} (nats.url / RELAYCORD_NATS__URL)")
+        })?;
+    let mut messages = client
+        .subscribe(subject.clone())
+        .await
+        .with_context(|| format!("cannot subscribe to {subject:?}"))?;
+    // Once the server has the subscription, everything published from now on shows.
+    client
+        .flush()
+        .await
+        .context("lost the NATS connection while subscribing")?;
+    eprintln!("following {subject} (Ctrl-C to stop)");
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            m = messages.next() => match m { Some(m) => m, None => break },
+        };
+        if args.json {
+            match serde_json::from_slice::<&serde_json::value::RawValue>(&message.payload) {
+                Ok(raw) => println!("{}", raw.get()),
+                Err(_) => println!(
+                    "{}",
+                    serde_json::json!({"subject": message.subject.as_str(), "non_json_payload": String::from_utf8_lossy(&message.payload)})
+                ),
+            }
+        } else {
+            println!("{}", pretty(&message.subject, &message.payload));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `TIME TYPE guild=… shard/seq id=… text`, where text is the message content (or
+/// the interaction's name) cut to one line.
+fn pretty(subject: &str, payload: &[u8]) -> String {
+    let Ok(env) = Envelope::from_slice(payload) else {
+        return format!("{subject}: {} bytes (not an envelope)", payload.len());
+    };
+    let data: serde_json::Value = serde_json::from_str(env.data.get()).unwrap_or_default();
+    let text = data["content"]
+        .as_str()
+        .or_else(|| data["data"]["name"].as_str())
+        .unwrap_or_default();
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(80)
+        .collect();
+    format!(
+        "{} {:<24} guild={:<20} shard={}/{} id={} {}",
+        env.received_at,
+        env.event_type,
+        env.guild_id.as_deref().unwrap_or("none"),
+        env.shard.map_or("-".to_owned(), |s| s.to_string()),
+        env.seq.map_or("-".to_owned(), |s| s.to_string()),
+        env.id,
+        text
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pretty_lines_show_type_guild_id_and_content() {
+        let env = br#"{"id":"msg:1","source":"gateway","type":"MESSAGE_CREATE","shard":0,"seq":42,"guild_id":"81384788765712384","received_at":"2026-11-23T12:00:00.123Z","data":{"content":"Supa\nHot","channel_id":"1"}}"#;
+        let line = pretty("discord.gateway.MESSAGE_CREATE.81384788765712384", env);
+        assert!(line.contains("MESSAGE_CREATE"), "{line}");
+        assert!(line.contains("guild=81384788765712384"), "{line}");
+        assert!(line.contains("id=msg:1 Supa Hot"), "{line}");
+        assert!(pretty("x", b"nope").contains("not an envelope"));
+    }
+}

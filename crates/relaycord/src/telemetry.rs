@@ -1,0 +1,107 @@
+//! Logging setup and the `/metrics`, `/healthz`, `/readyz` endpoint.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// `RUST_LOG` wins; otherwise `default` (e.g. "info").
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Readiness: a flag the role sets once it is serving, and optional role checks (e.g.
+/// "no shard down for longer than ingest.unhealthy_after").
+#[derive(Clone, Default)]
+pub struct Health {
+    ready: Arc<AtomicBool>,
+    checks: Arc<std::sync::Mutex<Vec<Check>>>,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn add_check(&self, check: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
+        self.checks
+            .lock()
+            .expect("health lock")
+            .push(Arc::new(check));
+    }
+
+    /// `Ok` when ready; otherwise the first reason it is not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Err("starting".to_owned());
+        }
+        let checks = self.checks.lock().expect("health lock").clone();
+        checks.iter().try_for_each(|check| check())
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    registry: Registry,
+    health: Health,
+}
+
+/// Serves the metrics endpoint until `shutdown`.
+pub fn serve_metrics(
+    listener: TcpListener,
+    registry: Registry,
+    health: Health,
+    shutdown: CancellationToken,
+) {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { registry, health });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+    });
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut body = Vec::new();
+    let encoder = TextEncoder::new();
+    if let Err(error) = encoder.encode(&state.registry.gather(), &mut body) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            error.to_string().into_bytes(),
+        );
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        body,
+    )
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.health.readiness() {
+        Ok(()) => (StatusCode::OK, "ready".to_owned()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}"),
+        ),
+    }
+}

@@ -1,0 +1,43 @@
+#![doc = include_str!("../README.md")]
+
+mod compression;
+mod config;
+mod discord_rest;
+mod gateway;
+mod generator;
+mod interactions;
+mod payloads;
+mod protocol;
+mod rest;
+mod simulator;
+mod snowflake;
+mod state;
+mod stats;
+mod world;
+
+pub use compression::Compression;
+pub use config::SimConfig;
+pub use discord_rest::{DiscordRest, PostedMessage, RestCounts, RestLimits};
+pub use generator::{EventMix, GenerateSpec, GeneratorHandle};
+pub use interactions::{
+    APPLICATION_ID, Forgery, Interactions, RestCall, RestCallKind, SignedRequest, SimInteraction,
+};
+pub use simulator::Simulator;
+pub use stats::{CompressionCounts, SentDispatch, SimStats};
+
+use std::time::Duration;
+
+/// Errors of the simulator's control API.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("shard {0} does not exist")]
+    NoSuchShard(u32),
+    #[error("shard {0} has no session (never identified, or invalidated)")]
+    NoSession(u32),
+    #[error("shard {0} has no live connection")]
+    NotConnected(u32),
+    #[error("shard {0} has no dispatch to duplicate")]
+    NothingToDuplicate(u32),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}

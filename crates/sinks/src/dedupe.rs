@@ -1,0 +1,103 @@
+//! Sink-side dedupe: a KV bucket of the ids a sink has delivered.
+//!
+//! JetStream redelivers a message whose ack was lost (worker killed after the receiver's
+//! 2xx, connection dropped before the ack reached the server). The driver looks the id up
+//! before delivering and records it after a successful delivery, so such a redelivery is
+//! acked without reaching the receiver again. It cannot cover a crash between the
+//! receiver's 2xx and the record: those few (at most the deliveries in flight at the
+//! crash) reach the receiver twice, which dedupes on `webhook-id` / message id.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use relaycord_bus::subject::sanitize_token;
+
+use crate::error::{SinkError, SinkErrorKind};
+
+#[derive(Clone)]
+pub struct Dedupe {
+    store: kv::Store,
+}
+
+impl Dedupe {
+    /// `relaycord-delivered-<sink>`.
+    pub fn bucket(sink: &str) -> String {
+        format!("relaycord-delivered-{}", sanitize_token(sink))
+    }
+
+    /// Opens (creating when needed) the sink's bucket. Ids expire after `window`, which
+    /// must cover the time a lost ack takes to come back as a redelivery (ack_wait).
+    pub async fn open(
+        js: &jetstream::Context,
+        sink: &str,
+        window: Duration,
+        replicas: usize,
+    ) -> Result<Self, SinkError> {
+        let store = relaycord_bus::kv::ensure_bucket(js, &Self::bucket(sink), window, replicas)
+            .await
+            .map_err(|e| {
+                SinkError::with_source(SinkErrorKind::Bus, "cannot open the dedupe bucket", e)
+            })?;
+        Ok(Self { store })
+    }
+
+    /// The sink's bucket if it exists, without changing its settings (the replay tool
+    /// uses this; the driver owns the bucket's configuration).
+    pub async fn existing(js: &jetstream::Context, sink: &str) -> Option<Self> {
+        js.get_key_value(Self::bucket(sink))
+            .await
+            .ok()
+            .map(|store| Self { store })
+    }
+
+    /// KV keys allow `[-/_=.A-Za-z0-9]`; ids contain `:` and `%`, so they are encoded.
+    pub fn key(id: &str) -> String {
+        URL_SAFE_NO_PAD.encode(id)
+    }
+
+    /// Whether `id` was delivered. A lookup error counts as "not delivered": a possible
+    /// duplicate is better than holding every delivery while the KV is unreachable.
+    pub async fn delivered(&self, id: &str) -> bool {
+        match self.store.get(Self::key(id)).await {
+            Ok(found) => found.is_some(),
+            Err(error) => {
+                tracing::warn!(%id, %error, "dedupe lookup failed; delivering anyway");
+                false
+            }
+        }
+    }
+
+    pub async fn record(&self, id: &str) {
+        if let Err(error) = self.store.put(Self::key(id), Bytes::new()).await {
+            tracing::warn!(%id, %error, "cannot record the delivery; a redelivery would repeat it");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_valid_kv_keys_and_distinct() {
+        let ids = [
+            "msg:334385199974967042",
+            "react:add:2:1:%F0%9F%94%A5",
+            "h:PRESENCE_UPDATE:00ff",
+            "join:1:2:2015-04-26T06:26:56.936000+00:00",
+        ];
+        let keys: std::collections::HashSet<String> = ids.iter().map(|i| Dedupe::key(i)).collect();
+        assert_eq!(keys.len(), ids.len());
+        for key in keys {
+            assert!(
+                key.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_=./".contains(&b)),
+                "{key}"
+            );
+        }
+        assert_eq!(Dedupe::bucket("my sink"), "relaycord-delivered-my_sink");
+    }
+}

@@ -1,0 +1,138 @@
+//! `type = "discord"` sink configuration.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use relaycord_bus::Secret;
+use serde::{Deserialize, Serialize};
+
+/// Posts a message per event: to an incoming webhook, or to a channel as the bot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscordSinkConfig {
+    /// Incoming webhook, `https://discord.com/api/webhooks/<id>/<token>` (a secret).
+    /// Set this or `channel_id`.
+    #[serde(default)]
+    pub webhook_url: Option<Secret>,
+    /// Channel to post to as the bot; a template such as `"{channel_id}"` posts each
+    /// event into its own channel. Needs `token`.
+    #[serde(default)]
+    pub channel_id: Option<String>,
+    /// Bot token for `channel_id` (a secret). Empty: the `DISCORD_TOKEN` environment
+    /// variable.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// REST base URL; the simulator's `http://127.0.0.1:PORT/api` in tests.
+    #[serde(default = "default_api_base")]
+    pub api_base: String,
+    /// Message templates by event type (`MESSAGE_CREATE`, ...; `default` for the rest),
+    /// in minijinja syntax over the envelope (`id`, `type`, `guild_id`, `data`...).
+    /// Types without one use the built-in template.
+    #[serde(default)]
+    pub templates: BTreeMap<String, MessageTemplate>,
+    /// Webhook mode: name and avatar shown for the messages.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub avatar_url: Option<String>,
+    /// Who relayed text may ping. Default: nobody (`{"parse": []}`), so a relayed
+    /// `@everyone` or `<@id>` is shown but notifies no one.
+    #[serde(default)]
+    pub allowed_mentions: AllowedMentions,
+    /// Bot requests per second over every route (Discord's global limit is 50).
+    #[serde(default = "default_global_rate")]
+    pub global_rate: u32,
+    /// Time allowed for one request.
+    #[serde(with = "humantime_serde", default = "default_timeout")]
+    pub timeout: Duration,
+}
+
+/// A message's parts; each string is a minijinja template.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageTemplate {
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub embeds: Vec<EmbedTemplate>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedTemplate {
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub footer: Option<String>,
+    /// RGB as a number, e.g. `0x5865F2`.
+    #[serde(default)]
+    pub color: Option<u32>,
+}
+
+/// Discord's `allowed_mentions` object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedMentions {
+    /// Any of `users`, `roles`, `everyone`.
+    #[serde(default)]
+    pub parse: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+}
+
+impl DiscordSinkConfig {
+    /// A webhook-mode sink with every other option at its default.
+    pub fn webhook(url: impl Into<String>) -> Self {
+        Self {
+            webhook_url: Some(Secret::new(url.into())),
+            ..Self::empty()
+        }
+    }
+
+    /// A bot-mode sink posting to `channel_id` with `token`.
+    pub fn channel(
+        channel_id: impl Into<String>,
+        token: impl Into<String>,
+        api_base: impl Into<String>,
+    ) -> Self {
+        Self {
+            channel_id: Some(channel_id.into()),
+            token: Some(Secret::new(token.into())),
+            api_base: api_base.into(),
+            ..Self::empty()
+        }
+    }
+
+    fn empty() -> Self {
+        Self {
+            webhook_url: None,
+            channel_id: None,
+            token: None,
+            api_base: default_api_base(),
+            templates: BTreeMap::new(),
+            username: None,
+            avatar_url: None,
+            allowed_mentions: AllowedMentions::default(),
+            global_rate: default_global_rate(),
+            timeout: default_timeout(),
+        }
+    }
+}
+
+fn default_api_base() -> String {
+    "https://discord.com/api".to_owned()
+}
+
+fn default_global_rate() -> u32 {
+    50
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(15)
+}

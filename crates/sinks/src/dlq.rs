@@ -1,0 +1,319 @@
+//! Dead letters: what a sink could not deliver, kept on `relaycord.dlq.<sink>` in the
+//! `RELAYCORD_DLQ` stream with the original envelope as payload, and the tools to list,
+//! replay and purge them.
+//!
+//! Replay delivers each dead letter directly through the same sink (same URL, headers,
+//! secret, templates), with the same dedupe id, and deletes it from the DLQ only once the
+//! destination accepted it. It runs in the operator's process and reports each outcome at
+//! once, instead of pushing letters back into a stream where they could fail again unseen.
+
+use std::time::{Duration, SystemTime};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use relaycord_bus::{headers as bus_headers, streams::DLQ_STREAM, subject};
+
+use crate::dedupe::Dedupe;
+use crate::error::{SinkError, SinkErrorKind};
+use crate::{Event, Outcome, Sink};
+
+/// Headers of a dead letter, beside the original `Relaycord-Type`.
+pub mod headers {
+    pub const SINK: &str = "Relaycord-Sink";
+    pub const ID: &str = "Relaycord-Id";
+    pub const REASON: &str = "Relaycord-Dlq-Reason";
+    pub const STATUS: &str = "Relaycord-Dlq-Status";
+    pub const ATTEMPTS: &str = "Relaycord-Dlq-Attempts";
+}
+
+/// What the driver writes beside the envelope.
+pub(crate) struct DeadLetterInfo<'a> {
+    pub sink: &'a str,
+    pub id: &'a str,
+    pub event_type: Option<&'a str>,
+    pub reason: &'a str,
+    pub status: Option<u16>,
+    pub attempts: u32,
+}
+
+/// Stores a dead letter and waits for the stream's ack.
+pub(crate) async fn publish(
+    js: &jetstream::Context,
+    info: &DeadLetterInfo<'_>,
+    payload: Bytes,
+) -> Result<(), String> {
+    let mut h = HeaderMap::new();
+    h.insert(headers::SINK, info.sink);
+    h.insert(headers::ID, info.id);
+    h.insert(headers::REASON, one_line(info.reason).as_str());
+    h.insert(headers::ATTEMPTS, info.attempts.to_string().as_str());
+    if let Some(status) = info.status {
+        h.insert(headers::STATUS, status.to_string().as_str());
+    }
+    if let Some(t) = info.event_type {
+        h.insert(bus_headers::TYPE, t);
+    }
+    let publish = PublishMessage::build().payload(payload).headers(h);
+    let ack = js
+        .send_publish(subject::dlq(info.sink), publish)
+        .await
+        .map_err(|e| e.to_string())?;
+    ack.await.map(drop).map_err(|e| e.to_string())
+}
+
+/// One stored dead letter.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Sequence in `RELAYCORD_DLQ`: what `show`, `replay --seq` and `purge --seq` take.
+    pub seq: u64,
+    pub stored_at: SystemTime,
+    pub id: String,
+    pub event_type: String,
+    pub reason: String,
+    pub status: Option<u16>,
+    pub attempts: u32,
+    /// The original envelope, byte for byte.
+    pub payload: Bytes,
+}
+
+impl DeadLetter {
+    fn from_parts(
+        seq: u64,
+        stored_at: SystemTime,
+        headers: Option<&HeaderMap>,
+        payload: Bytes,
+    ) -> Self {
+        let get = |name: &str| {
+            headers
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        Self {
+            seq,
+            stored_at,
+            id: get(headers::ID),
+            event_type: get(bus_headers::TYPE),
+            reason: get(headers::REASON),
+            status: get(headers::STATUS).parse().ok(),
+            attempts: get(headers::ATTEMPTS).parse().unwrap_or(0),
+            payload,
+        }
+    }
+}
+
+fn bus_error(
+    context: impl Into<String>,
+    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> SinkError {
+    SinkError::with_source(SinkErrorKind::Bus, context, e)
+}
+
+async fn dlq_stream(js: &jetstream::Context) -> Result<jetstream::stream::Stream, SinkError> {
+    js.get_stream(DLQ_STREAM)
+        .await
+        .map_err(|e| bus_error(format!("stream {DLQ_STREAM} is not available"), e))
+}
+
+/// Dead letters stored on `subject` (a sink's, or `relaycord.dlq.>`).
+pub async fn count(js: &jetstream::Context, subject: &str) -> Result<u64, SinkError> {
+    let stream = dlq_stream(js).await?;
+    let counts: Vec<(String, usize)> = stream
+        .info_with_subjects(subject)
+        .await
+        .map_err(|e| bus_error("cannot read the DLQ's subjects", e))?
+        .try_collect()
+        .await
+        .map_err(|e| bus_error("cannot read the DLQ's subjects", e))?;
+    Ok(counts.iter().map(|(_, n)| *n as u64).sum())
+}
+
+/// Every dead letter of `sink`, oldest first.
+pub async fn list(js: &jetstream::Context, sink: &str) -> Result<Vec<DeadLetter>, SinkError> {
+    let subject = subject::dlq(sink);
+    let total = count(js, &subject).await?;
+    if total == 0 {
+        return Ok(Vec::new());
+    }
+    let stream = dlq_stream(js).await?;
+    // An ordered consumer reads the subject once, without touching any durable state.
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subject,
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| bus_error("cannot read the DLQ", e))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| bus_error("cannot read the DLQ", e))?;
+    let mut letters = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .map_err(|e| bus_error("reading the DLQ timed out", e))?;
+        let Some(message) = next else { break };
+        let message = message.map_err(|e| bus_error("cannot read the DLQ", e))?;
+        let (seq, published, pending) = {
+            let info = message
+                .info()
+                .map_err(|e| bus_error("DLQ message without metadata", e))?;
+            (info.stream_sequence, info.published, info.pending)
+        };
+        letters.push(DeadLetter::from_parts(
+            seq,
+            published.into(),
+            message.headers.as_ref(),
+            message.payload.clone(),
+        ));
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(letters)
+}
+
+/// One dead letter by its DLQ sequence.
+pub async fn get(js: &jetstream::Context, seq: u64) -> Result<DeadLetter, SinkError> {
+    let stream = dlq_stream(js).await?;
+    let m = stream
+        .get_raw_message(seq)
+        .await
+        .map_err(|e| bus_error(format!("no dead letter with sequence {seq}"), e))?;
+    Ok(DeadLetter::from_parts(
+        m.sequence,
+        m.time.into(),
+        Some(&m.headers),
+        m.payload,
+    ))
+}
+
+/// Deletes the given dead letters (all of the sink's when `seqs` is empty); returns how
+/// many were removed.
+pub async fn purge(js: &jetstream::Context, sink: &str, seqs: &[u64]) -> Result<u64, SinkError> {
+    let stream = dlq_stream(js).await?;
+    if seqs.is_empty() {
+        let purged = stream
+            .purge()
+            .filter(subject::dlq(sink))
+            .await
+            .map_err(|e| bus_error("cannot purge the DLQ", e))?;
+        return Ok(purged.purged);
+    }
+    let mut removed = 0;
+    for seq in seqs {
+        if stream
+            .delete_message(*seq)
+            .await
+            .map_err(|e| bus_error(format!("cannot delete dead letter {seq}"), e))?
+        {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// What became of one replayed dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replayed {
+    Delivered,
+    /// The dedupe bucket says it was delivered since: removed without sending.
+    AlreadyDelivered,
+    /// Still failing; it stays in the DLQ.
+    Failed(String),
+}
+
+/// Delivers `letters` through `sink` one by one (in DLQ order), deleting each that the
+/// destination accepts; the others stay. Returns each letter's outcome.
+pub async fn replay<S: Sink>(
+    js: &jetstream::Context,
+    sink: &S,
+    dedupe: Option<&Dedupe>,
+    letters: &[DeadLetter],
+) -> Result<Vec<(u64, Replayed)>, SinkError> {
+    let stream = dlq_stream(js).await?;
+    let mut results = Vec::with_capacity(letters.len());
+    for letter in letters {
+        let already = match dedupe {
+            Some(d) => d.delivered(&letter.id).await,
+            None => false,
+        };
+        let outcome = if already {
+            Replayed::AlreadyDelivered
+        } else {
+            let event = Event {
+                id: letter.id.clone(),
+                event_type: letter.event_type.clone(),
+                payload: letter.payload.clone(),
+                attempt: letter.attempts + 1,
+            };
+            match sink.deliver(&event).await {
+                Outcome::Delivered => {
+                    if let Some(d) = dedupe {
+                        d.record(&letter.id).await;
+                    }
+                    Replayed::Delivered
+                }
+                Outcome::Retry { reason, .. } | Outcome::Permanent { reason, .. } => {
+                    Replayed::Failed(reason)
+                }
+            }
+        };
+        if !matches!(outcome, Replayed::Failed(_)) {
+            stream.delete_message(letter.seq).await.map_err(|e| {
+                bus_error(
+                    format!("delivered, but cannot delete dead letter {}", letter.seq),
+                    e,
+                )
+            })?;
+        }
+        results.push((letter.seq, outcome));
+    }
+    Ok(results)
+}
+
+/// Header values cannot hold line breaks; reasons come from receivers and errors.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(500)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_fit_in_a_header() {
+        assert_eq!(one_line("a\r\nb"), "a  b");
+        assert_eq!(one_line(&"x".repeat(600)).len(), 500);
+    }
+
+    #[test]
+    fn letters_read_their_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(headers::ID, "msg:1");
+        h.insert(headers::REASON, "HTTP 500");
+        h.insert(headers::STATUS, "500");
+        h.insert(headers::ATTEMPTS, "3");
+        h.insert(bus_headers::TYPE, "MESSAGE_CREATE");
+        let l = DeadLetter::from_parts(
+            7,
+            SystemTime::UNIX_EPOCH,
+            Some(&h),
+            Bytes::from_static(b"{}"),
+        );
+        assert_eq!(
+            (l.seq, l.id.as_str(), l.status, l.attempts),
+            (7, "msg:1", Some(500), 3)
+        );
+        assert_eq!(l.event_type, "MESSAGE_CREATE");
+        let bare = DeadLetter::from_parts(1, SystemTime::UNIX_EPOCH, None, Bytes::new());
+        assert_eq!((bare.status, bare.attempts), (None, 0));
+    }
+}

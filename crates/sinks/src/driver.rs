@@ -1,0 +1,300 @@
+//! The one driver every sink runs under.
+//!
+//! It owns the durable pull consumer, the concurrency limit, in-progress acks, the
+//! mapping of [`Outcome`]s onto JetStream acks, dead-lettering, dedupe and metrics. A
+//! sink only classifies attempts.
+//!
+//! | outcome                          | JetStream                                   |
+//! |----------------------------------|---------------------------------------------|
+//! | `Delivered`                      | ack                                         |
+//! | `Retry`, attempts left           | nak with delay (backoff, or Retry-After)    |
+//! | `Retry` exhausted, `Permanent`   | publish to `relaycord.dlq.<sink>`, then term |
+//!
+//! JetStream's consumer `BackOff` list applies only to ack timeouts, not naks, so the
+//! delay is computed here and sent with the nak.
+//!
+//! The driver pulls only as many messages as it has free delivery slots, so everything it
+//! holds is being delivered: on shutdown it finishes those and naks whatever the last pull
+//! still brings, instead of leaving it to the ack timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures::StreamExt;
+use relaycord_bus::subject;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::dedupe::Dedupe;
+use crate::error::{SinkError, SinkErrorKind};
+use crate::filter::Filter;
+use crate::retry::Backoff;
+use crate::worker::Worker;
+use crate::{Sink, SinkMetrics};
+
+pub use crate::dlq::headers as dlq_headers;
+
+/// How long one pull request waits on the server for messages. It bounds how long a
+/// shutdown waits for the last pull to end.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+
+/// How often consumer and dead-letter gauges are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How the driver consumes and retries for one sink.
+#[derive(Debug, Clone)]
+pub struct DriverSettings {
+    /// Sink name; the durable consumer is `relaycord-<name>`.
+    pub name: String,
+    /// Stream to consume (e.g. `DISCORD_GATEWAY`).
+    pub stream: String,
+    /// Consumer filter subjects; empty reads the whole stream.
+    pub subjects: Vec<String>,
+    /// Applied in process to every message (also covers what the consumer's filter could
+    /// not express, e.g. channels, or several subjects on nats-server 2.9).
+    pub filter: Filter,
+    /// Delivery attempts before dead-lettering.
+    pub max_attempts: u32,
+    /// Deliveries in flight at once in this process.
+    pub concurrency: usize,
+    /// How long JetStream waits for an ack before redelivering; in-progress acks are
+    /// sent every half of it while a delivery is running.
+    pub ack_wait: Duration,
+    pub backoff: Backoff,
+    /// Sink-side dedupe window; `None` disables dedupe.
+    pub dedupe_window: Option<Duration>,
+}
+
+pub struct Driver<S> {
+    sink: Arc<S>,
+    js: jetstream::Context,
+    settings: Arc<DriverSettings>,
+    metrics: SinkMetrics,
+}
+
+impl<S: Sink> Driver<S> {
+    pub fn new(
+        sink: S,
+        js: jetstream::Context,
+        settings: DriverSettings,
+        metrics: SinkMetrics,
+    ) -> Self {
+        Self {
+            sink: Arc::new(sink),
+            js,
+            settings: Arc::new(settings),
+            metrics,
+        }
+    }
+
+    /// The durable consumer name, shared by every replica of this sink.
+    pub fn consumer_name(sink: &str) -> String {
+        format!("relaycord-{}", subject::sanitize_token(sink))
+    }
+
+    /// Creates (or updates) the durable consumer. Idempotent.
+    pub async fn ensure_consumer(&self) -> Result<jetstream::consumer::PullConsumer, SinkError> {
+        let s = &self.settings;
+        let stream = self.js.get_stream(&s.stream).await.map_err(|e| {
+            SinkError::with_source(
+                SinkErrorKind::Bus,
+                format!("stream {} is not available", s.stream),
+                e,
+            )
+        })?;
+        let name = Self::consumer_name(&s.name);
+        let mut config = pull::Config {
+            durable_name: Some(name.clone()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: s.ack_wait,
+            // Two deliveries beyond the attempts exist only to dead-letter: if a worker
+            // dies during the last attempt, the server still hands the message to
+            // someone who can move it to the DLQ instead of dropping it silently.
+            max_deliver: i64::from(s.max_attempts) + 2,
+            max_ack_pending: (s.concurrency as i64 * 4).max(256),
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        match s.subjects.as_slice() {
+            [] => {}
+            [one] => config.filter_subject = one.clone(),
+            many if server_at_least(&self.js, 2, 10) => config.filter_subjects = many.to_vec(),
+            // nats-server 2.9 allows one filter per consumer: read everything, and let
+            // the in-process filter ack what this sink does not want.
+            _ => {}
+        }
+        stream.create_consumer(config).await.map_err(|e| {
+            SinkError::with_source(
+                SinkErrorKind::Bus,
+                format!("cannot create consumer {name} on {}", s.stream),
+                e,
+            )
+        })
+    }
+
+    /// Opens the dedupe bucket, replicated like the stream it protects.
+    async fn open_dedupe(&self) -> Result<Option<Dedupe>, SinkError> {
+        let Some(window) = self.settings.dedupe_window else {
+            return Ok(None);
+        };
+        let replicas = match self.js.get_stream(&self.settings.stream).await {
+            Ok(mut stream) => stream.info().await.map_or(1, |i| i.config.num_replicas),
+            Err(_) => 1,
+        };
+        Dedupe::open(&self.js, &self.settings.name, window, replicas)
+            .await
+            .map(Some)
+    }
+
+    /// Delivers until `shutdown` fires, then finishes in-flight deliveries and releases
+    /// (naks) anything pulled but not started.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), SinkError> {
+        let consumer = self.ensure_consumer().await?;
+        let worker = Arc::new(Worker {
+            sink: Arc::clone(&self.sink),
+            js: self.js.clone(),
+            settings: Arc::clone(&self.settings),
+            metrics: self.metrics.clone(),
+            dedupe: self.open_dedupe().await?,
+        });
+        let s = Arc::clone(&self.settings);
+        tracing::info!(sink = %s.name, stream = %s.stream, subjects = ?s.subjects, dedupe = s.dedupe_window.is_some(), "sink started");
+        let gauges = tokio::spawn(refresh_gauges(
+            consumer.clone(),
+            self.js.clone(),
+            Arc::clone(&s),
+            self.metrics.clone(),
+        ));
+
+        let permits = Arc::new(Semaphore::new(s.concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        let mut leftover = None;
+        'pull: loop {
+            while tasks.try_join_next().is_some() {}
+            let first = tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = Arc::clone(&permits).acquire_owned() => permit.expect("semaphore is never closed"),
+            };
+            let mut slots: Vec<OwnedSemaphorePermit> = vec![first];
+            while let Ok(p) = Arc::clone(&permits).try_acquire_owned() {
+                slots.push(p);
+            }
+            let batch = consumer
+                .batch()
+                .max_messages(slots.len())
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(sink = %s.name, %error, "pull request failed");
+                    pause(&shutdown).await;
+                    continue;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    // Once stopping, nothing new starts, even if a message is ready too.
+                    biased;
+                    () = shutdown.cancelled() => {
+                        leftover = Some(batch);
+                        break 'pull;
+                    }
+                    next = batch.next() => next,
+                };
+                match next {
+                    Some(Ok(message)) => {
+                        // The server sends at most `max_messages`, one slot each.
+                        let permit = slots.pop();
+                        let worker = Arc::clone(&worker);
+                        tasks.spawn(async move {
+                            worker.handle(message).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(error)) => {
+                        // Missed replies and server errors are transient: pull again.
+                        tracing::warn!(sink = %s.name, %error, "pulling messages failed");
+                        pause(&shutdown).await;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        let release = async {
+            if let Some(mut batch) = leftover {
+                while let Some(Ok(message)) = batch.next().await {
+                    worker.release(&message).await;
+                }
+            }
+        };
+        let finish = async { while tasks.join_next().await.is_some() {} };
+        tokio::join!(release, finish);
+        gauges.abort();
+        // Acks are buffered by the client: send them before the process may exit.
+        if let Err(error) = self.js.client().flush().await {
+            tracing::warn!(sink = %s.name, %error, "cannot flush the last acks");
+        }
+        tracing::info!(sink = %s.name, "sink stopped");
+        Ok(())
+    }
+}
+
+/// A short wait before pulling again after an error, cut short by shutdown.
+async fn pause(shutdown: &CancellationToken) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+    }
+}
+
+/// Keeps the pending and dead-letter gauges current.
+async fn refresh_gauges(
+    mut consumer: jetstream::consumer::PullConsumer,
+    js: jetstream::Context,
+    settings: Arc<DriverSettings>,
+    metrics: SinkMetrics,
+) {
+    let label = [settings.name.as_str()];
+    let dlq_subject = subject::dlq(&settings.name);
+    let mut tick = tokio::time::interval(GAUGE_INTERVAL);
+    loop {
+        tick.tick().await;
+        if let Ok(info) = consumer.info().await {
+            metrics
+                .consumer_pending
+                .with_label_values(&label)
+                .set(info.num_pending as i64);
+            metrics
+                .consumer_ack_pending
+                .with_label_values(&label)
+                .set(info.num_ack_pending as i64);
+        }
+        if let Ok(count) = crate::dlq::count(&js, &dlq_subject).await {
+            metrics
+                .dead_letters
+                .with_label_values(&label)
+                .set(count as i64);
+        }
+    }
+}
+
+fn server_at_least(js: &jetstream::Context, major: u64, minor: u64) -> bool {
+    let version = js.client().server_info().version;
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    found >= (major, minor)
+}
+
+/// Kept for callers that ack outside the driver (the DLQ replay).
+pub(crate) async fn ack(sink: &str, message: &jetstream::Message, kind: AckKind) {
+    // A lost ack means a redelivery later, which dedupe (or the receiver) absorbs:
+    // logging is all that is useful here.
+    if let Err(error) = message.ack_with(kind).await {
+        tracing::warn!(%sink, %error, ?kind, "ack failed; the message will be redelivered");
+    }
+}

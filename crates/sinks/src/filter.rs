@@ -1,0 +1,175 @@
+//! Which events a sink wants: event types, guild ids, channel ids.
+//!
+//! Types and guilds are tokens of the subject (`<prefix>.gateway.<TYPE>.<guild>`), so they
+//! are checked without reading the body, and are also pushed down to the consumer's filter
+//! subjects when the server can take them. Channel ids live only in the payload: the
+//! envelope is parsed (just `data.channel_id`) only when a channel filter is set.
+
+use std::collections::BTreeSet;
+
+use relaycord_bus::Subjects;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Above this many subject combinations the consumer reads the whole stream and filters
+/// in process: very long filter lists cost the server more than skipping does.
+const MAX_FILTER_SUBJECTS: usize = 64;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub event_types: BTreeSet<String>,
+    pub guilds: BTreeSet<String>,
+    pub channels: BTreeSet<String>,
+}
+
+impl Filter {
+    /// The consumer's filter subjects: every (type, guild) pair, `*` standing for "any".
+    /// One subject means one filter (any server); several need nats-server 2.10+.
+    pub fn subjects(&self, subjects: &Subjects) -> Vec<String> {
+        if self.event_types.is_empty() && self.guilds.is_empty() {
+            return vec![subjects.gateway_all()];
+        }
+        let any = BTreeSet::from(["*".to_owned()]);
+        let types = if self.event_types.is_empty() {
+            &any
+        } else {
+            &self.event_types
+        };
+        let guilds = if self.guilds.is_empty() {
+            &any
+        } else {
+            &self.guilds
+        };
+        if types.len() * guilds.len() > MAX_FILTER_SUBJECTS {
+            return vec![subjects.gateway_all()];
+        }
+        let prefix = subjects.prefix();
+        types
+            .iter()
+            .flat_map(|t| {
+                guilds
+                    .iter()
+                    .map(move |g| format!("{prefix}.gateway.{t}.{g}"))
+            })
+            .collect()
+    }
+
+    /// Whether an event on `subject` with this envelope body is for the sink.
+    pub fn accepts(&self, subject: &str, payload: &[u8]) -> bool {
+        let (event_type, guild) = type_and_guild(subject);
+        wanted(&self.event_types, event_type)
+            && wanted(&self.guilds, guild)
+            && (self.channels.is_empty()
+                || channel_id(payload).is_some_and(|c| self.channels.contains(&c)))
+    }
+}
+
+fn wanted(set: &BTreeSet<String>, value: &str) -> bool {
+    set.is_empty() || set.contains(value)
+}
+
+/// `<prefix...>.gateway.<TYPE>.<guild>`: the last two tokens, without parsing the body.
+pub fn type_and_guild(subject: &str) -> (&str, &str) {
+    let mut tokens = subject.rsplitn(3, '.');
+    let guild = tokens.next().unwrap_or_default();
+    let event_type = tokens.next().unwrap_or_default();
+    (event_type, guild)
+}
+
+/// `data.channel_id` of an envelope; every other field is skipped unparsed.
+fn channel_id(payload: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Env<'a> {
+        #[serde(borrow)]
+        data: &'a RawValue,
+    }
+    #[derive(Deserialize)]
+    struct Data {
+        channel_id: Option<String>,
+    }
+    let env: Env<'_> = serde_json::from_slice(payload).ok()?;
+    serde_json::from_str::<Data>(env.data.get())
+        .ok()?
+        .channel_id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn subject_tokens_give_type_and_guild() {
+        assert_eq!(
+            type_and_guild("discord.gateway.MESSAGE_CREATE.81384788765712384"),
+            ("MESSAGE_CREATE", "81384788765712384")
+        );
+        assert_eq!(type_and_guild("a.b.gateway.READY.none"), ("READY", "none"));
+    }
+
+    #[test]
+    fn filter_subjects_are_the_product_of_types_and_guilds() {
+        let s = Subjects::default();
+        assert_eq!(Filter::default().subjects(&s), ["discord.gateway.>"]);
+        let f = Filter {
+            event_types: set(&["MESSAGE_CREATE"]),
+            ..Filter::default()
+        };
+        assert_eq!(f.subjects(&s), ["discord.gateway.MESSAGE_CREATE.*"]);
+        let f = Filter {
+            event_types: set(&["A", "B"]),
+            guilds: set(&["1"]),
+            ..Filter::default()
+        };
+        assert_eq!(
+            f.subjects(&s),
+            ["discord.gateway.A.1", "discord.gateway.B.1"]
+        );
+        let f = Filter {
+            guilds: (0..100).map(|g| g.to_string()).collect(),
+            event_types: set(&["A"]),
+            ..Filter::default()
+        };
+        assert_eq!(
+            f.subjects(&s),
+            ["discord.gateway.>"],
+            "too many: filter in process"
+        );
+    }
+
+    #[test]
+    fn types_guilds_and_channels_are_checked() {
+        let body = br#"{"id":"msg:1","type":"MESSAGE_CREATE","data":{"content":"x","channel_id":"290926798999357250"}}"#;
+        let subject = "discord.gateway.MESSAGE_CREATE.81384788765712384";
+        assert!(Filter::default().accepts(subject, body));
+        let types = Filter {
+            event_types: set(&["MESSAGE_CREATE"]),
+            ..Filter::default()
+        };
+        assert!(types.accepts(subject, body));
+        assert!(!types.accepts("discord.gateway.TYPING_START.1", body));
+        let guilds = Filter {
+            guilds: set(&["1"]),
+            ..Filter::default()
+        };
+        assert!(!guilds.accepts(subject, body));
+        let channels = Filter {
+            channels: set(&["290926798999357250"]),
+            ..Filter::default()
+        };
+        assert!(channels.accepts(subject, body));
+        let other = Filter {
+            channels: set(&["1"]),
+            ..Filter::default()
+        };
+        assert!(!other.accepts(subject, body));
+        assert!(
+            !channels.accepts(subject, br#"{"data":{"guild_id":"1"}}"#),
+            "no channel: not for a channel filter"
+        );
+        assert!(!channels.accepts(subject, b"not json"));
+    }
+}

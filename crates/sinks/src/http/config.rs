@@ -1,0 +1,29 @@
+//! `type = "http"` sink configuration.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use relaycord_bus::Secret;
+use serde::Deserialize;
+
+/// POSTs each envelope to a URL with Standard Webhooks headers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSinkConfig {
+    /// Endpoint receiving `POST`s of the envelope (http or https).
+    pub url: String,
+    /// `whsec_<base64>` signing secret. Without it requests carry `webhook-id` and
+    /// `webhook-timestamp` but no signature.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// Extra request headers (e.g. an API key for the receiver).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Time allowed for one request, connection included.
+    #[serde(with = "humantime_serde", default = "default_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(15)
+}

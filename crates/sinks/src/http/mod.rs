@@ -1,0 +1,111 @@
+//! `type = "http"`: POST the envelope to any URL, signed per Standard Webhooks.
+
+mod config;
+mod service;
+mod signature;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+
+pub use config::HttpSinkConfig;
+pub use service::{classify, classify_error};
+pub use signature::SigningKey;
+
+use crate::error::{SinkError, SinkErrorKind};
+use crate::{Event, Outcome, Sink};
+
+#[derive(Debug, Clone)]
+pub struct HttpSink {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    key: Option<SigningKey>,
+    headers: HeaderMap,
+}
+
+impl HttpSink {
+    /// Validates the config; errors name the key (`sinks.<name>.<key>`) and the fix.
+    pub fn build(name: &str, config: &HttpSinkConfig) -> Result<Self, SinkError> {
+        let bad = |key: &str, msg: String| {
+            SinkError::new(SinkErrorKind::Config, format!("sinks.{name}.{key}: {msg}"))
+        };
+        let url = reqwest::Url::parse(&config.url).map_err(|e| {
+            bad(
+                "url",
+                format!(
+                    "{:?} is not a URL ({e}); write e.g. \"https://example.com/discord\"",
+                    config.url
+                ),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad(
+                "url",
+                format!(
+                    "scheme {:?} is not supported; use http or https",
+                    url.scheme()
+                ),
+            ));
+        }
+        let key = match &config.secret {
+            Some(secret) => {
+                Some(SigningKey::parse(secret.expose()).map_err(|e| bad("secret", e.to_owned()))?)
+            }
+            None => None,
+        };
+        let mut headers = HeaderMap::new();
+        for (name_, value) in &config.headers {
+            let header = HeaderName::from_bytes(name_.as_bytes())
+                .map_err(|_| bad("headers", format!("{name_:?} is not a valid header name")))?;
+            let mut value = HeaderValue::from_str(value.expose()).map_err(|_| {
+                bad(
+                    "headers",
+                    format!("the value of {name_:?} is not a valid header value"),
+                )
+            })?;
+            value.set_sensitive(true);
+            headers.insert(header, value);
+        }
+        relaycord_bus::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("relaycord/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                SinkError::with_source(SinkErrorKind::Config, "cannot build the HTTP client", e)
+            })?;
+        Ok(Self {
+            client,
+            url,
+            key,
+            headers,
+        })
+    }
+}
+
+impl Sink for HttpSink {
+    async fn deliver(&self, event: &Event) -> Outcome {
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .headers(self.headers.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header("webhook-id", &event.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .body(event.payload.clone());
+        if let Some(key) = &self.key {
+            request = request.header(
+                "webhook-signature",
+                key.sign(&event.id, timestamp, &event.payload),
+            );
+        }
+        match request.send().await {
+            Ok(response) => classify(response.status(), response.headers()),
+            Err(error) => classify_error(&error),
+        }
+    }
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs what Relaycord's demo and tests need on Debian/Ubuntu, when missing:
+# nats-server (Debian package) and the Python clients the compatibility tests use.
+# Safe to run again: it only installs what is absent.
+set -euo pipefail
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_updated=""
+apt_install() {
+    if [ -z "$apt_updated" ]; then
+        as_root apt-get update -qq
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo is missing: install Rust with https://rustup.rs (curl https://sh.rustup.rs -sSf | sh)" >&2
+    exit 1
+fi
+
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+    echo "installing nats-server (apt)…" >&2
+    apt_install nats-server
+fi
+
+if [ "${1:-}" = "--tests" ]; then
+    if ! command -v python3 >/dev/null 2>&1; then
+        echo "installing python3 (apt)…" >&2
+        apt_install python3 python3-pip
+    fi
+    if ! python3 -c "import nats" >/dev/null 2>&1; then
+        echo "installing nats-py (pip)…" >&2
+        python3 -m pip install --quiet nats-py 2>/dev/null \
+            || python3 -m pip install --quiet --break-system-packages nats-py
+    fi
+    if ! python3 -c "import nacl.signing" >/dev/null 2>&1; then
+        echo "installing PyNaCl (pip), the independent ed25519 signer of the interactions tests…" >&2
+        python3 -m pip install --quiet pynacl 2>/dev/null \
+            || python3 -m pip install --quiet --break-system-packages pynacl
+    fi
+    # The sink tests: the reference Standard Webhooks verifier and a RabbitMQ client.
+    for module in standardwebhooks pika; do
+        if ! python3 -c "import $module" >/dev/null 2>&1; then
+            echo "installing $module (pip) for the sink tests…" >&2
+            python3 -m pip install --quiet "$module" 2>/dev/null \
+                || python3 -m pip install --quiet --break-system-packages "$module"
+        fi
+    done
+    # The amqp sink's tests use a real broker (AMQP_URL, default guest@127.0.0.1:5672).
+    if [ -z "${AMQP_URL:-}" ]; then
+        if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/sbin/rabbitmq-server ]; then
+            echo "installing rabbitmq-server (apt)…" >&2
+            apt_install rabbitmq-server
+        fi
+        export PATH="$PATH:/usr/sbin"
+        if ! as_root rabbitmqctl -q status >/dev/null 2>&1; then
+            echo "starting rabbitmq-server…" >&2
+            as_root rabbitmq-server -detached
+            as_root rabbitmqctl -q --timeout 120 await_startup >/dev/null
+        fi
+    fi
+fi

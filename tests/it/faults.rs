@@ -1,0 +1,384 @@
+//! Gateway faults injected by the simulator and handled by ingest: zombie connections,
+//! RECONNECT, INVALID_SESSION, every close code 4000–4014, identify pacing and the session
+//! start limit. Each test counts every dispatch the simulator logged against the ids stored
+//! in the gateway stream (0 missing), or, for the fatal close codes, checks that ingest stops
+//! with an error naming the cause instead of reconnecting.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use prometheus::Registry;
+use relaycord::config::Config;
+use relaycord::nats_server::NatsServer;
+use relaycord::roles;
+use relaycord_bus::Secret;
+use relaycord_ingest::{IngestError, IngestErrorKind};
+use relaycord_sim::{GenerateSpec, GeneratorHandle, SimConfig, Simulator};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{eventually, metric};
+
+/// Upper bound for things that take seconds; reached only when a test fails.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// nats-server, the simulator with a test's own [`SimConfig`], and ingest (leased mode)
+/// run in-process through the same wiring as `relaycord ingest`, so its result is visible.
+pub struct Harness {
+    pub sim: Simulator,
+    pub js: jetstream::Context,
+    pub registry: Registry,
+    shutdown: CancellationToken,
+    ingest: JoinHandle<anyhow::Result<()>>,
+    _nats: NatsServer,
+}
+
+impl Harness {
+    pub async fn start(sim_config: SimConfig) -> Harness {
+        let nats = NatsServer::start().expect("start nats-server (the test command installs it)");
+        let sim = Simulator::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), sim_config)
+            .await
+            .unwrap();
+        let mut config = Config::load(None).unwrap();
+        config.nats.url = nats.url();
+        config.discord.token = Secret::new(sim.config().token.clone());
+        config.discord.api_base = sim.api_base();
+        // Short lease ticks: the leased coordinator claims shards (and reports a fatal
+        // shard error) within a few hundred milliseconds.
+        config.ingest.lease_ttl = Duration::from_secs(3);
+        config.validate().unwrap();
+        let js = roles::connect(&config, "test").await.unwrap();
+        let registry = Registry::new();
+        let shutdown = CancellationToken::new();
+        let ingest = tokio::spawn({
+            let (js, registry, shutdown) = (js.clone(), registry.clone(), shutdown.clone());
+            async move { roles::run_ingest(&config, js, &registry, &Default::default(), shutdown).await }
+        });
+        Harness {
+            sim,
+            js,
+            registry,
+            shutdown,
+            ingest,
+            _nats: nats,
+        }
+    }
+
+    /// Waits until every shard has a session and a live connection.
+    pub async fn ready(&self) {
+        if let Err(error) = self.sim.wait_ready(PATIENCE).await {
+            panic!("shards not ready: {error}; {:?}", self.sim.stats());
+        }
+    }
+
+    /// Unpaced events, `count` of them.
+    pub fn burst(&self, count: u64) -> GeneratorHandle {
+        self.sim.generate(GenerateSpec {
+            count: Some(count),
+            rate_per_sec: 0.0,
+            ..GenerateSpec::default()
+        })
+    }
+
+    /// Paced events, so that a fault lands in the middle of the stream.
+    pub fn stream(&self, count: u64, rate_per_sec: f64) -> GeneratorHandle {
+        self.sim.generate(GenerateSpec {
+            count: Some(count),
+            rate_per_sec,
+            ..GenerateSpec::default()
+        })
+    }
+
+    /// Waits until the gateway stream holds every id the simulator logged (the proof log)
+    /// and returns those still missing after `PATIENCE`.
+    pub async fn missing(&self) -> Vec<String> {
+        let expected = relaycord::dev::expected_ids(&self.sim.sent(), None);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let stored = stream_messages(&self.js).await;
+            if stored >= expected.len() as u64 || Instant::now() > deadline {
+                let on_bus: HashSet<String> =
+                    crate::support::stream_ids(&self.js, "DISCORD_GATEWAY")
+                        .await
+                        .into_keys()
+                        .collect();
+                let missing: Vec<String> = expected.difference(&on_bus).cloned().collect();
+                if missing.is_empty() || Instant::now() > deadline {
+                    return missing;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Asserts that nothing the simulator logged is missing from the bus.
+    pub async fn assert_nothing_missing(&self) {
+        let missing = self.missing().await;
+        assert!(
+            missing.is_empty(),
+            "{} of {} events missing, e.g. {:?}; sim {:?}",
+            missing.len(),
+            self.sim.sent().len(),
+            &missing[..missing.len().min(5)],
+            self.sim.stats()
+        );
+    }
+
+    /// Stops ingest cleanly; it must not have failed.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.ingest
+            .await
+            .unwrap()
+            .expect("ingest ended without error");
+    }
+
+    /// Waits for ingest to end by itself and returns its error.
+    pub async fn failure(self) -> anyhow::Error {
+        let result = tokio::time::timeout(PATIENCE, self.ingest).await;
+        self.shutdown.cancel();
+        match result {
+            Ok(joined) => joined
+                .unwrap()
+                .expect_err("ingest should stop with an error"),
+            Err(_) => panic!(
+                "ingest kept running after a fatal close; sim {:?}",
+                self.sim.stats()
+            ),
+        }
+    }
+}
+
+/// Messages in the gateway stream.
+async fn stream_messages(js: &jetstream::Context) -> u64 {
+    let mut stream = js.get_stream("DISCORD_GATEWAY").await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+fn sim_config(shards: u32) -> SimConfig {
+    SimConfig {
+        shards,
+        guilds: shards * 3,
+        ..SimConfig::default()
+    }
+}
+
+/// A zombie connection (open, but no HEARTBEAT_ACK and nothing else) is only found by the
+/// client's heartbeat check: twilight must give up on it, reconnect and resume, and the
+/// replay brings what was dispatched meanwhile.
+#[tokio::test]
+async fn zombie_connection_is_detected_and_resumed() {
+    let h = Harness::start(SimConfig {
+        // Twilight declares a zombie when a heartbeat interval passes without anything
+        // received after a heartbeat: short, so the test takes seconds.
+        heartbeat_interval: Duration::from_millis(500),
+        ..sim_config(2)
+    })
+    .await;
+    h.ready().await;
+    let generator = h.stream(1500, 300.0);
+    while generator.generated() < 300 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.sim.set_zombie(0, true).unwrap();
+    // Healed once twilight has given up on the zombie and resumed at least once (that new
+    // connection was silent too); the next attempt resumes for good.
+    let resumed = eventually(PATIENCE, || h.sim.stats().resumes >= 1).await;
+    h.sim.set_zombie(0, false).unwrap();
+    assert!(resumed, "no RESUME after the zombie: {:?}", h.sim.stats());
+    generator.finished().await;
+    h.ready().await;
+    h.assert_nothing_missing().await;
+    let stats = h.sim.stats();
+    assert_eq!(stats.identifies, 2, "resumed, not re-identified: {stats:?}");
+    assert!(stats.heartbeats_unacked >= 1, "{stats:?}");
+    h.stop().await;
+}
+
+/// RECONNECT (op 7) on every shard mid-stream: each resumes; nothing is lost.
+#[tokio::test]
+async fn reconnect_request_resumes_every_shard() {
+    let h = Harness::start(sim_config(3)).await;
+    h.ready().await;
+    let generator = h.stream(1500, 500.0);
+    while generator.generated() < 500 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for shard in 0..3 {
+        h.sim.request_reconnect(shard);
+    }
+    generator.finished().await;
+    h.ready().await;
+    h.assert_nothing_missing().await;
+    let stats = h.sim.stats();
+    assert_eq!(
+        (stats.identifies, stats.failed_resumes),
+        (3, 0),
+        "{stats:?}"
+    );
+    assert!(stats.resumes >= 3, "{stats:?}");
+    h.stop().await;
+}
+
+/// INVALID_SESSION `d: true` resumes; `d: false` identifies a new session. Events of the
+/// discarded session that were sent before it ended are on the bus.
+#[tokio::test]
+async fn invalid_session_resumable_and_not() {
+    let h = Harness::start(sim_config(2)).await;
+    h.ready().await;
+    let generator = h.stream(1500, 500.0);
+    while generator.generated() < 500 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.sim.invalidate_session(0, true);
+    h.sim.invalidate_session(1, false);
+    generator.finished().await;
+    h.ready().await;
+    h.burst(200).finished().await;
+    h.assert_nothing_missing().await;
+    let stats = h.sim.stats();
+    assert_eq!(stats.identifies, 3, "only shard 1 re-identified: {stats:?}");
+    assert!(stats.resumes >= 1, "{stats:?}");
+    assert_eq!(
+        (stats.identify_violations, stats.session_start_exhausted),
+        (0, 0)
+    );
+    h.stop().await;
+}
+
+/// Close codes after which Discord lets a client reconnect: 4000–4009 (4006 is unassigned;
+/// twilight treats unknown codes as reconnectable). 4007 and 4009 discard the session, so
+/// those shards identify again; the others resume. One shard per code, all at once.
+const RECONNECTABLE: [u16; 9] = [4000, 4001, 4002, 4003, 4005, 4006, 4007, 4008, 4009];
+
+#[tokio::test]
+async fn reconnectable_close_codes_end_with_every_shard_running_and_nothing_missing() {
+    let shards = RECONNECTABLE.len() as u32;
+    let h = Harness::start(sim_config(shards)).await;
+    h.ready().await;
+    let generator = h.stream(3000, 1000.0);
+    while generator.generated() < 1000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (shard, code) in (0..).zip(RECONNECTABLE) {
+        h.sim.close(shard, code);
+    }
+    generator.finished().await;
+    h.ready().await;
+    h.burst(500).finished().await;
+    h.assert_nothing_missing().await;
+    let stats = h.sim.stats();
+    assert_eq!(
+        stats.identifies,
+        u64::from(shards) + 2,
+        "only the 4007 and 4009 shards identified again: {stats:?}"
+    );
+    assert!(stats.resumes >= u64::from(shards) - 2, "{stats:?}");
+    assert_eq!(
+        (stats.identify_violations, stats.session_start_exhausted),
+        (0, 0)
+    );
+    assert_eq!(metric(&h.registry, "relaycord_shard_up"), f64::from(shards));
+    h.stop().await;
+}
+
+/// Close codes that must stop the shard for good, with the words the error must contain
+/// (the cause, and where to fix it).
+const FATAL: [(u16, IngestErrorKind, &str); 6] = [
+    (4004, IngestErrorKind::Unauthorized, "DISCORD_TOKEN"),
+    (4010, IngestErrorKind::FatalClose, "invalid shard"),
+    (4011, IngestErrorKind::FatalClose, "sharding required"),
+    (4012, IngestErrorKind::FatalClose, "API version"),
+    (4013, IngestErrorKind::FatalClose, "intents"),
+    (4014, IngestErrorKind::FatalClose, "privileged intents"),
+];
+
+/// Each fatal code stops ingest with an error naming it, after exactly one connection per
+/// shard: no reconnect loop. The codes run side by side, each against its own stack.
+#[tokio::test]
+async fn fatal_close_codes_stop_ingest_with_an_error_naming_the_cause() {
+    let runs = FATAL.map(|(code, kind, words)| async move {
+        let h = Harness::start(sim_config(2)).await;
+        h.ready().await;
+        h.burst(100).finished().await;
+        h.sim.close(1, code);
+        let sim = h.sim.clone();
+        let error = h.failure().await;
+        let stats = sim.stats();
+        (code, kind, words, error, stats)
+    });
+    for (code, kind, words, error, stats) in futures::future::join_all(runs).await {
+        let ingest = error
+            .downcast_ref::<IngestError>()
+            .unwrap_or_else(|| panic!("{code}: not an ingest error: {error:#}"));
+        let text = format!("{error:#}");
+        assert_eq!(ingest.kind(), kind, "{code}: {text}");
+        assert!(text.contains(&code.to_string()), "{code}: {text}");
+        assert!(
+            text.to_lowercase().contains(&words.to_lowercase()),
+            "{code}: {text}"
+        );
+        // One connection per shard, and the closed one never came back.
+        assert_eq!(stats.connections, 2, "{code}: reconnected: {stats:?}");
+    }
+}
+
+/// Identify pacing: with max_concurrency 2, four shards start in two rounds five seconds
+/// apart, and re-identifying all of them (non-resumable INVALID_SESSION) is paced as well.
+/// The simulator counts every pair of identifies in one bucket less than 5 s apart.
+#[tokio::test]
+async fn identifies_respect_max_concurrency() {
+    let h = Harness::start(SimConfig {
+        max_concurrency: 2,
+        ..sim_config(4)
+    })
+    .await;
+    h.ready().await;
+    h.burst(300).finished().await;
+    for shard in 0..4 {
+        h.sim.invalidate_session(shard, false);
+    }
+    h.ready().await;
+    h.burst(300).finished().await;
+    h.assert_nothing_missing().await;
+    let stats = h.sim.stats();
+    assert_eq!(stats.identifies, 8, "{stats:?}");
+    assert_eq!(stats.identify_violations, 0, "{stats:?}");
+    h.stop().await;
+}
+
+/// `session_start_limit.remaining` is respected: with 3 session starts for 2 shards, the
+/// third re-identify waits for the limit's reset instead of identifying (which the simulator
+/// would refuse with 4008 and count), then the shard comes back and nothing is missing.
+#[tokio::test]
+async fn session_start_limit_is_respected() {
+    let h = Harness::start(SimConfig {
+        session_start_limit: 3,
+        // Long enough for both re-identifies to be asked before the refill.
+        session_start_reset_after: Duration::from_secs(12),
+        ..sim_config(2)
+    })
+    .await;
+    h.ready().await;
+    // Spends the last session start.
+    h.sim.invalidate_session(0, false);
+    h.ready().await;
+    assert_eq!(h.sim.stats().session_start_remaining, 0);
+    // Nothing left: shard 1 has to wait for the reset.
+    h.sim.invalidate_session(1, false);
+    let generator = h.burst(300);
+    h.ready().await;
+    generator.finished().await;
+    let stats = h.sim.stats();
+    assert_eq!(
+        stats.session_start_exhausted, 0,
+        "identified with none left: {stats:?}"
+    );
+    // The 4th identify came after the simulator refilled the limit; one made before would
+    // have been refused with 4008 and counted above.
+    assert_eq!(stats.identifies, 4, "{stats:?}");
+    h.assert_nothing_missing().await;
+    h.stop().await;
+}

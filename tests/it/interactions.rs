@@ -1,0 +1,233 @@
+//! The interactions endpoint: verification (with an independent signer), publishing,
+//! and refusal of every kind of bad request.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use relaycord_sim::{Forgery, SignedRequest};
+use serde_json::json;
+
+use crate::interactions_support::{IxStack, base_config, nats_handler, nats_route, start_sim};
+use relaycord::nats_server::NatsServer;
+
+/// Signs `(timestamp, body)` pairs with PyNaCl; returns its public key and signatures.
+fn pynacl_sign(seed: &[u8; 32], requests: &[(String, String)]) -> (String, Vec<String>) {
+    let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/py/sign_interactions.py"
+    );
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(seed)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 must be installed (scripts/setup.sh --tests)");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for (timestamp, body) in requests {
+            let line = json!({"timestamp": timestamp, "body": body}).to_string();
+            writeln!(stdin, "{line}").unwrap();
+        }
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "PyNaCl signer failed (pip install pynacl, or scripts/setup.sh --tests)"
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let mut lines = text.lines().map(str::to_owned);
+    let public_key = lines.next().unwrap();
+    (public_key, lines.collect())
+}
+
+fn now() -> String {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interactions_signed_by_pynacl_are_verified_published_and_deduplicated() {
+    let nats = NatsServer::start().expect("nats-server");
+    let sim = start_sim().await;
+    let discord = sim.interactions();
+    // Well-formed interactions of every kind, signed by PyNaCl with its own key.
+    let interactions = [
+        discord.ping(),
+        discord.command("cardsearch"),
+        discord.component("vote:42:yes"),
+        discord.modal("feedback:7"),
+        discord.autocomplete("blep"),
+    ];
+    let ts = now();
+    let requests: Vec<(String, String)> = interactions
+        .iter()
+        .map(|i| (ts.clone(), i.body.clone()))
+        .collect();
+    let (public_key, signatures) = pynacl_sign(&rand::random(), &requests);
+    let mut config = base_config(&nats.url(), &sim, Vec::new());
+    config.discord.public_key = public_key;
+    let stack = IxStack::serve(nats, sim, config).await;
+
+    let signed = |i: usize| SignedRequest {
+        body: interactions[i].body.clone().into_bytes(),
+        signature: Some(signatures[i].clone()),
+        timestamp: Some(ts.clone()),
+    };
+    let (status, body) = stack.send(&signed(0)).await;
+    assert_eq!(
+        (status, &body[..]),
+        (200, &br#"{"type":1}"#[..]),
+        "PING → PONG"
+    );
+    let expected = [
+        (r#"{"type":5}"#, "discord.interactions.command.cardsearch"),
+        (r#"{"type":6}"#, "discord.interactions.component.vote"),
+        (r#"{"type":5}"#, "discord.interactions.modal.feedback"),
+        (
+            r#"{"type":8,"data":{"choices":[]}}"#,
+            "discord.interactions.autocomplete.blep",
+        ),
+    ];
+    for (i, (response, _)) in expected.iter().enumerate() {
+        let (status, body) = stack.send(&signed(i + 1)).await;
+        // No route: published, then deferred for a consumer of the stream to follow up.
+        assert_eq!(
+            (status, std::str::from_utf8(&body).unwrap()),
+            (200, *response)
+        );
+    }
+    // Discord retrying the same interaction: one message on the bus.
+    assert_eq!(stack.send(&signed(1)).await.0, 200);
+
+    let stored = stack.stored().await;
+    assert_eq!(
+        stored.len(),
+        4,
+        "PING is not published; the retry is deduplicated"
+    );
+    for (i, (_, subject)) in expected.iter().enumerate() {
+        let interaction = &interactions[i + 1];
+        let s = &stored[i];
+        assert_eq!(s.subject, *subject);
+        assert_eq!(s.msg_id, format!("ix:{}", interaction.id));
+        assert_eq!(s.envelope["id"], json!(format!("ix:{}", interaction.id)));
+        assert_eq!(s.envelope["source"], "interaction");
+        assert_eq!(s.envelope["type"], "INTERACTION_CREATE");
+        assert_eq!(s.envelope["guild_id"], "290926798626357999");
+        assert_eq!(
+            s.raw_data, interaction.body,
+            "payload carried byte for byte"
+        );
+    }
+    assert_eq!(
+        stack.metric(
+            "relaycord_interactions_requests_total",
+            &[r#"outcome="pong""#]
+        ),
+        1.0
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_stale_and_malformed_requests_are_refused_and_nothing_is_published_or_routed() {
+    let stack = IxStack::start(vec![nats_route("ping", "relaycord.handlers.ping")]).await;
+    let mut routed = nats_handler(
+        &stack.client,
+        "relaycord.handlers.>",
+        Duration::ZERO,
+        r#"{"type":4,"data":{"content":"pong"}}"#,
+    )
+    .await;
+    let discord = &stack.discord;
+    let command = discord.command("ping");
+    for forgery in Forgery::ALL {
+        let (status, _) = stack.send(&discord.forged(&command, forgery)).await;
+        let expected = if forgery == Forgery::MalformedBody {
+            400
+        } else {
+            401
+        };
+        assert_eq!(status, expected, "{forgery:?}");
+    }
+    // Valid signatures over bodies that are not routable interactions.
+    for body in [
+        &b"\xff\xfe not utf-8"[..],
+        br#"{"type":2,"data":{"name":"ping"}}"#,
+        br#"{"id":"1","type":77}"#,
+        br#"[1,2,3]"#,
+    ] {
+        let request = discord.sign_at(body, now().parse().unwrap());
+        assert_eq!(
+            stack.send(&request).await.0,
+            400,
+            "{:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    // Too large: 413 before anything is verified.
+    let mut big = discord.signed(&command);
+    big.body = vec![b' '; 300 * 1024];
+    assert_eq!(stack.send(&big).await.0, 413);
+
+    assert!(stack.stored().await.is_empty(), "nothing was published");
+    assert!(routed.try_recv().is_err(), "nothing was routed");
+    let rejected = |reason: &str| {
+        stack.metric(
+            "relaycord_interactions_requests_total",
+            &[r#"outcome="rejected""#, &format!(r#"reason="{reason}""#)],
+        )
+    };
+    assert_eq!(
+        rejected("bad_signature"),
+        3.0,
+        "wrong key, tampered, truncated"
+    );
+    assert_eq!(rejected("stale"), 2.0);
+    assert_eq!(rejected("missing_header"), 3.0);
+    assert_eq!((rejected("bad_hex"), rejected("bad_length")), (1.0, 1.0));
+    assert_eq!(rejected("malformed"), 5.0);
+    assert_eq!(rejected("too_large"), 1.0);
+
+    // The same request, correctly signed, goes through: the refusals were not luck.
+    let (status, body) = stack.send(&discord.signed(&command)).await;
+    assert_eq!(
+        (status, &body[..]),
+        (200, &br#"{"type":4,"data":{"content":"pong"}}"#[..])
+    );
+    assert_eq!(routed.recv().await.unwrap(), command.id);
+    assert_eq!(stack.stored().await.len(), 1);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_jetstream_nothing_is_routed_but_discord_pings_still_answer() {
+    let mut stack = IxStack::start_with(vec![nats_route("ping", "relaycord.handlers.ping")], |c| {
+        c.interactions.deadline = std::time::Duration::from_millis(500)
+    })
+    .await;
+    stack.kill_nats();
+    let command = stack.discord.command("ping");
+    let (status, _) = stack.send(&stack.discord.signed(&command)).await;
+    assert_eq!(
+        status, 503,
+        "an interaction that cannot be recorded is not routed"
+    );
+    let ping = stack.discord.ping();
+    let (status, body) = stack.send(&stack.discord.signed(&ping)).await;
+    assert_eq!((status, &body[..]), (200, &br#"{"type":1}"#[..]));
+    assert_eq!(
+        stack.metric(
+            "relaycord_interactions_requests_total",
+            &[r#"outcome="failed""#, r#"reason="publish""#]
+        ),
+        1.0
+    );
+    stack.stop().await;
+}

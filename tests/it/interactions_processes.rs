@@ -1,0 +1,219 @@
+//! Interactions across processes: the `relaycord interactions` binary killed with -9 after
+//! deferring (its late reply must still reach Discord, through another replica), and a
+//! handler written in Python with nats-py.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use relaycord::nats_server::NatsServer;
+use relaycord_sim::RestCallKind;
+use serde_json::{Value, json};
+
+use crate::interactions_support::{IxStack, base_config, nats_route, start_sim};
+
+fn free_addr() -> String {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// Runs `relaycord interactions` as a child process; returns it and its endpoint URL.
+async fn spawn_replica(
+    config: &relaycord::config::Config,
+    dir: &tempfile::TempDir,
+) -> (KillOnDrop, String, String) {
+    let (listen, metrics) = (free_addr(), free_addr());
+    let path = dir.path().join("relaycord.toml");
+    let toml = format!(
+        r#"
+[nats]
+url = "{nats}"
+[discord]
+public_key = "{key}"
+api_base = "{api}"
+[interactions]
+listen = "{listen}"
+metrics_listen = "{metrics}"
+deadline = "500ms"
+[[interactions.routes]]
+command = "slow"
+handler = {{ nats = "relaycord.handlers.slow" }}
+"#,
+        nats = config.nats.url,
+        key = config.discord.public_key,
+        api = config.discord.api_base,
+    );
+    std::fs::write(&path, toml).unwrap();
+    let child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_relaycord"))
+            .arg("--config")
+            .arg(&path)
+            .arg("interactions")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("run the relaycord binary"),
+    );
+    let url = format!("http://{listen}/interactions");
+    let http = reqwest::Client::new();
+    for _ in 0..1000 {
+        if http.get(&url).send().await.is_ok_and(|r| r.status() == 405) {
+            return (child, url, format!("http://{metrics}/metrics"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("relaycord interactions did not start");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_reply_survives_the_death_of_the_replica_that_deferred() {
+    let nats = NatsServer::start().expect("nats-server");
+    let sim = start_sim().await;
+    let discord = sim.interactions();
+    let config = base_config(
+        &nats.url(),
+        &sim,
+        vec![nats_route("slow", "relaycord.handlers.slow")],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (mut replica_a, url_a, _) = spawn_replica(&config, &dir).await;
+
+    // A handler that answers only when the test says so.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut requests = client.subscribe("relaycord.handlers.slow").await.unwrap();
+    client.flush().await.unwrap();
+
+    let command = discord.command("slow");
+    let request = discord.signed(&command);
+    let (status, body) =
+        crate::interactions_support::send_to(&reqwest::Client::new(), &url_a, &request)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status, &body[..]),
+        (200, &br#"{"type":5}"#[..]),
+        "replica A deferred"
+    );
+    let handled = tokio::time::timeout(Duration::from_secs(10), requests.next())
+        .await
+        .unwrap()
+        .unwrap();
+
+    replica_a.0.kill().unwrap(); // SIGKILL: no shutdown code runs.
+    replica_a.0.wait().unwrap();
+    let reply = Bytes::from_static(br#"{"type":4,"data":{"content":"answered after A died"}}"#);
+    client.publish(handled.reply.unwrap(), reply).await.unwrap();
+    client.flush().await.unwrap();
+    assert!(discord.calls().is_empty());
+
+    // Replica B did not exist when A deferred; it finds the reply on the stream.
+    let replica_b = IxStack::serve(nats, sim, config).await;
+    let call = discord
+        .wait_call(Duration::from_secs(30), |c| {
+            c.interaction_id.as_deref() == Some(&command.id)
+        })
+        .await
+        .expect("the late reply reached Discord through replica B");
+    assert_eq!((call.kind, call.status), (RestCallKind::EditOriginal, 200));
+    assert_eq!(call.body, json!({"content": "answered after A died"}));
+    replica_b.stop().await;
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_documented_python_handler_answers_a_slash_command() {
+    let stack = IxStack::start(vec![nats_route("ping", "relaycord.handlers.ping")]).await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/py/interaction_handler.py"
+    );
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args([
+            "--url",
+            &stack.nats_url(),
+            "--subject",
+            "relaycord.handlers.ping",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with nats-py (scripts/setup.sh --tests)");
+    let stdout = child.stdout.take().unwrap();
+    let handler = KillOnDrop(child);
+    let ready = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout).lines().next().and_then(Result::ok)
+    })
+    .await
+    .unwrap();
+    assert_eq!(ready.as_deref(), Some("ready"), "nats-py handler started");
+
+    let command = stack.discord.command("ping");
+    let (status, body) = stack.send(&stack.discord.signed(&command)).await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"type": 4, "data": {"content": "pong from python: /ping by Mason"}})
+    );
+    drop(handler);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_serves_interaction_metrics() {
+    let nats = NatsServer::start().expect("nats-server");
+    let sim = start_sim().await;
+    let discord = sim.interactions();
+    let config = base_config(&nats.url(), &sim, Vec::new());
+    let dir = tempfile::tempdir().unwrap();
+    let (_replica, url, metrics) = spawn_replica(&config, &dir).await;
+    let http = reqwest::Client::new();
+    let send = |request| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            crate::interactions_support::send_to(&http, &url, &request)
+                .await
+                .unwrap()
+                .0
+        }
+    };
+    assert_eq!(send(discord.signed(&discord.ping())).await, 200);
+    let command = discord.command("anything");
+    assert_eq!(send(discord.signed(&command)).await, 200);
+    assert_eq!(
+        send(discord.forged(&command, relaycord_sim::Forgery::WrongKey)).await,
+        401
+    );
+
+    let text = http
+        .get(&metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"relaycord_interactions_requests_total{outcome="pong",reason=""} 1"#,
+        r#"relaycord_interactions_requests_total{outcome="deferred",reason=""} 1"#,
+        r#"relaycord_interactions_requests_total{outcome="rejected",reason="bad_signature"} 1"#,
+        r#"relaycord_interactions_response_seconds_count{outcome="deferred"} 1"#,
+        "relaycord_interactions_publish_seconds_count 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+}

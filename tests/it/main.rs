@@ -1,0 +1,27 @@
+//! End-to-end tests: real nats-server processes, the simulator speaking the real
+//! gateway protocol, real HTTP on loopback. One binary so they share one link.
+
+mod compat;
+mod compression;
+mod durability;
+mod faults;
+mod interactions;
+mod interactions_bench;
+mod interactions_handlers;
+mod interactions_processes;
+mod interactions_sim;
+mod interactions_support;
+mod sinks_amqp;
+mod sinks_bench;
+mod sinks_config;
+mod sinks_discord;
+mod sinks_dlq;
+mod sinks_driver;
+mod sinks_http;
+mod sinks_nats;
+mod sinks_process;
+mod sinks_receiver;
+mod sinks_support;
+mod sinks_tail;
+mod skeleton;
+mod support;

@@ -1,0 +1,140 @@
+//! The amqp sink against the real RabbitMQ (`AMQP_URL`, default guest@127.0.0.1:5672),
+//! read back with pika, across a broker restart (`rabbitmqctl stop_app` / `start_app`).
+//! Each run uses its own exchange and queue and deletes them; the broker is left running.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use relaycord_sinks::amqp::AmqpSinkConfig;
+use relaycord_sinks::retry::Backoff;
+use relaycord_sinks::{SinkConfig, SinkKind};
+
+use crate::sinks_support::{Bus, eventually, run_sink};
+
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
+}
+
+async fn pika(args: &[&str]) -> (bool, String, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/py/amqp_queue.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .await
+        .expect("python3 must be installed");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn rabbitmqctl(action: &str) {
+    let status = tokio::process::Command::new("rabbitmqctl")
+        .args(["-q", action])
+        .status()
+        .await
+        .expect("rabbitmqctl must be on PATH (scripts/setup.sh --tests installs RabbitMQ)");
+    assert!(status.success(), "rabbitmqctl {action} failed");
+}
+
+/// Starts the broker's application again even when an assertion fails mid-restart.
+struct RestartGuard;
+
+impl Drop for RestartGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "start_app"])
+            .status();
+    }
+}
+
+/// 200 events, half of them published while RabbitMQ's application is stopped: pika
+/// reads every one back from a durable queue, persistent, with `message_id` = the
+/// event id and the routing key from the template.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_messages_read_back_across_a_broker_restart() {
+    let url = amqp_url();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let unique = format!("relaycord-test-{}-{nanos}", std::process::id());
+    let (ok, out, err) = pika(&[
+        "setup",
+        "--url",
+        &url,
+        "--exchange",
+        &unique,
+        "--queue",
+        &unique,
+    ])
+    .await;
+    assert!(
+        ok && out.trim() == "ready",
+        "RabbitMQ must run at {url} (AMQP_URL) with pika installed; scripts/setup.sh --tests does both: {err}"
+    );
+
+    let bus = Bus::start().await;
+    let config = SinkConfig {
+        max_attempts: 1000,
+        concurrency: 8,
+        backoff: Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(1),
+        },
+        ..SinkConfig::new(
+            "amqp",
+            SinkKind::Amqp(AmqpSinkConfig {
+                routing_key: "discord.{type}.{guild_id}".to_owned(),
+                ..AmqpSinkConfig::new(url.clone(), unique.clone())
+            }),
+        )
+    };
+    let mut expected: HashSet<String> = bus.messages(0, 100).await.into_iter().collect();
+    let sink = run_sink(&bus, &config);
+    bus.wait_settled("amqp").await;
+
+    let guard = RestartGuard;
+    rabbitmqctl("stop_app").await;
+    expected.extend(bus.messages(1000, 100).await);
+    assert!(
+        eventually(Duration::from_secs(30), || sink.outcome("retried") > 0.0).await,
+        "publishing failed while the broker was down"
+    );
+    rabbitmqctl("start_app").await;
+    drop(guard);
+    bus.wait_settled("amqp").await;
+    sink.stop().await;
+
+    let expect = expected.len().to_string();
+    let (ok, out, err) = pika(&[
+        "read", "--url", &url, "--queue", &unique, "--expect", &expect,
+    ])
+    .await;
+    let _ = pika(&[
+        "cleanup",
+        "--url",
+        &url,
+        "--exchange",
+        &unique,
+        "--queue",
+        &unique,
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let mut seen = HashSet::new();
+    for line in out.lines() {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(m["message_id"], m["envelope_id"], "{line}");
+        assert_eq!(m["delivery_mode"], 2, "persistent: {line}");
+        assert_eq!(m["routing_key"], "discord.MESSAGE_CREATE.1", "{line}");
+        assert_eq!(m["type"], "MESSAGE_CREATE");
+        assert_eq!(m["content_type"], "application/json");
+        seen.insert(m["message_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen, expected, "{err}");
+}

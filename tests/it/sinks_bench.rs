@@ -1,0 +1,56 @@
+//! What sink-side dedupe costs. Not part of the normal run (it only prints figures):
+//!
+//! ```text
+//! cargo test --release -p relaycord --test it sinks_bench -- --ignored --nocapture
+//! ```
+//!
+//! The sink itself does nothing, so the figures are the driver's own ceiling: with dedupe
+//! each event adds a KV lookup and a KV write to its ack.
+
+use std::time::{Duration, Instant};
+
+use crate::sinks_support::{Bus, RecordingSink, eventually, run_driver, test_config};
+
+const EVENTS: u64 = 5_000;
+
+async fn events_per_second(bus: &Bus, name: &str, dedupe: bool) -> f64 {
+    let config = relaycord_sinks::SinkConfig {
+        dedupe,
+        concurrency: 64,
+        ..test_config(name)
+    };
+    let sink = RecordingSink::open();
+    let started = Instant::now();
+    let run = run_driver(bus, &config, sink.clone());
+    assert!(
+        eventually(Duration::from_secs(300), || sink.delivered().len() as u64
+            >= EVENTS)
+        .await
+    );
+    let rate = EVENTS as f64 / started.elapsed().as_secs_f64();
+    run.stop().await;
+    rate
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+async fn sinks_bench_dedupe_cost() {
+    let bus = Bus::start().await;
+    bus.messages(0, EVENTS).await;
+    let mut off = Vec::new();
+    let mut on = Vec::new();
+    // Alternate so that warm-up and page cache favour neither side.
+    for round in 0..3 {
+        off.push(events_per_second(&bus, &format!("off{round}"), false).await);
+        on.push(events_per_second(&bus, &format!("on{round}"), true).await);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (off, on) = (median(&mut off), median(&mut on));
+    println!(
+        "dedupe off: {off:.0} events/s, dedupe on: {on:.0} events/s, ratio on/off = {:.2} ({EVENTS} events, concurrency 64, no-op sink, median of 3)",
+        on / off
+    );
+}

@@ -1,0 +1,224 @@
+//! The discord sink against the simulator's REST side: Discord's rate-limit headers,
+//! 429s, message limits and mention rules, recorded as received.
+
+use std::time::Duration;
+
+use relaycord_sim::{DiscordRest, RestLimits, SimConfig, Simulator};
+use relaycord_sinks::discord::DiscordSinkConfig;
+use relaycord_sinks::discord::templates::TRUNCATED;
+use relaycord_sinks::retry::Backoff;
+use relaycord_sinks::{SinkConfig, SinkKind, dlq};
+use tokio::net::TcpListener;
+
+use crate::sinks_support::{Bus, run_sink};
+
+fn discord_sink(name: &str, config: DiscordSinkConfig) -> SinkConfig {
+    SinkConfig {
+        concurrency: 16,
+        max_attempts: 20,
+        backoff: Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(2),
+        },
+        ..SinkConfig::new(name, SinkKind::Discord(config))
+    }
+}
+
+/// MESSAGE_CREATEs in `channels` (round robin) whose texts try to ping everyone, a
+/// user and a role, and one over Discord's 2000 characters.
+async fn hostile_messages(bus: &Bus, n: u64, channels: &[&str]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let channel = channels[i as usize % channels.len()];
+        let content = match i % 4 {
+            0 => "hello @everyone and @here".to_owned(),
+            1 => "ping <@80351110224678912> and <@!80351110224678912>".to_owned(),
+            2 => "role <@&41771983423143936>".to_owned(),
+            _ => "x".repeat(3000),
+        };
+        let data = serde_json::json!({
+            "id": (1000 + i).to_string(),
+            "channel_id": channel,
+            "guild_id": "1",
+            "content": content,
+            "author": {"id": "53908099506183680", "username": "Mason"},
+        });
+        ids.push(
+            bus.publish(
+                &format!("msg:{}", 1000 + i),
+                "MESSAGE_CREATE",
+                "1",
+                &data.to_string(),
+            )
+            .await,
+        );
+    }
+    ids
+}
+
+fn assert_safe_and_within_limits(rest: &DiscordRest) {
+    for posted in rest.posted() {
+        assert_eq!(posted.status, 200, "{posted:?}");
+        assert!(!posted.would_mention, "would ping: {:?}", posted.body);
+        assert_eq!(
+            posted.body["allowed_mentions"],
+            serde_json::json!({"parse": []})
+        );
+        let content = posted.body["content"].as_str().unwrap();
+        assert!(content.chars().count() <= 2000);
+        if content.contains("xxxxxxxxxx") {
+            assert!(content.ends_with(TRUNCATED), "cut visibly");
+        }
+    }
+}
+
+/// Bot mode through the simulator: each event posted once into its own channel,
+/// with a nonce, within the per-channel limits (5 per second here) read from the
+/// X-RateLimit headers, so (almost) no 429; nothing pings anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bot_messages_respect_route_limits_and_never_mention() {
+    let sim = Simulator::start(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        SimConfig::default(),
+    )
+    .await
+    .unwrap();
+    let rest = sim.discord_rest();
+    rest.set_limits(RestLimits {
+        channel: (5, Duration::from_secs(1)),
+        ..RestLimits::default()
+    });
+    let bus = Bus::start().await;
+    let ids = hostile_messages(&bus, 40, &["290926798999357250", "290926798999357251"]).await;
+    let config = DiscordSinkConfig::channel("{channel_id}", &sim.config().token, sim.api_base());
+    let sink = run_sink(&bus, &discord_sink("to-channels", config));
+    bus.wait_settled("to-channels").await;
+    sink.stop().await;
+
+    let counts = rest.counts();
+    println!("discord bot mode: {counts:?}");
+    assert_eq!(counts.created, ids.len() as u64, "each event posted once");
+    assert!(counts.rate_limited <= 1, "429s: {}", counts.rate_limited);
+    assert_safe_and_within_limits(&rest);
+    for posted in rest.posted() {
+        assert_eq!(posted.body["enforce_nonce"], true);
+        assert_eq!(posted.body["nonce"].as_str().unwrap().len(), 25);
+    }
+}
+
+/// Many channels at once: the bot's global limit (50/s) binds, and the sink's pacing
+/// keeps it from being hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bot_requests_stay_under_the_global_limit() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/api", listener.local_addr().unwrap());
+    let rest = DiscordRest::start(listener, "bot-token");
+    rest.set_limits(RestLimits {
+        channel: (100, Duration::from_secs(1)),
+        ..RestLimits::default()
+    });
+    let bus = Bus::start().await;
+    let channels: Vec<String> = (0..12)
+        .map(|c| (290926798999357250u64 + c).to_string())
+        .collect();
+    let channels: Vec<&str> = channels.iter().map(String::as_str).collect();
+    let ids = hostile_messages(&bus, 150, &channels).await;
+    let config = DiscordSinkConfig::channel("{channel_id}", "bot-token", base);
+    let sink = run_sink(
+        &bus,
+        &SinkConfig {
+            concurrency: 64,
+            ..discord_sink("global", config)
+        },
+    );
+    bus.wait_settled("global").await;
+    sink.stop().await;
+    let counts = rest.counts();
+    println!("discord global limit: {counts:?}");
+    assert_eq!(counts.created, ids.len() as u64);
+    assert!(
+        counts.global_rate_limited <= 1,
+        "global 429s: {}",
+        counts.global_rate_limited
+    );
+    assert_safe_and_within_limits(&rest);
+}
+
+/// Webhook mode: `?wait=true`, the configured name, the webhook's own limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_messages_respect_limits() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rest = DiscordRest::start(listener, "unused");
+    rest.set_limits(RestLimits {
+        webhook: (5, Duration::from_secs(1)),
+        ..RestLimits::default()
+    });
+    let bus = Bus::start().await;
+    let ids = hostile_messages(&bus, 20, &["290926798999357250"]).await;
+    let config = DiscordSinkConfig {
+        username: Some("Relaycord".into()),
+        ..DiscordSinkConfig::webhook(format!(
+            "http://{addr}/api/v10/webhooks/223704706495545344/3d89bb7572e0fb30d8128367b3b1b44fecd1726de135cbe28a41f8b2f777c372ba2939e72279b94526ff5d1bd4358d65cf11"
+        ))
+    };
+    let sink = run_sink(&bus, &discord_sink("hook", config));
+    bus.wait_settled("hook").await;
+    sink.stop().await;
+    let counts = rest.counts();
+    assert_eq!(counts.created, ids.len() as u64);
+    assert!(counts.rate_limited <= 1, "429s: {}", counts.rate_limited);
+    assert_safe_and_within_limits(&rest);
+    assert!(
+        rest.posted()
+            .iter()
+            .all(|p| p.body["username"] == "Relaycord")
+    );
+}
+
+/// A webhook that is gone (404) is tried once: every later event is dead-lettered
+/// without a request, since each refused request counts toward Discord's ban.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_webhook_is_tried_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rest = DiscordRest::start(listener, "unused");
+    rest.set_missing("223704706495545344");
+    let bus = Bus::start().await;
+    let ids = hostile_messages(&bus, 10, &["290926798999357250"]).await;
+    let config = DiscordSinkConfig::webhook(format!(
+        "http://{addr}/api/v10/webhooks/223704706495545344/token"
+    ));
+    let sink = run_sink(&bus, &discord_sink("gone", config));
+    bus.wait_settled("gone").await;
+    sink.stop().await;
+    assert_eq!(rest.counts().requests, 1);
+    let letters = dlq::list(&bus.js, "gone").await.unwrap();
+    assert_eq!(letters.len(), ids.len());
+    assert!(
+        letters.iter().all(|l| l.reason.contains("Unknown Webhook")),
+        "{letters:?}"
+    );
+}
+
+/// A refused bot token (401) stops the whole sink after one request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_stops_the_sink_after_one_request() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/api", listener.local_addr().unwrap());
+    let rest = DiscordRest::start(listener, "the-real-token");
+    let bus = Bus::start().await;
+    let ids = hostile_messages(&bus, 10, &["290926798999357250", "290926798999357251"]).await;
+    let config = DiscordSinkConfig::channel("{channel_id}", "a-revoked-token", base);
+    let sink = run_sink(&bus, &discord_sink("revoked", config));
+    bus.wait_settled("revoked").await;
+    sink.stop().await;
+    assert_eq!(rest.counts().requests, 1, "{:?}", rest.counts());
+    assert_eq!(rest.counts().created, 0);
+    let letters = dlq::list(&bus.js, "revoked").await.unwrap();
+    assert_eq!(letters.len(), ids.len());
+    assert!(
+        letters.iter().all(|l| l.reason.contains("401")),
+        "{letters:?}"
+    );
+}

@@ -1,0 +1,53 @@
+//! `relaycord dlq show` and `purge` on dead letters of a permanent failure (404).
+
+use std::time::Duration;
+
+use relaycord_sinks::dlq;
+
+use crate::sinks_receiver::TestReceiver;
+use crate::sinks_support::{Bus, http_config, relaycord, run_sink, write_config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_be_shown_and_purged() {
+    let bus = Bus::start().await;
+    let rx = TestReceiver::start(Duration::ZERO).await;
+    // A path the receiver does not serve: 404 is permanent, dead-lettered at once.
+    let url = rx.url.replace("/events", "/gone");
+    let ids = bus.messages(0, 3).await;
+    let sink = run_sink(&bus, &http_config("gone", &url));
+    bus.wait_settled("gone").await;
+    sink.stop().await;
+    let letters = dlq::list(&bus.js, "gone").await.unwrap();
+    assert_eq!(letters.len(), 3);
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.attempts == 1 && l.status == Some(404))
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!("[[sinks]]\nname = \"gone\"\ntype = \"http\"\nurl = \"{url}\"\n");
+    let path = write_config(dir.path(), "c.toml", &bus, &toml);
+    let path = path.to_str().unwrap();
+    let seq = letters[0].seq.to_string();
+    let (ok, shown, err) = relaycord(&["--config", path, "dlq", "show", &seq]).await;
+    assert!(ok, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["id"], letters[0].id);
+    assert_eq!(shown["status"], 404);
+    assert_eq!(
+        shown["envelope"]["id"], letters[0].id,
+        "the original envelope"
+    );
+    assert!(ids.contains(&letters[0].id));
+
+    let (ok, _, err) = relaycord(&[
+        "--config", path, "dlq", "purge", "--sink", "gone", "--seq", &seq,
+    ])
+    .await;
+    assert!(ok && err.contains("purged 1"), "{err}");
+    assert_eq!(dlq::list(&bus.js, "gone").await.unwrap().len(), 2);
+    let (ok, _, err) = relaycord(&["--config", path, "dlq", "purge", "--sink", "gone"]).await;
+    assert!(ok && err.contains("purged 2"), "{err}");
+    assert!(dlq::list(&bus.js, "gone").await.unwrap().is_empty());
+}

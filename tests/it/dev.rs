@@ -1,0 +1,97 @@
+//! `relaycord dev`, the newcomer's first command, run as the real binary: the counted
+//! demo proves every simulated event arrived, and Ctrl-C stops everything it started.
+
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+fn dev() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_relaycord"));
+    cmd.arg("dev")
+        .env_remove("DISCORD_TOKEN")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// `relaycord dev --events N` prints the summary line the README promises and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_events_prints_the_summary_and_exits_zero() {
+    let out = tokio::time::timeout(
+        Duration::from_secs(300),
+        dev().args(["--events", "500", "--quiet"]).output(),
+    )
+    .await
+    .expect("relaycord dev --events 500 finished within 5 minutes")
+    .expect("run relaycord dev");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {}: {stdout}\n{stderr}",
+        out.status
+    );
+    let summary = stdout.lines().last().unwrap_or_default();
+    let rest = summary
+        .strip_prefix("delivered 500/500 events, 0 missing, ")
+        .unwrap_or_else(|| panic!("unexpected summary {summary:?}\n{stderr}"));
+    let duplicates: u64 = rest
+        .strip_suffix(" duplicates")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected summary {summary:?}"));
+    // At-least-once allows duplicates, but an undisturbed run on loopback has no reason
+    // for more than a handful.
+    assert!(duplicates < 50, "{summary}");
+}
+
+/// Ctrl-C (SIGINT to the whole foreground process group, as a terminal sends it) stops
+/// the demo with status 0, and the nats-server child it started is gone with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_the_demo_and_its_nats_server() {
+    let mut child = dev()
+        .args(["--rate", "50"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("run relaycord dev");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let nats_addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("nats-server started on nats://") {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        panic!("relaycord dev exited before starting nats-server");
+    })
+    .await
+    .expect("nats-server started");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(120), stdout.next_line())
+        .await
+        .expect("an event printed within 2 minutes")
+        .unwrap()
+        .expect("stdout open");
+    assert!(!first.is_empty());
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+
+    let pgid = child.id().unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", "--", &format!("-{pgid}")])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("relaycord dev stopped within 60 s of Ctrl-C")
+        .unwrap();
+    assert!(status.success(), "exit status after Ctrl-C: {status}");
+    assert!(
+        TcpStream::connect(&nats_addr).is_err(),
+        "the demo's nats-server on {nats_addr} outlived it"
+    );
+}

@@ -95,3 +95,57 @@ async fn ctrl_c_stops_the_demo_and_its_nats_server() {
         "the demo's nats-server on {nats_addr} outlived it"
     );
 }
+
+/// `relaycord sim --rate --events`: the standalone simulator generates events on its own
+/// once a client holds every shard; an unmodified twilight shard receives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_simulator_generates_events_for_an_unmodified_client() {
+    use twilight_gateway::{ConfigBuilder, EventTypeFlags, Intents, Shard, ShardId, StreamExt};
+
+    relaycord_bus::install_crypto_provider();
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_relaycord"))
+        .args(["sim", "--listen", &addr.to_string(), "--shards", "1"])
+        .args(["--rate", "500", "--events", "30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run relaycord sim");
+    let mut stderr = BufReader::new(sim.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.starts_with("simulator: api_base") {
+                return;
+            }
+        }
+        panic!("relaycord sim exited before listening");
+    })
+    .await
+    .expect("the simulator listens");
+
+    let config = ConfigBuilder::new("sim-token".into(), Intents::GUILD_MESSAGES)
+        .proxy_url(format!("ws://{addr}"))
+        .build();
+    let mut shard = Shard::with_config(ShardId::ONE, config);
+    let mut generated = 0;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while generated < 30 {
+            let message = shard.next_event(EventTypeFlags::all()).await;
+            let event = message
+                .expect("the shard stays open")
+                .expect("a valid event");
+            let kind = event.kind().name().unwrap_or_default();
+            if relaycord::dev::GENERATED_TYPES.contains(&kind) {
+                generated += 1;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {generated} of 30 generated events arrived"));
+    sim.start_kill().unwrap();
+}

@@ -13,7 +13,7 @@ use relaycord::dev::{self, DevOptions};
 use relaycord::roles;
 use relaycord::telemetry::{self, Health};
 use relaycord_bus::Secret;
-use relaycord_sim::{SimConfig, Simulator};
+use relaycord_sim::{GenerateSpec, SimConfig, Simulator};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -98,6 +98,13 @@ enum Command {
         /// Identifies allowed per day (session_start_limit.total).
         #[arg(long, default_value_t = 1000)]
         session_start_limit: u32,
+        /// Generate events at this rate once every shard is connected (0: none; then
+        /// only what a test or tool injects is sent).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Stop generating after this many events (default: until stopped).
+        #[arg(long)]
+        events: Option<u64>,
     },
     /// Dead letters of a sink: list, show, replay through the sink, purge.
     Dlq(dlq::DlqArgs),
@@ -263,6 +270,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_concurrency,
             guilds,
             session_start_limit,
+            rate,
+            events,
         } => {
             telemetry::init_logging("info");
             let listener = TcpListener::bind(listen)
@@ -276,8 +285,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 session_start_limit,
                 ..SimConfig::default()
             };
-            eprintln!("simulator: api_base = http://{listen}/api, gateway = ws://{listen}");
-            Simulator::run(listener, config, async move { shutdown.cancelled().await }).await?;
+            let sim = Simulator::start(listener, config).await?;
+            let addr = sim.local_addr();
+            eprintln!("simulator: api_base = http://{addr}/api, gateway = ws://{addr}");
+            if rate > 0.0 || events.is_some() {
+                generate_when_ready(&sim, rate, events, &shutdown).await;
+            }
+            shutdown.cancelled().await;
+            sim.shutdown();
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq(args) => dlq::run(cli.config.as_deref(), args).await,
@@ -298,4 +313,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `relaycord sim --rate`: waits for every shard's session, then generates in the
+/// background until `--events` are sent or the simulator stops.
+async fn generate_when_ready(
+    sim: &Simulator,
+    rate: f64,
+    events: Option<u64>,
+    shutdown: &CancellationToken,
+) {
+    eprintln!("waiting for a client to connect every shard…");
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            ready = sim.wait_ready(Duration::from_secs(60)) => if ready.is_ok() { break },
+        }
+    }
+    let what = events.map_or("events until stopped".to_owned(), |n| format!("{n} events"));
+    eprintln!("all shards ready: generating {what} at {rate}/s");
+    let generator = sim.generate(GenerateSpec {
+        count: events,
+        rate_per_sec: rate,
+        ..GenerateSpec::default()
+    });
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        generator.stop();
+    });
 }

@@ -6,6 +6,7 @@ mod compression;
 mod dev;
 mod durability;
 mod faults;
+mod ingest_bench;
 mod interactions;
 mod interactions_bench;
 mod interactions_handlers;

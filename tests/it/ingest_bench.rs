@@ -48,11 +48,7 @@ async fn publish_windowed(js: jetstream::Context, batch: Vec<(String, String, by
         let mut h = HeaderMap::new();
         h.insert(headers::MSG_ID, id.as_str());
         h.insert(headers::TYPE, "BENCH");
-        in_flight.push_back(
-            js.publish_with_headers(subject, h, payload)
-                .await
-                .unwrap(),
-        );
+        in_flight.push_back(js.publish_with_headers(subject, h, payload).await.unwrap());
     }
     for ack in in_flight {
         ack.await.unwrap();
@@ -126,7 +122,15 @@ async fn ingest_bench() {
         ingest.push(EVENTS as f64 / started.elapsed().as_secs_f64());
 
         let batches = envelopes(&stack.sim.sent()[before_log..]);
-        let before = js.get_stream("BENCH").await.unwrap().info().await.unwrap().state.messages;
+        let before = js
+            .get_stream("BENCH")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages;
         let started = Instant::now();
         let tasks: Vec<_> = batches
             .into_iter()

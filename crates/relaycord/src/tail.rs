@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use bytes::Bytes;
 use clap::Args;
 use futures::StreamExt;
 use relaycord::config::Config;
@@ -42,11 +43,15 @@ pub async fn run(
         .subscribe(subject.clone())
         .await
         .with_context(|| format!("cannot subscribe to {subject:?}"))?;
-    // Once the server has the subscription, everything published from now on shows.
-    client
-        .flush()
-        .await
-        .context("lost the NATS connection while subscribing")?;
+    // `flush` only empties the socket buffer. A round trip on the same connection proves
+    // the server processed the SUB before anything we print "following" for: the server
+    // handles one connection's protocol in order, and the request's no-responders answer
+    // comes back after it.
+    match client.request(client.new_inbox(), Bytes::new()).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
+        Err(e) => return Err(e).context("lost the NATS connection while subscribing"),
+    }
     eprintln!("following {subject} (Ctrl-C to stop)");
     loop {
         let message = tokio::select! {

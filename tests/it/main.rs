@@ -13,6 +13,7 @@ mod interactions_handlers;
 mod interactions_processes;
 mod interactions_sim;
 mod interactions_support;
+mod nats_auth;
 mod sinks_amqp;
 mod sinks_bench;
 mod sinks_config;

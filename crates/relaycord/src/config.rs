@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
@@ -42,6 +42,22 @@ pub struct NatsConfig {
     pub duplicate_window: Duration,
     #[serde(with = "humantime_serde")]
     pub dlq_max_age: Duration,
+    /// NATS credentials file (JWT + nkey seed, as `nsc` writes it).
+    pub creds_file: Option<PathBuf>,
+    /// Token auth (secret).
+    pub token: Secret,
+    /// User and password auth; the password is a secret.
+    pub user: String,
+    pub password: Secret,
+    /// Nkey seed (`SU…`, secret).
+    pub nkey_seed: Secret,
+    /// PEM CA bundle to verify the server with (private CAs).
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key for mutual TLS: both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse to talk to a server that does not offer TLS.
+    pub tls_required: bool,
 }
 
 impl Default for NatsConfig {
@@ -55,6 +71,15 @@ impl Default for NatsConfig {
             max_bytes: streams.max_bytes,
             duplicate_window: streams.duplicate_window,
             dlq_max_age: streams.dlq_max_age,
+            creds_file: None,
+            token: Secret::default(),
+            user: String::new(),
+            password: Secret::default(),
+            nkey_seed: Secret::default(),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
         }
     }
 }
@@ -253,7 +278,7 @@ fn load_error(error: &figment::Error) -> ConfigError {
     )
 }
 
-fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         problem: problem.into(),
@@ -298,6 +323,7 @@ impl Config {
                 "must be 1 to 5 (1 on a single server, 3 on a cluster)",
             ));
         }
+        crate::nats_client::validate(&self.nats)?;
         if self.nats.duplicate_window < Duration::from_secs(10) {
             return Err(invalid(
                 "nats.duplicate_window",

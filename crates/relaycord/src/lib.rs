@@ -4,6 +4,7 @@
 pub mod config;
 pub mod dev;
 pub mod interactions;
+pub mod nats_client;
 pub mod nats_server;
 pub mod receiver;
 pub mod roles;

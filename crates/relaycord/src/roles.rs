@@ -15,15 +15,7 @@ use crate::telemetry::Health;
 
 /// Connects to NATS and sets up the streams; fails with the key to fix when it cannot.
 pub async fn connect(config: &Config, role: &str) -> anyhow::Result<jetstream::Context> {
-    let url = &config.nats.url;
-    let client = async_nats::ConnectOptions::new()
-        .name(format!("relaycord-{role}"))
-        .connection_timeout(Duration::from_secs(10))
-        .connect(url)
-        .await
-        .with_context(|| {
-            format!("cannot connect to NATS at {url} (nats.url / RELAYCORD_NATS__URL)")
-        })?;
+    let client = crate::nats_client::connect(&config.nats, role).await?;
     let js = jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(10))
         .build(client);

@@ -31,14 +31,7 @@ pub async fn run(
     let subject = args
         .subject
         .unwrap_or_else(|| config.nats.subjects().gateway_all());
-    let url = &config.nats.url;
-    let client = async_nats::ConnectOptions::new()
-        .name("relaycord-tail")
-        .connect(url)
-        .await
-        .with_context(|| {
-            format!("cannot connect to NATS at {url} (nats.url / RELAYCORD_NATS__URL)")
-        })?;
+    let client = relaycord::nats_client::connect(&config.nats, "tail").await?;
     let mut messages = client
         .subscribe(subject.clone())
         .await

@@ -1,7 +1,9 @@
-//! `relaycord dlq show` and `purge` on dead letters of a permanent failure (404).
+//! `relaycord dlq show` and `purge` on dead letters of a permanent failure (404); purge
+//! never touches another sink's dead letters.
 
 use std::time::Duration;
 
+use relaycord_bus::subject;
 use relaycord_sinks::dlq;
 
 use crate::sinks_receiver::TestReceiver;
@@ -41,6 +43,26 @@ async fn dead_letters_can_be_shown_and_purged() {
     );
     assert!(ids.contains(&letters[0].id));
 
+    // Sequences are global to the DLQ stream: another sink's letter is refused by
+    // `purge --sink gone`, and nothing is deleted.
+    let foreign = bus
+        .js
+        .publish(subject::dlq("other"), "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
+        .to_string();
+    let (ok, _, err) = relaycord(&[
+        "--config", path, "dlq", "purge", "--sink", "gone", "--seq", &seq, "--seq", &foreign,
+    ])
+    .await;
+    assert!(!ok, "purged another sink's dead letter: {err}");
+    assert!(err.contains("not a dead letter of sink \"gone\""), "{err}");
+    assert_eq!(dlq::list(&bus.js, "other").await.unwrap().len(), 1);
+    assert_eq!(dlq::list(&bus.js, "gone").await.unwrap().len(), 3);
+
     let (ok, _, err) = relaycord(&[
         "--config", path, "dlq", "purge", "--sink", "gone", "--seq", &seq,
     ])
@@ -50,4 +72,5 @@ async fn dead_letters_can_be_shown_and_purged() {
     let (ok, _, err) = relaycord(&["--config", path, "dlq", "purge", "--sink", "gone"]).await;
     assert!(ok && err.contains("purged 2"), "{err}");
     assert!(dlq::list(&bus.js, "gone").await.unwrap().is_empty());
+    assert_eq!(dlq::list(&bus.js, "other").await.unwrap().len(), 1);
 }

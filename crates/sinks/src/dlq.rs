@@ -193,7 +193,8 @@ pub async fn get(js: &jetstream::Context, seq: u64) -> Result<DeadLetter, SinkEr
 }
 
 /// Deletes the given dead letters (all of the sink's when `seqs` is empty); returns how
-/// many were removed.
+/// many were removed. Fails without deleting anything when a sequence is not one of the
+/// sink's dead letters.
 pub async fn purge(js: &jetstream::Context, sink: &str, seqs: &[u64]) -> Result<u64, SinkError> {
     let stream = dlq_stream(js).await?;
     if seqs.is_empty() {
@@ -203,6 +204,34 @@ pub async fn purge(js: &jetstream::Context, sink: &str, seqs: &[u64]) -> Result<
             .await
             .map_err(|e| bus_error("cannot purge the DLQ", e))?;
         return Ok(purged.purged);
+    }
+    // A sequence is global to RELAYCORD_DLQ: check that each one is this sink's before
+    // deleting any, so a typo cannot remove another sink's dead letter (or half a list).
+    let own = subject::dlq(sink);
+    for seq in seqs {
+        let found = stream
+            .get_raw_message(*seq)
+            .await
+            .map(|m| m.subject.to_string());
+        match found {
+            Ok(subject) if subject == own => {}
+            Ok(other) => {
+                return Err(SinkError::new(
+                    SinkErrorKind::Config,
+                    format!(
+                        "dead letter {seq} is on {other}, not {own}: not a dead letter of sink {sink:?}, nothing purged (see `relaycord dlq list --sink {sink}`)"
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(bus_error(
+                    format!(
+                        "no dead letter with sequence {seq}, nothing purged (see `relaycord dlq list --sink {sink}`)"
+                    ),
+                    e,
+                ));
+            }
+        }
     }
     let mut removed = 0;
     for seq in seqs {

@@ -7,7 +7,10 @@ use relaycord_bus::subject;
 use relaycord_sinks::dlq;
 
 use crate::sinks_receiver::TestReceiver;
-use crate::sinks_support::{Bus, http_config, relaycord, run_sink, write_config};
+use crate::sinks_support::{
+    Bus, RecordingSink, RefusingSink, http_config, relaycord, run_driver, run_sink, test_config,
+    write_config,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_can_be_shown_and_purged() {
@@ -73,4 +76,37 @@ async fn dead_letters_can_be_shown_and_purged() {
     assert!(ok && err.contains("purged 2"), "{err}");
     assert!(dlq::list(&bus.js, "gone").await.unwrap().is_empty());
     assert_eq!(dlq::list(&bus.js, "other").await.unwrap().len(), 1);
+}
+
+/// A letter replayed (so deleted) whose stream message fails again later (here: the
+/// consumer is reset and reads it anew) is stored again, not dropped by the DLQ's
+/// duplicate window as a copy of the first letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_letter_that_fails_again_is_stored_again() {
+    let bus = Bus::start().await;
+    let ids = bus.messages(0, 1).await;
+    let config = test_config("again");
+    let run = run_driver(&bus, &config, RefusingSink);
+    bus.wait_settled("again").await;
+    run.stop().await;
+    let letters = dlq::list(&bus.js, "again").await.unwrap();
+    assert_eq!(letters.len(), 1);
+    let replayed = dlq::replay(&bus.js, &RecordingSink::open(), None, &letters)
+        .await
+        .unwrap();
+    assert_eq!(replayed, vec![(letters[0].seq, dlq::Replayed::Delivered)]);
+    assert!(dlq::list(&bus.js, "again").await.unwrap().is_empty());
+
+    let stream = bus.js.get_stream("DISCORD_GATEWAY").await.unwrap();
+    stream.delete_consumer("relaycord-again").await.unwrap();
+    let run = run_driver(&bus, &config, RefusingSink);
+    bus.wait_settled("again").await;
+    assert_eq!(run.outcome("dead_lettered"), 1.0);
+    run.stop().await;
+    let letters = dlq::list(&bus.js, "again").await.unwrap();
+    assert_eq!(
+        letters.iter().map(|l| &l.id).collect::<Vec<_>>(),
+        vec![&ids[0]],
+        "stored again"
+    );
 }

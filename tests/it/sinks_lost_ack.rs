@@ -7,21 +7,24 @@
 //!
 //! Dropping acks (rather than racing a kill between the KV write and the ack) is what
 //! makes this deterministic: every delivery of the first worker is a lost-ack case.
+//! The same proxy loses the term after a dead letter is stored, as a crash there would.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use relaycord_sinks::SinkConfig;
 use relaycord_sinks::dedupe::Dedupe;
+use relaycord_sinks::dlq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::sinks_process::{spawn_sink, wait_accepted};
 use crate::sinks_receiver::TestReceiver;
-use crate::sinks_support::{Bus, eventually};
+use crate::sinks_support::{Bus, RefusingSink, eventually, run_driver_on, test_config};
 use crate::support::SECRET;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -191,6 +194,47 @@ async fn without_dedupe_lost_acks_repeat_every_event() {
     let seen = lost_acks_then_kill_9("lostack-off", false).await;
     let once: Vec<_> = seen.iter().filter(|(_, n)| **n < 2).collect();
     assert!(once.is_empty(), "not repeated: {once:?}");
+}
+
+/// A worker whose terms are lost (as if it died between storing a dead letter and
+/// terminating the message) dead-letters each redelivery again: the letter's
+/// `Nats-Msg-Id` makes the DLQ keep one per event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_term_does_not_store_a_dead_letter_twice() {
+    const N: usize = 10;
+    let bus = Bus::start().await;
+    bus.messages(0, N as u64).await;
+    let proxy = AckDroppingProxy::start(bus.nats.addr()).await;
+    let js = async_nats::jetstream::new(async_nats::connect(&proxy.url).await.unwrap());
+    let config = SinkConfig {
+        max_attempts: 1,
+        ack_wait: Duration::from_secs(1),
+        ..test_config("lostterm")
+    };
+    let run = run_driver_on(js, &config, RefusingSink);
+    // Every event has a letter, and at least N more dead-letterings happened (the
+    // redeliveries): without the letter id, the DLQ would hold them all.
+    let distinct = || async {
+        let letters = dlq::list(&bus.js, "lostterm").await.unwrap();
+        letters
+            .iter()
+            .map(|l| l.id.clone())
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while distinct().await < N || run.outcome("dead_lettered") < 2.0 * N as f64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead-lettered {} times, {} terms dropped",
+            run.outcome("dead_lettered"),
+            proxy.dropped()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    run.stop().await;
+    let letters = dlq::list(&bus.js, "lostterm").await.unwrap();
+    assert_eq!(letters.len(), N, "one dead letter per event");
 }
 
 #[test]

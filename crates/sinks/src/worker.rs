@@ -144,6 +144,7 @@ impl<S: Sink> Worker<S> {
             reason,
             status,
             attempts,
+            source_seq: message.info().ok().map(|i| i.stream_sequence),
         };
         match dlq::publish(&self.js, &info, message.payload.clone()).await {
             Ok(()) => {

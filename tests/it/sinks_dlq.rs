@@ -3,14 +3,18 @@
 
 use std::time::Duration;
 
-use relaycord_bus::subject;
-use relaycord_sinks::dlq;
+use std::collections::HashSet;
+
+use relaycord_bus::{StreamSettings, Subjects, subject};
+use relaycord_sinks::{SinkConfig, dlq, driver};
 
 use crate::sinks_receiver::TestReceiver;
 use crate::sinks_support::{
-    Bus, RecordingSink, RefusingSink, http_config, relaycord, run_driver, run_sink, test_config,
-    write_config,
+    Bus, RecordingSink, RefusingSink, eventually, http_config, relaycord, run_driver, run_sink,
+    test_config, write_config,
 };
+
+const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_can_be_shown_and_purged() {
@@ -109,4 +113,43 @@ async fn a_replayed_letter_that_fails_again_is_stored_again() {
         vec![&ids[0]],
         "stored again"
     );
+}
+
+/// While the DLQ cannot take a dead letter (its stream is gone), the worker keeps the
+/// message and retries in place: failures spend none of the consumer's deliveries, so
+/// far more of them than `max_deliver` pass without the message being given up. A
+/// stopping worker releases it; once the DLQ is back, the next worker stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_wait_for_an_unavailable_dlq() {
+    const N: u64 = 2;
+    let bus = Bus::start().await;
+    let ids = bus.messages(0, N).await;
+    bus.js.delete_stream("RELAYCORD_DLQ").await.unwrap();
+    let config = SinkConfig {
+        max_attempts: 1,
+        ack_wait: Duration::from_secs(1),
+        ..test_config("nodlq")
+    };
+    let max_deliver = u64::from(config.max_attempts + driver::DEAD_LETTER_DELIVERIES);
+    let run = run_driver(&bus, &config, RefusingSink);
+    let failures = (N * (max_deliver + 1)) as f64;
+    assert!(
+        eventually(WAIT, || run.outcome("dead_letter_failed") >= failures).await,
+        "{} failures to store",
+        run.outcome("dead_letter_failed")
+    );
+    assert_eq!(run.outcome("dead_lettered"), 0.0);
+    tokio::time::timeout(WAIT, run.stop())
+        .await
+        .expect("shutdown is not held up by the DLQ retries");
+
+    relaycord_bus::ensure_streams(&bus.js, &Subjects::default(), &StreamSettings::default())
+        .await
+        .unwrap();
+    let run = run_driver(&bus, &config, RefusingSink);
+    bus.wait_settled("nodlq").await;
+    run.stop().await;
+    let letters = dlq::list(&bus.js, "nodlq").await.unwrap();
+    let stored: HashSet<String> = letters.into_iter().map(|l| l.id).collect();
+    assert_eq!(stored, ids.into_iter().collect());
 }

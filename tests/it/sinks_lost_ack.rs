@@ -24,7 +24,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::sinks_process::{spawn_sink, wait_accepted};
 use crate::sinks_receiver::TestReceiver;
-use crate::sinks_support::{Bus, RefusingSink, eventually, run_driver_on, test_config};
+use crate::sinks_support::{
+    Bus, RecordingSink, RefusingSink, eventually, run_driver_on, test_config,
+};
 use crate::support::SECRET;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -235,6 +237,43 @@ async fn a_lost_term_does_not_store_a_dead_letter_twice() {
     run.stop().await;
     let letters = dlq::list(&bus.js, "lostterm").await.unwrap();
     assert_eq!(letters.len(), N, "one dead letter per event");
+}
+
+/// An event delivered on its last attempt whose ack was lost is a duplicate on the
+/// redelivery, not a dead letter: dedupe is checked before the attempts are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_event_is_not_dead_lettered_after_a_lost_ack() {
+    const N: usize = 10;
+    let bus = Bus::start().await;
+    bus.messages(0, N as u64).await;
+    let proxy = AckDroppingProxy::start(bus.nats.addr()).await;
+    let js = async_nats::jetstream::new(async_nats::connect(&proxy.url).await.unwrap());
+    let config = SinkConfig {
+        max_attempts: 1,
+        ack_wait: Duration::from_secs(1),
+        ..test_config("lastack")
+    };
+    let sink = RecordingSink::open();
+    let run = run_driver_on(js, &config, sink.clone());
+    // Every event redelivered once after its last (only) attempt, and handled.
+    let handled = || run.outcome("duplicate") + run.outcome("dead_lettered");
+    assert!(
+        eventually(WAIT, || handled() >= N as f64).await,
+        "{} redeliveries handled",
+        handled()
+    );
+    run.stop().await;
+    assert_eq!(sink.delivered().len(), N);
+    let letters: Vec<String> = dlq::list(&bus.js, "lastack")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    assert!(
+        letters.is_empty(),
+        "delivered, then dead-lettered: {letters:?}"
+    );
 }
 
 #[test]

@@ -22,6 +22,7 @@ mod sinks_discord;
 mod sinks_dlq;
 mod sinks_driver;
 mod sinks_http;
+mod sinks_lost_ack;
 mod sinks_nats;
 mod sinks_process;
 mod sinks_receiver;

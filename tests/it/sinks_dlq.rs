@@ -1,11 +1,20 @@
-//! `relaycord dlq show` and `purge` on dead letters of a permanent failure (404).
+//! `relaycord dlq show` and `purge` on dead letters of a permanent failure (404); purge
+//! never touches another sink's dead letters.
 
 use std::time::Duration;
 
-use relaycord_sinks::dlq;
+use std::collections::HashSet;
+
+use relaycord_bus::{StreamSettings, Subjects, subject};
+use relaycord_sinks::{SinkConfig, dlq, driver};
 
 use crate::sinks_receiver::TestReceiver;
-use crate::sinks_support::{Bus, http_config, relaycord, run_sink, write_config};
+use crate::sinks_support::{
+    Bus, RecordingSink, RefusingSink, eventually, http_config, relaycord, run_driver, run_sink,
+    test_config, write_config,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_can_be_shown_and_purged() {
@@ -41,6 +50,26 @@ async fn dead_letters_can_be_shown_and_purged() {
     );
     assert!(ids.contains(&letters[0].id));
 
+    // Sequences are global to the DLQ stream: another sink's letter is refused by
+    // `purge --sink gone`, and nothing is deleted.
+    let foreign = bus
+        .js
+        .publish(subject::dlq("other"), "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
+        .to_string();
+    let (ok, _, err) = relaycord(&[
+        "--config", path, "dlq", "purge", "--sink", "gone", "--seq", &seq, "--seq", &foreign,
+    ])
+    .await;
+    assert!(!ok, "purged another sink's dead letter: {err}");
+    assert!(err.contains("not a dead letter of sink \"gone\""), "{err}");
+    assert_eq!(dlq::list(&bus.js, "other").await.unwrap().len(), 1);
+    assert_eq!(dlq::list(&bus.js, "gone").await.unwrap().len(), 3);
+
     let (ok, _, err) = relaycord(&[
         "--config", path, "dlq", "purge", "--sink", "gone", "--seq", &seq,
     ])
@@ -50,4 +79,77 @@ async fn dead_letters_can_be_shown_and_purged() {
     let (ok, _, err) = relaycord(&["--config", path, "dlq", "purge", "--sink", "gone"]).await;
     assert!(ok && err.contains("purged 2"), "{err}");
     assert!(dlq::list(&bus.js, "gone").await.unwrap().is_empty());
+    assert_eq!(dlq::list(&bus.js, "other").await.unwrap().len(), 1);
+}
+
+/// A letter replayed (so deleted) whose stream message fails again later (here: the
+/// consumer is reset and reads it anew) is stored again, not dropped by the DLQ's
+/// duplicate window as a copy of the first letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_letter_that_fails_again_is_stored_again() {
+    let bus = Bus::start().await;
+    let ids = bus.messages(0, 1).await;
+    let config = test_config("again");
+    let run = run_driver(&bus, &config, RefusingSink);
+    bus.wait_settled("again").await;
+    run.stop().await;
+    let letters = dlq::list(&bus.js, "again").await.unwrap();
+    assert_eq!(letters.len(), 1);
+    let replayed = dlq::replay(&bus.js, &RecordingSink::open(), None, &letters)
+        .await
+        .unwrap();
+    assert_eq!(replayed, vec![(letters[0].seq, dlq::Replayed::Delivered)]);
+    assert!(dlq::list(&bus.js, "again").await.unwrap().is_empty());
+
+    let stream = bus.js.get_stream("DISCORD_GATEWAY").await.unwrap();
+    stream.delete_consumer("relaycord-again").await.unwrap();
+    let run = run_driver(&bus, &config, RefusingSink);
+    bus.wait_settled("again").await;
+    assert_eq!(run.outcome("dead_lettered"), 1.0);
+    run.stop().await;
+    let letters = dlq::list(&bus.js, "again").await.unwrap();
+    assert_eq!(
+        letters.iter().map(|l| &l.id).collect::<Vec<_>>(),
+        vec![&ids[0]],
+        "stored again"
+    );
+}
+
+/// While the DLQ cannot take a dead letter (its stream is gone), the worker keeps the
+/// message and retries in place: failures spend none of the consumer's deliveries, so
+/// far more of them than `max_deliver` pass without the message being given up. A
+/// stopping worker releases it; once the DLQ is back, the next worker stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_wait_for_an_unavailable_dlq() {
+    const N: u64 = 2;
+    let bus = Bus::start().await;
+    let ids = bus.messages(0, N).await;
+    bus.js.delete_stream("RELAYCORD_DLQ").await.unwrap();
+    let config = SinkConfig {
+        max_attempts: 1,
+        ack_wait: Duration::from_secs(1),
+        ..test_config("nodlq")
+    };
+    let max_deliver = u64::from(config.max_attempts + driver::DEAD_LETTER_DELIVERIES);
+    let run = run_driver(&bus, &config, RefusingSink);
+    let failures = (N * (max_deliver + 1)) as f64;
+    assert!(
+        eventually(WAIT, || run.outcome("dead_letter_failed") >= failures).await,
+        "{} failures to store",
+        run.outcome("dead_letter_failed")
+    );
+    assert_eq!(run.outcome("dead_lettered"), 0.0);
+    tokio::time::timeout(WAIT, run.stop())
+        .await
+        .expect("shutdown is not held up by the DLQ retries");
+
+    relaycord_bus::ensure_streams(&bus.js, &Subjects::default(), &StreamSettings::default())
+        .await
+        .unwrap();
+    let run = run_driver(&bus, &config, RefusingSink);
+    bus.wait_settled("nodlq").await;
+    run.stop().await;
+    let letters = dlq::list(&bus.js, "nodlq").await.unwrap();
+    let stored: HashSet<String> = letters.into_iter().map(|l| l.id).collect();
+    assert_eq!(stored, ids.into_iter().collect());
 }

@@ -122,12 +122,44 @@ async fn filters_on_types_guilds_and_channels() {
     let run = run_driver(&bus, &config, sink.clone());
     assert!(eventually(WAIT, || sink.delivered().len() >= expected.len()).await);
     bus.wait_settled("filtered").await;
+    let skipped = run.outcome("skipped");
     run.stop().await;
     assert_eq!(
         sink.delivered().into_iter().collect::<HashSet<_>>(),
         expected
     );
     assert_eq!(sink.delivered().len(), 2);
+
+    // Which path ran depends on the server (run the suite with NATS_SERVER_BIN set to
+    // each): both are checked, neither is skipped.
+    let version = bus.js.client().server_info().version;
+    let stream = bus.js.get_stream("DISCORD_GATEWAY").await.unwrap();
+    let consumer = stream.consumer_info("relaycord-filtered").await.unwrap();
+    let mut filters = consumer.config.filter_subjects.clone();
+    filters.sort();
+    if filters_several_subjects(&version) {
+        assert_eq!(
+            filters,
+            [
+                "discord.gateway.MESSAGE_CREATE.1",
+                "discord.gateway.MESSAGE_REACTION_ADD.1"
+            ],
+            "nats-server {version}: filter_subjects"
+        );
+        // Only the other channel's two events reach the in-process filter.
+        assert_eq!(skipped, 2.0, "nats-server {version}");
+    } else {
+        assert!(filters.is_empty(), "nats-server {version}: {filters:?}");
+        assert_eq!(consumer.config.filter_subject, "", "nats-server {version}");
+        // Everything but the two delivered events is read and skipped in process.
+        assert_eq!(skipped, (n + 1 - 2) as f64, "nats-server {version}");
+    }
+}
+
+/// nats-server 2.10 brought consumer `filter_subjects`.
+fn filters_several_subjects(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap());
+    (parts.next().unwrap(), parts.next().unwrap()) >= (2, 10)
 }
 
 /// The pending and in-flight gauges follow the consumer.

@@ -155,3 +155,35 @@ async fn standardwebhooks_library_verifies_requests() {
     assert_eq!(v["ok"], false, "{line}");
     bad.stop().await;
 }
+
+/// A 429 with `Retry-After: 2` is nak'ed with that delay (the backoff drawn here is at
+/// most 10 ms), and JetStream honours it: each event's next request comes no earlier
+/// than two seconds after the refused one. Only a lower bound is asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_delays_the_redelivery() {
+    const RETRY_AFTER: Duration = Duration::from_secs(2);
+    let bus = Bus::start().await;
+    let rx = TestReceiver::start(Duration::ZERO).await;
+    rx.set_retry_after_first(RETRY_AFTER.as_secs());
+    let ids = bus.messages(0, 5).await;
+    let config = SinkConfig {
+        backoff: Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_secs(10),
+        },
+        ..http_config("patient", &rx.url)
+    };
+    let sink = run_sink(&bus, &config);
+    bus.wait_settled("patient").await;
+    assert_eq!(sink.outcome("retried"), ids.len() as f64);
+    sink.stop().await;
+    for id in &ids {
+        let arrivals = rx.arrivals(id);
+        assert_eq!(arrivals.len(), 2, "{id}: refused once, then accepted");
+        let waited = arrivals[1] - arrivals[0];
+        assert!(
+            waited >= RETRY_AFTER,
+            "{id}: redelivered after {waited:?}, before Retry-After"
+        );
+    }
+}

@@ -1,12 +1,13 @@
 //! A webhook receiver for the sink tests, with failure injection: some ids always fail,
 //! half of all requests fail (500, a hang past the sink's timeout, 429 with
 //! Retry-After), or every request is parked until released and then refused. It counts
-//! only what it accepted (2xx), per id and per `x-replica` header.
+//! only what it accepted (2xx), per id and per `x-replica` header, and when each signed
+//! request arrived. It can also answer each id's first request 429 with a Retry-After.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -40,6 +41,9 @@ struct Inner {
     held: AtomicUsize,
     delay: Duration,
     hang: Duration,
+    /// Non-zero: the first request of each id is answered 429 `Retry-After: <this>`.
+    retry_after_first: AtomicU64,
+    arrivals: Mutex<HashMap<String, Vec<Instant>>>,
 }
 
 impl TestReceiver {
@@ -59,6 +63,8 @@ impl TestReceiver {
             held: AtomicUsize::new(0),
             delay,
             hang: Duration::from_secs(3),
+            retry_after_first: AtomicU64::new(0),
+            arrivals: Mutex::default(),
         });
         let app = Router::new()
             .route("/events", post(receive))
@@ -76,6 +82,22 @@ impl TestReceiver {
     /// While flaky, these ids fail every time (they end up dead-lettered).
     pub fn doom(&self, ids: impl IntoIterator<Item = String>) {
         self.inner.doomed.lock().unwrap().extend(ids);
+    }
+
+    /// Answers the first request of every id with 429 and `Retry-After: <secs>`.
+    pub fn set_retry_after_first(&self, secs: u64) {
+        self.inner.retry_after_first.store(secs, Ordering::SeqCst);
+    }
+
+    /// When each signed request of `id` arrived, in order.
+    pub fn arrivals(&self, id: &str) -> Vec<Instant> {
+        self.inner
+            .arrivals
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn set_hold(&self, hold: bool) {
@@ -125,6 +147,17 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
     if !header("webhook-signature").is_some_and(|s| s.split(' ').any(|s| s == expected)) {
         inner.bad_signatures.fetch_add(1, Ordering::SeqCst);
         return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let earlier = {
+        let mut arrivals = inner.arrivals.lock().unwrap();
+        let seen = arrivals.entry(id.to_owned()).or_default();
+        seen.push(Instant::now());
+        seen.len() - 1
+    };
+    let retry_after = inner.retry_after_first.load(Ordering::SeqCst);
+    if retry_after > 0 && earlier == 0 {
+        let value = retry_after.to_string();
+        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", value)]).into_response();
     }
     if *inner.hold.borrow() {
         inner.held.fetch_add(1, Ordering::SeqCst);

@@ -212,17 +212,7 @@ pub fn outcome_count(registry: &Registry, outcome: &str) -> f64 {
 }
 
 pub fn run_driver<S: Sink>(bus: &Bus, config: &SinkConfig, sink: S) -> Running {
-    let registry = Registry::new();
-    let metrics = SinkMetrics::new(&registry).unwrap();
-    let shutdown = CancellationToken::new();
-    let settings = config.driver_settings(&Subjects::default());
-    let driver = Driver::new(sink, bus.js.clone(), settings, metrics);
-    let task = tokio::spawn(driver.run(shutdown.clone()));
-    Running {
-        registry,
-        shutdown,
-        task,
-    }
+    run_driver_on(bus.js.clone(), config, sink)
 }
 
 /// Writes a config file with this bus and the given `[[sinks]]` TOML; returns its path.
@@ -284,6 +274,33 @@ pub fn run_sink(bus: &Bus, config: &SinkConfig) -> Running {
                 .await
         }
     });
+    Running {
+        registry,
+        shutdown,
+        task,
+    }
+}
+
+/// Refuses every delivery as a permanent failure: each event is dead-lettered at once.
+#[derive(Clone, Default)]
+pub struct RefusingSink;
+
+impl Sink for RefusingSink {
+    async fn deliver(&self, _: &Event) -> Outcome {
+        Outcome::Permanent {
+            reason: "refused by the test".to_owned(),
+            status: Some(410),
+        }
+    }
+}
+
+/// [`run_driver`] on another connection (e.g. through a proxy).
+pub fn run_driver_on<S: Sink>(js: jetstream::Context, config: &SinkConfig, sink: S) -> Running {
+    let registry = Registry::new();
+    let metrics = SinkMetrics::new(&registry).unwrap();
+    let shutdown = CancellationToken::new();
+    let settings = config.driver_settings(&Subjects::default());
+    let task = tokio::spawn(Driver::new(sink, js, settings, metrics).run(shutdown.clone()));
     Running {
         registry,
         shutdown,

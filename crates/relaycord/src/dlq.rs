@@ -53,6 +53,10 @@ enum DlqCommand {
 
 pub async fn run(config_path: Option<&Path>, args: DlqArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
+    // Replay builds the sink: check its config before touching NATS.
+    if let DlqCommand::Replay { sink, .. } = &args.command {
+        find_sink(&config, sink)?.check()?;
+    }
     let js = roles::connect(&config, "dlq").await?;
     match args.command {
         DlqCommand::List { sink, json } => {
@@ -75,7 +79,6 @@ pub async fn run(config_path: Option<&Path>, args: DlqArgs) -> anyhow::Result<Ex
         }
         DlqCommand::Replay { sink, seqs } => {
             let sink_config = find_sink(&config, &sink)?;
-            sink_config.check()?;
             let letters = selected(dlq::list(&js, &sink).await?, &seqs)?;
             let results = sink_config
                 .replay_dead_letters(&js, &config.nats.subjects(), &letters)

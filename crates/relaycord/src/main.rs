@@ -228,6 +228,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             telemetry::init_logging("info");
             let config = Config::load(cli.config.as_deref())?;
+            // Before anything else: a bad sink config must not show up as a NATS error,
+            // nor leave streams behind.
+            roles::select_sinks(&config, &names)?;
             let health = Health::default();
             let registry = Registry::new();
             let listener = TcpListener::bind(metrics_listen)

@@ -76,14 +76,14 @@ pub async fn run_ingest(
     Ok(())
 }
 
-/// Runs the named sinks (all configured sinks when `names` is empty) until `shutdown`.
-pub async fn run_sinks(
-    config: &Config,
+/// The named sinks (all configured sinks when `names` is empty), each built once to
+/// validate it. Needs no NATS: `relaycord sink` calls it before connecting, so a bad
+/// template or URL is reported as such (naming the key) even when NATS is down, and no
+/// stream or consumer is created for a sink that cannot run.
+pub fn select_sinks<'a>(
+    config: &'a Config,
     names: &[String],
-    js: jetstream::Context,
-    registry: &Registry,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<&'a SinkConfig>> {
     let selected: Vec<&SinkConfig> = if names.is_empty() {
         config.sinks.iter().collect()
     } else {
@@ -108,6 +108,18 @@ pub async fn run_sinks(
     for sink in &selected {
         sink.check()?;
     }
+    Ok(selected)
+}
+
+/// Runs the named sinks (all configured sinks when `names` is empty) until `shutdown`.
+pub async fn run_sinks(
+    config: &Config,
+    names: &[String],
+    js: jetstream::Context,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let selected = select_sinks(config, names)?;
     let metrics = SinkMetrics::new(registry)?;
     let subjects = config.nats.subjects();
     let mut tasks = JoinSet::new();

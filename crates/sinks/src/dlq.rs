@@ -36,6 +36,21 @@ pub(crate) struct DeadLetterInfo<'a> {
     pub reason: &'a str,
     pub status: Option<u16>,
     pub attempts: u32,
+    /// Sequence of the failed message in its stream: with the sink, it names the letter.
+    pub source_seq: Option<u64>,
+}
+
+impl DeadLetterInfo<'_> {
+    /// The letter's `Nats-Msg-Id`: `dlq:<sink>:<stream seq>:<envelope id>`. A worker that
+    /// dies between storing the letter and terminating the message stores it again on
+    /// the redelivery; the same id lets the DLQ stream drop that copy. It names the
+    /// stream message, not only the event, so the same event published again (a new
+    /// message) is a new letter; attempts are left out, since they differ between the
+    /// two tries.
+    fn msg_id(&self) -> String {
+        let seq = self.source_seq.map_or("-".to_owned(), |s| s.to_string());
+        format!("dlq:{}:{seq}:{}", self.sink, self.id)
+    }
 }
 
 /// Stores a dead letter and waits for the stream's ack.
@@ -44,7 +59,46 @@ pub(crate) async fn publish(
     info: &DeadLetterInfo<'_>,
     payload: Bytes,
 ) -> Result<(), String> {
+    let subject = subject::dlq(info.sink);
+    let ack = send(js, &subject, info, payload.clone(), Some(&info.msg_id())).await?;
+    if ack.duplicate && !stored(js, ack.sequence, &subject).await {
+        // The DLQ already saw this id but the letter is gone: it was replayed or purged,
+        // and the same stream message failed again (its consumer was reset and read it
+        // anew). Dropping it as a duplicate would lose it, so store it without the id;
+        // a crash right here can at worst store it twice.
+        tracing::info!(
+            sink = info.sink,
+            id = info.id,
+            "dead letter replayed or purged before; storing it again"
+        );
+        send(js, &subject, info, payload, None).await?;
+    }
+    Ok(())
+}
+
+/// Whether the DLQ still holds the letter at `seq` on `subject`. A lookup error counts
+/// as "no": a second copy is better than a lost letter.
+async fn stored(js: &jetstream::Context, seq: u64, subject: &str) -> bool {
+    let Ok(stream) = js.get_stream(DLQ_STREAM).await else {
+        return false;
+    };
+    stream
+        .get_raw_message(seq)
+        .await
+        .is_ok_and(|m| m.subject.as_str() == subject)
+}
+
+async fn send(
+    js: &jetstream::Context,
+    subject: &str,
+    info: &DeadLetterInfo<'_>,
+    payload: Bytes,
+    msg_id: Option<&str>,
+) -> Result<jetstream::publish::PublishAck, String> {
     let mut h = HeaderMap::new();
+    if let Some(msg_id) = msg_id {
+        h.insert(bus_headers::MSG_ID, msg_id);
+    }
     h.insert(headers::SINK, info.sink);
     h.insert(headers::ID, info.id);
     h.insert(headers::REASON, one_line(info.reason).as_str());
@@ -57,10 +111,10 @@ pub(crate) async fn publish(
     }
     let publish = PublishMessage::build().payload(payload).headers(h);
     let ack = js
-        .send_publish(subject::dlq(info.sink), publish)
+        .send_publish(subject.to_owned(), publish)
         .await
         .map_err(|e| e.to_string())?;
-    ack.await.map(drop).map_err(|e| e.to_string())
+    ack.await.map_err(|e| e.to_string())
 }
 
 /// One stored dead letter.
@@ -193,7 +247,8 @@ pub async fn get(js: &jetstream::Context, seq: u64) -> Result<DeadLetter, SinkEr
 }
 
 /// Deletes the given dead letters (all of the sink's when `seqs` is empty); returns how
-/// many were removed.
+/// many were removed. Fails without deleting anything when a sequence is not one of the
+/// sink's dead letters.
 pub async fn purge(js: &jetstream::Context, sink: &str, seqs: &[u64]) -> Result<u64, SinkError> {
     let stream = dlq_stream(js).await?;
     if seqs.is_empty() {
@@ -203,6 +258,34 @@ pub async fn purge(js: &jetstream::Context, sink: &str, seqs: &[u64]) -> Result<
             .await
             .map_err(|e| bus_error("cannot purge the DLQ", e))?;
         return Ok(purged.purged);
+    }
+    // A sequence is global to RELAYCORD_DLQ: check that each one is this sink's before
+    // deleting any, so a typo cannot remove another sink's dead letter (or half a list).
+    let own = subject::dlq(sink);
+    for seq in seqs {
+        let found = stream
+            .get_raw_message(*seq)
+            .await
+            .map(|m| m.subject.to_string());
+        match found {
+            Ok(subject) if subject == own => {}
+            Ok(other) => {
+                return Err(SinkError::new(
+                    SinkErrorKind::Config,
+                    format!(
+                        "dead letter {seq} is on {other}, not {own}: not a dead letter of sink {sink:?}, nothing purged (see `relaycord dlq list --sink {sink}`)"
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(bus_error(
+                    format!(
+                        "no dead letter with sequence {seq}, nothing purged (see `relaycord dlq list --sink {sink}`)"
+                    ),
+                    e,
+                ));
+            }
+        }
     }
     let mut removed = 0;
     for seq in seqs {
@@ -287,6 +370,22 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn letter_ids_name_the_stream_message_not_the_attempt() {
+        let info = |attempts, source_seq| DeadLetterInfo {
+            sink: "hook",
+            id: "msg:1",
+            event_type: None,
+            reason: "",
+            status: None,
+            attempts,
+            source_seq,
+        };
+        assert_eq!(info(3, Some(42)).msg_id(), "dlq:hook:42:msg:1");
+        assert_eq!(info(3, Some(42)).msg_id(), info(5, Some(42)).msg_id());
+        assert_ne!(info(3, Some(42)).msg_id(), info(3, Some(43)).msg_id());
+    }
 
     #[test]
     fn reasons_fit_in_a_header() {

@@ -109,10 +109,7 @@ impl<S: Sink> Driver<S> {
             durable_name: Some(name.clone()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: s.ack_wait,
-            // Two deliveries beyond the attempts exist only to dead-letter: if a worker
-            // dies during the last attempt, the server still hands the message to
-            // someone who can move it to the DLQ instead of dropping it silently.
-            max_deliver: i64::from(s.max_attempts) + 2,
+            max_deliver: max_deliver(s.max_attempts),
             max_ack_pending: (s.concurrency as i64 * 4).max(256),
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
             ..Default::default()
@@ -158,6 +155,7 @@ impl<S: Sink> Driver<S> {
             settings: Arc::clone(&self.settings),
             metrics: self.metrics.clone(),
             dedupe: self.open_dedupe().await?,
+            shutdown: shutdown.clone(),
         });
         let s = Arc::clone(&self.settings);
         tracing::info!(sink = %s.name, stream = %s.stream, subjects = ?s.subjects, dedupe = s.dedupe_window.is_some(), "sink started");
@@ -242,6 +240,18 @@ impl<S: Sink> Driver<S> {
         tracing::info!(sink = %s.name, "sink stopped");
         Ok(())
     }
+}
+
+/// Deliveries beyond `max_attempts` that exist only to dead-letter. One is spent each
+/// time a worker stops (crash, kill, shutdown) holding the message after its last
+/// attempt, e.g. while the DLQ is unreachable: failures to store a dead letter spend
+/// none (the worker retries in place, see `Worker::dead_letter`). Five such stops in a
+/// row are needed before the server gives up on a message, which is logged loudly.
+pub const DEAD_LETTER_DELIVERIES: u32 = 5;
+
+/// The consumer's `max_deliver`: always set (the server's default is unlimited).
+pub(crate) fn max_deliver(max_attempts: u32) -> i64 {
+    i64::from(max_attempts) + i64::from(DEAD_LETTER_DELIVERIES)
 }
 
 /// A short wait before pulling again after an error, cut short by shutdown.

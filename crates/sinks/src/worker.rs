@@ -6,10 +6,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, AckKind, Message};
 use relaycord_bus::{Envelope, headers};
+use tokio_util::sync::CancellationToken;
 
 use crate::dedupe::Dedupe;
 use crate::dlq::{self, DeadLetterInfo};
-use crate::driver::{DriverSettings, ack};
+use crate::driver::{DriverSettings, ack, max_deliver};
 use crate::filter::type_and_guild;
 use crate::{Event, Outcome, Sink, SinkMetrics};
 
@@ -19,6 +20,8 @@ pub(crate) struct Worker<S> {
     pub settings: Arc<DriverSettings>,
     pub metrics: SinkMetrics,
     pub dedupe: Option<Dedupe>,
+    /// Cuts short what may wait indefinitely: storing a dead letter while the DLQ is down.
+    pub shutdown: CancellationToken,
 }
 
 impl<S: Sink> Worker<S> {
@@ -42,19 +45,21 @@ impl<S: Sink> Worker<S> {
             payload: message.payload.clone(),
             attempt,
         };
-        if attempt > s.max_attempts {
-            let reason = "attempts exhausted (the worker stopped during the last attempt)";
-            self.dead_letter(&message, &event.id, attempt - 1, reason, None)
-                .await;
-            return;
-        }
         if let Some(dedupe) = &self.dedupe
             && dedupe.delivered(&event.id).await
         {
             // Checked on first deliveries too: the same event published again after the
-            // stream's duplicate window is a new message with the same id.
+            // stream's duplicate window is a new message with the same id. And before the
+            // attempts check: a delivered event whose ack was lost on its last attempt
+            // is done, not dead.
             self.count("duplicate");
             self.ack(&message, AckKind::Ack).await;
+            return;
+        }
+        if attempt > s.max_attempts {
+            let reason = "attempts exhausted (the worker stopped during the last attempt)";
+            self.dead_letter(&message, &event.id, attempt - 1, reason, None)
+                .await;
             return;
         }
 
@@ -110,20 +115,28 @@ impl<S: Sink> Worker<S> {
     /// Runs the delivery, telling JetStream every half ack-wait that it is still
     /// being worked on, so a slow receiver does not cause a parallel redelivery.
     async fn deliver_with_progress(&self, event: &Event, message: &Message) -> Outcome {
-        let deliver = self.sink.deliver(event);
-        tokio::pin!(deliver);
+        self.with_progress(self.sink.deliver(event), message).await
+    }
+
+    /// Runs `work`, sending an in-progress ack every half ack-wait meanwhile.
+    async fn with_progress<F: Future>(&self, work: F, message: &Message) -> F::Output {
+        tokio::pin!(work);
         let mut tick = tokio::time::interval(self.settings.ack_wait / 2);
         tick.tick().await;
         loop {
             tokio::select! {
-                outcome = &mut deliver => return outcome,
+                output = &mut work => return output,
                 _ = tick.tick() => self.ack(message, AckKind::Progress).await,
             }
         }
     }
 
-    /// Moves a message to `relaycord.dlq.<sink>` and terminates it. If the dead letter
-    /// cannot be stored, the message is nak'ed instead: it is never dropped here.
+    /// Moves a message to `relaycord.dlq.<sink>` and terminates it. While the dead letter
+    /// cannot be stored (DLQ stream missing, NATS unreachable), it keeps trying in this
+    /// worker with in-progress acks instead of nak'ing: a nak would spend one of the
+    /// consumer's `max_deliver` deliveries per failure, and once those are gone the
+    /// server never hands the message out again, so it would be neither delivered nor
+    /// dead-lettered. Only a stopping worker gives the message back (nak).
     async fn dead_letter(
         &self,
         message: &Message,
@@ -144,18 +157,53 @@ impl<S: Sink> Worker<S> {
             reason,
             status,
             attempts,
+            source_seq: message.info().ok().map(|i| i.stream_sequence),
         };
-        match dlq::publish(&self.js, &info, message.payload.clone()).await {
-            Ok(()) => {
-                tracing::warn!(sink = %s.name, %id, attempts, ?status, %reason, "dead-lettered");
-                self.ack(message, AckKind::Term).await;
-                self.count("dead_lettered");
-            }
-            Err(error) => {
-                tracing::error!(sink = %s.name, %id, %error, "cannot store dead letter; will retry");
-                self.ack(message, AckKind::Nak(Some(s.backoff.max))).await;
+        let mut failures = 0;
+        loop {
+            let stored = dlq::publish(&self.js, &info, message.payload.clone());
+            let error = match self.with_progress(stored, message).await {
+                Ok(()) => {
+                    tracing::warn!(sink = %s.name, %id, attempts, ?status, %reason, "dead-lettered");
+                    self.ack(message, AckKind::Term).await;
+                    self.count("dead_lettered");
+                    return;
+                }
+                Err(error) => error,
+            };
+            failures += 1;
+            self.count("dead_letter_failed");
+            tracing::error!(sink = %s.name, %id, %error, failures, "cannot store dead letter; retrying");
+            let wait = tokio::time::sleep(s.backoff.ceiling(failures));
+            let stopping = self.with_progress(
+                async {
+                    tokio::select! {
+                        () = wait => false,
+                        () = self.shutdown.cancelled() => true,
+                    }
+                },
+                message,
+            );
+            if stopping.await {
+                self.give_back_undead(message, id).await;
+                return;
             }
         }
+    }
+
+    /// A stopping worker hands back a message it could not dead-letter. That spends a
+    /// delivery; when it was the consumer's last, the server will not redeliver it, so
+    /// this is said as loudly as possible.
+    async fn give_back_undead(&self, message: &Message, id: &str) {
+        let s = &self.settings;
+        let delivered = message.info().map_or(0, |i| i.delivered);
+        if delivered >= max_deliver(s.max_attempts) {
+            tracing::error!(sink = %s.name, %id, delivered, "LOST: the dead letter could not be stored and this was the message's last delivery; it stays in the stream, find it by its id");
+            self.count("abandoned");
+        } else {
+            tracing::warn!(sink = %s.name, %id, "stopping before the dead letter could be stored; released for another worker");
+        }
+        self.ack(message, AckKind::Nak(Some(s.backoff.max))).await;
     }
 
     async fn ack(&self, message: &Message, kind: AckKind) {

@@ -39,7 +39,8 @@ pub struct DiscordSinkConfig {
     /// `@everyone` or `<@id>` is shown but notifies no one.
     #[serde(default)]
     pub allowed_mentions: AllowedMentions,
-    /// Bot requests per second over every route (Discord's global limit is 50).
+    /// Bot requests per second over every route, in this process (Discord's global limit
+    /// is 50 per bot token: replicas sharing a token each take a share; 90% of it is used).
     #[serde(default = "default_global_rate")]
     pub global_rate: u32,
     /// Time allowed for one request.

@@ -2,10 +2,11 @@
 //!
 //! Per route (a channel or a webhook) one request is in flight at a time, and when the
 //! last answer said `X-RateLimit-Remaining: 0` the next waits for `Reset-After`. Bot
-//! requests are also spaced to the global rate (50/s: one every 20 ms). A 429 sets the
-//! route's (or, when global, every route's) next allowed time from `retry_after`.
+//! requests also stay under the global rate (50/s per bot token), with a margin: at most
+//! 45 in any second, at least 22 ms apart. A 429 sets the route's (or, when global, every
+//! route's) next allowed time from `retry_after`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -50,20 +51,27 @@ impl RouteState {
     }
 }
 
+#[derive(Default)]
 pub struct Limiter {
     routes: StdMutex<HashMap<String, Arc<Mutex<RouteState>>>>,
-    /// The next instant a bot request may start (spacing), and a global 429's pause.
-    global: Mutex<Instant>,
+    /// Bot requests granted lately, and a global 429's pause.
+    global: Mutex<Global>,
+    /// Set by a global 429, read by whoever waits for a slot: kept apart from `global`
+    /// so a 429 never waits for a waiter to finish sleeping.
+    paused_until: StdMutex<Option<Instant>>,
 }
 
-impl Default for Limiter {
-    fn default() -> Self {
-        Self {
-            routes: StdMutex::default(),
-            global: Mutex::new(Instant::now()),
-        }
-    }
+/// The global limit is counted over a sliding window of *granted* sends, not booked
+/// ahead: if the process stalls (a loaded machine, a long poll), the waiters that wake
+/// late are still spaced from the last real grant and capped per window, instead of
+/// all going at once because their booked times have passed.
+#[derive(Default)]
+struct Global {
+    granted: VecDeque<Instant>,
 }
+
+/// The window Discord counts the global limit over.
+const WINDOW: Duration = Duration::from_secs(1);
 
 impl Limiter {
     /// Waits for the route's turn and its bucket; the guard is the route's state, held
@@ -80,24 +88,62 @@ impl Limiter {
         guard
     }
 
-    /// Takes the next global slot: one request every `1s / rate` plus 5%, never before
-    /// a global 429's retry time. The margin absorbs network jitter: requests sent exactly
-    /// at the limit can arrive bunched and cross it.
+    /// The most bot requests granted in any one-second window: 90% of `rate`. The
+    /// margin covers what happens between the grant and the server's count (a stall
+    /// of the process, network jitter, a server window that is not aligned with ours):
+    /// up to ~100 ms of it still fits under `rate`.
+    pub fn budget(rate: u32) -> usize {
+        (rate.max(1) as usize * 9 / 10).max(1)
+    }
+
+    /// Even spacing of grants, in whole milliseconds (tokio's timer resolution: a finer
+    /// one would round every sleep up); the window check keeps the rest under budget.
+    fn spacing(budget: usize) -> Duration {
+        Duration::from_millis((1000 / budget as u64).max(1))
+    }
+
+    /// Takes a global slot: at most [`Limiter::budget`] grants in any second, spaced
+    /// evenly (`1s / budget` after the previous *grant*), never before a global 429's
+    /// retry time. Waiters queue in order (tokio's mutex is fair) and each re-checks
+    /// after sleeping, so a late wake-up never releases a burst.
     pub async fn global_slot(&self, rate: u32) {
-        let spacing = Duration::from_secs(1) / rate.max(1) * 21 / 20;
-        let start = {
-            let mut next = self.global.lock().await;
-            let start = (*next).max(Instant::now());
-            *next = start + spacing;
-            start
-        };
-        tokio::time::sleep_until(start).await;
+        let budget = Self::budget(rate);
+        let spacing = Self::spacing(budget);
+        let mut global = self.global.lock().await;
+        loop {
+            let now = Instant::now();
+            while global
+                .granted
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= WINDOW)
+            {
+                global.granted.pop_front();
+            }
+            let mut ready = now;
+            if let Some(last) = global.granted.back() {
+                ready = ready.max(*last + spacing);
+            }
+            if global.granted.len() >= budget
+                && let Some(oldest) = global.granted.front()
+            {
+                ready = ready.max(*oldest + WINDOW);
+            }
+            if let Some(until) = *self.paused_until.lock().expect("limiter lock") {
+                ready = ready.max(until);
+            }
+            if ready <= now {
+                global.granted.push_back(now);
+                return;
+            }
+            tokio::time::sleep_until(ready).await;
+        }
     }
 
     /// After a global 429: nothing goes before `wait` has passed.
     pub async fn pause_all(&self, wait: Duration) {
-        let mut next = self.global.lock().await;
-        *next = (*next).max(Instant::now() + wait);
+        let until = Instant::now() + wait;
+        let mut paused = self.paused_until.lock().expect("limiter lock");
+        *paused = Some(paused.map_or(until, |p| p.max(until)));
     }
 }
 
@@ -143,14 +189,53 @@ mod tests {
     async fn global_slots_are_spaced_and_paused() {
         let limiter = Limiter::default();
         let before = Instant::now();
-        for _ in 0..50 {
+        for _ in 0..45 {
             limiter.global_slot(50).await;
         }
-        // 50 requests: the first at once, then one every 21 ms (20 ms + 5%).
-        assert_eq!(before.elapsed(), Duration::from_millis(49 * 21));
+        // 45 grants (90% of 50): the first at once, then one every 22 ms (1s / 45).
+        assert_eq!(before.elapsed(), Duration::from_millis(44 * 22));
+        // The 46th waits for the window: 45 in any second at most.
+        limiter.global_slot(50).await;
+        assert_eq!(before.elapsed(), Duration::from_secs(1));
         limiter.pause_all(Duration::from_secs(3)).await;
         let paused = Instant::now();
         limiter.global_slot(50).await;
         assert_eq!(paused.elapsed(), Duration::from_secs(3));
+    }
+
+    /// Many waiters, and the runtime stalls for 60 ms (here: a blocking section while
+    /// time advances): the waiters that wake late are not released in a burst. No
+    /// one-second window, wherever it starts, holds more than the budget, and no two
+    /// grants are closer than the spacing.
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_does_not_release_a_burst() {
+        let limiter = Arc::new(Limiter::default());
+        let grants = Arc::new(StdMutex::new(Vec::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..150 {
+            let (limiter, grants) = (Arc::clone(&limiter), Arc::clone(&grants));
+            tasks.spawn(async move {
+                limiter.global_slot(50).await;
+                grants.lock().unwrap().push(Instant::now());
+            });
+        }
+        // Let a few go, then stall: time jumps while no task can run.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::advance(Duration::from_millis(60)).await;
+        while tasks.join_next().await.is_some() {}
+        let mut grants = grants.lock().unwrap().clone();
+        grants.sort();
+        assert_eq!(grants.len(), 150);
+        let spacing = Limiter::spacing(Limiter::budget(50));
+        for pair in grants.windows(2) {
+            assert!(pair[1] - pair[0] >= spacing, "{:?}", pair[1] - pair[0]);
+        }
+        for (i, start) in grants.iter().enumerate() {
+            let within = grants[i..]
+                .iter()
+                .take_while(|t| t.duration_since(*start) < Duration::from_secs(1))
+                .count();
+            assert!(within <= Limiter::budget(50), "{within} in a second");
+        }
     }
 }

@@ -79,6 +79,21 @@ mod tests {
         }
     }
 
+    /// Classification feeds the policy: whatever the jitter draws, the wait after a
+    /// 429 with `Retry-After` is at least that long.
+    #[test]
+    fn retry_after_is_a_floor_for_the_backoff() {
+        let Outcome::Retry { after, .. } =
+            classify(StatusCode::TOO_MANY_REQUESTS, &with_retry_after("7"))
+        else {
+            panic!("429 is retried")
+        };
+        let backoff = crate::retry::Backoff::default();
+        for attempt in 1..10 {
+            assert!(backoff.next_delay(attempt, after) >= Duration::from_secs(7));
+        }
+    }
+
     #[test]
     fn transient_statuses_retry_with_retry_after() {
         let o = classify(StatusCode::TOO_MANY_REQUESTS, &with_retry_after("7"));

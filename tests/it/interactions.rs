@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use relaycord_sim::{Forgery, SignedRequest};
 use serde_json::json;
 
-use crate::interactions_support::{IxStack, base_config, nats_handler, nats_route, start_sim};
+use crate::interactions_support::{
+    IxStack, base_config, nats_handler, nats_route, post_chunked, start_sim,
+};
 use relaycord::nats_server::NatsServer;
 
 /// Signs `(timestamp, body)` pairs with PyNaCl; returns its public key and signatures.
@@ -171,13 +173,30 @@ async fn forged_stale_and_malformed_requests_are_refused_and_nothing_is_publishe
             String::from_utf8_lossy(body)
         );
     }
-    // Too large: 413 before anything is verified.
+    // Too large: 413 before anything is verified, whether the size is declared or only
+    // found while streaming a chunked body (one byte over the default 256 KiB).
     let mut big = discord.signed(&command);
     big.body = vec![b' '; 300 * 1024];
     assert_eq!(stack.send(&big).await.0, 413);
+    let limit = vec![b' '; 256 * 1024];
+    assert_eq!(
+        post_chunked(&stack.url, &[&limit, b" "], true).await,
+        Some(413)
+    );
+    // At the limit exactly, the body is read and refused for what it is (unsigned).
+    assert_eq!(post_chunked(&stack.url, &[&limit], true).await, Some(401));
+    // A client hanging up mid-body is not an oversized request.
+    post_chunked(&stack.url, &[b"{\"type\":"], false).await;
+    let hung_up = crate::support::eventually(Duration::from_secs(10), || {
+        stack.metric(
+            "relaycord_interactions_requests_total",
+            &[r#"reason="incomplete_body""#],
+        ) == 1.0
+    })
+    .await;
+    assert!(hung_up, "the hang-up is counted as incomplete_body");
 
     assert!(stack.stored().await.is_empty(), "nothing was published");
-    assert!(routed.try_recv().is_err(), "nothing was routed");
     let rejected = |reason: &str| {
         stack.metric(
             "relaycord_interactions_requests_total",
@@ -190,10 +209,14 @@ async fn forged_stale_and_malformed_requests_are_refused_and_nothing_is_publishe
         "wrong key, tampered, truncated"
     );
     assert_eq!(rejected("stale"), 2.0);
-    assert_eq!(rejected("missing_header"), 3.0);
+    assert_eq!(
+        rejected("missing_header"),
+        4.0,
+        "3 forgeries, the unsigned chunked body"
+    );
     assert_eq!((rejected("bad_hex"), rejected("bad_length")), (1.0, 1.0));
     assert_eq!(rejected("malformed"), 5.0);
-    assert_eq!(rejected("too_large"), 1.0);
+    assert_eq!(rejected("too_large"), 2.0, "declared and chunked");
 
     // The same request, correctly signed, goes through: the refusals were not luck.
     let (status, body) = stack.send(&discord.signed(&command)).await;
@@ -201,6 +224,8 @@ async fn forged_stale_and_malformed_requests_are_refused_and_nothing_is_publishe
         (status, &body[..]),
         (200, &br#"{"type":4,"data":{"content":"pong"}}"#[..])
     );
+    // The handler's first request is this one: none of the refused ones was routed (one
+    // publisher, one subscriber: NATS keeps their order).
     assert_eq!(routed.recv().await.unwrap(), command.id);
     assert_eq!(stack.stored().await.len(), 1);
     stack.stop().await;

@@ -35,7 +35,14 @@ struct Run {
     p99: Duration,
 }
 
-async fn load(url: &str, requests: Vec<SignedRequest>, concurrency: usize) -> Run {
+/// Sends `requests`; each must be answered 200 with `expected` (so that a row measures
+/// the path it names: a deferral or an apology in the handler row would not).
+async fn load(
+    url: &str,
+    requests: Vec<SignedRequest>,
+    concurrency: usize,
+    expected: &serde_json::Value,
+) -> Run {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()
@@ -47,8 +54,10 @@ async fn load(url: &str, requests: Vec<SignedRequest>, concurrency: usize) -> Ru
             let http = http.clone();
             async move {
                 let sent = Instant::now();
-                let (status, _) = send_to(&http, url, &request).await.expect("response");
+                let (status, body) = send_to(&http, url, &request).await.expect("response");
                 assert_eq!(status, 200);
+                let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+                assert_eq!(&body, expected, "not the answer this row measures");
                 sent.elapsed()
             }
         })
@@ -125,14 +134,16 @@ async fn interactions_bench() {
     )
     .await;
 
+    // Every row answers the same message: the constant, the route's response, the handler's.
+    let pong: serde_json::Value = serde_json::from_str(PONG).unwrap();
     // Warm up every path (connections, JIT-free but caches and pools).
-    load(&echo_url, sign("fixed", 500), concurrency).await;
-    load(&stack.url, sign("fixed", 500), concurrency).await;
-    load(&stack.url, sign("ping", 500), concurrency).await;
+    load(&echo_url, sign("fixed", 500), concurrency, &pong).await;
+    load(&stack.url, sign("fixed", 500), concurrency, &pong).await;
+    load(&stack.url, sign("ping", 500), concurrency, &pong).await;
 
-    let baseline = load(&echo_url, sign("fixed", n), concurrency).await;
-    let fixed = load(&stack.url, sign("fixed", n), concurrency).await;
-    let handled = load(&stack.url, sign("ping", n), concurrency).await;
+    let baseline = load(&echo_url, sign("fixed", n), concurrency, &pong).await;
+    let fixed = load(&stack.url, sign("fixed", n), concurrency, &pong).await;
+    let handled = load(&stack.url, sign("ping", n), concurrency, &pong).await;
 
     println!();
     println!(

@@ -268,3 +268,106 @@ pub fn nats_route(command: &str, subject: &str) -> RouteConfig {
         ..RouteConfig::default()
     }
 }
+
+/// A TCP proxy in front of NATS whose client→server direction can be held: what the
+/// service writes then stalls (a slow NATS), while what the server sends still arrives.
+#[derive(Clone)]
+pub struct HoldingProxy {
+    addr: std::net::SocketAddr,
+    hold: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl HoldingProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (hold, held) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+                let mut held = held.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 64 * 1024];
+                    loop {
+                        let n = match from_client.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if held.wait_for(|held| !*held).await.is_err()
+                            || to_server.write_all(&buf[..n]).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            hold: std::sync::Arc::new(hold),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    /// Holds (`true`) or releases what clients send to the server.
+    pub fn hold(&self, on: bool) {
+        self.hold.send_replace(on);
+    }
+}
+
+/// POSTs `chunks` with `Transfer-Encoding: chunked` (no Content-Length) over a raw
+/// connection. With `finish`, ends the body and returns the response status; without,
+/// hangs up mid-body and returns `None`.
+pub async fn post_chunked(url: &str, chunks: &[&[u8]], finish: bool) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in chunks {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    if !finish {
+        stream.write_all(&request).await.unwrap();
+        // Hang up mid-body: no terminating chunk ever comes.
+        let _ = stream.shutdown().await;
+        return None;
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    stream.write_all(&request).await.unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0; 1024];
+    while !response.windows(2).any(|w| w == b"\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed before a status line");
+        response.extend_from_slice(&buf[..n]);
+    }
+    let status = String::from_utf8_lossy(&response);
+    status.split(' ').nth(1)?.parse().ok()
+}
+
+/// The decision record of an interaction, as stored (`{"state": …}`).
+pub async fn decision(js: &jetstream::Context, id: &str) -> Option<serde_json::Value> {
+    let store = js
+        .get_key_value("DISCORD_INTERACTION_DECISIONS")
+        .await
+        .unwrap();
+    let bytes = store.get(id).await.unwrap()?;
+    Some(serde_json::from_slice(&bytes).unwrap())
+}

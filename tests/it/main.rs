@@ -12,6 +12,7 @@ mod interactions;
 mod interactions_bench;
 mod interactions_handlers;
 mod interactions_processes;
+mod interactions_resilience;
 mod interactions_sim;
 mod interactions_support;
 mod nats_auth;

@@ -2,10 +2,20 @@
 //!
 //! A handler's reply lands on the replies stream whether it was in time or not, and the
 //! late-reply worker of *any* replica may read it. The record written here tells that
-//! worker what to do: `answered` (it was the HTTP response: drop it), `deferred` (send it
-//! as a follow-up, with the token and application id stored here), `delivered` (a
-//! follow-up was sent already: a redelivered or second reply is dropped). Entries expire
-//! with the bucket's max age, a little after the 15-minute token life.
+//! worker what to do, and makes one request the only owner of an interaction id:
+//!
+//! | state       | written by                                   | how                        |
+//! |-------------|----------------------------------------------|----------------------------|
+//! | `claimed`   | the request that routes it, before routing   | create-only: one owner per id |
+//! | `answered`  | the owner, when its HTTP response is not a deferral | update of the claim's revision |
+//! | `deferred`  | the owner, after sending the deferral        | update of the claim's revision |
+//! | `delivered` | the late-reply worker, after the follow-up   | put (terminal)             |
+//!
+//! The claim carries the token and application id, so a follow-up is possible even when the
+//! owner's `deferred` write never lands: past [`DECISION_WAIT`] an unsettled claim is a
+//! deferral (see late.rs). Because the owner only *updates its own claim's revision*, a
+//! retried request can never turn `delivered` back into anything else. Entries expire with
+//! the bucket's max age, a little after the 15-minute token life.
 //!
 //! The token is a credential valid 15 minutes: restrict who may read the bucket (see
 //! docs/interactions.md).
@@ -24,50 +34,67 @@ use crate::error::{InteractionsError, InteractionsErrorKind};
 /// How long Discord accepts follow-ups with an interaction token.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
+/// Discord's limit for the initial response, from the moment it sent the request.
+pub const DISCORD_RESPONSE_LIMIT: Duration = Duration::from_secs(3);
+
+/// How long after its claim an interaction's owner may still record `answered`: it stops
+/// waiting for that write at Discord's 3 s, and 2 s more cover a write already sent. After
+/// this, a claim nobody settled is taken for a deferral.
+pub const DECISION_WAIT: Duration = Duration::from_secs(5);
+
+/// What a follow-up needs: where to send it and until when.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "lowercase")]
-pub enum Decision {
-    Answered,
-    Deferred {
-        application_id: String,
-        token: String,
-        kind: String,
-        /// When the deferral was sent, in Unix milliseconds.
-        at_ms: u64,
-    },
-    Delivered,
+pub struct Target {
+    pub application_id: String,
+    pub token: String,
+    pub kind: String,
+    /// When the interaction was claimed (just after it arrived), in Unix milliseconds.
+    pub at_ms: u64,
 }
 
-impl std::fmt::Debug for Decision {
+impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Answered => f.write_str("Answered"),
-            Self::Delivered => f.write_str("Delivered"),
-            Self::Deferred {
-                application_id,
-                kind,
-                at_ms,
-                ..
-            } => f
-                .debug_struct("Deferred")
-                .field("application_id", application_id)
-                .field("token", &"<redacted>")
-                .field("kind", kind)
-                .field("at_ms", at_ms)
-                .finish(),
-        }
+        f.debug_struct("Target")
+            .field("application_id", &self.application_id)
+            .field("token", &"<redacted>")
+            .field("kind", &self.kind)
+            .field("at_ms", &self.at_ms)
+            .finish()
     }
 }
 
-impl Decision {
-    pub fn deferred(application_id: &str, token: &str, kind: Kind, at: SystemTime) -> Self {
-        Self::Deferred {
+impl Target {
+    /// Empty strings where the interaction has no token or application id: the follow-up
+    /// is then refused (and counted) instead of sent.
+    pub fn new(application_id: &str, token: &str, kind: Kind, at: SystemTime) -> Self {
+        Self {
             application_id: application_id.to_owned(),
             token: token.to_owned(),
             kind: kind.as_str().to_owned(),
             at_ms: unix_ms(at),
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum Decision {
+    Claimed(Target),
+    /// `reply` is the HTTP response that was sent, for a retry of the same id.
+    Answered {
+        reply: String,
+    },
+    Deferred(Target),
+    Delivered,
+}
+
+/// Why an interaction could not be claimed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("another request owns this interaction")]
+    Taken,
+    #[error("cannot write the claim: {0}")]
+    Store(#[source] kv::CreateError),
 }
 
 pub(crate) fn unix_ms(at: SystemTime) -> u64 {
@@ -117,12 +144,42 @@ impl Decisions {
         Ok(Self { store })
     }
 
-    pub async fn record(&self, id: &str, decision: &Decision) -> Result<(), kv::PutError> {
-        let bytes = Bytes::from(serde_json::to_vec(decision).expect("decision serializes"));
-        self.store.put(id, bytes).await.map(|_| ())
+    /// Makes the caller the only owner of `id` (create-only); returns the claim's revision.
+    pub async fn claim(&self, id: &str, target: Target) -> Result<u64, ClaimError> {
+        match self
+            .store
+            .create(id, encode(&Decision::Claimed(target)))
+            .await
+        {
+            Ok(revision) => Ok(revision),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(ClaimError::Taken),
+            Err(e) => Err(ClaimError::Store(e)),
+        }
     }
 
-    /// `Ok(None)` when nothing was recorded (yet), or the record is unreadable.
+    /// The owner's decision: replaces its claim, and only its claim (`revision`), so it can
+    /// never overwrite what the late-reply worker wrote since.
+    pub async fn settle(
+        &self,
+        id: &str,
+        revision: u64,
+        decision: &Decision,
+    ) -> Result<(), kv::UpdateError> {
+        self.store
+            .update(id, encode(decision), revision)
+            .await
+            .map(|_| ())
+    }
+
+    /// The late-reply worker's terminal record.
+    pub async fn delivered(&self, id: &str) -> Result<(), kv::PutError> {
+        self.store
+            .put(id, encode(&Decision::Delivered))
+            .await
+            .map(|_| ())
+    }
+
+    /// `Ok(None)` when nothing was recorded, or the record is unreadable.
     pub async fn get(&self, id: &str) -> Result<Option<Decision>, kv::EntryError> {
         Ok(self
             .store
@@ -132,22 +189,35 @@ impl Decisions {
     }
 }
 
+fn encode(decision: &Decision) -> Bytes {
+    Bytes::from(serde_json::to_vec(decision).expect("decision serializes"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn token_is_not_printed_and_records_round_trip() {
-        let d = Decision::deferred(
+        let target = Target::new(
             "775799577604522054",
             "A_UNIQUE_TOKEN",
             Kind::Modal,
             UNIX_EPOCH,
         );
-        assert!(!format!("{d:?}").contains("A_UNIQUE"));
-        let json = serde_json::to_string(&d).unwrap();
-        assert!(json.starts_with(r#"{"state":"deferred","#), "{json}");
-        assert_eq!(serde_json::from_str::<Decision>(&json).unwrap(), d);
+        for d in [
+            Decision::Claimed(target.clone()),
+            Decision::Deferred(target),
+            Decision::Answered {
+                reply: r#"{"type":4,"data":{}}"#.into(),
+            },
+            Decision::Delivered,
+        ] {
+            assert!(!format!("{d:?}").contains("A_UNIQUE"));
+            let json = serde_json::to_string(&d).unwrap();
+            assert!(json.starts_with(r#"{"state":""#), "{json}");
+            assert_eq!(serde_json::from_str::<Decision>(&json).unwrap(), d);
+        }
         assert_eq!(parse_kind("modal"), Some(Kind::Modal));
         assert_eq!(parse_kind("ping"), None);
     }

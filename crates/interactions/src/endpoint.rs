@@ -18,17 +18,20 @@ use serde_json::value::RawValue;
 use tokio::time::Instant as TokioInstant;
 
 use crate::Settings;
-use crate::decisions::{Decision, Decisions};
+use crate::decisions::Decisions;
 use crate::metrics::InteractionMetrics;
 use crate::replies::ReplyMux;
 use crate::response::{self, InvalidReply};
-use crate::routes::{Action, Handler, Route, Routes};
+use crate::routes::{Action, Route, Routes};
 use crate::verify::{SIGNATURE_HEADER, TIMESTAMP_HEADER, Verifier};
 
 /// Headers Relaycord adds to the requests it sends handlers.
 pub mod handler_headers {
     pub const INTERACTION_ID: &str = "Relaycord-Interaction-Id";
     pub const KIND: &str = "Relaycord-Interaction-Kind";
+    /// On a late reply Relaycord stored for an HTTP handler (value `http`), so the worker
+    /// times only NATS handlers' late replies (HTTP ones are timed where they arrive).
+    pub const HANDLER: &str = "Relaycord-Handler";
 }
 
 pub(crate) struct Endpoint {
@@ -45,21 +48,26 @@ pub(crate) struct Endpoint {
 }
 
 /// The response and how to count it.
-struct Answer {
-    status: StatusCode,
-    body: Bytes,
-    outcome: &'static str,
-    reason: &'static str,
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub outcome: &'static str,
+    pub reason: &'static str,
 }
 
 impl Answer {
-    fn json(body: Bytes, outcome: &'static str) -> Self {
+    pub fn json(body: Bytes, outcome: &'static str) -> Self {
         Self {
             status: StatusCode::OK,
             body,
             outcome,
             reason: "",
         }
+    }
+
+    /// 503: the interaction could not be recorded (`reason`), so it is not routed.
+    pub fn unrecorded(reason: &'static str) -> Self {
+        Self::error(StatusCode::SERVICE_UNAVAILABLE, "failed", reason)
     }
 
     fn error(status: StatusCode, outcome: &'static str, reason: &'static str) -> Self {
@@ -92,6 +100,29 @@ pub(crate) async fn handle(
         .into_response()
 }
 
+#[derive(Debug, PartialEq, Eq)]
+enum BodyError {
+    /// More than the limit, whether declared or streamed (chunked, no Content-Length).
+    TooLarge,
+    /// The client stopped sending before the end of the body (hang-up, reset).
+    Incomplete,
+}
+
+/// Reads the body, refusing it as soon as it grows past `limit`.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut collected = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| BodyError::Incomplete)?;
+        if collected.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    Ok(collected.freeze())
+}
+
 impl Endpoint {
     async fn process(&self, headers: &HeaderMap, body: Body, started: Instant) -> Answer {
         let limit = self.settings.max_body;
@@ -101,8 +132,16 @@ impl Endpoint {
         if declared.is_some_and(|n| n > limit) {
             return Answer::error(StatusCode::PAYLOAD_TOO_LARGE, "rejected", "too_large");
         }
-        let Ok(body) = axum::body::to_bytes(body, limit).await else {
-            return Answer::error(StatusCode::PAYLOAD_TOO_LARGE, "rejected", "too_large");
+        let body = match read_body(body, limit).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                return Answer::error(StatusCode::PAYLOAD_TOO_LARGE, "rejected", "too_large");
+            }
+            // Nobody will read this answer; counted apart so hang-ups do not pass for
+            // oversized requests.
+            Err(BodyError::Incomplete) => {
+                return Answer::error(StatusCode::BAD_REQUEST, "rejected", "incomplete_body");
+            }
         };
         let header = |name| headers.get(name).map(|v| v.as_bytes());
         if let Err(rejection) = self.verifier.verify(
@@ -133,7 +172,7 @@ impl Endpoint {
             .unwrap_or_else(|_| Err("no JetStream ack before the deadline".into()));
         if let Err(error) = published {
             tracing::warn!(%error, interaction = %keys.id, "cannot record the interaction");
-            return Answer::error(StatusCode::SERVICE_UNAVAILABLE, "failed", "publish");
+            return Answer::unrecorded("publish");
         }
         match self.routes.find(&keys) {
             None => match &self.settings.default_response {
@@ -147,12 +186,8 @@ impl Endpoint {
                 Action::Defer => {
                     Answer::json(response::deferral(keys.kind, route.ephemeral), "deferred")
                 }
-                Action::Handler(Handler::Nats(subject)) => {
-                    self.ask_nats(&keys, route, subject, body.clone(), deadline)
-                        .await
-                }
-                Action::Handler(Handler::Http(url)) => {
-                    self.ask_http(&keys, route, url, headers, body.clone(), deadline)
+                Action::Handler(handler) => {
+                    self.handled(&keys, route, handler, (headers, body.clone()), started)
                         .await
                 }
             },
@@ -196,7 +231,7 @@ impl Endpoint {
         Ok(())
     }
 
-    async fn ask_nats(
+    pub(crate) async fn ask_nats(
         &self,
         keys: &InteractionKeys<'_>,
         route: &Route,
@@ -205,7 +240,12 @@ impl Endpoint {
         deadline: TokioInstant,
     ) -> Answer {
         let sent = Instant::now();
-        let mut waiter = self.mux.wait(&keys.id);
+        // Only the claim's owner gets here, so this id has no other waiter; should it have
+        // one all the same, it is not clobbered: this request defers without routing.
+        let Some(mut waiter) = self.mux.wait(&keys.id) else {
+            tracing::warn!(interaction = %keys.id, "already waiting for this interaction");
+            return self.defer(keys, route);
+        };
         let mut request_headers = NatsHeaders::new();
         request_headers.insert(handler_headers::INTERACTION_ID, keys.id.as_ref());
         request_headers.insert(handler_headers::KIND, keys.kind.as_str());
@@ -218,33 +258,31 @@ impl Endpoint {
                 body,
             )
             .await;
-        if published.is_err() {
-            return self.unavailable(keys.kind, "handler_error");
-        }
         let observe = |result: &str| {
             self.metrics
                 .handler_latency
                 .with_label_values(&["nats", result])
                 .observe(sent.elapsed().as_secs_f64());
         };
+        if published.is_err() {
+            observe("error");
+            return self.unavailable(keys.kind, "handler_error");
+        }
+        // A late reply is timed by the late-reply worker, which is the one to see it.
         match tokio::time::timeout_at(deadline, &mut waiter.reply).await {
             Ok(Ok(reply)) if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) => {
+                observe("error");
                 self.unavailable(keys.kind, "no_responders")
             }
             Ok(Ok(reply)) => {
                 observe("in_time");
-                // Recorded first: the late-reply worker sees this reply on the stream too
-                // and must know it was the HTTP response.
-                if let Err(error) = self.decisions.record(&keys.id, &Decision::Answered).await {
-                    tracing::warn!(%error, "cannot record an answered interaction");
-                }
                 self.checked(keys.kind, reply.payload)
             }
-            Ok(Err(_)) | Err(_) => self.defer(keys, route).await,
+            Ok(Err(_)) | Err(_) => self.defer(keys, route),
         }
     }
 
-    async fn ask_http(
+    pub(crate) async fn ask_http(
         &self,
         keys: &InteractionKeys<'_>,
         route: &Route,
@@ -308,34 +346,25 @@ impl Endpoint {
                         Ok(reply) if response::validate(kind, &reply).is_ok() => reply,
                         _ => unavailable,
                     };
-                    let published = match js.publish(subject, reply).await {
-                        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
+                    let mut late_headers = NatsHeaders::new();
+                    late_headers.insert(handler_headers::HANDLER, "http");
+                    let published =
+                        match js.publish_with_headers(subject, late_headers, reply).await {
+                            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
                     if let Err(error) = published {
                         tracing::warn!(%error, "cannot store a late HTTP handler reply");
                         metrics.late("failed");
                     }
                 });
-                self.defer(keys, route).await
+                self.defer(keys, route)
             }
         }
     }
 
-    /// Records the deferral (with what a follow-up needs) before answering with it, so
-    /// that whichever replica's worker reads the late reply can deliver it.
-    async fn defer(&self, keys: &InteractionKeys<'_>, route: &Route) -> Answer {
-        match (&keys.application_id, &keys.token) {
-            (Some(app), Some(token)) => {
-                let decision = Decision::deferred(app, token, keys.kind, SystemTime::now());
-                if let Err(error) = self.decisions.record(&keys.id, &decision).await {
-                    tracing::warn!(%error, "cannot record a deferral: a late reply will be lost");
-                }
-            }
-            _ => {
-                tracing::warn!(interaction = %keys.id, "no application_id or token: a late reply cannot be sent")
-            }
-        }
+    /// The deferral for this interaction (recorded by the caller, see handled.rs).
+    fn defer(&self, keys: &InteractionKeys<'_>, route: &Route) -> Answer {
         Answer::json(response::deferral(keys.kind, route.ephemeral), "deferred")
     }
 
@@ -355,5 +384,26 @@ impl Endpoint {
             reason,
             ..Answer::json(self.settings.unavailable_response(kind), "unavailable")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bodies_are_limited_while_streamed_and_hang_ups_are_not_too_large() {
+        let chunks = |parts: Vec<Result<&'static [u8], std::io::Error>>| {
+            Body::from_stream(futures::stream::iter(
+                parts.into_iter().map(|p| p.map(Bytes::from_static)),
+            ))
+        };
+        let ok = read_body(chunks(vec![Ok(b"abc"), Ok(b"de")]), 5).await;
+        assert_eq!(ok.as_deref(), Ok(&b"abcde"[..]));
+        let big = read_body(chunks(vec![Ok(b"abc"), Ok(b"def")]), 5).await;
+        assert_eq!(big, Err(BodyError::TooLarge));
+        let cut = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "hang-up");
+        let hung_up = read_body(chunks(vec![Ok(b"abc"), Err(cut)]), 5).await;
+        assert_eq!(hung_up, Err(BodyError::Incomplete));
     }
 }

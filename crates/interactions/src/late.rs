@@ -4,11 +4,18 @@
 //! | decision in KV          | what the worker does                                       |
 //! |-------------------------|------------------------------------------------------------|
 //! | `answered`, `delivered` | ack (it was the HTTP response, or was already sent)        |
-//! | `deferred`, token alive | PATCH @original / POST follow-up, record `delivered`, ack  |
-//! | `deferred`, expired     | term, counted as expired                                   |
-//! | none yet                | nak with delay (the deciding replica has not written yet); |
-//! |                         | after [`UNDECIDED_GRACE`], ack: the replica died undecided,|
-//! |                         | so Discord got no response and no follow-up is possible    |
+//! | `deferred`              | follow it up (below)                                       |
+//! | `claimed`, younger than [`DECISION_WAIT`] | nak until then: the owner may still record `answered` |
+//! | `claimed`, older        | as `deferred`: the owner's deferral record never landed    |
+//! | none                    | nak with backoff; after [`UNDECIDED_GRACE`] ack, counted `undecided` |
+//!
+//! Following up: token older than 15 min → term, `expired`; autocomplete → ack,
+//! `dropped_autocomplete` (Discord takes no late choices); a reply that cannot be sent late
+//! → term, `invalid`; REST 2xx → `delivered` record, ack; 401/404 → `expired`; 429/5xx/
+//! transport → nak (`retried`) after max(Retry-After, backoff).
+//!
+//! Every wait is bounded by time, not by [`MAX_DELIVER`], which is only a backstop: the
+//! tests below check that each wait ends before the deliveries run out.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,12 +26,16 @@ use relaycord_bus::Subjects;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::decisions::{Decision, Decisions, TOKEN_LIFETIME, parse_kind, unix_ms};
+use crate::decisions::{
+    DECISION_WAIT, Decision, Decisions, TOKEN_LIFETIME, Target, parse_kind, unix_ms,
+};
+use crate::endpoint::handler_headers;
 use crate::error::{InteractionsError, InteractionsErrorKind};
 use crate::metrics::InteractionMetrics;
 use crate::replies::{interaction_id, replies_all, replies_stream};
 use crate::response::{FollowUp, follow_up};
 use crate::rest::{DiscordRest, RestError};
+use relaycord_bus::interaction::Kind;
 
 /// Durable consumer name, shared by all replicas.
 pub const CONSUMER: &str = "relaycord-late-replies";
@@ -32,8 +43,13 @@ pub const CONSUMER: &str = "relaycord-late-replies";
 /// Deliveries of one reply before it is given up (max_deliver is always set).
 const MAX_DELIVER: i64 = 100;
 
-/// How long a reply may wait for its interaction's decision to be recorded.
+/// How long a reply may wait for its interaction's record to be readable. The claim is
+/// written before the handler is asked, so only a lagging read (a KV replica behind its
+/// leader) or an expired record gets here.
 pub const UNDECIDED_GRACE: Duration = Duration::from_secs(60);
+
+/// Shortest nak delay, so that clock rounding never turns a wait into a busy loop.
+const MIN_NAK: Duration = Duration::from_millis(100);
 
 pub(crate) struct LateWorker {
     pub js: jetstream::Context,
@@ -131,71 +147,129 @@ impl LateWorker {
             self.metrics.late("failed");
             return AckKind::Term;
         }
+        let published_ms = info
+            .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as u64)
+            .unwrap_or_default();
+        let now_ms = unix_ms(SystemTime::now());
         let decision = match self.decisions.get(id).await {
             Ok(decision) => decision,
             Err(_) => return AckKind::Nak(Some(backoff(delivered))),
         };
-        match decision {
-            Some(Decision::Answered | Decision::Delivered) => AckKind::Ack,
+        let target = match decision {
+            Some(Decision::Answered { .. } | Decision::Delivered) => return AckKind::Ack,
             None => {
-                let published_ms = info
-                    .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as u64)
-                    .unwrap_or_default();
-                let age = unix_ms(SystemTime::now()).saturating_sub(published_ms);
-                if Duration::from_millis(age) > UNDECIDED_GRACE {
-                    AckKind::Ack
-                } else {
-                    AckKind::Nak(Some(Duration::from_millis(500)))
-                }
-            }
-            Some(Decision::Deferred {
-                application_id,
-                token,
-                kind,
-                at_ms,
-            }) => {
-                let age = Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(at_ms));
-                if age >= TOKEN_LIFETIME {
-                    self.metrics.late("expired");
-                    return AckKind::Term;
-                }
-                let Some(kind) = parse_kind(&kind) else {
-                    return AckKind::Term;
-                };
-                let follow = match follow_up(kind, &message.payload) {
-                    Ok(FollowUp::Nothing) => return AckKind::Ack,
-                    Ok(follow) => follow,
-                    Err(error) => {
-                        tracing::warn!(interaction = id, %error, "late reply is not deliverable");
-                        self.metrics.late("invalid");
-                        return AckKind::Term;
-                    }
-                };
-                match self.rest.send(&application_id, &token, &follow).await {
-                    Ok(()) => {
-                        // Recorded before the ack, so a redelivery (lost ack) or a second
-                        // reply does not post a second follow-up message.
-                        let _ = self.decisions.record(id, &Decision::Delivered).await;
-                        self.metrics.late("delivered");
+                let waited = Duration::from_millis(now_ms.saturating_sub(published_ms));
+                return match undecided(waited, delivered) {
+                    Some(delay) => AckKind::Nak(Some(delay)),
+                    None => {
+                        tracing::warn!(interaction = id, "late reply without a record; dropped");
+                        self.metrics.late("undecided");
                         AckKind::Ack
                     }
-                    Err(RestError::Expired) => {
-                        self.metrics.late("expired");
-                        AckKind::Term
-                    }
-                    Err(RestError::Rejected(status)) => {
-                        tracing::warn!(interaction = id, status, "Discord refused the late reply");
-                        self.metrics.late("invalid");
-                        AckKind::Term
-                    }
-                    Err(RestError::Retry(after)) => {
-                        self.metrics.late("retried");
-                        AckKind::Nak(Some(after.unwrap_or_else(|| backoff(delivered))))
-                    }
+                };
+            }
+            Some(Decision::Claimed(target)) => {
+                let age = Duration::from_millis(now_ms.saturating_sub(target.at_ms));
+                if let Some(delay) = claim_wait(age) {
+                    return AckKind::Nak(Some(delay));
                 }
+                target
+            }
+            Some(Decision::Deferred(target)) => target,
+        };
+        let ack = self
+            .follow_up(id, &target, &message.payload, delivered)
+            .await;
+        // Timed once, when the reply is settled; HTTP handlers' late replies are timed
+        // where they arrive (endpoint.rs).
+        let from_http = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(handler_headers::HANDLER))
+            .is_some_and(|v| v.as_str() == "http");
+        if !matches!(ack, AckKind::Nak(_)) && !from_http {
+            let latency = Duration::from_millis(published_ms.saturating_sub(target.at_ms));
+            self.metrics
+                .handler_latency
+                .with_label_values(&["nats", "late"])
+                .observe(latency.as_secs_f64());
+        }
+        ack
+    }
+
+    /// Sends a late reply to Discord as the follow-up of `target`'s deferral.
+    async fn follow_up(&self, id: &str, target: &Target, reply: &[u8], delivered: i64) -> AckKind {
+        let age = Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(target.at_ms));
+        if age >= TOKEN_LIFETIME {
+            self.metrics.late("expired");
+            return AckKind::Term;
+        }
+        let Some(kind) = parse_kind(&target.kind) else {
+            return AckKind::Term;
+        };
+        if kind == Kind::Autocomplete {
+            // The normal fate of a late autocomplete: its empty choices were the answer.
+            self.metrics.late("dropped_autocomplete");
+            return AckKind::Ack;
+        }
+        let follow = match follow_up(kind, reply) {
+            Ok(FollowUp::Nothing) => return AckKind::Ack,
+            Ok(follow) => follow,
+            Err(error) => {
+                tracing::warn!(interaction = id, %error, "late reply is not deliverable");
+                self.metrics.late("invalid");
+                return AckKind::Term;
+            }
+        };
+        match self
+            .rest
+            .send(&target.application_id, &target.token, &follow)
+            .await
+        {
+            Ok(()) => {
+                // Recorded before the ack, so a redelivery (lost ack) or a second reply
+                // does not post a second follow-up message.
+                let _ = self.decisions.delivered(id).await;
+                self.metrics.late("delivered");
+                AckKind::Ack
+            }
+            Err(RestError::Expired) => {
+                self.metrics.late("expired");
+                AckKind::Term
+            }
+            Err(RestError::Rejected(status)) => {
+                tracing::warn!(interaction = id, status, "Discord refused the late reply");
+                self.metrics.late("invalid");
+                AckKind::Term
+            }
+            Err(RestError::Retry(after)) => {
+                self.metrics.late("retried");
+                AckKind::Nak(Some(retry_delay(delivered, after)))
             }
         }
     }
+}
+
+/// The nak delay of a reply whose interaction has no readable record `waited` after the
+/// reply was stored, or `None`: give up.
+fn undecided(waited: Duration, delivered: i64) -> Option<Duration> {
+    (waited < UNDECIDED_GRACE).then(|| {
+        backoff(delivered)
+            .min(UNDECIDED_GRACE - waited)
+            .max(MIN_NAK)
+    })
+}
+
+/// The nak delay of a reply whose interaction was claimed `age` ago and not decided, or
+/// `None`: the owner can no longer record `answered`, so the claim counts as a deferral.
+fn claim_wait(age: Duration) -> Option<Duration> {
+    (age < DECISION_WAIT).then(|| (DECISION_WAIT - age).max(MIN_NAK))
+}
+
+/// After a failed follow-up: Discord's Retry-After, but never less than the backoff, so
+/// that retries outlast the token rather than the deliveries.
+fn retry_delay(delivered: i64, retry_after: Option<Duration>) -> Duration {
+    backoff(delivered).max(retry_after.unwrap_or_default())
 }
 
 /// 0.5 s doubling to 30 s.
@@ -208,5 +282,69 @@ async fn pause(shutdown: &CancellationToken) {
     tokio::select! {
         () = shutdown.cancelled() => {}
         () = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Follows one reply through `step` (a nak delay, or `None`: done) from its first
+    /// delivery; returns the time waited and the deliveries used.
+    fn run(mut step: impl FnMut(Duration, i64) -> Option<Duration>) -> (Duration, i64) {
+        let (mut waited, mut delivered) = (Duration::ZERO, 1);
+        while let Some(delay) = step(waited, delivered) {
+            waited += delay;
+            delivered += 1;
+            assert!(delivered < 10_000, "never ends");
+        }
+        (waited, delivered)
+    }
+
+    #[test]
+    fn an_undecided_reply_gets_its_whole_grace_before_the_deliveries_run_out() {
+        let (waited, delivered) = run(undecided);
+        assert!(waited >= UNDECIDED_GRACE, "gave up after {waited:?}");
+        assert!(
+            waited < UNDECIDED_GRACE + MIN_NAK,
+            "kept waiting: {waited:?}"
+        );
+        assert!(
+            delivered < MAX_DELIVER,
+            "{delivered} deliveries would hit max_deliver ({MAX_DELIVER}) first"
+        );
+    }
+
+    #[test]
+    fn an_unsettled_claim_becomes_a_deferral_after_the_decision_wait() {
+        assert_eq!(claim_wait(Duration::ZERO), Some(DECISION_WAIT));
+        assert_eq!(
+            claim_wait(DECISION_WAIT - Duration::from_millis(1)),
+            Some(MIN_NAK)
+        );
+        assert_eq!(claim_wait(DECISION_WAIT), None);
+        // From a reply seen 2.6 s after the claim (just past a 2.5 s deadline).
+        let (waited, delivered) = run(|w, _| claim_wait(Duration::from_millis(2600) + w));
+        assert_eq!(waited, DECISION_WAIT - Duration::from_millis(2600));
+        assert_eq!(delivered, 2);
+        // The owner stops waiting for its `answered` write before the claim is taken over.
+        assert!(DECISION_WAIT > crate::decisions::DISCORD_RESPONSE_LIMIT);
+    }
+
+    #[test]
+    fn follow_up_retries_outlast_the_token_not_max_deliver() {
+        // Discord asking for no wait at all, every time: the backoff still spaces retries.
+        for retry_after in [None, Some(Duration::ZERO), Some(Duration::from_millis(100))] {
+            let waited: Duration = (1..MAX_DELIVER).map(|d| retry_delay(d, retry_after)).sum();
+            assert!(
+                waited > TOKEN_LIFETIME,
+                "{MAX_DELIVER} deliveries last only {waited:?} with {retry_after:?}"
+            );
+        }
+        // A longer Retry-After is honoured.
+        assert_eq!(
+            retry_delay(1, Some(Duration::from_secs(9))),
+            Duration::from_secs(9)
+        );
     }
 }

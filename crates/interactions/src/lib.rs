@@ -23,6 +23,7 @@
 mod decisions;
 mod endpoint;
 pub mod error;
+mod handled;
 mod late;
 mod metrics;
 pub mod replies;

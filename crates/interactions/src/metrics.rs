@@ -9,14 +9,17 @@ use prometheus::{
 #[derive(Clone)]
 pub struct InteractionMetrics {
     /// outcome: pong | answered | deferred | default | unavailable | rejected | failed;
-    /// reason: why rejected (401/400/413) or failed, else empty.
+    /// reason: why rejected (401/400/413) or failed; `retry` for a second request with an
+    /// interaction id another request owns (answered or deferred without routing); else empty.
     pub requests: IntCounterVec,
     /// From the request's arrival to the response, by outcome.
     pub response_latency: HistogramVec,
     /// From sending to the handler to its reply; handler: nats | http; result: in_time |
-    /// late | error.
+    /// late | error. NATS late replies are timed by the late-reply worker, from the
+    /// interaction's claim to the reply's arrival on the stream.
     pub handler_latency: HistogramVec,
-    /// outcome: delivered | expired | invalid | failed | retried.
+    /// outcome: delivered | expired | dropped_autocomplete | invalid | undecided | failed |
+    /// retried.
     pub late_replies: IntCounterVec,
     /// Publishing the interaction to JetStream, until the ack.
     pub publish_latency: Histogram,
@@ -43,7 +46,7 @@ impl InteractionMetrics {
             handler_latency: HistogramVec::new(
                 HistogramOpts::new(
                     "relaycord_interactions_handler_seconds",
-                    "From sending an interaction to a handler to its reply (late replies included).",
+                    "From sending an interaction to a handler to its reply or error (result: in_time, late, error).",
                 )
                 .buckets(exponential_buckets(0.0001, 2.0, 24)?),
                 &["handler", "result"],
@@ -51,7 +54,7 @@ impl InteractionMetrics {
             late_replies: IntCounterVec::new(
                 Opts::new(
                     "relaycord_interactions_late_replies_total",
-                    "Replies that arrived after the deferral: delivered as a follow-up, expired (token older than 15 min), invalid, failed, retried.",
+                    "Replies that arrived after the deferral: delivered as a follow-up, expired (token older than 15 min), dropped_autocomplete (Discord takes no late choices), invalid, undecided (no record of the interaction), failed, retried.",
                 ),
                 &["outcome"],
             )?,

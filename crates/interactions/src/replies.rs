@@ -139,21 +139,49 @@ impl ReplyMux {
         format!("{}.{interaction_id}", self.base)
     }
 
-    /// Registers before the request is sent, so a fast reply cannot be missed.
-    pub fn wait(&self, interaction_id: &str) -> Waiter {
+    /// Registers before the request is sent, so a fast reply cannot be missed. `None`
+    /// when this id is being waited for already: a second waiter must not replace the
+    /// first (whose reply would then go to the wrong request, or nowhere).
+    pub fn wait(&self, interaction_id: &str) -> Option<Waiter> {
+        let mut waiting = lock(&self.waiting);
+        if waiting.contains_key(interaction_id) {
+            return None;
+        }
         let (tx, rx) = oneshot::channel();
-        lock(&self.waiting).insert(interaction_id.to_owned(), tx);
-        Waiter {
+        waiting.insert(interaction_id.to_owned(), tx);
+        Some(Waiter {
             id: interaction_id.to_owned(),
             waiting: Arc::clone(&self.waiting),
             reply: rx,
-        }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_waiter_for_the_same_id_does_not_replace_the_first() {
+        let mux = ReplyMux {
+            base: "discord.replies.r1".into(),
+            waiting: Waiting::default(),
+        };
+        let first = mux.wait("42").expect("first waiter");
+        assert!(mux.wait("42").is_none(), "the first waiter is kept");
+        assert!(mux.wait("43").is_some(), "other ids are independent");
+        // A reply for 42 still goes to the first waiter (its receiver is the one alive).
+        assert!(!lock(&mux.waiting)["42"].is_closed());
+        drop(first);
+        assert!(
+            !lock(&mux.waiting).contains_key("42"),
+            "unregistered on drop"
+        );
+        assert!(
+            mux.wait("42").is_some(),
+            "free again once the first is done"
+        );
+    }
 
     #[test]
     fn names_follow_the_prefix() {

@@ -13,7 +13,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use relaycord_bus::Subjects;
-use relaycord_bus::interaction::InteractionKeys;
+use relaycord_bus::interaction::{InteractionKeys, Kind};
 use relaycord_interactions::response;
 use relaycord_interactions::verify::{PublicKey, Verifier};
 
@@ -109,8 +109,22 @@ fn check_parsed(body: &[u8]) {
             .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())),
         "{key:?}"
     );
-    // Relaycord's own answers for the kind are always acceptable responses.
-    let _ = response::validate(keys.kind, &response::deferral(keys.kind, true));
+    // Relaycord's own answer for the kind is always an acceptable response, of the type
+    // Discord expects for it.
+    let expected = match keys.kind {
+        Kind::Ping => response::callback::PONG,
+        Kind::Command | Kind::Modal => response::callback::DEFERRED_CHANNEL_MESSAGE,
+        Kind::Component => response::callback::DEFERRED_UPDATE_MESSAGE,
+        Kind::Autocomplete => response::callback::AUTOCOMPLETE_RESULT,
+    };
+    for ephemeral in [false, true] {
+        let deferral = response::deferral(keys.kind, ephemeral);
+        assert_eq!(
+            response::validate(keys.kind, &deferral),
+            Ok(expected),
+            "{text:?}"
+        );
+    }
 }
 
 #[test]

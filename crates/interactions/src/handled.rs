@@ -1,0 +1,137 @@
+//! An interaction routed to a handler: claimed, asked, and its outcome recorded — each
+//! step bounded so that the HTTP response never waits on NATS past Discord's 3 s.
+//!
+//! | step                         | bound                        | when it does not complete          |
+//! |------------------------------|------------------------------|------------------------------------|
+//! | claim (create-only record)   | the deadline                 | 503, not routed (like a failed publish) |
+//! | handler                      | the deadline                 | deferral; the late reply follows up |
+//! | `answered` record            | [`answer_by`] (≤ Discord's 3 s) | the reply is sent anyway; the worker may send it again as a follow-up (an edit with the same content) |
+//! | `deferred` record            | not awaited                  | the claim stands for it after [`DECISION_WAIT`] |
+//!
+//! A second request with the same interaction id (a retry, or a replay inside the
+//! timestamp window) finds the claim taken: it is never routed again, and gets the owner's
+//! answer if recorded by its deadline, else a deferral.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use relaycord_bus::interaction::InteractionKeys;
+use tokio::time::Instant as TokioInstant;
+
+#[cfg(doc)]
+use crate::decisions::DECISION_WAIT;
+use crate::decisions::{ClaimError, DISCORD_RESPONSE_LIMIT, Decision, Target};
+use crate::endpoint::{Answer, Endpoint};
+use crate::response;
+use crate::routes::{Handler, Route};
+
+/// Time the response needs to travel back to Discord after we send it.
+const RESPONSE_MARGIN: Duration = Duration::from_millis(200);
+
+/// How often a retried request looks for its owner's answer.
+const RETRY_POLL: Duration = Duration::from_millis(50);
+
+/// The latest moment the `answered` write may be awaited for a request that arrived at
+/// `started`: Discord's 3 s less the trip back, or the deadline when configured later.
+pub(crate) fn answer_by(started: Instant, deadline: Duration) -> Instant {
+    started + (DISCORD_RESPONSE_LIMIT - RESPONSE_MARGIN).max(deadline)
+}
+
+impl Endpoint {
+    pub(crate) async fn handled(
+        &self,
+        keys: &InteractionKeys<'_>,
+        route: &Route,
+        handler: &Handler,
+        request: (&HeaderMap, Bytes),
+        started: Instant,
+    ) -> Answer {
+        let deadline = TokioInstant::from_std(started + self.settings.deadline);
+        let target = Target::new(
+            keys.application_id.as_deref().unwrap_or_default(),
+            keys.token.as_deref().unwrap_or_default(),
+            keys.kind,
+            SystemTime::now(),
+        );
+        let claim = self.decisions.claim(&keys.id, target.clone());
+        let revision = match tokio::time::timeout_at(deadline, claim).await {
+            Ok(Ok(revision)) => revision,
+            Ok(Err(ClaimError::Taken)) => return self.retried(keys, route, deadline).await,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, interaction = %keys.id, "cannot claim the interaction");
+                return Answer::unrecorded("claim");
+            }
+            Err(_) => {
+                tracing::warn!(interaction = %keys.id, "no claim before the deadline");
+                return Answer::unrecorded("claim");
+            }
+        };
+        let (headers, body) = request;
+        let answer = match handler {
+            Handler::Nats(subject) => self.ask_nats(keys, route, subject, body, deadline).await,
+            Handler::Http(url) => {
+                self.ask_http(keys, route, url, headers, body, deadline)
+                    .await
+            }
+        };
+        if answer.outcome == "deferred" {
+            // Not awaited: past the deadline the deferral must not wait on NATS. Should this
+            // write never land, the claim carries the same token and the worker takes it
+            // for a deferral after DECISION_WAIT.
+            let (decisions, id) = (self.decisions.clone(), keys.id.to_string());
+            tokio::spawn(async move {
+                let deferred = Decision::Deferred(target);
+                if let Err(error) = decisions.settle(&id, revision, &deferred).await {
+                    tracing::debug!(%error, "deferral not recorded; the claim stands for it");
+                }
+            });
+            return answer;
+        }
+        let answered = Decision::Answered {
+            reply: String::from_utf8_lossy(&answer.body).into_owned(),
+        };
+        let by = TokioInstant::from_std(answer_by(started, self.settings.deadline));
+        let written =
+            tokio::time::timeout_at(by, self.decisions.settle(&keys.id, revision, &answered));
+        match written.await {
+            Ok(Ok(())) => {}
+            // Still the right answer to send: without the record, the worker will deliver
+            // the reply a second time as an edit with the same content.
+            Ok(Err(error)) => tracing::warn!(%error, "cannot record an answered interaction"),
+            Err(_) => tracing::warn!("answered record not written in time; sent anyway"),
+        }
+        answer
+    }
+
+    /// A request for an interaction another request owns: never routed again.
+    async fn retried(
+        &self,
+        keys: &InteractionKeys<'_>,
+        route: &Route,
+        deadline: TokioInstant,
+    ) -> Answer {
+        let owner = async {
+            loop {
+                match self.decisions.get(&keys.id).await {
+                    Ok(Some(Decision::Answered { reply })) => return Some(reply),
+                    Ok(Some(Decision::Deferred(_) | Decision::Delivered)) => return None,
+                    // Claimed (the owner is still waiting for its handler) or unreadable.
+                    _ => tokio::time::sleep(RETRY_POLL).await,
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, owner).await {
+            Ok(Some(reply)) => Answer {
+                reason: "retry",
+                ..Answer::json(Bytes::from(reply), "answered")
+            },
+            // The owner deferred, or has not decided by our deadline: a deferral. Its late
+            // reply reaches Discord once, through the owner's record.
+            Ok(None) | Err(_) => Answer {
+                reason: "retry",
+                ..Answer::json(response::deferral(keys.kind, route.ephemeral), "deferred")
+            },
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Interactions under adverse conditions: a NATS that stalls mid-request must not hold
+//! the HTTP answer past Discord's 3 s, and an interaction id seen twice (a retry, or a
+//! replay inside the timestamp window) is routed once and followed up once.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use relaycord::nats_server::NatsServer;
+use relaycord_sim::RestCallKind;
+use serde_json::json;
+
+use crate::interactions_support::{
+    HoldingProxy, IxStack, base_config, decision, nats_handler, nats_route, start_sim,
+};
+
+const PONG: &str = r#"{"type":4,"data":{"content":"pong"}}"#;
+const LATE: &str = r#"{"type":4,"data":{"content":"late but here"}}"#;
+const DEFERRAL: &[u8] = br#"{"type":5}"#;
+
+/// Well under the old behaviour (waiting out NATS's 10 s request timeout) and well over
+/// the service's own bound (2.8 s), so a busy machine does not fail it.
+const ANSWER_BOUND: Duration = Duration::from_millis(4500);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_nats_does_not_hold_the_answer_and_the_late_reply_still_arrives() {
+    let nats = NatsServer::start().expect("nats-server");
+    let sim = start_sim().await;
+    // The service talks to NATS through the proxy; the handlers do not.
+    let proxy = HoldingProxy::start(nats.addr()).await;
+    let routes = vec![
+        nats_route("quick", "relaycord.handlers.quick"),
+        nats_route("stuck", "relaycord.handlers.stuck"),
+    ];
+    let mut config = base_config(&proxy.url(), &sim, routes);
+    config.interactions.deadline = Duration::from_millis(1000);
+    let stack = IxStack::serve(nats, sim, config).await;
+    let handlers = async_nats::connect(stack.nats_url()).await.unwrap();
+    let mut quick = handlers
+        .subscribe("relaycord.handlers.quick")
+        .await
+        .unwrap();
+    let mut stuck = handlers
+        .subscribe("relaycord.handlers.stuck")
+        .await
+        .unwrap();
+    handlers.flush().await.unwrap();
+
+    // In time: the reply arrives, then NATS stalls before the `answered` record is written.
+    let command = stack.discord.command("quick");
+    let request = stack.discord.signed(&command);
+    let sent = Instant::now();
+    let ((status, body), ()) = tokio::join!(stack.send(&request), async {
+        let request = asked(&mut quick).await;
+        proxy.hold(true);
+        let reply = Bytes::from_static(PONG.as_bytes());
+        handlers
+            .publish(request.reply.unwrap(), reply)
+            .await
+            .unwrap();
+        handlers.flush().await.unwrap();
+    });
+    let elapsed = sent.elapsed();
+    proxy.hold(false);
+    assert_eq!((status, std::str::from_utf8(&body).unwrap()), (200, PONG));
+    assert!(elapsed < ANSWER_BOUND, "answered after {elapsed:?}");
+
+    // Late: NATS stalls while the handler works; the deferral goes out at the deadline.
+    let command = stack.discord.command("stuck");
+    let request = stack.discord.signed(&command);
+    let sent = Instant::now();
+    let ((status, body), request) = tokio::join!(stack.send(&request), async {
+        let request = asked(&mut stuck).await;
+        proxy.hold(true);
+        request
+    });
+    let elapsed = sent.elapsed();
+    proxy.hold(false);
+    assert_eq!((status, &body[..]), (200, DEFERRAL));
+    assert!(elapsed < ANSWER_BOUND, "deferred after {elapsed:?}");
+    let reply = Bytes::from_static(LATE.as_bytes());
+    handlers
+        .publish(request.reply.unwrap(), reply)
+        .await
+        .unwrap();
+    handlers.flush().await.unwrap();
+    let call = stack
+        .discord
+        .wait_call(Duration::from_secs(30), |c| {
+            c.interaction_id.as_deref() == Some(&command.id)
+        })
+        .await
+        .expect("the late reply reaches Discord");
+    assert_eq!((call.kind, call.status), (RestCallKind::EditOriginal, 200));
+    assert_eq!(call.body, json!({"content": "late but here"}));
+    stack.stop().await;
+}
+
+async fn asked(sub: &mut async_nats::Subscriber) -> async_nats::Message {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("the handler was asked")
+        .unwrap()
+}
+
+async fn state(stack: &IxStack, id: &str) -> String {
+    decision(&stack.js, id)
+        .await
+        .and_then(|d| d["state"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_interaction_is_routed_once_and_followed_up_once() {
+    let routes = vec![
+        nats_route("ping", "relaycord.handlers.ping"),
+        nats_route("slow", "relaycord.handlers.slow"),
+    ];
+    let stack = IxStack::start_with(routes, |c| {
+        c.interactions.deadline = Duration::from_millis(2000);
+    })
+    .await;
+    let mut ping = nats_handler(
+        &stack.client,
+        "relaycord.handlers.ping",
+        Duration::from_millis(200),
+        PONG,
+    )
+    .await;
+    let mut slow = nats_handler(
+        &stack.client,
+        "relaycord.handlers.slow",
+        Duration::from_secs(4),
+        LATE,
+    )
+    .await;
+    let d = &stack.discord;
+
+    // The same request twice at once: one of them asks the handler, both answer its reply.
+    let command = d.command("ping");
+    let request = d.signed(&command);
+    let (first, second) = tokio::join!(stack.send(&request), stack.send(&request));
+    for (status, body) in [first, second] {
+        assert_eq!((status, std::str::from_utf8(&body).unwrap()), (200, PONG));
+    }
+    assert_eq!(ping.recv().await.unwrap(), command.id);
+
+    // Deferred and followed up, then the same request again.
+    let late = d.command("slow");
+    let request = d.signed(&late);
+    let (status, body) = stack.send(&request).await;
+    assert_eq!((status, &body[..]), (200, DEFERRAL));
+    d.wait_call(Duration::from_secs(30), |c| {
+        c.interaction_id.as_deref() == Some(&late.id)
+    })
+    .await
+    .expect("the late reply reaches Discord");
+    let recorded = Instant::now() + Duration::from_secs(10);
+    while state(&stack, &late.id).await != "delivered" {
+        assert!(
+            Instant::now() < recorded,
+            "the follow-up was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = stack.send(&request).await;
+    assert_eq!(
+        (status, &body[..]),
+        (200, DEFERRAL),
+        "a deferral, not a re-run"
+    );
+    assert_eq!(
+        state(&stack, &late.id).await,
+        "delivered",
+        "never rewritten"
+    );
+
+    // Fresh requests reach each handler next: neither repeat was routed.
+    let next = d.command("ping");
+    assert_eq!(stack.send(&d.signed(&next)).await.0, 200);
+    assert_eq!(ping.recv().await.unwrap(), next.id);
+    let next_slow = d.command("slow");
+    assert_eq!(stack.send(&d.signed(&next_slow)).await.0, 200);
+    assert_eq!(slow.recv().await.unwrap(), late.id);
+    assert_eq!(slow.recv().await.unwrap(), next_slow.id);
+    let follow_ups = d
+        .calls()
+        .iter()
+        .filter(|c| c.interaction_id.as_deref() == Some(&late.id))
+        .count();
+    assert_eq!(follow_ups, 1);
+    assert_eq!(
+        stack.metric(
+            "relaycord_interactions_requests_total",
+            &[r#"reason="retry""#]
+        ),
+        2.0,
+        "one repeat answered with the reply, one deferred"
+    );
+    stack.stop().await;
+}

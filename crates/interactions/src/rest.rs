@@ -9,6 +9,9 @@ use reqwest::StatusCode;
 
 use crate::response::FollowUp;
 
+/// Per attempt; a timed-out attempt is retried like a 5xx.
+const FOLLOW_UP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How a follow-up attempt ended, when it did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RestError {
@@ -62,6 +65,9 @@ impl DiscordRest {
         };
         let response = request
             .header(reqwest::header::CONTENT_TYPE, "application/json")
+            // A hung call would hold a worker slot while the 15-minute token runs out;
+            // a retried PATCH of @original is idempotent.
+            .timeout(FOLLOW_UP_TIMEOUT)
             .send()
             .await
             .map_err(|_| RestError::Retry(None))?;

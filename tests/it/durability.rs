@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use relaycord::nats_server::NatsServer;
+use relaycord_bus::Subjects;
+use relaycord_ingest::store::{Buckets, SaveError, SessionRecord, SessionStore};
 use relaycord_sim::{GenerateSpec, GeneratorHandle, SimConfig, Simulator};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
@@ -337,4 +339,47 @@ async fn static_shard_ranges_split_the_work() {
         .await;
     fx.assert_all_on_bus("with static ranges").await;
     assert_eq!(fx.sim.stats().identifies, 4);
+}
+
+/// Fencing at the session record: once a new owner has claimed a shard's record, a late
+/// save by the previous owner (cut off, not yet aware its lease is gone) is refused and
+/// the new owner's saves go through. Without the claim the stale save would land first
+/// and fence the rightful owner instead.
+#[tokio::test]
+async fn a_previous_owners_late_save_is_fenced_by_the_new_owners_claim() {
+    let nats = NatsServer::start().unwrap();
+    let js = jetstream(&nats).await;
+    let buckets = Buckets::ensure(&js, &Subjects::default(), 1, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let record = |session: &str, seq| SessionRecord {
+        session_id: session.to_owned(),
+        seq,
+        resume_url: None,
+    };
+    let claim = |id| SessionStore::claim(buckets.sessions.clone(), id, 2);
+
+    // Shard 0 has a saved session when the new owner claims it.
+    let (mut old, none) = claim(0).await.unwrap();
+    assert_eq!(none, None);
+    old.save(&record("a", 10)).await.unwrap();
+    let (mut new, loaded) = claim(0).await.unwrap();
+    assert_eq!(loaded, Some(record("a", 10)));
+    assert_eq!(old.save(&record("a", 12)).await, Err(SaveError::Fenced));
+    new.save(&record("a", 11)).await.unwrap();
+    let (_, latest) = SessionStore::load(buckets.sessions.clone(), 0, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        latest,
+        Some(record("a", 11)),
+        "the new owner's record stands"
+    );
+
+    // Shard 1: the previous owner never saved before the takeover.
+    let (mut old, _) = claim(1).await.unwrap();
+    let (mut new, loaded) = claim(1).await.unwrap();
+    assert_eq!(loaded, None, "a claim placeholder is not a session");
+    assert_eq!(old.save(&record("b", 3)).await, Err(SaveError::Fenced));
+    new.save(&record("c", 1)).await.unwrap();
 }

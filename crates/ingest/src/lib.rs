@@ -7,6 +7,7 @@ pub mod health;
 pub mod metrics;
 mod queue;
 mod shard;
+mod stop;
 pub mod store;
 
 use std::ops::Range;

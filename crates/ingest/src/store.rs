@@ -22,13 +22,17 @@ pub struct Buckets {
     pub leases: kv::Store,
     /// `<replica id>` → "", renewed like leases; the live replicas that share the shards.
     pub members: kv::Store,
-    /// `b.<bucket>` → replica id, expiring after 5 s: one identify per max_concurrency bucket
-    /// per 5 s across every replica.
+    /// `b.<bucket>` → replica id, expiring after [`IDENTIFY_INTERVAL`]: one identify per
+    /// max_concurrency bucket per 5 s (plus padding) across every replica.
     pub identify: kv::Store,
 }
 
-/// Discord allows one identify per rate-limit bucket every 5 seconds.
-pub const IDENTIFY_INTERVAL: Duration = Duration::from_secs(5);
+/// How long an identify slot is held. Discord allows one identify per rate-limit bucket
+/// every 5 seconds, measured where it receives them; the slot is taken before twilight
+/// sends the IDENTIFY, so one IDENTIFY delayed on its way (scheduler, TLS, a slow
+/// connect) followed by a prompt one could land less than 5 s apart. Half a second of
+/// padding absorbs that jitter at the cost of 10 % slower start-up.
+pub const IDENTIFY_INTERVAL: Duration = Duration::from_millis(5_500);
 
 impl Buckets {
     pub async fn ensure(

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use relaycord::nats_server::NatsServer;
+use relaycord_bus::Subjects;
+use relaycord_ingest::store::{Buckets, SaveError, SessionRecord, SessionStore};
 use relaycord_sim::{GenerateSpec, GeneratorHandle, SimConfig, Simulator};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
@@ -153,6 +155,66 @@ impl Fixture {
         );
         assert!(ids.values().all(|n| *n == 1), "each event is stored once");
     }
+
+    /// The shared end-of-test check: no identify rate-limit violation, no exhausted
+    /// session start, and exactly `failed_resumes` failed RESUMEs.
+    fn assert_sim_clean(&self, failed_resumes: u64) {
+        crate::faults::assert_sim_clean(&self.sim, failed_resumes);
+    }
+}
+
+/// Upper bound for things that take seconds; reached only when a test fails.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits until the generator has produced `more` events beyond what it had, so a fault
+/// lands mid-stream and events keep coming after it.
+async fn wait_generated(generator: &GeneratorHandle, more: u64) {
+    let target = generator.generated() + more;
+    let deadline = Instant::now() + PATIENCE;
+    while generator.generated() < target {
+        assert!(Instant::now() < deadline, "the generator stalled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `(leases held, shards up)` summed over the replicas serving metrics on `ports`;
+/// `None` if one of them does not answer.
+async fn shares(ports: &[u16]) -> Option<Vec<(f64, f64)>> {
+    let mut out = Vec::new();
+    for &port in ports {
+        out.push((
+            scrape(port, "relaycord_shard_leases_held").await?,
+            scrape(port, "relaycord_shard_up").await?,
+        ));
+    }
+    Some(out)
+}
+
+/// Waits until the replicas on `ports` hold and run all `shards` between them, each
+/// holding at least one; returns the per-replica shares, or panics after `timeout`.
+async fn wait_spread(
+    fx: &Fixture,
+    ports: &[u16],
+    shards: f64,
+    timeout: Duration,
+) -> Vec<(f64, f64)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = shares(ports).await;
+        if let Some(s) = &now
+            && s.iter().all(|(held, _)| *held > 0.0)
+            && s.iter().map(|(held, _)| held).sum::<f64>() == shards
+            && s.iter().map(|(_, up)| up).sum::<f64>() == shards
+        {
+            return now.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shards not spread within {timeout:?}: {now:?}\n{}",
+            log_tail(fx.logs.path())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// SIGKILL of the only ingest mid-stream, then a restart: the new process resumes the
@@ -163,15 +225,15 @@ async fn kill_9_and_restart_resumes_without_loss() {
     let mut ingest = fx.ingest("solo");
     fx.ready().await;
     let generator = fx.stream(400.0);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_generated(&generator, 600).await;
 
     ingest.start_kill().unwrap();
     ingest.wait().await.unwrap();
     // Events keep coming while no process is connected; Discord keeps them in the session.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    wait_generated(&generator, 400).await;
     let _restarted = fx.ingest("solo");
     fx.ready().await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    wait_generated(&generator, 400).await;
     generator.stop();
 
     fx.assert_all_on_bus("after kill -9").await;
@@ -185,13 +247,18 @@ async fn kill_9_and_restart_resumes_without_loss() {
         stats.replayed > 0,
         "events dispatched while no process was connected came back by replay: {stats:?}"
     );
+    fx.assert_sim_clean(0);
 }
 
-/// Three replicas share 16 shards; one is killed; the survivors take over its shards
-/// within the lease TTL plus resume time, nothing is lost, and no bucket ever
-/// identified faster than max_concurrency allows.
+/// Three replicas share 16 shards; one that holds shards is killed; the survivors own and
+/// run all of them again within the lease TTL plus a generous resume allowance, nothing is
+/// lost, and no bucket ever identified faster than max_concurrency allows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_take_over_a_killed_one() {
+    const LEASE_TTL: Duration = Duration::from_secs(3); // RELAYCORD_INGEST__LEASE_TTL
+    // Resuming 16 shards takes well under a second; the rest is room for a loaded
+    // 2-core machine, so only a takeover that waits for something else fails.
+    const RESUME_ALLOWANCE: Duration = Duration::from_secs(30);
     let fx = Fixture::start(SimConfig {
         shards: 16,
         guilds: 32,
@@ -199,55 +266,83 @@ async fn three_replicas_take_over_a_killed_one() {
         ..SimConfig::default()
     })
     .await;
-    let _a = fx.ingest("replica-a");
-    let mut b = fx.ingest("replica-b");
-    let _c = fx.ingest("replica-c");
+    let ports = [free_port(), free_port(), free_port()];
+    let _a = fx.ingest_with("replica-a", ports[0], &[]);
+    let mut b = fx.ingest_with("replica-b", ports[1], &[]);
+    let _c = fx.ingest_with("replica-c", ports[2], &[]);
     fx.ready().await;
     let generator = fx.stream(300.0);
-    // Let the replicas settle on their shares (6/6/4) before the kill.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The replicas settle on their shares (6/6/4) before the kill: b must hold shards,
+    // or killing it proves nothing.
+    let before = wait_spread(&fx, &ports, 16.0, PATIENCE).await;
+    let b_held = before[1].0;
+    assert!(
+        b_held >= 1.0,
+        "replica-b holds shards before the kill: {before:?}"
+    );
 
     b.start_kill().unwrap();
     b.wait().await.unwrap();
     let killed = Instant::now();
-    // Every shard has a live connection again once b's shards moved.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    fx.ready().await;
+    let survivors = [ports[0], ports[2]];
+    let after = wait_spread(&fx, &survivors, 16.0, LEASE_TTL + RESUME_ALLOWANCE).await;
     let takeover = killed.elapsed();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    fx.ready().await;
+    wait_generated(&generator, 300).await;
     generator.stop();
 
     fx.assert_all_on_bus("after a replica died").await;
     let stats = fx.sim.stats();
-    assert_eq!(stats.identify_violations, 0, "{stats:?}");
     assert_eq!(
         stats.identifies, 16,
         "handovers and takeovers resumed instead of identifying: {stats:?}"
     );
-    eprintln!("takeover after kill -9: {takeover:?} (lease TTL 3 s)");
+    fx.assert_sim_clean(0);
+    eprintln!(
+        "takeover of {b_held} shards after kill -9: {takeover:?} (lease TTL {LEASE_TTL:?}); shares {before:?} -> {after:?}"
+    );
 }
 
 /// nats-server stopped for 30 s mid-stream and started again: ingest stops reading while
 /// the bus is down and loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_down_for_30_seconds_loses_nothing() {
-    let mut fx = Fixture::with_shards(2).await;
+    let mut fx = Fixture::start(SimConfig {
+        shards: 2,
+        guilds: 4,
+        // Discord's 41.25 s interval outlasts a 30 s outage, and the connection would
+        // survive it. With 5 s the simulator closes a connection 8.5 s after its last
+        // heartbeat, and ingest sends none while it is not reading: every shard's
+        // connection drops during the outage, and resuming afterwards is what is tested.
+        heartbeat_interval: Duration::from_secs(5),
+        ..SimConfig::default()
+    })
+    .await;
     let _ingest = fx.ingest("solo");
     fx.ready().await;
     let generator = fx.stream(100.0);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_generated(&generator, 200).await;
+    let connections = fx.sim.stats().connections;
 
     fx.nats.stop();
     let during = generator.generated();
     tokio::time::sleep(Duration::from_secs(30)).await;
     fx.nats.restart().unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    fx.ready().await;
+    wait_generated(&generator, 300).await;
     generator.stop();
     assert!(
         generator.generated() > during + 2000,
         "events were generated during the outage"
     );
     fx.assert_all_on_bus("after the NATS outage").await;
+    let stats = fx.sim.stats();
+    assert!(
+        stats.connections >= connections + 2 && stats.resumes >= 2,
+        "both shards' connections were dropped during the outage and resumed: {stats:?}"
+    );
+    assert_eq!(stats.identifies, 2, "resumed, not re-identified: {stats:?}");
+    fx.assert_sim_clean(0);
 }
 
 fn free_port() -> u16 {
@@ -280,7 +375,7 @@ async fn a_new_replica_takes_its_share_by_clean_handover() {
     let _a = fx.ingest_with("first", pa, &[]);
     fx.ready().await;
     let generator = fx.stream(300.0);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_generated(&generator, 600).await;
 
     let _b = fx.ingest_with("second", pb, &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -303,7 +398,7 @@ async fn a_new_replica_takes_its_share_by_clean_handover() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_generated(&generator, 300).await;
     generator.stop();
 
     fx.assert_all_on_bus("across the handover").await;
@@ -317,6 +412,7 @@ async fn a_new_replica_takes_its_share_by_clean_handover() {
             .unwrap();
         assert_eq!(ready.status(), 200, "replica on {port} is ready");
     }
+    fx.assert_sim_clean(0);
 }
 
 /// Static assignment (StatefulSet ordinals): two processes with fixed ranges cover the
@@ -337,4 +433,95 @@ async fn static_shard_ranges_split_the_work() {
         .await;
     fx.assert_all_on_bus("with static ranges").await;
     assert_eq!(fx.sim.stats().identifies, 4);
+    fx.assert_sim_clean(0);
+}
+
+/// `session_start_limit.remaining` is one budget for the deployment, not one per replica:
+/// two replicas, one shard each, 3 session starts. After the 2 initial identifies, shard
+/// 0's re-identify spends the last start; shard 1's, on the other replica, must wait for
+/// Discord's reset instead of identifying (which the simulator refuses with 4008 and
+/// counts). A per-replica count would let each replica spend the budget it read at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_start_limit_is_shared_by_the_replicas() {
+    let fx = Fixture::start(SimConfig {
+        shards: 2,
+        guilds: 4,
+        session_start_limit: 3,
+        // Long enough for both re-identifies to be asked before the refill.
+        session_start_reset_after: Duration::from_secs(30),
+        ..SimConfig::default()
+    })
+    .await;
+    let ports = [free_port(), free_port()];
+    let _a = fx.ingest_with("one", ports[0], &[]);
+    let _b = fx.ingest_with("two", ports[1], &[]);
+    fx.ready().await;
+    let spread = wait_spread(&fx, &ports, 2.0, PATIENCE).await;
+    assert_eq!(spread, vec![(1.0, 1.0), (1.0, 1.0)], "one shard each");
+
+    fx.sim.invalidate_session(0, false);
+    fx.ready().await;
+    let stats = fx.sim.stats();
+    assert_eq!(
+        (stats.identifies, stats.session_start_remaining),
+        (3, 0),
+        "shard 0 spent the last start before the reset: {stats:?}"
+    );
+    fx.sim.invalidate_session(1, false);
+    let generator = fx.sim.generate(GenerateSpec {
+        count: Some(300),
+        rate_per_sec: 0.0,
+        ..GenerateSpec::default()
+    });
+    fx.ready().await;
+    generator.finished().await;
+    let stats = fx.sim.stats();
+    assert_eq!(stats.identifies, 4, "{stats:?}");
+    fx.assert_all_on_bus("after waiting for the session start reset")
+        .await;
+    // Checks session_start_exhausted == 0: nobody identified with none left.
+    fx.assert_sim_clean(0);
+}
+
+/// Fencing at the session record: once a new owner has claimed a shard's record, a late
+/// save by the previous owner (cut off, not yet aware its lease is gone) is refused and
+/// the new owner's saves go through. Without the claim the stale save would land first
+/// and fence the rightful owner instead.
+#[tokio::test]
+async fn a_previous_owners_late_save_is_fenced_by_the_new_owners_claim() {
+    let nats = NatsServer::start().unwrap();
+    let js = jetstream(&nats).await;
+    let buckets = Buckets::ensure(&js, &Subjects::default(), 1, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let record = |session: &str, seq| SessionRecord {
+        session_id: session.to_owned(),
+        seq,
+        resume_url: None,
+    };
+    let claim = |id| SessionStore::claim(buckets.sessions.clone(), id, 2);
+
+    // Shard 0 has a saved session when the new owner claims it.
+    let (mut old, none) = claim(0).await.unwrap();
+    assert_eq!(none, None);
+    old.save(&record("a", 10)).await.unwrap();
+    let (mut new, loaded) = claim(0).await.unwrap();
+    assert_eq!(loaded, Some(record("a", 10)));
+    assert_eq!(old.save(&record("a", 12)).await, Err(SaveError::Fenced));
+    new.save(&record("a", 11)).await.unwrap();
+    let (_, latest) = SessionStore::load(buckets.sessions.clone(), 0, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        latest,
+        Some(record("a", 11)),
+        "the new owner's record stands"
+    );
+
+    // Shard 1: the previous owner never saved before the takeover.
+    let (mut old, _) = claim(1).await.unwrap();
+    let (mut new, loaded) = claim(1).await.unwrap();
+    assert_eq!(loaded, None, "a claim placeholder is not a session");
+    assert_eq!(old.save(&record("b", 3)).await, Err(SaveError::Fenced));
+    new.save(&record("c", 1)).await.unwrap();
 }

@@ -37,6 +37,12 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(sim_config: SimConfig) -> Harness {
+        // Short lease ticks: the leased coordinator claims shards (and reports a fatal
+        // shard error) within a few hundred milliseconds.
+        Self::start_with(sim_config, Duration::from_secs(3)).await
+    }
+
+    pub async fn start_with(sim_config: SimConfig, lease_ttl: Duration) -> Harness {
         let nats = NatsServer::start().expect("start nats-server (the test command installs it)");
         let sim = Simulator::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), sim_config)
             .await
@@ -45,9 +51,7 @@ impl Harness {
         config.nats.url = nats.url();
         config.discord.token = Secret::new(sim.config().token.clone());
         config.discord.api_base = sim.api_base();
-        // Short lease ticks: the leased coordinator claims shards (and reports a fatal
-        // shard error) within a few hundred milliseconds.
-        config.ingest.lease_ttl = Duration::from_secs(3);
+        config.ingest.lease_ttl = lease_ttl;
         config.validate().unwrap();
         let js = roles::connect(&config, "test").await.unwrap();
         let registry = Registry::new();
@@ -126,19 +130,27 @@ impl Harness {
         );
     }
 
-    /// Stops ingest cleanly; it must not have failed.
+    /// Stops ingest cleanly; it must not have failed, and the simulator saw no failed
+    /// resume and no identify faster than Discord allows.
     pub async fn stop(self) {
+        self.stop_expecting_failed_resumes(0).await;
+    }
+
+    /// Like [`Harness::stop`], for a test whose faults make some RESUMEs fail.
+    pub async fn stop_expecting_failed_resumes(self, failed_resumes: u64) {
         self.shutdown.cancel();
         self.ingest
             .await
             .unwrap()
             .expect("ingest ended without error");
+        assert_sim_clean(&self.sim, failed_resumes);
     }
 
     /// Waits for ingest to end by itself and returns its error.
     pub async fn failure(self) -> anyhow::Error {
         let result = tokio::time::timeout(PATIENCE, self.ingest).await;
         self.shutdown.cancel();
+        assert_sim_clean(&self.sim, 0);
         match result {
             Ok(joined) => joined
                 .unwrap()
@@ -149,6 +161,21 @@ impl Harness {
             ),
         }
     }
+}
+
+/// The checks every ingest test ends with: Discord's identify rate limit and session
+/// start limit were never broken, and exactly the expected RESUMEs failed.
+pub fn assert_sim_clean(sim: &Simulator, failed_resumes: u64) {
+    let stats = sim.stats();
+    assert_eq!(
+        (
+            stats.identify_violations,
+            stats.session_start_exhausted,
+            stats.failed_resumes
+        ),
+        (0, 0, failed_resumes),
+        "identify violations, exhausted session starts, failed resumes: {stats:?}"
+    );
 }
 
 /// Messages in the gateway stream.
@@ -281,7 +308,9 @@ async fn reconnectable_close_codes_end_with_every_shard_running_and_nothing_miss
         (0, 0)
     );
     assert_eq!(metric(&h.registry, "relaycord_shard_up"), f64::from(shards));
-    h.stop().await;
+    // 4007 and 4009 discard the session on Discord's side, but twilight tries a RESUME
+    // first: exactly those two fail (INVALID_SESSION), then the shards identify.
+    h.stop_expecting_failed_resumes(2).await;
 }
 
 /// Close codes that must stop the shard for good, with the words the error must contain
@@ -380,5 +409,35 @@ async fn session_start_limit_is_respected() {
     // have been refused with 4008 and counted above.
     assert_eq!(stats.identifies, 4, "{stats:?}");
     h.assert_nothing_missing().await;
+    h.stop().await;
+}
+
+/// A shard whose session record another process wrote (it is fenced) drains, closes with
+/// the RESUME code and releases its lease at once: it is claimed again and resumed well
+/// within the lease TTL (60 s here) instead of sitting unowned until the lease expires.
+#[tokio::test]
+async fn a_fenced_shard_releases_its_lease_and_is_resumed_at_once() {
+    let h = Harness::start_with(sim_config(2), Duration::from_secs(60)).await;
+    h.ready().await;
+    let generator = h.stream(3000, 300.0);
+    while generator.generated() < 300 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Another writer: the record's revision moves past the one shard 0 holds, so its
+    // next save (within a second, events are flowing) is fenced.
+    let sessions = h.js.get_key_value("DISCORD_SESSIONS").await.unwrap();
+    let entry = sessions
+        .entry("s.2.0")
+        .await
+        .unwrap()
+        .expect("shard 0 has saved its session");
+    sessions.put("s.2.0", entry.value).await.unwrap();
+    // Half the TTL: a lease left to expire could not be claimed again in time.
+    let resumed = eventually(Duration::from_secs(30), || h.sim.stats().resumes >= 1).await;
+    assert!(resumed, "fenced shard not resumed: {:?}", h.sim.stats());
+    generator.finished().await;
+    h.ready().await;
+    h.assert_nothing_missing().await;
+    assert_eq!(h.sim.stats().identifies, 2, "resumed, not re-identified");
     h.stop().await;
 }

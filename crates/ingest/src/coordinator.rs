@@ -20,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{IngestError, IngestErrorKind};
 use crate::shard::{self, ShardContext};
+use crate::stop::Stop;
 use crate::store::{Buckets, shard_key};
 
 struct Running {
-    stop: CancellationToken,
+    stop: Stop,
     task: JoinHandle<Result<(), IngestError>>,
     /// KV revision of our lease (leased mode).
     lease: Option<u64>,
@@ -109,7 +110,7 @@ impl Coordinator {
     }
 
     fn start(&mut self, id: u32, lease: Option<u64>) {
-        let stop = CancellationToken::new();
+        let stop = Stop::default();
         let task = tokio::spawn(shard::run(id, Arc::clone(&self.ctx), stop.clone()));
         self.running.insert(id, Running { stop, task, lease });
         self.ctx.metrics.leases.set(self.running.len() as i64);
@@ -120,27 +121,33 @@ impl Coordinator {
         let Some(running) = self.running.remove(&id) else {
             return;
         };
-        running.stop.cancel();
+        running.stop.handover();
         if let Ok(Err(error)) = running.task.await {
             tracing::warn!(shard = id, %error, "shard ended with an error while stopping");
         }
         if release && let Some(revision) = running.lease {
-            let key = shard_key(id, self.ctx.shard_count);
-            if let Err(error) = self
-                .buckets
-                .leases
-                .delete_expect_revision(&key, Some(revision))
-                .await
-            {
-                tracing::debug!(shard = id, %error, "lease not released (it expires by itself)");
-            }
+            self.release(id, revision).await;
+        }
+    }
+
+    /// Deletes our lease on `id` if it is still the one we hold (same revision), so the
+    /// shard can be claimed again at once instead of after the TTL.
+    async fn release(&self, id: u32, revision: u64) {
+        let key = shard_key(id, self.ctx.shard_count);
+        if let Err(error) = self
+            .buckets
+            .leases
+            .delete_expect_revision(&key, Some(revision))
+            .await
+        {
+            tracing::debug!(shard = id, %error, "lease not released (it expires by itself)");
         }
     }
 
     async fn stop_all(&mut self, release: bool) {
         let ids: Vec<u32> = self.running.keys().copied().collect();
         for running in self.running.values() {
-            running.stop.cancel();
+            running.stop.handover();
         }
         for id in ids {
             self.stop(id, release).await;
@@ -161,21 +168,20 @@ impl Coordinator {
             match running.task.await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) if error.kind() == IngestErrorKind::LostOwnership => {
-                    tracing::info!(shard = id, "shard taken over by another replica");
+                    // Fenced: someone else wrote the session record. If the lease is still
+                    // ours, free it now so the shard is claimed again (reading the newer
+                    // record) within a tick rather than sitting unowned until the TTL.
+                    tracing::info!(shard = id, "shard's session taken over; releasing it");
+                    if let Some(revision) = running.lease {
+                        self.release(id, revision).await;
+                    }
                 }
                 Ok(Err(error)) if error.kind() == IngestErrorKind::Bus => {
                     // NATS hiccup while the shard was starting (reading its session):
                     // release the shard so it is claimed again — by us or another replica.
                     tracing::warn!(shard = id, %error, "shard could not start; retrying");
                     match running.lease {
-                        Some(revision) => {
-                            let key = shard_key(id, self.ctx.shard_count);
-                            let _ = self
-                                .buckets
-                                .leases
-                                .delete_expect_revision(&key, Some(revision))
-                                .await;
-                        }
+                        Some(revision) => self.release(id, revision).await,
                         None => self.start(id, None),
                     }
                 }
@@ -199,7 +205,8 @@ impl Coordinator {
     }
 
     /// Renews every lease. A lease someone else now holds means this process was cut
-    /// off long enough to lose it: the shard stops without touching the session record.
+    /// off long enough to lose it: the shard stops without touching the session record
+    /// (the new owner's claim also fences any save that slips out before this check).
     async fn renew(&mut self) {
         let mut lost = Vec::new();
         for (id, running) in &mut self.running {
@@ -236,6 +243,9 @@ impl Coordinator {
                 shard = id,
                 "lease lost to another replica; stopping the shard"
             );
+            if let Some(running) = self.running.get(&id) {
+                running.stop.lost();
+            }
             self.stop(id, false).await;
         }
     }

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod budget;
 mod coordinator;
 mod discovery;
 pub mod error;
@@ -7,6 +8,7 @@ pub mod health;
 pub mod metrics;
 mod queue;
 mod shard;
+mod stop;
 pub mod store;
 
 use std::ops::Range;
@@ -77,13 +79,17 @@ pub async fn run(
         store::Buckets::ensure(&js, &config.subjects, config.kv_replicas, config.lease_ttl).await?;
     let replica = config.replica_id.clone().unwrap_or_else(default_replica_id);
     let limit = bot.session_start_limit;
+    let budget = budget::StartBudget {
+        kv: buckets.sessions.clone(),
+        http,
+        api_base: config.api_base.clone(),
+        token: config.token.clone(),
+    };
     let queue = queue::KvQueue::new(
         buckets.identify.clone(),
         replica.clone(),
-        limit,
-        http,
-        config.api_base.clone(),
-        config.token.clone(),
+        limit.max_concurrency,
+        budget,
     );
     let gateway_url = config.gateway_url.clone().unwrap_or(bot.url);
     tracing::info!(

@@ -19,7 +19,6 @@ use relaycord_bus::interaction::InteractionKeys;
 use relaycord_bus::{
     Dispatch, Envelope, Secret, Source, Subjects, dedupe, envelope::now_rfc3339, headers,
 };
-use tokio_util::sync::CancellationToken;
 use twilight_gateway::{
     CloseFrame, ConfigBuilder, Intents, Message, Session, Shard, ShardId,
     error::ReceiveMessageErrorType,
@@ -29,6 +28,7 @@ use crate::error::{IngestError, IngestErrorKind};
 use crate::health::ShardHealth;
 use crate::metrics::IngestMetrics;
 use crate::queue::KvQueue;
+use crate::stop::Stop;
 use crate::store::{SaveError, SessionRecord, SessionStore};
 
 /// What every shard task shares.
@@ -92,12 +92,9 @@ struct Position {
 }
 
 /// Runs shard `id` until `stop` fires (Ok) or it closes fatally or loses ownership (Err).
-pub(crate) async fn run(
-    id: u32,
-    ctx: Arc<ShardContext>,
-    stop: CancellationToken,
-) -> Result<(), IngestError> {
-    let (mut store, record) = SessionStore::load(ctx.sessions.clone(), id, ctx.shard_count).await?;
+pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(), IngestError> {
+    let (mut store, record) =
+        SessionStore::claim(ctx.sessions.clone(), id, ctx.shard_count).await?;
     let mut builder = ConfigBuilder::new(ctx.token.expose().to_owned(), ctx.intents)
         .queue(ctx.queue.clone())
         .proxy_url(ctx.gateway_url.clone());
@@ -125,6 +122,8 @@ pub(crate) async fn run(
     let mut inflight: FuturesOrdered<AckFuture> = FuturesOrdered::new();
     let mut last_close: Option<u16> = None;
     let mut save_tick = tokio::time::interval(SAVE_INTERVAL);
+    // Set when a save finds another process's write: the record is no longer ours.
+    let mut fenced = false;
     ctx.mark(id, Some(false));
 
     loop {
@@ -141,9 +140,13 @@ pub(crate) async fn run(
                 if let Some(average) = shard.latency().average() {
                     latency.set(average.as_secs_f64());
                 }
+                if stop.is_lost() {
+                    continue;
+                }
                 if save(&mut store, &mut pos, shard.resume_url(), id).await == Err(SaveError::Fenced) {
-                    ctx.mark(id, None);
-                    return Err(IngestError::new(IngestErrorKind::LostOwnership, format!("shard {id}: another process now owns this shard's session")));
+                    tracing::warn!(shard = id, "another process wrote this shard's session; stopping the shard");
+                    fenced = true;
+                    break;
                 }
             }
             item = shard.next(), if inflight.len() < ctx.window => match item {
@@ -174,7 +177,9 @@ pub(crate) async fn run(
     }
 
     // A clean stop publishes everything it read, records the position, then closes with
-    // the RESUME code so that Discord keeps the session for whoever resumes it next.
+    // the RESUME code so that Discord keeps the session for whoever resumes it next. A
+    // shard that is no longer the owner (lease lost, or fenced) drains and closes the same
+    // way — its publishes are deduped — but leaves the record to the new owner.
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while let Some((generation, seq)) = inflight.next().await {
             if generation == pos.generation {
@@ -193,10 +198,24 @@ pub(crate) async fn run(
     }
     drop(inflight);
     inflight_gauge.set(0);
-    let _ = save(&mut store, &mut pos, shard.resume_url(), id).await;
+    let owner = !fenced && !stop.is_lost();
+    if owner {
+        let _ = save(&mut store, &mut pos, shard.resume_url(), id).await;
+    }
     close(&mut shard).await;
     ctx.mark(id, None);
-    tracing::info!(shard = id, acked_seq = pos.acked_seq, "shard stopped");
+    tracing::info!(
+        shard = id,
+        acked_seq = pos.acked_seq,
+        owner,
+        "shard stopped"
+    );
+    if fenced {
+        return Err(IngestError::new(
+            IngestErrorKind::LostOwnership,
+            format!("shard {id}: another process now owns this shard's session"),
+        ));
+    }
     Ok(())
 }
 

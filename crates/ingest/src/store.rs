@@ -22,13 +22,17 @@ pub struct Buckets {
     pub leases: kv::Store,
     /// `<replica id>` → "", renewed like leases; the live replicas that share the shards.
     pub members: kv::Store,
-    /// `b.<bucket>` → replica id, expiring after 5 s: one identify per max_concurrency bucket
-    /// per 5 s across every replica.
+    /// `b.<bucket>` → replica id, expiring after [`IDENTIFY_INTERVAL`]: one identify per
+    /// max_concurrency bucket per 5 s (plus padding) across every replica.
     pub identify: kv::Store,
 }
 
-/// Discord allows one identify per rate-limit bucket every 5 seconds.
-pub const IDENTIFY_INTERVAL: Duration = Duration::from_secs(5);
+/// How long an identify slot is held. Discord allows one identify per rate-limit bucket
+/// every 5 seconds, measured where it receives them; the slot is taken before twilight
+/// sends the IDENTIFY, so one IDENTIFY delayed on its way (scheduler, TLS, a slow
+/// connect) followed by a prompt one could land less than 5 s apart. Half a second of
+/// padding absorbs that jitter at the cost of 10 % slower start-up.
+pub const IDENTIFY_INTERVAL: Duration = Duration::from_millis(5_500);
 
 impl Buckets {
     pub async fn ensure(
@@ -84,6 +88,10 @@ pub enum SaveError {
     Unavailable,
 }
 
+/// Reads and writes racing with a previous owner before a claim gives up (and retries
+/// the shard later).
+const CLAIM_ATTEMPTS: usize = 5;
+
 /// Reads and writes one shard's session record with compare-and-set on the KV
 /// revision, so a process that lost its shard can never overwrite its successor's record.
 pub struct SessionStore {
@@ -107,7 +115,8 @@ impl SessionStore {
             )
         })?;
         let (revision, record) = match entry {
-            Some(entry) if entry.operation == kv::Operation::Put => {
+            // An empty value is a claim placeholder (see `claim`): owned, no session yet.
+            Some(entry) if entry.operation == kv::Operation::Put && !entry.value.is_empty() => {
                 let record = serde_json::from_slice(&entry.value)
                     .inspect_err(
                         |e| tracing::warn!(%key, error = %e, "ignoring unreadable session record"),
@@ -119,6 +128,53 @@ impl SessionStore {
             None => (None, None),
         };
         Ok((Self { kv, key, revision }, record))
+    }
+
+    /// Loads the record and takes it over for this process: rewrites it (or, when there
+    /// is none, an empty placeholder) so that the KV revision moves past the one any
+    /// previous owner read. From then on a save by a previous owner is fenced however late
+    /// it comes (a replica that was cut off and has not yet noticed its lease is gone),
+    /// and this process's own saves are not. Returns the record to resume from.
+    pub async fn claim(
+        kv: kv::Store,
+        id: u32,
+        count: u32,
+    ) -> Result<(Self, Option<SessionRecord>), IngestError> {
+        for _ in 0..CLAIM_ATTEMPTS {
+            let (mut store, record) = Self::load(kv.clone(), id, count).await?;
+            let value = match &record {
+                Some(record) => {
+                    Bytes::from(serde_json::to_vec(record).expect("session record serializes"))
+                }
+                None => Bytes::new(),
+            };
+            // Revision 0 expects no entry at all: a create.
+            match kv
+                .update(&store.key, value, store.revision.unwrap_or(0))
+                .await
+            {
+                Ok(revision) => {
+                    store.revision = Some(revision);
+                    return Ok((store, record));
+                }
+                // The previous owner saved between our read and our write: read again.
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => {
+                    return Err(IngestError::with_source(
+                        IngestErrorKind::Bus,
+                        format!("cannot claim session {}", store.key),
+                        e,
+                    ));
+                }
+            }
+        }
+        Err(IngestError::new(
+            IngestErrorKind::Bus,
+            format!(
+                "session {} keeps changing under us; retrying later",
+                shard_key(id, count)
+            ),
+        ))
     }
 
     pub async fn save(&mut self, record: &SessionRecord) -> Result<(), SaveError> {

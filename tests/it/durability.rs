@@ -192,6 +192,27 @@ async fn shares(ports: &[u16]) -> Option<Vec<(f64, f64)>> {
 
 /// Waits until the replicas on `ports` hold and run all `shards` between them, each
 /// holding at least one; returns the per-replica shares, or panics after `timeout`.
+/// Waits until the sessions bucket holds a record for `shards` shards.
+async fn wait_sessions_recorded(fx: &Fixture, shards: usize) {
+    use futures::TryStreamExt;
+    let js = jetstream(&fx.nats).await;
+    let bucket = js.get_key_value("DISCORD_SESSIONS").await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let keys: std::collections::HashSet<String> =
+            bucket.keys().await.unwrap().try_collect().await.unwrap();
+        if keys.len() >= shards {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {shards} sessions recorded",
+            keys.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn wait_spread(
     fx: &Fixture,
     ports: &[u16],
@@ -280,6 +301,10 @@ async fn three_replicas_take_over_a_killed_one() {
         b_held >= 1.0,
         "replica-b holds shards before the kill: {before:?}"
     );
+    // Sessions are recorded as soon as READY is through the window; a session killed
+    // before its record exists cannot be resumed by anyone (docs/ingest.md), so the
+    // kill comes once every shard's session is recorded.
+    wait_sessions_recorded(&fx, 16).await;
 
     b.start_kill().unwrap();
     b.wait().await.unwrap();

@@ -251,9 +251,11 @@ impl Coordinator {
     }
 
     async fn rebalance(&mut self) {
+        // A set: `keys()` follows the bucket while it lists, so a member renewing its
+        // entry meanwhile shows up twice, and a miscount would hand shards back and forth.
         let members = match self.buckets.members.keys().await {
             Ok(keys) => keys
-                .try_collect::<Vec<String>>()
+                .try_collect::<HashSet<String>>()
                 .await
                 .map(|k| k.len())
                 .unwrap_or(1),
@@ -262,7 +264,14 @@ impl Coordinator {
         let total = self.scope.len();
         let share = total.div_ceil(members.max(1));
         if self.running.len() > share {
-            let mut ids: Vec<u32> = self.running.keys().copied().collect();
+            // Only shards whose session is saved: the others are handed over on a later
+            // tick, once the next owner can resume them (see `Stop::set_resumable`).
+            let mut ids: Vec<u32> = self
+                .running
+                .iter()
+                .filter(|(_, r)| r.stop.is_resumable())
+                .map(|(id, _)| *id)
+                .collect();
             ids.sort_unstable();
             for id in ids.into_iter().rev().take(self.running.len() - share) {
                 tracing::info!(shard = id, share, members, "handing shard over");

@@ -114,6 +114,9 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
         pos.saved = Some((record.session_id.clone(), record.seq));
         pos.session_id = Some(record.session_id);
     }
+    if pos.saved.is_some() {
+        stop.set_resumable();
+    }
     let mut shard = Shard::with_config(ShardId::new(id, ctx.shard_count), builder.build());
 
     let label = id.to_string();
@@ -135,6 +138,17 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
                 if generation == pos.generation {
                     pos.acked_seq = seq;
                 }
+                // A session nobody has recorded yet is saved at once, not on the next
+                // tick: until its id is in KV, a crash leaves the next owner nothing to
+                // resume, and whatever Discord sent on it would be lost.
+                let recorded = pos.saved.as_ref().map(|(session, _)| session);
+                if pos.session_id.is_some()
+                    && recorded != pos.session_id.as_ref()
+                    && checkpoint(&mut store, &mut pos, shard.resume_url(), id, &stop).await.is_err()
+                {
+                    fenced = true;
+                    break;
+                }
             }
             _ = save_tick.tick() => {
                 if let Some(average) = shard.latency().average() {
@@ -143,8 +157,7 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
                 if stop.is_lost() {
                     continue;
                 }
-                if save(&mut store, &mut pos, shard.resume_url(), id).await == Err(SaveError::Fenced) {
-                    tracing::warn!(shard = id, "another process wrote this shard's session; stopping the shard");
+                if checkpoint(&mut store, &mut pos, shard.resume_url(), id, &stop).await.is_err() {
                     fenced = true;
                     break;
                 }
@@ -215,6 +228,28 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
             IngestErrorKind::LostOwnership,
             format!("shard {id}: another process now owns this shard's session"),
         ));
+    }
+    Ok(())
+}
+
+/// Saves the position; `Err` means another process wrote the record: the shard is no
+/// longer ours and must stop. Marks the shard resumable once a record exists.
+async fn checkpoint(
+    store: &mut SessionStore,
+    pos: &mut Position,
+    resume_url: Option<&str>,
+    id: u32,
+    stop: &Stop,
+) -> Result<(), ()> {
+    if save(store, pos, resume_url, id).await == Err(SaveError::Fenced) {
+        tracing::warn!(
+            shard = id,
+            "another process wrote this shard's session; stopping the shard"
+        );
+        return Err(());
+    }
+    if pos.saved.is_some() {
+        stop.set_resumable();
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct Stop {
     token: CancellationToken,
     lost: Arc<AtomicBool>,
+    resumable: Arc<AtomicBool>,
 }
 
 impl Stop {
@@ -28,6 +29,19 @@ impl Stop {
 
     pub fn is_lost(&self) -> bool {
         self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Set by the shard once its session record is in KV: from then on, a handover
+    /// loses nothing, because the next owner resumes and Discord replays what this
+    /// process had not read. Before that (identify queued, READY not yet saved), a
+    /// handover would make the next owner identify anew and strand the first session's
+    /// unread events, so the coordinator hands over resumable shards only.
+    pub fn set_resumable(&self) {
+        self.resumable.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_resumable(&self) -> bool {
+        self.resumable.load(Ordering::SeqCst)
     }
 
     pub async fn cancelled(&self) {

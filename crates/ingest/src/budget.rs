@@ -15,7 +15,7 @@ use bytes::Bytes;
 use relaycord_bus::Secret;
 use serde::{Deserialize, Serialize};
 
-use crate::discovery::gateway_bot;
+use crate::discovery::{SessionStartLimit, gateway_bot};
 
 /// The KV key, in the sessions bucket (whose entries live a day, like Discord's budget).
 pub const KEY: &str = "start_limit";
@@ -103,19 +103,32 @@ impl StartBudget {
             tracing::warn!(?wait, "no session starts left; waiting for Discord's reset");
             return Attempt::Wait(wait);
         }
-        let fresh = Budget {
-            remaining: limit.remaining,
-            reset_at_ms: now.saturating_add(limit.reset_after),
-        };
-        match self.kv.update(KEY, encode(fresh), revision).await {
-            // Either ours or another replica's refill is in place now.
-            Ok(_) => Attempt::Again,
+        match self.kv.update(KEY, encode(refilled(&limit, now)), revision).await {
+            // The refill spends the start it was made for: answering `Again` instead
+            // would loop whenever the entry it wrote is already stale.
+            Ok(_) => Attempt::Spent,
+            // Another replica's refill is in place now: spend from it.
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Attempt::Again,
             Err(error) => {
                 tracing::warn!(%error, "cannot store the session start budget (NATS?); retrying");
                 Attempt::Wait(Duration::from_secs(1))
             }
         }
+    }
+}
+
+/// Discord's answer, minus the start about to be spent. `reset_after` is 0 when no
+/// start was spent in the current window (a bot idle for a day): the window begins with
+/// this identify and lasts a day.
+fn refilled(limit: &SessionStartLimit, now: u64) -> Budget {
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+    let reset_after = match limit.reset_after {
+        0 => DAY_MS,
+        ms => ms,
+    };
+    Budget {
+        remaining: limit.remaining.saturating_sub(1),
+        reset_at_ms: now.saturating_add(reset_after),
     }
 }
 
@@ -127,4 +140,33 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(remaining: u32, reset_after: u64) -> SessionStartLimit {
+        SessionStartLimit {
+            total: 1000,
+            remaining,
+            reset_after,
+            max_concurrency: 1,
+        }
+    }
+
+    #[test]
+    fn a_refill_spends_one_start_and_keeps_discords_reset() {
+        let b = refilled(&limit(998, 60_000), 1_000);
+        assert_eq!((b.remaining, b.reset_at_ms), (997, 61_000));
+    }
+
+    /// Discord reports `reset_after: 0` for a bot that has not identified for a day; the
+    /// stored window must still lie in the future, or every attempt would refill again.
+    #[test]
+    fn an_idle_bots_zero_reset_after_opens_a_day_long_window() {
+        let b = refilled(&limit(1000, 0), 5_000);
+        assert_eq!(b.remaining, 999);
+        assert_eq!(b.reset_at_ms, 5_000 + 24 * 3600 * 1000);
+    }
 }

@@ -257,3 +257,44 @@ async fn gateway_interactions_land_on_interaction_subjects() {
     assert_eq!(envelope["data"]["data"]["name"], "cardsearch");
     stack.stop().await;
 }
+
+/// A dispatch larger than the server's max_payload cannot be stored: it is counted and
+/// skipped, loudly, and the shard goes on (a retry loop would wedge it for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_over_max_payload_is_counted_and_the_shard_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(&conf, "max_payload: 16384\n").unwrap();
+    let stack = Stack::start(StackOptions {
+        shards: 1,
+        nats_args: vec!["-c".into(), conf.display().to_string()],
+        ..StackOptions::default()
+    })
+    .await;
+    let guild = stack.sim.guild_ids()[0];
+    let message = |id: u64, content: &str| {
+        RawValue::from_string(format!(
+            r#"{{"id":"{id}","channel_id":"290926798999357250","guild_id":"{guild}","content":"{content}","author":{{"id":"53908099506183680","username":"Mason"}},"timestamp":"2017-07-11T17:27:07.299000+00:00","edited_timestamp":null,"attachments":[],"embeds":[],"mentions":[],"mention_roles":[],"pinned":false,"mention_everyone":false,"tts":false,"type":0}}"#
+        ))
+        .unwrap()
+    };
+    stack
+        .sim
+        .dispatch(0, "MESSAGE_CREATE", &message(1001, &"x".repeat(20_000)))
+        .unwrap();
+    stack
+        .sim
+        .dispatch(0, "MESSAGE_CREATE", &message(1002, "after the big one"))
+        .unwrap();
+    let after: std::collections::HashSet<String> = ["msg:1002".to_owned()].into();
+    assert!(
+        stack
+            .wait_delivered(&after, Duration::from_secs(30))
+            .await
+            .is_empty(),
+        "the event after the oversized one arrived"
+    );
+    assert_eq!(stack.metric("relaycord_publish_oversized_total"), 1.0);
+    assert!(!stack.receiver.seen().contains_key("msg:1001"));
+    stack.stop().await;
+}

@@ -26,6 +26,8 @@ pub struct StackOptions {
     /// Where the sink posts; `None` starts a receiver and posts there.
     pub sink_url: Option<String>,
     pub with_sink: bool,
+    /// Extra nats-server arguments (e.g. `-c FILE`).
+    pub nats_args: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -34,6 +36,7 @@ impl Default for StackOptions {
             shards: 4,
             sink_url: None,
             with_sink: true,
+            nats_args: Vec::new(),
         }
     }
 }
@@ -51,7 +54,9 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(opts: StackOptions) -> Stack {
-        let nats = NatsServer::start().expect("start nats-server (the test command installs it)");
+        let args: Vec<&str> = opts.nats_args.iter().map(String::as_str).collect();
+        let nats = NatsServer::start_with(&args)
+            .expect("start nats-server (the test command installs it)");
         let sim = Simulator::start(
             TcpListener::bind("127.0.0.1:0").await.unwrap(),
             SimConfig {

@@ -103,7 +103,11 @@ impl StartBudget {
             tracing::warn!(?wait, "no session starts left; waiting for Discord's reset");
             return Attempt::Wait(wait);
         }
-        match self.kv.update(KEY, encode(refilled(&limit, now)), revision).await {
+        match self
+            .kv
+            .update(KEY, encode(refilled(&limit, now)), revision)
+            .await
+        {
             // The refill spends the start it was made for: answering `Again` instead
             // would loop whenever the entry it wrote is already stale.
             Ok(_) => Attempt::Spent,

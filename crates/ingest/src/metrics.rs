@@ -9,6 +9,7 @@ use prometheus::{
 pub struct IngestMetrics {
     pub events: IntCounterVec,
     pub malformed: IntCounter,
+    pub oversized: IntCounter,
     pub published: IntCounter,
     pub duplicates: IntCounter,
     pub publish_errors: IntCounter,
@@ -33,6 +34,10 @@ impl IngestMetrics {
             malformed: IntCounter::new(
                 "relaycord_gateway_malformed_total",
                 "Gateway frames that could not be parsed; logged and skipped.",
+            )?,
+            oversized: IntCounter::new(
+                "relaycord_publish_oversized_total",
+                "Dispatches larger than the NATS server's max_payload; logged and skipped.",
             )?,
             published: IntCounter::new(
                 "relaycord_publish_total",
@@ -88,6 +93,7 @@ impl IngestMetrics {
         };
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.malformed.clone()))?;
+        registry.register(Box::new(m.oversized.clone()))?;
         registry.register(Box::new(m.published.clone()))?;
         registry.register(Box::new(m.duplicates.clone()))?;
         registry.register(Box::new(m.publish_errors.clone()))?;

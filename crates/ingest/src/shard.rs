@@ -353,8 +353,25 @@ async fn handle_frame(
         received_at: now_rfc3339().into(),
         data: dispatch.data,
     };
+    let payload = envelope.to_bytes();
+    // The server refuses a message over its max_payload on every attempt; retrying it
+    // would wedge the shard's window for good. Skipping it loses one event, loudly.
+    let max_payload = ctx.js.client().server_info().max_payload;
+    if payload.len() + HEADROOM > max_payload {
+        ctx.metrics.oversized.inc();
+        tracing::error!(
+            shard = shard_id,
+            %id,
+            event_type,
+            bytes = payload.len(),
+            max_payload,
+            "event larger than the NATS server's max_payload: skipped; raise max_payload in \
+             the nats-server config (e.g. `max_payload: 8MB`) to carry it"
+        );
+        return Some(done(pos.generation, seq));
+    }
     let message = PublishMessage::build()
-        .payload(envelope.to_bytes())
+        .payload(payload)
         .message_id(&id)
         .header(headers::TYPE, event_type)
         .header(headers::SHARD, shard_id.to_string().as_str());
@@ -392,6 +409,9 @@ fn subject_of(dispatch: &Dispatch<'_>, subjects: &Subjects) -> String {
     }
     subjects.gateway(&dispatch.event_type, dispatch.guild_id())
 }
+
+/// Room for the subject and headers (msg id, type, shard) on top of the envelope.
+const HEADROOM: usize = 1024;
 
 fn done(generation: u64, seq: u64) -> AckFuture {
     Box::pin(std::future::ready((generation, seq)))

@@ -54,11 +54,39 @@ impl DeadLetterInfo<'_> {
 }
 
 /// Stores a dead letter and waits for the stream's ack.
+/// Why a dead letter was not stored.
+#[derive(Debug)]
+pub(crate) enum StoreError {
+    /// NATS unreachable, no ack, …: trying again can succeed.
+    Unavailable(String),
+    /// The letter cannot fit the server's max_payload even with a shortened reason:
+    /// no retry will ever store it.
+    TooLarge { bytes: usize, max_payload: usize },
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unavailable(error) => f.write_str(error),
+            Self::TooLarge { bytes, max_payload } => write!(
+                f,
+                "{bytes} bytes with its headers, over the server's max_payload of {max_payload}"
+            ),
+        }
+    }
+}
+
+impl From<String> for StoreError {
+    fn from(error: String) -> Self {
+        Self::Unavailable(error)
+    }
+}
+
 pub(crate) async fn publish(
     js: &jetstream::Context,
     info: &DeadLetterInfo<'_>,
     payload: Bytes,
-) -> Result<(), String> {
+) -> Result<(), StoreError> {
     let subject = subject::dlq(info.sink);
     let ack = send(js, &subject, info, payload.clone(), Some(&info.msg_id())).await?;
     if ack.duplicate && !stored(js, ack.sequence, &subject).await {
@@ -94,14 +122,31 @@ async fn send(
     info: &DeadLetterInfo<'_>,
     payload: Bytes,
     msg_id: Option<&str>,
-) -> Result<jetstream::publish::PublishAck, String> {
+) -> Result<jetstream::publish::PublishAck, StoreError> {
+    // The envelope came from a stream of the same server, so it fits alone; the headers
+    // can push it over. The reason is the one header of any length: shorten it first.
+    let max_payload = js.client().server_info().max_payload;
+    let fixed = subject.len() + 256 + msg_id.map_or(0, str::len) + info.sink.len() + info.id.len();
+    let room = max_payload.saturating_sub(payload.len() + fixed);
+    if room == 0 {
+        return Err(StoreError::TooLarge {
+            bytes: payload.len() + fixed,
+            max_payload,
+        });
+    }
+    let reason = one_line(info.reason);
+    let mut cut = room.min(reason.len());
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let reason = &reason[..cut];
     let mut h = HeaderMap::new();
     if let Some(msg_id) = msg_id {
         h.insert(bus_headers::MSG_ID, msg_id);
     }
     h.insert(headers::SINK, info.sink);
     h.insert(headers::ID, info.id);
-    h.insert(headers::REASON, one_line(info.reason).as_str());
+    h.insert(headers::REASON, reason);
     h.insert(headers::ATTEMPTS, info.attempts.to_string().as_str());
     if let Some(status) = info.status {
         h.insert(headers::STATUS, status.to_string().as_str());
@@ -114,7 +159,8 @@ async fn send(
         .send_publish(subject.to_owned(), publish)
         .await
         .map_err(|e| e.to_string())?;
-    ack.await.map_err(|e| e.to_string())
+    ack.await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
 
 /// One stored dead letter.

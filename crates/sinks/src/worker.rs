@@ -169,6 +169,12 @@ impl<S: Sink> Worker<S> {
                     self.count("dead_lettered");
                     return;
                 }
+                Err(dlq::StoreError::TooLarge { bytes, max_payload }) => {
+                    tracing::error!(sink = %s.name, %id, bytes, max_payload, "LOST: the dead letter can never fit the NATS server's max_payload; the event stays in its stream, find it by its id");
+                    self.ack(message, AckKind::Term).await;
+                    self.count("abandoned");
+                    return;
+                }
                 Err(error) => error,
             };
             failures += 1;

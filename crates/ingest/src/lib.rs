@@ -10,6 +10,7 @@ mod queue;
 mod shard;
 mod stop;
 pub mod store;
+mod window;
 
 use std::ops::Range;
 use std::sync::Arc;

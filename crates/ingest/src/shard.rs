@@ -142,6 +142,7 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
                 }
             }
             _ = save_tick.tick() => {
+                ctx.health.beat(id);
                 if let Some(average) = shard.latency().average() {
                     latency.set(average.as_secs_f64());
                 }
@@ -168,7 +169,12 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
                         ctx.metrics.malformed.inc();
                         tracing::warn!(shard = id, frame = %truncate(event, 200), %error, "skipping malformed gateway frame");
                     }
-                    _ => tracing::warn!(shard = id, %error, "gateway connection failed; reconnecting"),
+                    _ => {
+                        // A failed or zombie connection: no session until twilight has
+                        // reconnected and READY or RESUMED arrives.
+                        ctx.mark(id, Some(false));
+                        tracing::warn!(shard = id, %error, "gateway connection failed; reconnecting");
+                    }
                 },
                 None => {
                     ctx.mark(id, None);

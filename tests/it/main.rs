@@ -8,6 +8,7 @@ mod dev;
 mod durability;
 mod faults;
 mod ingest_bench;
+mod ingest_health;
 mod interactions;
 mod interactions_bench;
 mod interactions_handlers;

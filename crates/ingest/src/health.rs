@@ -1,29 +1,65 @@
-//! Shard liveness for `/readyz`: a process is ready while none of its shards has been
-//! without a session for longer than a threshold.
+//! Shard health for `/readyz` and `/healthz`.
+//!
+//! Readiness: a process is ready while none of its shards has been without a session
+//! for longer than a threshold. Liveness: the ingest loop is running and no shard's loop
+//! has stopped turning (while NATS is connected: a loop waiting on a NATS outage is
+//! backpressure, not a wedge, and a restart would not help).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// What is known of one owned shard.
+#[derive(Clone, Copy)]
+struct Entry {
+    /// Since when it has been without a session (`None`: up).
+    down_since: Option<Instant>,
+    /// When its loop last turned.
+    beat: Instant,
+}
 
 #[derive(Clone, Default)]
 pub struct ShardHealth {
-    /// Owned shards → since when they have been down (`None`: up).
-    shards: Arc<Mutex<HashMap<u32, Option<Instant>>>>,
+    shards: Arc<Mutex<HashMap<u32, Entry>>>,
+    /// Set once `relaycord_ingest::run` has returned (or was dropped).
+    ended: Arc<AtomicBool>,
+    /// The NATS client, to tell a wedged loop from one waiting for NATS to come back.
+    nats: Arc<OnceLock<async_nats::Client>>,
 }
 
 impl ShardHealth {
     pub(crate) fn up(&self, id: u32) {
-        self.lock().insert(id, None);
+        let now = Instant::now();
+        self.lock().insert(
+            id,
+            Entry {
+                down_since: None,
+                beat: now,
+            },
+        );
     }
 
     /// Marks `id` down, keeping the earliest time it went down.
     pub(crate) fn down(&self, id: u32) {
+        let now = Instant::now();
         self.lock()
             .entry(id)
-            .and_modify(|since| {
-                since.get_or_insert_with(Instant::now);
+            .and_modify(|e| {
+                e.down_since.get_or_insert(now);
+                e.beat = now;
             })
-            .or_insert_with(|| Some(Instant::now()));
+            .or_insert(Entry {
+                down_since: Some(now),
+                beat: now,
+            });
+    }
+
+    /// The shard's loop is turning.
+    pub(crate) fn beat(&self, id: u32) {
+        if let Some(entry) = self.lock().get_mut(&id) {
+            entry.beat = Instant::now();
+        }
     }
 
     /// The shard is no longer owned here.
@@ -31,16 +67,37 @@ impl ShardHealth {
         self.lock().remove(&id);
     }
 
+    pub(crate) fn set_nats(&self, client: async_nats::Client) {
+        let _ = self.nats.set(client);
+    }
+
+    pub(crate) fn set_ended(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+    }
+
     /// Shards down for longer than `threshold`.
     pub fn down_longer_than(&self, threshold: Duration) -> Vec<u32> {
-        let mut ids: Vec<u32> = self
-            .lock()
-            .iter()
-            .filter(|(_, since)| since.is_some_and(|s| s.elapsed() > threshold))
-            .map(|(id, _)| *id)
-            .collect();
-        ids.sort_unstable();
-        ids
+        self.down_at(Instant::now(), threshold)
+    }
+
+    /// `Err` (with the reason) when ingest has stopped, or when a shard's loop has not
+    /// turned for longer than `stall` while NATS is connected.
+    pub fn liveness(&self, stall: Duration) -> Result<(), String> {
+        if self.ended.load(Ordering::SeqCst) {
+            return Err("ingest has stopped".to_owned());
+        }
+        let nats_up = self.nats.get().is_none_or(|client| {
+            client.connection_state() == async_nats::connection::State::Connected
+        });
+        if !nats_up {
+            return Ok(());
+        }
+        match self.stalled_at(Instant::now(), stall).as_slice() {
+            [] => Ok(()),
+            ids => Err(format!(
+                "shards {ids:?}: loop stalled for over {stall:?} with NATS connected"
+            )),
+        }
     }
 
     /// Shards owned by this process.
@@ -48,7 +105,29 @@ impl ShardHealth {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Option<Instant>>> {
+    fn down_at(&self, now: Instant, threshold: Duration) -> Vec<u32> {
+        self.select(|e| {
+            e.down_since
+                .is_some_and(|s| now.duration_since(s) > threshold)
+        })
+    }
+
+    fn stalled_at(&self, now: Instant, threshold: Duration) -> Vec<u32> {
+        self.select(|e| now.duration_since(e.beat) > threshold)
+    }
+
+    fn select(&self, keep: impl Fn(&Entry) -> bool) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| keep(e))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Entry>> {
         self.shards.lock().expect("health lock")
     }
 }
@@ -57,17 +136,48 @@ impl ShardHealth {
 mod tests {
     use super::*;
 
+    const S: Duration = Duration::from_secs(1);
+
     #[test]
     fn down_time_is_kept_from_the_first_failure() {
         let h = ShardHealth::default();
         h.down(1);
         h.up(2);
-        std::thread::sleep(Duration::from_millis(20));
+        let later = Instant::now() + 5 * S;
         h.down(1);
-        assert_eq!(h.down_longer_than(Duration::from_millis(10)), vec![1]);
+        assert_eq!(h.down_at(later, 2 * S), vec![1]);
         h.up(1);
-        assert!(h.down_longer_than(Duration::ZERO).is_empty());
+        assert!(h.down_at(later, Duration::ZERO).is_empty());
         h.forget(1);
         assert_eq!(h.owned(), 1);
+    }
+
+    #[test]
+    fn a_loop_that_stops_beating_is_stalled_and_a_down_shard_is_not() {
+        let h = ShardHealth::default();
+        h.up(1);
+        h.down(2);
+        let later = Instant::now() + 5 * S;
+        assert_eq!(h.stalled_at(later, 2 * S), vec![1, 2]);
+        h.beat(2);
+        assert_eq!(
+            h.stalled_at(Instant::now() + S, 2 * S),
+            Vec::<u32>::new(),
+            "beating: alive, even though shard 2 has no session"
+        );
+        h.beat(7); // not owned: ignored
+        assert_eq!(h.owned(), 2);
+        assert!(h.liveness(Duration::from_secs(3600)).is_ok());
+        h.forget(1);
+        h.forget(2);
+        assert!(
+            h.liveness(Duration::ZERO).is_ok(),
+            "no shards, nothing stalled"
+        );
+        h.set_ended();
+        assert_eq!(
+            h.liveness(Duration::from_secs(3600)).unwrap_err(),
+            "ingest has stopped"
+        );
     }
 }

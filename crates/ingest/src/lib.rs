@@ -10,6 +10,7 @@ mod queue;
 mod shard;
 mod stop;
 pub mod store;
+mod window;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -62,6 +63,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
     relaycord_bus::install_crypto_provider();
+    // `/healthz` fails once this returns, whatever the reason (or if it is dropped).
+    struct Ended(ShardHealth);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            self.0.set_ended();
+        }
+    }
+    let _ended = Ended(health.clone());
+    health.set_nats(js.client());
     let http = reqwest::Client::new();
     let bot = gateway_bot(&http, &config.api_base, &config.token).await?;
     let shard_count = config.shard_count.unwrap_or(bot.shards).max(1);

@@ -5,16 +5,15 @@
 //! backpressure. Nothing already read is dropped: a failed publish is retried with
 //! the same `Nats-Msg-Id` until JetStream acknowledges it.
 //!
-//! Acks are consumed in seq order, so the acked seq is contiguous: every dispatch at
-//! or below it is on the bus. That seq — not twilight's, which advances on receipt — is
+//! Acks are consumed in read order ([`AckWindow`]), so the acked seq is contiguous: every
+//! dispatch at or below it is on the bus. That seq — not twilight's, which advances on receipt — is
 //! what the session record in KV holds, and what a restarted or new owner resumes from.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
-use futures::stream::{FuturesOrdered, StreamExt};
+use futures::stream::StreamExt;
 use relaycord_bus::interaction::InteractionKeys;
 use relaycord_bus::{
     Dispatch, Envelope, Secret, Source, Subjects, dedupe, envelope::now_rfc3339, headers,
@@ -30,6 +29,7 @@ use crate::metrics::IngestMetrics;
 use crate::queue::KvQueue;
 use crate::stop::Stop;
 use crate::store::{SaveError, SessionRecord, SessionStore};
+use crate::window::AckWindow;
 
 /// What every shard task shares.
 pub(crate) struct ShardContext {
@@ -80,14 +80,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// per event for a second of replay.
 const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// An ack resolves to the session generation and seq it belongs to.
-type AckFuture = Pin<Box<dyn Future<Output = (u64, u64)> + Send>>;
-
-/// The contiguous acked position of the current session.
+/// The current session and what of it is recorded in KV; its contiguous acked seq is
+/// the window's.
 struct Position {
-    generation: u64,
     session_id: Option<String>,
-    acked_seq: u64,
     saved: Option<(String, u64)>,
 }
 
@@ -99,18 +95,17 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
         .queue(ctx.queue.clone())
         .proxy_url(ctx.gateway_url.clone());
     let mut pos = Position {
-        generation: 0,
         session_id: None,
-        acked_seq: 0,
         saved: None,
     };
+    let mut window = AckWindow::new(0);
     if let Some(record) = record {
         tracing::info!(shard = id, seq = record.seq, "resuming stored session");
         builder = builder.session(Session::new(record.seq, record.session_id.clone()));
         if let Some(url) = record.resume_url {
             builder = builder.resume_url(url);
         }
-        pos.acked_seq = record.seq;
+        window = AckWindow::new(record.seq);
         pos.saved = Some((record.session_id.clone(), record.seq));
         pos.session_id = Some(record.session_id);
     }
@@ -122,7 +117,6 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
     let label = id.to_string();
     let inflight_gauge = ctx.metrics.inflight.with_label_values(&[&label]);
     let latency = ctx.metrics.heartbeat_latency.with_label_values(&[&label]);
-    let mut inflight: FuturesOrdered<AckFuture> = FuturesOrdered::new();
     let mut last_close: Option<u16> = None;
     let mut save_tick = tokio::time::interval(SAVE_INTERVAL);
     // Set when a save finds another process's write: the record is no longer ours.
@@ -130,56 +124,57 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
     ctx.mark(id, Some(false));
 
     loop {
-        inflight_gauge.set(inflight.len() as i64);
+        inflight_gauge.set(window.len() as i64);
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            Some((generation, seq)) = inflight.next(), if !inflight.is_empty() => {
-                if generation == pos.generation {
-                    pos.acked_seq = seq;
-                }
+            Some(_) = window.next(), if !window.is_empty() => {
                 // A session nobody has recorded yet is saved at once, not on the next
                 // tick: until its id is in KV, a crash leaves the next owner nothing to
                 // resume, and whatever Discord sent on it would be lost.
                 let recorded = pos.saved.as_ref().map(|(session, _)| session);
                 if pos.session_id.is_some()
                     && recorded != pos.session_id.as_ref()
-                    && checkpoint(&mut store, &mut pos, shard.resume_url(), id, &stop).await.is_err()
+                    && checkpoint(&mut store, &mut pos, window.acked_seq(), shard.resume_url(), id, &stop).await.is_err()
                 {
                     fenced = true;
                     break;
                 }
             }
             _ = save_tick.tick() => {
+                ctx.health.beat(id);
                 if let Some(average) = shard.latency().average() {
                     latency.set(average.as_secs_f64());
                 }
                 if stop.is_lost() {
                     continue;
                 }
-                if checkpoint(&mut store, &mut pos, shard.resume_url(), id, &stop).await.is_err() {
+                if checkpoint(&mut store, &mut pos, window.acked_seq(), shard.resume_url(), id, &stop).await.is_err() {
                     fenced = true;
                     break;
                 }
             }
-            item = shard.next(), if inflight.len() < ctx.window => match item {
+            item = shard.next(), if window.len() < ctx.window => match item {
                 Some(Ok(Message::Text(frame))) => {
                     let session_id = shard.session().map(Session::id);
-                    if let Some(ack) = handle_frame(id, &frame, &ctx, session_id, &mut pos).await {
-                        inflight.push_back(ack);
-                    }
+                    handle_frame(id, &frame, &ctx, session_id, &mut pos, &mut window).await;
                 }
                 Some(Ok(Message::Close(frame))) => {
                     ctx.mark(id, Some(false));
                     last_close = frame.as_ref().map(|f| f.code);
-                    tracing::info!(shard = id, code = ?last_close, acked_seq = pos.acked_seq, "gateway connection closed");
+                    tracing::info!(shard = id, code = ?last_close, acked_seq = window.acked_seq(), "gateway connection closed");
                 }
                 Some(Err(error)) => match error.kind() {
                     ReceiveMessageErrorType::Deserializing { event } => {
                         ctx.metrics.malformed.inc();
                         tracing::warn!(shard = id, frame = %truncate(event, 200), %error, "skipping malformed gateway frame");
                     }
-                    _ => tracing::warn!(shard = id, %error, "gateway connection failed; reconnecting"),
+                    _ => {
+                        // A failed or zombie connection: no session until twilight has
+                        // reconnected and READY or RESUMED arrives.
+                        ctx.mark(id, Some(false));
+                        tracing::warn!(shard = id, %error, "gateway connection failed; reconnecting");
+                    }
                 },
                 None => {
                     ctx.mark(id, None);
@@ -194,35 +189,27 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
     // shard that is no longer the owner (lease lost, or fenced) drains and closes the same
     // way — its publishes are deduped — but leaves the record to the new owner.
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while let Some((generation, seq)) = inflight.next().await {
-            if generation == pos.generation {
-                pos.acked_seq = seq;
-            }
-        }
+        while window.next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         tracing::warn!(
             shard = id,
-            pending = inflight.len(),
-            acked_seq = pos.acked_seq,
+            pending = window.len(),
+            acked_seq = window.acked_seq(),
             "stopping with unacknowledged publishes; the next owner resumes before them"
         );
     }
-    drop(inflight);
+    let acked_seq = window.acked_seq();
+    drop(window);
     inflight_gauge.set(0);
     let owner = !fenced && !stop.is_lost();
     if owner {
-        let _ = save(&mut store, &mut pos, shard.resume_url(), id).await;
+        let _ = save(&mut store, &mut pos, acked_seq, shard.resume_url(), id).await;
     }
     close(&mut shard).await;
     ctx.mark(id, None);
-    tracing::info!(
-        shard = id,
-        acked_seq = pos.acked_seq,
-        owner,
-        "shard stopped"
-    );
+    tracing::info!(shard = id, acked_seq, owner, "shard stopped");
     if fenced {
         return Err(IngestError::new(
             IngestErrorKind::LostOwnership,
@@ -237,11 +224,12 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
 async fn checkpoint(
     store: &mut SessionStore,
     pos: &mut Position,
+    acked_seq: u64,
     resume_url: Option<&str>,
     id: u32,
     stop: &Stop,
 ) -> Result<(), ()> {
-    if save(store, pos, resume_url, id).await == Err(SaveError::Fenced) {
+    if save(store, pos, acked_seq, resume_url, id).await == Err(SaveError::Fenced) {
         tracing::warn!(
             shard = id,
             "another process wrote this shard's session; stopping the shard"
@@ -258,13 +246,14 @@ async fn checkpoint(
 async fn save(
     store: &mut SessionStore,
     pos: &mut Position,
+    acked_seq: u64,
     resume_url: Option<&str>,
     id: u32,
 ) -> Result<(), SaveError> {
     let Some(session_id) = pos.session_id.clone() else {
         return Ok(());
     };
-    let current = (session_id, pos.acked_seq);
+    let current = (session_id, acked_seq);
     if pos.saved.as_ref() == Some(&current) {
         return Ok(());
     }
@@ -300,21 +289,22 @@ async fn close(shard: &mut Shard<KvQueue>) {
     .await;
 }
 
-/// Parses one frame; for a dispatch, sends its publish and returns the ack to await.
+/// Parses one frame; for a dispatch, sends its publish and puts its ack in the window.
 async fn handle_frame(
     shard_id: u32,
     frame: &str,
     ctx: &ShardContext,
     session_id: Option<&str>,
     pos: &mut Position,
-) -> Option<AckFuture> {
+    window: &mut AckWindow,
+) {
     let dispatch = match Dispatch::parse(frame) {
         Ok(Some(dispatch)) => dispatch,
-        Ok(None) => return None,
+        Ok(None) => return,
         Err(error) => {
             ctx.metrics.malformed.inc();
             tracing::warn!(shard = shard_id, frame = %truncate(frame, 200), %error, "skipping malformed dispatch");
-            return None;
+            return;
         }
     };
     let event_type = dispatch.event_type.as_ref();
@@ -325,17 +315,18 @@ async fn handle_frame(
     match event_type {
         "READY" => {
             // A new session: acks of the previous one no longer move the resume point.
-            pos.generation += 1;
+            window.new_session();
             pos.session_id = session_id.map(str::to_owned);
-            pos.acked_seq = 0;
             ctx.mark(shard_id, Some(true));
             ctx.metrics.sessions.with_label_values(&["identify"]).inc();
-            return Some(done(pos.generation, seq));
+            window.push_done(seq);
+            return;
         }
         "RESUMED" => {
             ctx.mark(shard_id, Some(true));
             ctx.metrics.sessions.with_label_values(&["resume"]).inc();
-            return Some(done(pos.generation, seq));
+            window.push_done(seq);
+            return;
         }
         _ => {}
     }
@@ -368,7 +359,8 @@ async fn handle_frame(
             "event larger than the NATS server's max_payload: skipped; raise max_payload in \
              the nats-server config (e.g. `max_payload: 8MB`) to carry it"
         );
-        return Some(done(pos.generation, seq));
+        window.push_done(seq);
+        return;
     }
     let message = PublishMessage::build()
         .payload(payload)
@@ -381,8 +373,7 @@ async fn handle_frame(
     let first = ctx.js.send_publish(subject.clone(), message.clone()).await;
     let js = ctx.js.clone();
     let metrics = ctx.metrics.clone();
-    let generation = pos.generation;
-    Some(Box::pin(async move {
+    window.push(seq, async move {
         let ack = publish_acked(&js, subject, message, first.ok(), &metrics).await;
         metrics.published.inc();
         if ack.duplicate {
@@ -391,8 +382,7 @@ async fn handle_frame(
         metrics
             .publish_latency
             .observe(received.elapsed().as_secs_f64());
-        (generation, seq)
-    }))
+    });
 }
 
 /// Gateway events go to `<prefix>.gateway.<TYPE>.<guild>`. Interactions delivered over
@@ -412,10 +402,6 @@ fn subject_of(dispatch: &Dispatch<'_>, subjects: &Subjects) -> String {
 
 /// Room for the subject and headers (msg id, type, shard) on top of the envelope.
 const HEADROOM: usize = 1024;
-
-fn done(generation: u64, seq: u64) -> AckFuture {
-    Box::pin(std::future::ready((generation, seq)))
-}
 
 /// Retries a publish until JetStream acknowledges it. Retrying with the same
 /// `Nats-Msg-Id` is safe: if an earlier attempt did land, the server reports a duplicate.

@@ -71,6 +71,13 @@ pub async fn run_ingest(
             )),
         }
     });
+    // A shard loop may legitimately pause for a NATS request timeout (10 s); a stall
+    // shorter than that is not a wedge.
+    let stall = threshold.max(Duration::from_secs(30));
+    health.add_liveness_check({
+        let shards = shards.clone();
+        move || shards.liveness(stall)
+    });
     let metrics = IngestMetrics::new(registry)?;
     relaycord_ingest::run(ingest, js, metrics, shards, shutdown).await?;
     Ok(())

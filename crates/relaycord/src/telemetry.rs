@@ -25,11 +25,13 @@ pub fn init_logging(default: &str) {
 type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Readiness: a flag the role sets once it is serving, and optional role checks (e.g.
-/// "no shard down for longer than ingest.unhealthy_after").
+/// "no shard down for longer than ingest.unhealthy_after"). Liveness: the process
+/// answers, and optional role checks (e.g. "the ingest loop is running").
 #[derive(Clone, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
     checks: Arc<std::sync::Mutex<Vec<Check>>>,
+    live_checks: Arc<std::sync::Mutex<Vec<Check>>>,
 }
 
 impl Health {
@@ -42,6 +44,23 @@ impl Health {
             .lock()
             .expect("health lock")
             .push(Arc::new(check));
+    }
+
+    /// A check for `/healthz`: `Err` when restarting the process is the fix.
+    pub fn add_liveness_check(
+        &self,
+        check: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    ) {
+        self.live_checks
+            .lock()
+            .expect("health lock")
+            .push(Arc::new(check));
+    }
+
+    /// `Ok` when alive; otherwise the first reason it is not.
+    pub fn liveness(&self) -> Result<(), String> {
+        let checks = self.live_checks.lock().expect("health lock").clone();
+        checks.iter().try_for_each(|check| check())
     }
 
     /// `Ok` when ready; otherwise the first reason it is not.
@@ -69,7 +88,7 @@ pub fn serve_metrics(
 ) {
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AppState { registry, health });
     tokio::spawn(async move {
@@ -94,6 +113,16 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
         body,
     )
+}
+
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.health.liveness() {
+        Ok(()) => (StatusCode::OK, "ok".to_owned()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {reason}"),
+        ),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

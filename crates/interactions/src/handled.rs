@@ -97,7 +97,8 @@ impl Endpoint {
         match written.await {
             Ok(Ok(())) => {}
             // Still the right answer to send: without the record, the worker will deliver
-            // the reply a second time as an edit with the same content.
+            // the reply a second time — an edit with the same content, except for a
+            // component's type-4 reply, which becomes a second message (docs/interactions.md).
             Ok(Err(error)) => tracing::warn!(%error, "cannot record an answered interaction"),
             Err(_) => tracing::warn!("answered record not written in time; sent anyway"),
         }

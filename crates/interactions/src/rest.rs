@@ -65,8 +65,9 @@ impl DiscordRest {
         };
         let response = request
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            // A hung call would hold a worker slot while the 15-minute token runs out;
-            // a retried PATCH of @original is idempotent.
+            // A hung call would hold a worker slot while the 15-minute token runs out.
+            // A retried PATCH of @original is idempotent; a retried POST (a component's
+            // follow-up) can post twice if Discord applied the timed-out one.
             .timeout(FOLLOW_UP_TIMEOUT)
             .send()
             .await

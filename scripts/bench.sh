@@ -18,7 +18,7 @@ for bench in ${which[*]}; do
     case "$bench" in
         ingest | sinks | interactions)
             cargo test --release --locked -p relaycord --test it "${bench}_bench" -- --ignored --nocapture --test-threads 1 2>&1 \
-                | grep -v '^test \|^running\|^$'
+                | grep -v '^running\|^test result\|^$'
             ;;
         shards)
             target/release/relaycord-bench shards --shards 100,1000

@@ -153,3 +153,43 @@ async fn dead_letters_wait_for_an_unavailable_dlq() {
     let stored: HashSet<String> = letters.into_iter().map(|l| l.id).collect();
     assert_eq!(stored, ids.into_iter().collect());
 }
+
+/// A dead letter that cannot fit the server's max_payload (the envelope fit, its DLQ
+/// headers do not) is abandoned loudly and terminated, not retried forever, and the
+/// worker goes on with the next event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_over_max_payload_is_abandoned_and_the_sink_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(&conf, "max_payload: 16384\n").unwrap();
+    let nats = relaycord::nats_server::NatsServer::start_with(&["-c", conf.to_str().unwrap()])
+        .expect("start nats-server");
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    relaycord_bus::ensure_streams(&js, &Subjects::default(), &StreamSettings::default())
+        .await
+        .unwrap();
+    let bus = crate::sinks_support::Bus { nats, js };
+    let big = format!(r#"{{"content":"{}"}}"#, "x".repeat(16_384 - 400));
+    bus.publish("msg:big", "MESSAGE_CREATE", "1", &big).await;
+    bus.publish("msg:small", "MESSAGE_CREATE", "1", r#"{"content":"hi"}"#)
+        .await;
+
+    let run = crate::sinks_support::run_driver(
+        &bus,
+        &crate::sinks_support::test_config("toolarge"),
+        crate::sinks_support::RefusingSink,
+    );
+    assert!(
+        crate::sinks_support::eventually(Duration::from_secs(30), || {
+            run.outcome("abandoned") == 1.0 && run.outcome("dead_lettered") == 1.0
+        })
+        .await,
+        "abandoned {}, dead-lettered {}",
+        run.outcome("abandoned"),
+        run.outcome("dead_lettered")
+    );
+    let letters = dlq::list(&bus.js, "toolarge").await.unwrap();
+    let ids: Vec<&str> = letters.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(ids, ["msg:small"]);
+    run.stop().await;
+}

@@ -7,14 +7,11 @@ use std::time::Duration;
 use prometheus::Registry;
 use relaycord::config::Config;
 use relaycord::nats_server::NatsServer;
-use relaycord::receiver::Receiver;
 use relaycord::roles;
-use relaycord_bus::Secret;
-use relaycord_sim::{GenerateSpec, SimConfig, Simulator};
-use tokio::net::TcpListener;
+use relaycord_sim::GenerateSpec;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{SECRET, http_sink};
+use crate::support::{sim_and_receiver, stack_config};
 
 fn free_port() -> u16 {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -66,37 +63,12 @@ async fn connect_when_ready(config: &Config) -> async_nats::jetstream::Context {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_stream_leader_loses_nothing() {
     let mut nodes = start_cluster();
-    let sim = Simulator::start(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        SimConfig {
-            shards: 2,
-            guilds: 8,
-            ..SimConfig::default()
-        },
-    )
-    .await
-    .unwrap();
     let shutdown = CancellationToken::new();
-    let key = relaycord_sinks::http::SigningKey::parse(SECRET).unwrap();
-    let receiver = Receiver::start(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        Some(key),
-        false,
-        shutdown.clone(),
-    )
-    .unwrap();
-
-    let mut config = Config::load(None).unwrap();
-    config.nats.url = nodes
-        .iter()
-        .map(NatsServer::url)
-        .collect::<Vec<_>>()
-        .join(",");
-    config.nats.stream_replicas = 3;
-    config.discord.token = Secret::new(sim.config().token.clone());
-    config.discord.api_base = sim.api_base();
-    config.sinks = vec![http_sink("receiver", receiver.url())];
-    config.validate().unwrap();
+    let (sim, receiver) = sim_and_receiver(2, 8, &shutdown).await;
+    let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
+    let config = stack_config(urls.join(","), &sim, receiver.url(), |c| {
+        c.nats.stream_replicas = 3;
+    });
 
     let js = connect_when_ready(&config).await;
     let registry = Registry::new();

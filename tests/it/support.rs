@@ -57,35 +57,10 @@ impl Stack {
         let args: Vec<&str> = opts.nats_args.iter().map(String::as_str).collect();
         let nats = NatsServer::start_with(&args)
             .expect("start nats-server (the test command installs it)");
-        let sim = Simulator::start(
-            TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            SimConfig {
-                shards: opts.shards,
-                guilds: opts.shards * 4,
-                ..SimConfig::default()
-            },
-        )
-        .await
-        .unwrap();
         let shutdown = CancellationToken::new();
-        let key = relaycord_sinks::http::SigningKey::parse(SECRET).unwrap();
-        let receiver = Receiver::start(
-            TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            Some(key),
-            false,
-            shutdown.clone(),
-        )
-        .unwrap();
-
-        let mut config = Config::load(None).unwrap();
-        config.nats.url = nats.url();
-        config.discord.token = Secret::new(sim.config().token.clone());
-        config.discord.api_base = sim.api_base();
-        config.sinks = vec![http_sink(
-            "receiver",
-            opts.sink_url.unwrap_or_else(|| receiver.url()),
-        )];
-        config.validate().unwrap();
+        let (sim, receiver) = sim_and_receiver(opts.shards, opts.shards * 4, &shutdown).await;
+        let sink_url = opts.sink_url.unwrap_or_else(|| receiver.url());
+        let config = stack_config(nats.url(), &sim, sink_url, |_| {});
 
         let js = roles::connect(&config, "test").await.unwrap();
         let registry = Registry::new();
@@ -168,6 +143,51 @@ impl Stack {
             sinks.await.unwrap().unwrap();
         }
     }
+}
+
+/// The simulator on a free port and a receiver that verifies [`SECRET`] signatures.
+pub async fn sim_and_receiver(
+    shards: u32,
+    guilds: u32,
+    shutdown: &CancellationToken,
+) -> (Simulator, Receiver) {
+    let sim = Simulator::start(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        SimConfig {
+            shards,
+            guilds,
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let key = relaycord_sinks::http::SigningKey::parse(SECRET).unwrap();
+    let receiver = Receiver::start(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        Some(key),
+        false,
+        shutdown.clone(),
+    )
+    .unwrap();
+    (sim, receiver)
+}
+
+/// A validated config: NATS at `nats_url`, Discord = the simulator, one HTTP sink posting
+/// to `sink_url`; `edit` adjusts it before validation.
+pub fn stack_config(
+    nats_url: String,
+    sim: &Simulator,
+    sink_url: String,
+    edit: impl FnOnce(&mut Config),
+) -> Config {
+    let mut config = Config::load(None).unwrap();
+    config.nats.url = nats_url;
+    config.discord.token = Secret::new(sim.config().token.clone());
+    config.discord.api_base = sim.api_base();
+    config.sinks = vec![http_sink("receiver", sink_url)];
+    edit(&mut config);
+    config.validate().unwrap();
+    config
 }
 
 pub fn http_sink(name: &str, url: String) -> SinkConfig {

@@ -12,7 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::{self, message::PublishMessage};
 use futures::stream::StreamExt;
 use relaycord_bus::interaction::InteractionKeys;
 use relaycord_bus::{
@@ -344,26 +345,8 @@ async fn handle_frame(
         received_at: now_rfc3339().into(),
         data: dispatch.data,
     };
-    let payload = envelope.to_bytes();
-    // The server refuses a message over its max_payload on every attempt; retrying it
-    // would wedge the shard's window for good. Skipping it loses one event, loudly.
-    let max_payload = ctx.js.client().server_info().max_payload;
-    if payload.len() + HEADROOM > max_payload {
-        ctx.metrics.oversized.inc();
-        tracing::error!(
-            shard = shard_id,
-            %id,
-            event_type,
-            bytes = payload.len(),
-            max_payload,
-            "event larger than the NATS server's max_payload: skipped; raise max_payload in \
-             the nats-server config (e.g. `max_payload: 8MB`) to carry it"
-        );
-        window.push_done(seq);
-        return;
-    }
     let message = PublishMessage::build()
-        .payload(payload)
+        .payload(envelope.to_bytes())
         .message_id(&id)
         .header(headers::TYPE, event_type)
         .header(headers::SHARD, shard_id.to_string().as_str());
@@ -371,6 +354,24 @@ async fn handle_frame(
     // Sending here, in read order, keeps a shard's events in gateway order on the
     // stream whenever no publish has to be retried.
     let first = ctx.js.send_publish(subject.clone(), message.clone()).await;
+    // The client refuses a message over the server's max_payload before sending it, and
+    // would on every retry: retrying would wedge the shard's window for good. Skipping
+    // it loses one event, loudly.
+    if let Err(error) = &first
+        && error.kind() == PublishErrorKind::MaxPayloadExceeded
+    {
+        ctx.metrics.oversized.inc();
+        tracing::error!(
+            shard = shard_id,
+            %id,
+            event_type,
+            %error,
+            "event larger than the NATS server's max_payload: skipped; raise max_payload in \
+             the nats-server config (e.g. `max_payload: 8MB`) to carry it"
+        );
+        window.push_done(seq);
+        return;
+    }
     let js = ctx.js.clone();
     let metrics = ctx.metrics.clone();
     window.push(seq, async move {
@@ -399,9 +400,6 @@ fn subject_of(dispatch: &Dispatch<'_>, subjects: &Subjects) -> String {
     }
     subjects.gateway(&dispatch.event_type, dispatch.guild_id())
 }
-
-/// Room for the subject and headers (msg id, type, shard) on top of the envelope.
-const HEADROOM: usize = 1024;
 
 /// Retries a publish until JetStream acknowledges it. Retrying with the same
 /// `Nats-Msg-Id` is safe: if an earlier attempt did land, the server reports a duplicate.

@@ -25,28 +25,16 @@ pub fn validate(nats: &NatsConfig) -> Result<(), ConfigError> {
             format!("set only one way to authenticate; {} is set too", chosen[0]),
         ));
     }
-    if nats.user.is_empty() != nats.password.is_empty() {
-        let missing = if nats.user.is_empty() {
-            "nats.user"
-        } else {
-            "nats.password"
-        };
-        return Err(invalid(
-            missing,
-            "user and password go together (RELAYCORD_NATS__PASSWORD for the secret)",
-        ));
-    }
-    if nats.tls_cert_file.is_some() != nats.tls_key_file.is_some() {
-        let missing = if nats.tls_cert_file.is_none() {
-            "nats.tls_cert_file"
-        } else {
-            "nats.tls_key_file"
-        };
-        return Err(invalid(
-            missing,
-            "a client certificate needs its key: set both tls_cert_file and tls_key_file",
-        ));
-    }
+    both_or_neither(
+        ("nats.user", !nats.user.is_empty()),
+        ("nats.password", !nats.password.is_empty()),
+        "user and password go together (RELAYCORD_NATS__PASSWORD for the secret)",
+    )?;
+    both_or_neither(
+        ("nats.tls_cert_file", nats.tls_cert_file.is_some()),
+        ("nats.tls_key_file", nats.tls_key_file.is_some()),
+        "a client certificate needs its key: set both tls_cert_file and tls_key_file",
+    )?;
     for (key, path) in [
         ("nats.creds_file", &nats.creds_file),
         ("nats.tls_ca_file", &nats.tls_ca_file),
@@ -63,6 +51,15 @@ pub fn validate(nats: &NatsConfig) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Two keys that only make sense together; the error names the one that is missing.
+fn both_or_neither(a: (&str, bool), b: (&str, bool), problem: &str) -> Result<(), ConfigError> {
+    match (a.1, b.1) {
+        (true, false) => Err(invalid(b.0, problem)),
+        (false, true) => Err(invalid(a.0, problem)),
+        _ => Ok(()),
+    }
 }
 
 /// `url` may list several servers of one cluster, comma-separated; the client picks one

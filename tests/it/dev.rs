@@ -47,10 +47,11 @@ async fn dev_events_prints_the_summary_and_exits_zero() {
     assert!(duplicates < 50, "{summary}");
 }
 
-/// Ctrl-C (SIGINT to the whole foreground process group, as a terminal sends it) stops
-/// the demo with status 0, and the nats-server child it started is gone with it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctrl_c_stops_the_demo_and_its_nats_server() {
+/// Runs `relaycord dev --rate 50` in its own process group, waits until `moment` says
+/// so (it sees each stderr line, or `None` once the first event printed on stdout), then
+/// sends SIGINT to the whole group as a terminal's Ctrl-C does. Returns the exit status
+/// and the address of the nats-server child the demo started.
+async fn ctrl_c_when(moment: impl Fn(Option<&str>) -> bool) -> (std::process::ExitStatus, String) {
     let mut child = dev()
         .args(["--rate", "50"])
         .stdout(Stdio::piped())
@@ -59,23 +60,36 @@ async fn ctrl_c_stops_the_demo_and_its_nats_server() {
         .spawn()
         .expect("run relaycord dev");
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    let nats_addr = tokio::time::timeout(Duration::from_secs(60), async {
+    let mut nats_addr = None;
+    let mut interrupt_now = false;
+    tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = stderr.next_line().await.unwrap() {
             if let Some(rest) = line.strip_prefix("nats-server started on nats://") {
-                return rest.split_whitespace().next().unwrap().to_owned();
+                nats_addr = Some(rest.split_whitespace().next().unwrap().to_owned());
+            }
+            if nats_addr.is_some() && moment(Some(&line)) {
+                interrupt_now = true;
+                return;
+            }
+            if line.starts_with("generating events") {
+                return;
             }
         }
-        panic!("relaycord dev exited before starting nats-server");
+        panic!("relaycord dev exited before generating events");
     })
     .await
-    .expect("nats-server started");
+    .expect("relaycord dev started within 60 s");
+    let nats_addr = nats_addr.expect("nats-server started before the generator");
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(120), stdout.next_line())
-        .await
-        .expect("an event printed within 2 minutes")
-        .unwrap()
-        .expect("stdout open");
-    assert!(!first.is_empty());
+    if !interrupt_now {
+        assert!(moment(None), "the moment to interrupt never came");
+        let first = tokio::time::timeout(Duration::from_secs(120), stdout.next_line())
+            .await
+            .expect("an event printed within 2 minutes")
+            .unwrap()
+            .expect("stdout open");
+        assert!(!first.is_empty());
+    }
     tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
     tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
 
@@ -89,11 +103,40 @@ async fn ctrl_c_stops_the_demo_and_its_nats_server() {
         .await
         .expect("relaycord dev stopped within 60 s of Ctrl-C")
         .unwrap();
+    (status, nats_addr)
+}
+
+fn assert_clean_stop(status: std::process::ExitStatus, nats_addr: &str) {
     assert!(status.success(), "exit status after Ctrl-C: {status}");
     assert!(
-        TcpStream::connect(&nats_addr).is_err(),
+        TcpStream::connect(nats_addr).is_err(),
         "the demo's nats-server on {nats_addr} outlived it"
     );
+}
+
+/// Ctrl-C (SIGINT to the whole foreground process group, as a terminal sends it) stops
+/// the demo with status 0, and the nats-server child it started is gone with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_the_demo_and_its_nats_server() {
+    let (status, nats_addr) = ctrl_c_when(|line| line.is_none()).await;
+    assert_clean_stop(status, &nats_addr);
+}
+
+/// Ctrl-C while the demo is still starting (the receiver is up, ingest is claiming and
+/// connecting its shards) is just as clean: exit 0, nothing left running. It used to
+/// report "ingest stopped unexpectedly" and exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_startup_is_a_clean_stop() {
+    let (status, nats_addr) =
+        ctrl_c_when(|line| line.is_some_and(|l| l.starts_with("receiver listening on"))).await;
+    assert_clean_stop(status, &nats_addr);
+}
+
+/// Ctrl-C right after the nats-server child started, before anything else exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_right_after_nats_started_is_a_clean_stop() {
+    let (status, nats_addr) = ctrl_c_when(|line| line.is_some()).await;
+    assert_clean_stop(status, &nats_addr);
 }
 
 /// `relaycord sim --rate --events`: the standalone simulator generates events on its own

@@ -158,9 +158,12 @@ pub async fn run(
             stop.cancelled().await;
             return Ok(None);
         };
-        sim.wait_ready(Duration::from_secs(60))
-            .await
-            .context("shards did not become ready")?;
+        tokio::select! {
+            () = stop.cancelled() => return Ok(None),
+            ready = sim.wait_ready(Duration::from_secs(60)) => {
+                ready.context("shards did not become ready")?;
+            }
+        }
         let generator = sim.generate(GenerateSpec {
             count: opts.events,
             rate_per_sec: opts.rate,
@@ -185,16 +188,12 @@ pub async fn run(
         ))
     };
 
+    // On Ctrl-C every branch may be ready at once (the roles return as soon as `stop`
+    // fires): a role that ended because it was asked to is a clean stop, not a failure.
     let report = tokio::select! {
         report = work => report?,
-        result = &mut ingest => {
-            result.context("ingest panicked")??;
-            bail!("ingest stopped unexpectedly");
-        }
-        result = &mut sinks => {
-            result.context("sink panicked")??;
-            bail!("sink stopped unexpectedly");
-        }
+        result = &mut ingest => role_ended("ingest", result, &stop)?,
+        result = &mut sinks => role_ended("sink", result, &stop)?,
     };
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), async {
@@ -203,6 +202,20 @@ pub async fn run(
     })
     .await;
     Ok(report)
+}
+
+/// A role task that returned before the demo was done: fine when a shutdown was asked
+/// for, an error otherwise (including the role's own error).
+fn role_ended(
+    role: &str,
+    result: Result<anyhow::Result<()>, tokio::task::JoinError>,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<DevReport>> {
+    result.with_context(|| format!("{role} panicked"))??;
+    if stop.is_cancelled() {
+        return Ok(None);
+    }
+    bail!("{role} stopped unexpectedly")
 }
 
 fn dev_config(

@@ -136,24 +136,46 @@ fn main() -> ExitCode {
 }
 
 /// Cancels the returned token on Ctrl-C or SIGTERM (Kubernetes stops pods with it).
+///
+/// The handlers are registered before this returns, not when a task first runs: a
+/// Ctrl-C in the first milliseconds must also be a clean stop, not the default
+/// kill-by-signal.
+#[cfg(unix)]
 fn shutdown_on_signal() -> CancellationToken {
+    use tokio::signal::unix::{SignalKind, signal};
     let token = CancellationToken::new();
     let trigger = token.clone();
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
         tracing::info!("shutting down");
         trigger.cancel();
     });
     token
+}
+
+#[cfg(not(unix))]
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        trigger.cancel();
+    });
+    token
+}
+
+/// A startup step (connecting, say) that a shutdown cuts short: `Ok(None)` then, so a
+/// Ctrl-C while NATS is still being reached is a clean exit, not a connect error.
+async fn unless_shutdown<T>(
+    shutdown: &CancellationToken,
+    step: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<Option<T>> {
+    tokio::select! {
+        () = shutdown.cancelled() => Ok(None),
+        result = step => result.map(Some),
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -217,7 +239,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )
                 })?;
             telemetry::serve_metrics(listener, registry.clone(), health.clone(), shutdown.clone());
-            let js = roles::connect(&config, "ingest").await?;
+            let Some(js) = unless_shutdown(&shutdown, roles::connect(&config, "ingest")).await?
+            else {
+                return Ok(ExitCode::SUCCESS);
+            };
             health.set_ready(true);
             roles::run_ingest(&config, js, &registry, &health, shutdown).await?;
             Ok(ExitCode::SUCCESS)
@@ -237,7 +262,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("cannot listen on --metrics-listen {metrics_listen}"))?;
             telemetry::serve_metrics(listener, registry.clone(), health.clone(), shutdown.clone());
-            let js = roles::connect(&config, "sink").await?;
+            let Some(js) = unless_shutdown(&shutdown, roles::connect(&config, "sink")).await?
+            else {
+                return Ok(ExitCode::SUCCESS);
+            };
             health.set_ready(true);
             roles::run_sinks(&config, &names, js, &registry, shutdown).await?;
             Ok(ExitCode::SUCCESS)
@@ -259,7 +287,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let listener = TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on interactions.listen = {listen}"))?;
-            let js = roles::connect(&config, "interactions").await?;
+            let Some(js) =
+                unless_shutdown(&shutdown, roles::connect(&config, "interactions")).await?
+            else {
+                return Ok(ExitCode::SUCCESS);
+            };
             relaycord::interactions::run_interactions(
                 &config, js, &registry, &health, listener, shutdown,
             )

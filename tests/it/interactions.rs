@@ -67,9 +67,12 @@ async fn interactions_signed_by_pynacl_are_verified_published_and_deduplicated()
         discord.autocomplete("blep"),
     ];
     let ts = now();
+    // Last: Discord's bare endpoint check, `{"type":1}` and nothing else.
+    const BARE_PING: &str = r#"{"type":1}"#;
     let requests: Vec<(String, String)> = interactions
         .iter()
         .map(|i| (ts.clone(), i.body.clone()))
+        .chain([(ts.clone(), BARE_PING.to_owned())])
         .collect();
     let (public_key, signatures) = pynacl_sign(&rand::random(), &requests);
     let mut config = base_config(&nats.url(), &sim, Vec::new());
@@ -86,6 +89,17 @@ async fn interactions_signed_by_pynacl_are_verified_published_and_deduplicated()
         (status, &body[..]),
         (200, &br#"{"type":1}"#[..]),
         "PING → PONG"
+    );
+    let bare_ping = SignedRequest {
+        body: BARE_PING.as_bytes().to_vec(),
+        signature: Some(signatures[interactions.len()].clone()),
+        timestamp: Some(ts.clone()),
+    };
+    let (status, body) = stack.send(&bare_ping).await;
+    assert_eq!(
+        (status, &body[..]),
+        (200, &br#"{"type":1}"#[..]),
+        "a verified bare PING → PONG"
     );
     let expected = [
         (r#"{"type":5}"#, "discord.interactions.command.cardsearch"),

@@ -77,9 +77,17 @@ impl<'a> Dispatch<'a> {
         }))
     }
 
-    /// The guild id when present and a well-formed snowflake.
+    /// The guild the event is about, when it names one with a well-formed snowflake.
+    ///
+    /// Most events carry it in `d.guild_id`; the guild events themselves (GUILD_CREATE,
+    /// GUILD_UPDATE, GUILD_DELETE) *are* a guild, so theirs is `d.id`. Both end up in the
+    /// same subject token, so a per-guild subscriber or sink filter sees them all.
     pub fn guild_id(&self) -> Option<&str> {
-        self.keys.guild_id.as_deref().filter(|id| is_snowflake(id))
+        let id = match self.event_type.as_ref() {
+            "GUILD_CREATE" | "GUILD_UPDATE" | "GUILD_DELETE" => &self.keys.id,
+            _ => &self.keys.guild_id,
+        };
+        id.as_deref().filter(|id| is_snowflake(id))
     }
 }
 
@@ -182,5 +190,28 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(d.guild_id(), None, "a non-snowflake guild id is not routed");
+    }
+
+    // Discord's documented "Example Guild" and "Example Unavailable Guild"
+    // (discord/discord-api-docs, CC BY-SA 4.0): the `d` of GUILD_CREATE / GUILD_UPDATE and
+    // of GUILD_DELETE.
+    const EXAMPLE_GUILD: &str = r#"{"id":"197038439483310086","name":"Discord Testers","icon":"f64c482b807da4f539cff778d174971c","description":"The official place to report Discord Bugs!","splash":null,"discovery_splash":null,"features":["ANIMATED_ICON","VERIFIED","NEWS","VANITY_URL","DISCOVERABLE","MORE_EMOJI","INVITE_SPLASH","BANNER","COMMUNITY"],"emojis":[],"banner":"9b6439a7de04f1d26af92f84ac9e1e4a","owner_id":"73193882359173120","application_id":null,"region":null,"afk_channel_id":null,"afk_timeout":300,"system_channel_id":null,"widget_enabled":true,"widget_channel_id":null,"verification_level":3,"roles":[],"default_message_notifications":1,"mfa_level":1,"explicit_content_filter":2,"max_presences":40000,"max_members":250000,"vanity_url_code":"discord-testers","premium_tier":3,"premium_subscription_count":33,"system_channel_flags":0,"preferred_locale":"en-US","rules_channel_id":"441688182833020939","public_updates_channel_id":"281283303326089216","safety_alerts_channel_id":"281283303326089216"}"#;
+    const UNAVAILABLE_GUILD: &str = r#"{"id":"41771983423143937","unavailable":true}"#;
+
+    #[test]
+    fn guild_events_are_routed_by_their_own_id() {
+        let frame = |t: &str, d: &str| format!(r#"{{"op":0,"s":7,"t":"{t}","d":{d}}}"#);
+        for t in ["GUILD_CREATE", "GUILD_UPDATE"] {
+            let raw = frame(t, EXAMPLE_GUILD);
+            let d = Dispatch::parse(&raw).unwrap().unwrap();
+            assert_eq!(d.guild_id(), Some("197038439483310086"), "{t}");
+        }
+        let raw = frame("GUILD_DELETE", UNAVAILABLE_GUILD);
+        let d = Dispatch::parse(&raw).unwrap().unwrap();
+        assert_eq!(d.guild_id(), Some("41771983423143937"));
+        // Any other event's `d.id` is not a guild.
+        let raw = frame("CHANNEL_CREATE", r#"{"id":"41771983423143937"}"#);
+        let d = Dispatch::parse(&raw).unwrap().unwrap();
+        assert_eq!(d.guild_id(), None);
     }
 }

@@ -28,7 +28,8 @@ impl RouteState {
     /// Updates from an answer's `X-RateLimit-*` headers.
     pub fn update(&mut self, headers: &HeaderMap) {
         let get = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<f64>().ok();
-        if let Some(remaining) = get("x-ratelimit-remaining") {
+        if let Some(remaining) = get("x-ratelimit-remaining").filter(|r| !r.is_nan()) {
+            // `as` saturates: inf → u32::MAX, negative → 0.
             self.remaining = Some(remaining.max(0.0) as u32);
         }
         if let Some(after) = get("x-ratelimit-reset-after").filter(|a| a.is_finite() && *a >= 0.0) {
@@ -70,6 +71,27 @@ struct Global {
     granted: VecDeque<Instant>,
 }
 
+/// Routes remembered at once. Channel ids come from events, so without a bound the map
+/// would grow with every channel ever posted to.
+pub const MAX_ROUTES: usize = 4096;
+
+/// Forgets routes nobody is using and that have nothing left to say: no request in
+/// flight or waiting (the map holds the only reference), no pending reset. Routes
+/// stopped after a 403/404 are kept while there is room, since forgetting one costs
+/// one more invalid request; when only those are left, they go too.
+fn prune(routes: &mut HashMap<String, Arc<Mutex<RouteState>>>) {
+    let idle = |state: &Arc<Mutex<RouteState>>, keep_stopped: bool| {
+        Arc::strong_count(state) == 1
+            && state
+                .try_lock()
+                .is_ok_and(|s| s.wait().is_none() && !(keep_stopped && s.stopped.is_some()))
+    };
+    routes.retain(|_, state| !idle(state, true));
+    if routes.len() >= MAX_ROUTES {
+        routes.retain(|_, state| !idle(state, false));
+    }
+}
+
 /// The window Discord counts the global limit over.
 const WINDOW: Duration = Duration::from_secs(1);
 
@@ -79,6 +101,9 @@ impl Limiter {
     pub async fn route(&self, key: &str) -> OwnedMutexGuard<RouteState> {
         let state = {
             let mut routes = self.routes.lock().expect("limiter lock");
+            if routes.len() >= MAX_ROUTES && !routes.contains_key(key) {
+                prune(&mut routes);
+            }
             Arc::clone(routes.entry(key.to_owned()).or_default())
         };
         let guard = state.lock_owned().await;
@@ -237,5 +262,54 @@ mod tests {
                 .count();
             assert!(within <= Limiter::budget(50), "{within} in a second");
         }
+    }
+
+    proptest::proptest! {
+        /// Whatever `X-RateLimit-*` values a server sends, reading them never panics
+        /// and never schedules a wait beyond the cap.
+        #[test]
+        fn rate_limit_headers_never_panic(
+            remaining in "[ -~]{0,24}",
+            reset_after in "[ -~]{0,24}",
+            remaining_num in proptest::num::f64::ANY,
+            reset_num in proptest::num::f64::ANY,
+        ) {
+            let remaining_num = remaining_num.to_string();
+            let reset_num = reset_num.to_string();
+            for (r, a) in [(&remaining, &reset_after), (&remaining_num, &reset_num)] {
+                let mut h = HeaderMap::new();
+                h.insert("x-ratelimit-remaining", HeaderValue::from_str(r).unwrap());
+                h.insert("x-ratelimit-reset-after", HeaderValue::from_str(a).unwrap());
+                let mut state = RouteState::default();
+                state.update(&h);
+                if let Some(reset_at) = state.reset_at {
+                    proptest::prop_assert!(
+                        reset_at <= Instant::now() + Duration::from_secs(3600)
+                    );
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_route_map_is_bounded() {
+        let limiter = Limiter::default();
+        // One route that must survive pruning: still waiting for its bucket's reset.
+        limiter
+            .route("channel:busy")
+            .await
+            .limited_for(Duration::from_secs(60));
+        for i in 0..(3 * MAX_ROUTES) {
+            let mut route = limiter.route(&format!("channel:{i}")).await;
+            if i % 2 == 0 {
+                route.stopped = Some("HTTP 404".to_owned());
+            }
+        }
+        let routes = limiter.routes.lock().unwrap();
+        assert!(routes.len() <= MAX_ROUTES, "{} routes kept", routes.len());
+        assert!(
+            routes.contains_key("channel:busy"),
+            "a waiting route is never forgotten"
+        );
     }
 }

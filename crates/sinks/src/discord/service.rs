@@ -45,10 +45,14 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Verdict
     };
     match code {
         429 => {
-            let from_body = json["retry_after"].as_f64();
+            // Whatever the body or header says (NaN, inf, negative, absurdly large), the
+            // wait is a sane duration: an odd header must not panic the sink.
+            let seconds = |s: f64| (s.is_finite() && s >= 0.0).then_some(s);
+            let from_body = json["retry_after"].as_f64().and_then(seconds);
             let from_header = headers
                 .get("retry-after")
-                .and_then(|v| v.to_str().ok()?.trim().parse::<f64>().ok());
+                .and_then(|v| v.to_str().ok()?.trim().parse::<f64>().ok())
+                .and_then(seconds);
             let secs = from_body.or(from_header).unwrap_or(1.0);
             let global = json["global"] == true
                 || headers
@@ -172,5 +176,51 @@ mod tests {
             Verdict::Retry(_, Some(502))
         ));
         assert_eq!(classify(st(200), &h, b"{}"), Verdict::Delivered);
+    }
+
+    /// Values that used to panic `Duration::from_secs_f64` (NaN) or that must not turn
+    /// into an absurd wait.
+    #[test]
+    fn odd_retry_after_values_are_sane() {
+        for value in ["NaN", "nan", "inf", "-inf", "-1", "1e308", "", "soon"] {
+            let mut h = HeaderMap::new();
+            h.insert("retry-after", HeaderValue::from_str(value).unwrap());
+            let Verdict::RateLimited { after, .. } = classify(st(429), &h, b"") else {
+                panic!("a 429 is a rate limit");
+            };
+            assert!(after <= Duration::from_secs(3600), "{value}: {after:?}");
+        }
+        let body = br#"{"retry_after":-5,"global":false}"#;
+        let Verdict::RateLimited { after, .. } = classify(st(429), &HeaderMap::new(), body) else {
+            panic!("a 429 is a rate limit");
+        };
+        assert_eq!(
+            after,
+            Duration::from_secs(1),
+            "a negative wait falls back to 1s"
+        );
+    }
+
+    proptest::proptest! {
+        /// No status, header value or body makes the classifier panic, and a rate
+        /// limit's wait is capped.
+        #[test]
+        fn classify_never_panics(
+            code in 100u16..600,
+            retry_after in "[ -~]{0,24}",
+            scope in "[ -~]{0,12}",
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            json_wait in proptest::num::f64::ANY,
+        ) {
+            let mut h = HeaderMap::new();
+            h.insert("retry-after", HeaderValue::from_str(&retry_after).unwrap());
+            h.insert("x-ratelimit-scope", HeaderValue::from_str(&scope).unwrap());
+            let json_body = format!(r#"{{"retry_after":{json_wait}}}"#);
+            for body in [&body[..], json_body.as_bytes()] {
+                if let Verdict::RateLimited { after, .. } = classify(st(code), &h, body) {
+                    proptest::prop_assert!(after <= Duration::from_secs(3600));
+                }
+            }
+        }
     }
 }

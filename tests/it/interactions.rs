@@ -146,7 +146,8 @@ async fn interactions_signed_by_pynacl_are_verified_published_and_deduplicated()
             "relaycord_interactions_requests_total",
             &[r#"outcome="pong""#]
         ),
-        1.0
+        2.0,
+        "the full PING and the bare one"
     );
     stack.stop().await;
 }

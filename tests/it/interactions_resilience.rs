@@ -199,3 +199,106 @@ async fn a_retried_interaction_is_routed_once_and_followed_up_once() {
     );
     stack.stop().await;
 }
+
+/// The public endpoint under a slowloris: 1,000 connections trickling their headers and
+/// 1,000 trickling a body. A signed PING is still answered within Discord's 3 s, and the
+/// server closes every slow connection after its read timeout (5 s by default) instead
+/// of holding it for as long as the client cares to trickle.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_clients_do_not_hold_the_endpoint_and_are_closed_after_the_timeout() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let stack = IxStack::start(Vec::new()).await;
+    let addr = stack
+        .url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    // How long each slow client would go on trickling if nobody stopped it.
+    const TRICKLE_FOR: Duration = Duration::from_secs(40);
+    let started = Instant::now();
+    let mut slow = tokio::task::JoinSet::new();
+    let connected = Arc::new(AtomicUsize::new(0));
+    for i in 0..2000 {
+        let addr = addr.clone();
+        let connected = Arc::clone(&connected);
+        slow.spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let head = if i % 2 == 0 {
+                "POST /interactions HTTP/1.1\r\nHost: x\r\n".to_owned()
+            } else {
+                "POST /interactions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".to_owned()
+            };
+            stream.write_all(head.as_bytes()).await.unwrap();
+            connected.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 1024];
+            let trickle_until = Instant::now() + TRICKLE_FOR;
+            while Instant::now() < trickle_until {
+                // One byte every 500 ms; a closed connection shows as a read of 0 (or
+                // an error), after reading the 408 if the server sent one.
+                tokio::select! {
+                    read = stream.read(&mut buf) => match read {
+                        Ok(0) | Err(_) => return Some(Instant::now()),
+                        Ok(_) => continue,
+                    },
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {
+                        let byte: &[u8] = if i % 2 == 0 { b"X" } else { b"{" };
+                        if stream.write_all(byte).await.is_err() {
+                            return Some(Instant::now());
+                        }
+                    }
+                }
+            }
+            None
+        });
+    }
+    // Every slow client has connected and sent its head before the PING goes.
+    let wait_until = Instant::now() + Duration::from_secs(30);
+    while connected.load(Ordering::SeqCst) < 2000 && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        connected.load(Ordering::SeqCst),
+        2000,
+        "slow clients connected"
+    );
+    // Lenient: on a slow machine the first ones may already have timed out.
+    let open = stack.metric("relaycord_interactions_connections_open", &[]);
+    assert!(
+        open >= 500.0,
+        "only {open} slow connections are being served"
+    );
+
+    let ping = stack.discord.ping();
+    let sent = Instant::now();
+    let (status, body) = stack.send(&stack.discord.signed(&ping)).await;
+    let answered_in = sent.elapsed();
+    assert_eq!((status, &body[..]), (200, &br#"{"type":1}"#[..]));
+    assert!(
+        answered_in < Duration::from_secs(3),
+        "the PING took {answered_in:?} behind 2,000 slow clients"
+    );
+
+    let mut closed_after = Vec::new();
+    while let Some(result) = slow.join_next().await {
+        let closed = result
+            .unwrap()
+            .expect("the server closed the slow connection");
+        closed_after.push(closed - started);
+    }
+    let last = closed_after.iter().max().unwrap();
+    assert!(
+        *last < TRICKLE_FOR / 2,
+        "the last slow connection was closed only after {last:?}"
+    );
+    assert!(
+        stack.metric(
+            "relaycord_interactions_requests_total",
+            &[r#"reason="slow_body""#]
+        ) >= 1.0
+    );
+    stack.stop().await;
+}

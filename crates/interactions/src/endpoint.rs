@@ -92,12 +92,20 @@ pub(crate) async fn handle(
     m.response_latency
         .with_label_values(&[answer.outcome])
         .observe(started.elapsed().as_secs_f64());
-    (
+    let mut response = (
         answer.status,
         [(header::CONTENT_TYPE, "application/json")],
         answer.body,
     )
-        .into_response()
+        .into_response();
+    if answer.status == StatusCode::REQUEST_TIMEOUT {
+        // The rest of a trickled body is not worth reading: close the connection.
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -132,7 +140,12 @@ impl Endpoint {
         if declared.is_some_and(|n| n > limit) {
             return Answer::error(StatusCode::PAYLOAD_TOO_LARGE, "rejected", "too_large");
         }
-        let body = match read_body(body, limit).await {
+        let body_deadline = self.settings.serve.body_read_timeout;
+        let Ok(body) = tokio::time::timeout(body_deadline, read_body(body, limit)).await else {
+            // A body trickled in slower than any real client sends one.
+            return Answer::error(StatusCode::REQUEST_TIMEOUT, "rejected", "slow_body");
+        };
+        let body = match body {
             Ok(body) => body,
             Err(BodyError::TooLarge) => {
                 return Answer::error(StatusCode::PAYLOAD_TOO_LARGE, "rejected", "too_large");

@@ -30,6 +30,7 @@ pub mod replies;
 pub mod response;
 pub mod rest;
 pub mod routes;
+mod serve;
 pub mod settings;
 pub mod verify;
 
@@ -47,6 +48,7 @@ pub use error::{InteractionsError, InteractionsErrorKind};
 pub use late::CONSUMER as LATE_REPLIES_CONSUMER;
 pub use metrics::InteractionMetrics;
 pub use routes::{Handler, RouteConfig, Routes};
+pub use serve::ServeLimits;
 pub use settings::Settings;
 
 use endpoint::Endpoint;
@@ -134,12 +136,17 @@ impl Service {
         let stop = shutdown.child_token();
         let app = self.router();
         let late = tokio::spawn(self.late.run(self.late_consumer, stop.clone()));
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .await
-            .map_err(|e| {
-                InteractionsError::with_source(InteractionsErrorKind::Serve, "HTTP server", e)
-            });
+        let served = serve::serve(
+            listener,
+            app,
+            self.endpoint.settings.serve,
+            self.endpoint.metrics.clone(),
+            stop.clone(),
+        )
+        .await
+        .map_err(|e| {
+            InteractionsError::with_source(InteractionsErrorKind::Serve, "HTTP server", e)
+        });
         stop.cancel();
         self.shutdown_mux.cancel();
         late.await.map_err(|e| {

@@ -3,7 +3,8 @@
 //! config, but a wildcard route would make them unbounded).
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, exponential_buckets,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    exponential_buckets,
 };
 
 #[derive(Clone)]
@@ -23,6 +24,10 @@ pub struct InteractionMetrics {
     pub late_replies: IntCounterVec,
     /// Publishing the interaction to JetStream, until the ack.
     pub publish_latency: Histogram,
+    /// HTTP connections being served.
+    pub connections_open: IntGauge,
+    /// Connections closed on accept because `max_connections` were open.
+    pub connections_rejected: IntCounter,
 }
 
 impl InteractionMetrics {
@@ -65,8 +70,18 @@ impl InteractionMetrics {
                 )
                 .buckets(exponential_buckets(0.0001, 2.0, 16)?),
             )?,
+            connections_open: IntGauge::new(
+                "relaycord_interactions_connections_open",
+                "HTTP connections being served by the interactions endpoint.",
+            )?,
+            connections_rejected: IntCounter::new(
+                "relaycord_interactions_connections_rejected_total",
+                "Connections closed on accept because interactions.max_connections were open.",
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.connections_open.clone()))?;
+        registry.register(Box::new(m.connections_rejected.clone()))?;
         registry.register(Box::new(m.response_latency.clone()))?;
         registry.register(Box::new(m.handler_latency.clone()))?;
         registry.register(Box::new(m.late_replies.clone()))?;

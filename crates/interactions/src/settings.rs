@@ -7,6 +7,7 @@ use relaycord_bus::interaction::Kind;
 use relaycord_bus::{StreamSettings, Subjects};
 
 use crate::routes::Routes;
+use crate::serve::ServeLimits;
 use crate::verify::{DEFAULT_WINDOW, PublicKey};
 
 pub const DEFAULT_PATH: &str = "/interactions";
@@ -41,6 +42,8 @@ pub struct Settings {
     pub http_handler_timeout: Duration,
     /// Follow-ups in flight at once in this replica. Default 32.
     pub late_concurrency: usize,
+    /// Timeouts and the connection cap of the public listener.
+    pub serve: ServeLimits,
 }
 
 impl Settings {
@@ -59,7 +62,13 @@ impl Settings {
             streams: StreamSettings::default(),
             http_handler_timeout: Duration::from_secs(14 * 60),
             late_concurrency: 32,
+            serve: ServeLimits::default(),
         }
+    }
+
+    pub fn serve_limits(mut self, limits: ServeLimits) -> Self {
+        self.serve = limits;
+        self
     }
 
     pub fn path(mut self, path: impl Into<String>) -> Self {

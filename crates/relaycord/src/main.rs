@@ -9,10 +9,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use prometheus::Registry;
 use relaycord::config::Config;
+#[cfg(feature = "dev")]
 use relaycord::dev::{self, DevOptions};
 use relaycord::roles;
 use relaycord::telemetry::{self, Health};
 use relaycord_bus::Secret;
+#[cfg(feature = "dev")]
 use relaycord_sim::{GenerateSpec, SimConfig, Simulator};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +39,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run everything in one process against the simulator (or Discord with DISCORD_TOKEN).
+    #[cfg(feature = "dev")]
     Dev {
         /// Send exactly N simulated events, wait for their delivery, print a summary, exit.
         #[arg(long)]
@@ -82,6 +85,7 @@ enum Command {
         listen: Option<SocketAddr>,
     },
     /// Run the Discord simulator (gateway + REST) for local experiments.
+    #[cfg(feature = "dev")]
     Sim {
         #[arg(long, default_value = "127.0.0.1:8990")]
         listen: SocketAddr,
@@ -181,6 +185,7 @@ async fn unless_shutdown<T>(
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown_on_signal();
     match cli.command {
+        #[cfg(feature = "dev")]
         Command::Dev {
             events,
             nats_url,
@@ -298,6 +303,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "dev")]
         Command::Sim {
             listen,
             shards,
@@ -350,6 +356,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+#[cfg(feature = "dev")]
 /// `relaycord sim --rate`: waits for every shard's session, then generates in the
 /// background until `--events` are sent or the simulator stops.
 async fn generate_when_ready(

@@ -19,7 +19,7 @@ use relaycord_sinks::http::SigningKey;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::support::SECRET;
+use crate::SECRET;
 
 #[derive(Clone)]
 pub struct TestReceiver {

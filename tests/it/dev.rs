@@ -183,7 +183,7 @@ async fn standalone_simulator_generates_events_for_an_unmodified_client() {
                 .expect("the shard stays open")
                 .expect("a valid event");
             let kind = event.kind().name().unwrap_or_default();
-            if relaycord::dev::GENERATED_TYPES.contains(&kind) {
+            if relaycord_testkit::GENERATED_TYPES.contains(&kind) {
                 generated += 1;
             }
         }

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use prometheus::Registry;
 use relaycord::config::Config;
-use relaycord::nats_server::NatsServer;
 use relaycord::roles;
 use relaycord::telemetry::{self, Health};
 use relaycord_bus::Secret;
 use relaycord_sim::{SimConfig, Simulator};
+use relaycord_testkit::NatsServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

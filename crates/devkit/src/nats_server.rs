@@ -226,7 +226,14 @@ impl NatsServer {
             .find(|p| p.to_string_lossy().ends_with(&suffix))?;
         let ports: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
         let port_of = |key: &str| -> Option<u16> {
-            ports.get(key)?.get(0)?.as_str()?.rsplit(':').next()?.parse().ok()
+            ports
+                .get(key)?
+                .get(0)?
+                .as_str()?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
         };
         Some((port_of("nats")?, port_of("cluster")))
     }

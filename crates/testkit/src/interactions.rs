@@ -179,4 +179,3 @@ pub async fn post_chunked(url: &str, chunks: &[&[u8]], finish: bool) -> Option<u
     let status = String::from_utf8_lossy(&response);
     status.split(' ').nth(1)?.parse().ok()
 }
-

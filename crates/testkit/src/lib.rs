@@ -19,16 +19,13 @@ use std::time::{Duration, Instant};
 pub use bus::{Stored, decision, stored, stream_ids};
 pub use interactions::{HoldingProxy, nats_handler, nats_route, post_chunked, send_to};
 pub use metrics::{metric, metric_with, scrape, sum_metric, sum_metric_with};
-pub use relaycord_devkit::{
-    GENERATED_TYPES, NatsCluster, NatsServer, Receiver, expected_ids,
-};
+pub use relaycord_devkit::{GENERATED_TYPES, NatsCluster, NatsServer, Receiver, expected_ids};
 pub use sinks::{
-    RecordingSink, RefusingSink, Running, http_config, http_config_with, http_sink,
-    outcome_count, relaycord, run_driver, run_driver_on, run_sink, spawn_sink, test_config,
-    write_config,
+    RecordingSink, RefusingSink, Running, http_config, http_config_with, http_sink, outcome_count,
+    relaycord, run_driver, run_driver_on, run_sink, spawn_sink, test_config, write_config,
 };
 pub use stack::{Stack, StackBuilder, assert_sim_clean, start_sim};
-pub use test_receiver::TestReceiver;
+pub use test_receiver::{TestReceiver, wait_accepted};
 
 /// The webhook secret of every HTTP sink and receiver in the suite.
 pub const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";

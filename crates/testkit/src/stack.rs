@@ -30,6 +30,7 @@ type Role = JoinHandle<anyhow::Result<()>>;
 /// What a [`Stack`] starts. Nothing runs but NATS, the simulator and the receiver
 /// unless asked for.
 pub struct StackBuilder {
+    nats: Option<NatsServer>,
     nats_args: Vec<String>,
     cluster: Option<usize>,
     sim: Option<Simulator>,
@@ -46,6 +47,13 @@ impl StackBuilder {
     /// Extra nats-server arguments (`--auth TOKEN`, `-c FILE`).
     pub fn nats_args(mut self, args: &[&str]) -> Self {
         self.nats_args = args.iter().map(|a| (*a).to_owned()).collect();
+        self
+    }
+
+    /// A nats-server the test started itself (to put a proxy in front of it: the
+    /// config patch then points `nats.url` at the proxy).
+    pub fn nats_server(mut self, server: NatsServer) -> Self {
+        self.nats = Some(server);
         self
     }
 
@@ -116,6 +124,9 @@ impl StackBuilder {
         // Tests build reqwest clients (rustls without a default provider).
         relaycord_bus::install_crypto_provider();
         let nats = match self.cluster {
+            None if self.nats.is_some() => NatsCluster {
+                nodes: self.nats.into_iter().collect(),
+            },
             Some(size) => NatsCluster::start(size).expect("start a nats-server cluster"),
             None => {
                 let args: Vec<&str> = self.nats_args.iter().map(String::as_str).collect();
@@ -143,12 +154,9 @@ impl StackBuilder {
         let mut config = Config::load(None).unwrap();
         config.nats.url = nats.urls();
         config.discord.api_base = sim.api_base();
+        config.discord.token = Secret::new(sim.config().token.clone());
+        config.discord.public_key = sim.interactions().public_key_hex();
         let serve_interactions = self.interactions.is_some();
-        if serve_interactions {
-            config.discord.public_key = sim.interactions().public_key_hex();
-        } else {
-            config.discord.token = Secret::new(sim.config().token.clone());
-        }
         config.interactions.routes = self.interactions.unwrap_or_default();
         let sink_url = self.sink_url.unwrap_or_else(|| receiver.url());
         config.sinks = vec![http_sink("receiver", sink_url)];
@@ -180,38 +188,7 @@ impl StackBuilder {
                 roles::run_sinks(&a.config, &[], a.js, &a.registry, a.shutdown).await
             })
         });
-        let (interactions, url) = if serve_interactions {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let url = format!(
-                "http://{}{}",
-                listener.local_addr().unwrap(),
-                config.interactions.path
-            );
-            let task = tokio::spawn({
-                let (config, js, registry, shutdown) = (
-                    config.clone(),
-                    js.clone(),
-                    registry.clone(),
-                    shutdown.clone(),
-                );
-                async move {
-                    relaycord::interactions::run_interactions(
-                        &config,
-                        js,
-                        &registry,
-                        &Health::default(),
-                        listener,
-                        shutdown,
-                    )
-                    .await
-                }
-            });
-            (Some(task), url)
-        } else {
-            (None, String::new())
-        };
-
-        let stack = Stack {
+        let mut stack = Stack {
             discord: sim.interactions(),
             client: js.client(),
             nats,
@@ -221,12 +198,12 @@ impl StackBuilder {
             registry,
             shutdown,
             config,
-            url,
+            url: String::new(),
             http: reqwest::Client::new(),
             dir: tempfile::tempdir().unwrap(),
             ingest,
             sinks,
-            interactions,
+            interactions: None,
         };
         if self.wait_ready {
             stack
@@ -235,8 +212,8 @@ impl StackBuilder {
                 .await
                 .expect("all shards identified");
         }
-        if stack.interactions.is_some() {
-            stack.wait_serving().await;
+        if serve_interactions {
+            stack.serve_interactions().await;
         }
         stack
     }
@@ -299,6 +276,7 @@ pub struct Stack {
 impl Stack {
     pub fn builder() -> StackBuilder {
         StackBuilder {
+            nats: None,
             nats_args: Vec::new(),
             cluster: None,
             sim: None,
@@ -482,6 +460,36 @@ impl Stack {
                 self.sim.stats()
             ),
         }
+    }
+
+    /// Starts the interactions service on the stack's config (when the builder did not,
+    /// e.g. to play a replica that starts later) and returns once it answers.
+    pub async fn serve_interactions(&mut self) {
+        assert!(self.interactions.is_none(), "interactions already served");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.url = format!(
+            "http://{}{}",
+            listener.local_addr().unwrap(),
+            self.config.interactions.path
+        );
+        let (config, js, registry, shutdown) = (
+            self.config.clone(),
+            self.js.clone(),
+            self.registry.clone(),
+            self.shutdown.clone(),
+        );
+        self.interactions = Some(tokio::spawn(async move {
+            relaycord::interactions::run_interactions(
+                &config,
+                js,
+                &registry,
+                &Health::default(),
+                listener,
+                shutdown,
+            )
+            .await
+        }));
+        self.wait_serving().await;
     }
 
     /// Serving starts once NATS is set up. A GET is answered 405 without touching the

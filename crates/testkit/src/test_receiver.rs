@@ -125,6 +125,19 @@ impl TestReceiver {
     }
 }
 
+/// Waits (up to a minute) until `rx` accepted `n` distinct events.
+pub async fn wait_accepted(rx: &TestReceiver, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rx.accepted().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} events arrived",
+            rx.accepted().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Counts a parked request while it waits, even if the sink disconnects.
 struct Parked<'a>(&'a AtomicUsize);
 

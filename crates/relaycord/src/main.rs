@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+#[cfg(feature = "dev")]
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,6 +14,7 @@ use relaycord::config::Config;
 use relaycord::dev::{self, DevOptions};
 use relaycord::roles;
 use relaycord::telemetry::{self, Health};
+#[cfg(feature = "dev")]
 use relaycord_bus::Secret;
 #[cfg(feature = "dev")]
 use relaycord_sim::{GenerateSpec, SimConfig, Simulator};

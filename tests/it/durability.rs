@@ -16,13 +16,7 @@ use tokio::process::{Child, Command};
 
 /// `relaycord ingest` as a child process, configured through the environment. Its
 /// logs go to `<dir>/<replica>.log` for post-mortems.
-fn spawn_ingest_with(
-    stack: &Stack,
-    replica: &str,
-    log_dir: &Path,
-    metrics_port: u16,
-    args: &[&str],
-) -> Child {
+fn spawn_ingest_with(stack: &Stack, replica: &str, log_dir: &Path, args: &[&str]) -> Child {
     let log = std::fs::File::create(log_dir.join(format!("{replica}.log"))).unwrap();
     Command::new(env!("CARGO_BIN_EXE_relaycord"))
         .arg("ingest")
@@ -30,10 +24,8 @@ fn spawn_ingest_with(
         .env("RELAYCORD_NATS__URL", stack.nats_url())
         .env("DISCORD_TOKEN", &stack.sim.config().token)
         .env("RELAYCORD_DISCORD__API_BASE", stack.sim.api_base())
-        .env(
-            "RELAYCORD_INGEST__METRICS_LISTEN",
-            format!("127.0.0.1:{metrics_port}"),
-        )
+        // Port 0: each child binds its own and logs it (`Replicas::metrics_port`).
+        .env("RELAYCORD_INGEST__METRICS_LISTEN", "127.0.0.1:0")
         .env("RELAYCORD_INGEST__LEASE_TTL", "3s")
         .env("RELAYCORD_INGEST__REPLICA_ID", replica)
         .env("RUST_LOG", "info,relaycord_ingest=debug")
@@ -103,7 +95,8 @@ async fn with_shards(shards: u32) -> Stack {
 /// stack's directory, and checks against the simulator's proof log.
 trait Replicas {
     fn ingest(&self, replica: &str) -> Child;
-    fn ingest_with(&self, replica: &str, metrics_port: u16, args: &[&str]) -> Child;
+    fn ingest_with(&self, replica: &str, args: &[&str]) -> Child;
+    async fn metrics_port(&self, replica: &str) -> u16;
     async fn children_ready(&self);
     fn endless(&self, rate_per_sec: f64) -> GeneratorHandle;
     async fn assert_all_on_bus(&self, what: &str);
@@ -111,11 +104,34 @@ trait Replicas {
 
 impl Replicas for Stack {
     fn ingest(&self, replica: &str) -> Child {
-        spawn_ingest_with(self, replica, self.dir(), 0, &[])
+        spawn_ingest_with(self, replica, self.dir(), &[])
     }
 
-    fn ingest_with(&self, replica: &str, metrics_port: u16, args: &[&str]) -> Child {
-        spawn_ingest_with(self, replica, self.dir(), metrics_port, args)
+    fn ingest_with(&self, replica: &str, args: &[&str]) -> Child {
+        spawn_ingest_with(self, replica, self.dir(), args)
+    }
+
+    /// The port a child bound for its metrics (it asks for port 0 and logs the address).
+    async fn metrics_port(&self, replica: &str) -> u16 {
+        const MARK: &str = "metrics endpoint on http://127.0.0.1:";
+        let log = self.dir().join(format!("{replica}.log"));
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(at) = text.find(MARK) {
+                let digits: String = text[at + MARK.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                return digits.parse().expect("a port number");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{replica} never logged its metrics address:\n{}",
+                log_tail(self.dir())
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn children_ready(&self) {
@@ -265,10 +281,14 @@ async fn three_replicas_take_over_a_killed_one() {
         ..SimConfig::default()
     })
     .await;
-    let ports = [free_port(), free_port(), free_port()];
-    let _a = fx.ingest_with("replica-a", ports[0], &[]);
-    let mut b = fx.ingest_with("replica-b", ports[1], &[]);
-    let _c = fx.ingest_with("replica-c", ports[2], &[]);
+    let _a = fx.ingest_with("replica-a", &[]);
+    let mut b = fx.ingest_with("replica-b", &[]);
+    let _c = fx.ingest_with("replica-c", &[]);
+    let ports = [
+        fx.metrics_port("replica-a").await,
+        fx.metrics_port("replica-b").await,
+        fx.metrics_port("replica-c").await,
+    ];
     fx.children_ready().await;
     let generator = fx.endless(300.0);
     // The replicas settle on their shares (6/6/4) before the kill: b must hold shards,
@@ -348,27 +368,20 @@ async fn nats_down_for_30_seconds_loses_nothing() {
     assert_sim_clean(&fx.sim, 0);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A second replica joining takes its share: the first hands shards over (drain, save,
 /// RESUME close, release), the second resumes them. No identify, nothing lost, and both
 /// report ready with their shards up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_replica_takes_its_share_by_clean_handover() {
     let fx = with_shards(8).await;
-    let (pa, pb) = (free_port(), free_port());
-    let _a = fx.ingest_with("first", pa, &[]);
+    let _a = fx.ingest_with("first", &[]);
+    let pa = fx.metrics_port("first").await;
     fx.children_ready().await;
     let generator = fx.endless(300.0);
     wait_generated(&generator, 600).await;
 
-    let _b = fx.ingest_with("second", pb, &[]);
+    let _b = fx.ingest_with("second", &[]);
+    let pb = fx.metrics_port("second").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let held = (
@@ -411,8 +424,8 @@ async fn a_new_replica_takes_its_share_by_clean_handover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_shard_ranges_split_the_work() {
     let fx = with_shards(4).await;
-    let _low = fx.ingest_with("low", 0, &["--shards", "0-1", "--shard-count", "4"]);
-    let _high = fx.ingest_with("high", 0, &["--shards", "2-3", "--shard-count", "4"]);
+    let _low = fx.ingest_with("low", &["--shards", "0-1", "--shard-count", "4"]);
+    let _high = fx.ingest_with("high", &["--shards", "2-3", "--shard-count", "4"]);
     fx.children_ready().await;
     fx.sim
         .generate(GenerateSpec {
@@ -443,9 +456,9 @@ async fn session_start_limit_is_shared_by_the_replicas() {
         ..SimConfig::default()
     })
     .await;
-    let ports = [free_port(), free_port()];
-    let _a = fx.ingest_with("one", ports[0], &[]);
-    let _b = fx.ingest_with("two", ports[1], &[]);
+    let _a = fx.ingest_with("one", &[]);
+    let _b = fx.ingest_with("two", &[]);
+    let ports = [fx.metrics_port("one").await, fx.metrics_port("two").await];
     fx.children_ready().await;
     let spread = wait_spread(&fx, &ports, 2.0, PATIENCE).await;
     assert_eq!(spread, vec![(1.0, 1.0), (1.0, 1.0)], "one shard each");

@@ -8,31 +8,26 @@ use relaycord_sim::GenerateSpec;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::support::{Stack, StackOptions};
+use relaycord_testkit::Stack;
 
 /// A nats-py subscriber on `discord.gateway.>` receives every event's envelope with
 /// `Nats-Msg-Id` equal to the envelope's `id`, on the subject the contract names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_py_subscriber_sees_envelopes_with_msg_id() {
-    let stack = Stack::start(StackOptions {
-        shards: 2,
-        with_sink: false,
-        ..StackOptions::default()
-    })
-    .await;
+    let stack = Stack::builder().shards(2).ingest().start().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/py/subscribe.py");
     let already = stack.expected().len();
     let mut child = Command::new("python3")
         .args([
             script,
             "--url",
-            &stack.nats.url(),
+            &stack.nats_url(),
             "--count",
             "300",
             "--types",
         ])
         // Only generated events count: a late GUILD_CREATE must not end the run early.
-        .arg(relaycord::dev::GENERATED_TYPES.join(","))
+        .arg(relaycord_testkit::GENERATED_TYPES.join(","))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -69,8 +64,10 @@ async fn nats_py_subscriber_sees_envelopes_with_msg_id() {
     let _ = child.wait().await;
 
     let all = stack.expected();
-    let generated =
-        relaycord::dev::expected_ids(&stack.sim.sent(), Some(&relaycord::dev::GENERATED_TYPES));
+    let generated = relaycord_testkit::expected_ids(
+        &stack.sim.sent(),
+        Some(&relaycord_testkit::GENERATED_TYPES),
+    );
     assert_eq!(generated.len(), 300);
     assert!(all.len() >= already + 300);
     for id in &generated {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use relaycord_sim::{Compression, GenerateSpec};
 
-use crate::faults::Harness;
+use relaycord_testkit::Stack;
 
 /// What twilight-gateway asks for with the features this build enabled: zstd wins over zlib.
 fn expected_compression() -> Compression {
@@ -25,12 +25,16 @@ fn expected_compression() -> Compression {
 #[tokio::test]
 async fn events_arrive_over_the_compression_of_this_build() {
     let shards = 4;
-    let h = Harness::start(relaycord_sim::SimConfig {
-        shards,
-        guilds: shards * 3,
-        ..Default::default()
-    })
-    .await;
+    let h = Stack::builder()
+        .sim_config(relaycord_sim::SimConfig {
+            shards,
+            guilds: shards * 3,
+            ..Default::default()
+        })
+        .config(|c| c.ingest.lease_ttl = Duration::from_secs(3))
+        .ingest_unready()
+        .start()
+        .await;
     h.ready().await;
     let generator = h.sim.generate(GenerateSpec {
         count: Some(4000),
@@ -57,5 +61,5 @@ async fn events_arrive_over_the_compression_of_this_build() {
         "every connection negotiated {:?}: {stats:?}",
         expected.as_query()
     );
-    h.stop().await;
+    h.stop_expecting_failed_resumes(0).await;
 }

@@ -146,12 +146,9 @@ async fn standalone_simulator_generates_events_for_an_unmodified_client() {
     use twilight_gateway::{ConfigBuilder, EventTypeFlags, Intents, Shard, ShardId, StreamExt};
 
     relaycord_bus::install_crypto_provider();
-    let addr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap()
-    };
+    // Port 0: the simulator binds its own and names it on its first line.
     let mut sim = Command::new(env!("CARGO_BIN_EXE_relaycord"))
-        .args(["sim", "--listen", &addr.to_string(), "--shards", "1"])
+        .args(["sim", "--listen", "127.0.0.1:0", "--shards", "1"])
         .args(["--rate", "500", "--events", "30"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -160,10 +157,11 @@ async fn standalone_simulator_generates_events_for_an_unmodified_client() {
         .spawn()
         .expect("run relaycord sim");
     let mut stderr = BufReader::new(sim.stderr.take().unwrap()).lines();
-    tokio::time::timeout(Duration::from_secs(30), async {
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = stderr.next_line().await.unwrap() {
-            if line.starts_with("simulator: api_base") {
-                return;
+            // simulator: api_base = http://ADDR/api, gateway = ws://ADDR
+            if let Some(rest) = line.strip_prefix("simulator: api_base = http://") {
+                return rest.split('/').next().unwrap().to_owned();
             }
         }
         panic!("relaycord sim exited before listening");
@@ -183,7 +181,7 @@ async fn standalone_simulator_generates_events_for_an_unmodified_client() {
                 .expect("the shard stays open")
                 .expect("a valid event");
             let kind = event.kind().name().unwrap_or_default();
-            if relaycord::dev::GENERATED_TYPES.contains(&kind) {
+            if relaycord_testkit::GENERATED_TYPES.contains(&kind) {
                 generated += 1;
             }
         }

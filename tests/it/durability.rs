@@ -8,34 +8,24 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use relaycord::nats_server::NatsServer;
 use relaycord_bus::Subjects;
 use relaycord_ingest::store::{Buckets, SaveError, SessionRecord, SessionStore};
 use relaycord_sim::{GenerateSpec, GeneratorHandle, SimConfig, Simulator};
-use tokio::net::TcpListener;
+use relaycord_testkit::{NatsServer, Stack, assert_sim_clean, scrape};
 use tokio::process::{Child, Command};
 
 /// `relaycord ingest` as a child process, configured through the environment. Its
 /// logs go to `<dir>/<replica>.log` for post-mortems.
-fn spawn_ingest_with(
-    nats: &NatsServer,
-    sim: &Simulator,
-    replica: &str,
-    log_dir: &Path,
-    metrics_port: u16,
-    args: &[&str],
-) -> Child {
+fn spawn_ingest_with(stack: &Stack, replica: &str, log_dir: &Path, args: &[&str]) -> Child {
     let log = std::fs::File::create(log_dir.join(format!("{replica}.log"))).unwrap();
     Command::new(env!("CARGO_BIN_EXE_relaycord"))
         .arg("ingest")
         .args(args)
-        .env("RELAYCORD_NATS__URL", nats.url())
-        .env("DISCORD_TOKEN", &sim.config().token)
-        .env("RELAYCORD_DISCORD__API_BASE", sim.api_base())
-        .env(
-            "RELAYCORD_INGEST__METRICS_LISTEN",
-            format!("127.0.0.1:{metrics_port}"),
-        )
+        .env("RELAYCORD_NATS__URL", stack.nats_url())
+        .env("DISCORD_TOKEN", &stack.sim.config().token)
+        .env("RELAYCORD_DISCORD__API_BASE", stack.sim.api_base())
+        // Port 0: each child binds its own and logs it (`Replicas::metrics_port`).
+        .env("RELAYCORD_INGEST__METRICS_LISTEN", "127.0.0.1:0")
         .env("RELAYCORD_INGEST__LEASE_TTL", "3s")
         .env("RELAYCORD_INGEST__REPLICA_ID", replica)
         .env("RUST_LOG", "info,relaycord_ingest=debug")
@@ -57,10 +47,10 @@ async fn wait_on_bus(
     sim: &Simulator,
     timeout: Duration,
 ) -> (Vec<String>, HashMap<String, u32>) {
-    let expected: HashSet<String> = relaycord::dev::expected_ids(&sim.sent(), None);
+    let expected: HashSet<String> = relaycord_testkit::expected_ids(&sim.sent(), None);
     let deadline = Instant::now() + timeout;
     loop {
-        let ids = crate::support::stream_ids(js, "DISCORD_GATEWAY").await;
+        let ids = relaycord_testkit::stream_ids(js, "DISCORD_GATEWAY").await;
         let missing: Vec<String> = expected
             .iter()
             .filter(|id| !ids.contains_key(*id))
@@ -87,55 +77,71 @@ fn log_tail(dir: &Path) -> String {
     out
 }
 
-/// A nats-server child, the simulator and a place for the ingest children's logs.
-struct Fixture {
-    logs: tempfile::TempDir,
-    nats: NatsServer,
-    sim: Simulator,
+/// Starts a stack (nats-server and the simulator; ingest runs as child processes).
+async fn start(config: SimConfig) -> Stack {
+    Stack::builder().sim_config(config).start().await
 }
 
-impl Fixture {
-    async fn start(config: SimConfig) -> Self {
-        let logs = tempfile::tempdir().unwrap();
-        let nats = NatsServer::start().unwrap();
-        let sim = Simulator::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), config)
-            .await
-            .unwrap();
-        Self { logs, nats, sim }
-    }
+async fn with_shards(shards: u32) -> Stack {
+    start(SimConfig {
+        shards,
+        guilds: shards * 2,
+        ..SimConfig::default()
+    })
+    .await
+}
 
-    async fn with_shards(shards: u32) -> Self {
-        Self::start(SimConfig {
-            shards,
-            guilds: shards * 2,
-            ..SimConfig::default()
-        })
-        .await
-    }
+/// What these tests do with a stack: `relaycord ingest` children logging into the
+/// stack's directory, and checks against the simulator's proof log.
+trait Replicas {
+    fn ingest(&self, replica: &str) -> Child;
+    fn ingest_with(&self, replica: &str, args: &[&str]) -> Child;
+    async fn metrics_port(&self, replica: &str) -> u16;
+    async fn children_ready(&self);
+    fn endless(&self, rate_per_sec: f64) -> GeneratorHandle;
+    async fn assert_all_on_bus(&self, what: &str);
+}
 
+impl Replicas for Stack {
     fn ingest(&self, replica: &str) -> Child {
-        spawn_ingest_with(&self.nats, &self.sim, replica, self.logs.path(), 0, &[])
+        spawn_ingest_with(self, replica, self.dir(), &[])
     }
 
-    fn ingest_with(&self, replica: &str, metrics_port: u16, args: &[&str]) -> Child {
-        spawn_ingest_with(
-            &self.nats,
-            &self.sim,
-            replica,
-            self.logs.path(),
-            metrics_port,
-            args,
-        )
+    fn ingest_with(&self, replica: &str, args: &[&str]) -> Child {
+        spawn_ingest_with(self, replica, self.dir(), args)
     }
 
-    async fn ready(&self) {
+    /// The port a child bound for its metrics (it asks for port 0 and logs the address).
+    async fn metrics_port(&self, replica: &str) -> u16 {
+        const MARK: &str = "metrics endpoint on http://127.0.0.1:";
+        let log = self.dir().join(format!("{replica}.log"));
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(at) = text.find(MARK) {
+                let digits: String = text[at + MARK.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                return digits.parse().expect("a port number");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{replica} never logged its metrics address:\n{}",
+                log_tail(self.dir())
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn children_ready(&self) {
         if let Err(error) = self.sim.wait_ready(Duration::from_secs(60)).await {
-            panic!("shards not ready: {error}\n{}", log_tail(self.logs.path()));
+            panic!("shards not ready: {error}\n{}", log_tail(self.dir()));
         }
     }
 
     /// Starts a steady stream of simulated events.
-    fn stream(&self, rate_per_sec: f64) -> GeneratorHandle {
+    fn endless(&self, rate_per_sec: f64) -> GeneratorHandle {
         self.sim.generate(GenerateSpec {
             count: None,
             rate_per_sec,
@@ -145,21 +151,14 @@ impl Fixture {
 
     /// Asserts that the stream holds every dispatch the simulator logged, each once.
     async fn assert_all_on_bus(&self, what: &str) {
-        let js = jetstream(&self.nats).await;
-        let (missing, ids) = wait_on_bus(&js, &self.sim, Duration::from_secs(90)).await;
+        let (missing, ids) = wait_on_bus(&self.js, &self.sim, Duration::from_secs(90)).await;
         assert!(
             missing.is_empty(),
             "{} events missing {what}:\n{}",
             missing.len(),
-            log_tail(self.logs.path())
+            log_tail(self.dir())
         );
         assert!(ids.values().all(|n| *n == 1), "each event is stored once");
-    }
-
-    /// The shared end-of-test check: no identify rate-limit violation, no exhausted
-    /// session start, and exactly `failed_resumes` failed RESUMEs.
-    fn assert_sim_clean(&self, failed_resumes: u64) {
-        crate::faults::assert_sim_clean(&self.sim, failed_resumes);
     }
 }
 
@@ -193,9 +192,9 @@ async fn shares(ports: &[u16]) -> Option<Vec<(f64, f64)>> {
 /// Waits until the replicas on `ports` hold and run all `shards` between them, each
 /// holding at least one; returns the per-replica shares, or panics after `timeout`.
 /// Waits until the sessions bucket holds a record for `shards` shards.
-async fn wait_sessions_recorded(fx: &Fixture, shards: usize) {
+async fn wait_sessions_recorded(fx: &Stack, shards: usize) {
     use futures::TryStreamExt;
-    let js = jetstream(&fx.nats).await;
+    let js = fx.js.clone();
     let bucket = js.get_key_value("DISCORD_SESSIONS").await.unwrap();
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -213,12 +212,7 @@ async fn wait_sessions_recorded(fx: &Fixture, shards: usize) {
     }
 }
 
-async fn wait_spread(
-    fx: &Fixture,
-    ports: &[u16],
-    shards: f64,
-    timeout: Duration,
-) -> Vec<(f64, f64)> {
+async fn wait_spread(fx: &Stack, ports: &[u16], shards: f64, timeout: Duration) -> Vec<(f64, f64)> {
     let deadline = Instant::now() + timeout;
     loop {
         let now = shares(ports).await;
@@ -232,7 +226,7 @@ async fn wait_spread(
         assert!(
             Instant::now() < deadline,
             "shards not spread within {timeout:?}: {now:?}\n{}",
-            log_tail(fx.logs.path())
+            log_tail(fx.dir())
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -242,10 +236,10 @@ async fn wait_spread(
 /// stored sessions (no new IDENTIFY) and the stream ends up with every event, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_resumes_without_loss() {
-    let fx = Fixture::with_shards(2).await;
+    let fx = with_shards(2).await;
     let mut ingest = fx.ingest("solo");
-    fx.ready().await;
-    let generator = fx.stream(400.0);
+    fx.children_ready().await;
+    let generator = fx.endless(400.0);
     wait_generated(&generator, 600).await;
 
     ingest.start_kill().unwrap();
@@ -253,7 +247,7 @@ async fn kill_9_and_restart_resumes_without_loss() {
     // Events keep coming while no process is connected; Discord keeps them in the session.
     wait_generated(&generator, 400).await;
     let _restarted = fx.ingest("solo");
-    fx.ready().await;
+    fx.children_ready().await;
     wait_generated(&generator, 400).await;
     generator.stop();
 
@@ -268,7 +262,7 @@ async fn kill_9_and_restart_resumes_without_loss() {
         stats.replayed > 0,
         "events dispatched while no process was connected came back by replay: {stats:?}"
     );
-    fx.assert_sim_clean(0);
+    assert_sim_clean(&fx.sim, 0);
 }
 
 /// Three replicas share 16 shards; one that holds shards is killed; the survivors own and
@@ -280,19 +274,23 @@ async fn three_replicas_take_over_a_killed_one() {
     // Resuming 16 shards takes well under a second; the rest is room for a loaded
     // 2-core machine, so only a takeover that waits for something else fails.
     const RESUME_ALLOWANCE: Duration = Duration::from_secs(30);
-    let fx = Fixture::start(SimConfig {
+    let fx = start(SimConfig {
         shards: 16,
         guilds: 32,
         max_concurrency: 4,
         ..SimConfig::default()
     })
     .await;
-    let ports = [free_port(), free_port(), free_port()];
-    let _a = fx.ingest_with("replica-a", ports[0], &[]);
-    let mut b = fx.ingest_with("replica-b", ports[1], &[]);
-    let _c = fx.ingest_with("replica-c", ports[2], &[]);
-    fx.ready().await;
-    let generator = fx.stream(300.0);
+    let _a = fx.ingest_with("replica-a", &[]);
+    let mut b = fx.ingest_with("replica-b", &[]);
+    let _c = fx.ingest_with("replica-c", &[]);
+    let ports = [
+        fx.metrics_port("replica-a").await,
+        fx.metrics_port("replica-b").await,
+        fx.metrics_port("replica-c").await,
+    ];
+    fx.children_ready().await;
+    let generator = fx.endless(300.0);
     // The replicas settle on their shares (6/6/4) before the kill: b must hold shards,
     // or killing it proves nothing.
     let before = wait_spread(&fx, &ports, 16.0, PATIENCE).await;
@@ -312,7 +310,7 @@ async fn three_replicas_take_over_a_killed_one() {
     let survivors = [ports[0], ports[2]];
     let after = wait_spread(&fx, &survivors, 16.0, LEASE_TTL + RESUME_ALLOWANCE).await;
     let takeover = killed.elapsed();
-    fx.ready().await;
+    fx.children_ready().await;
     wait_generated(&generator, 300).await;
     generator.stop();
 
@@ -322,7 +320,7 @@ async fn three_replicas_take_over_a_killed_one() {
         stats.identifies, 16,
         "handovers and takeovers resumed instead of identifying: {stats:?}"
     );
-    fx.assert_sim_clean(0);
+    assert_sim_clean(&fx.sim, 0);
     eprintln!(
         "takeover of {b_held} shards after kill -9: {takeover:?} (lease TTL {LEASE_TTL:?}); shares {before:?} -> {after:?}"
     );
@@ -332,7 +330,7 @@ async fn three_replicas_take_over_a_killed_one() {
 /// the bus is down and loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_down_for_30_seconds_loses_nothing() {
-    let mut fx = Fixture::start(SimConfig {
+    let mut fx = start(SimConfig {
         shards: 2,
         guilds: 4,
         // Discord's 41.25 s interval outlasts a 30 s outage, and the connection would
@@ -344,16 +342,16 @@ async fn nats_down_for_30_seconds_loses_nothing() {
     })
     .await;
     let _ingest = fx.ingest("solo");
-    fx.ready().await;
-    let generator = fx.stream(100.0);
+    fx.children_ready().await;
+    let generator = fx.endless(100.0);
     wait_generated(&generator, 200).await;
     let connections = fx.sim.stats().connections;
 
-    fx.nats.stop();
+    fx.nats_mut().stop();
     let during = generator.generated();
     tokio::time::sleep(Duration::from_secs(30)).await;
-    fx.nats.restart().unwrap();
-    fx.ready().await;
+    fx.nats_mut().restart().unwrap();
+    fx.children_ready().await;
     wait_generated(&generator, 300).await;
     generator.stop();
     assert!(
@@ -367,27 +365,7 @@ async fn nats_down_for_30_seconds_loses_nothing() {
         "both shards' connections were dropped during the outage and resumed: {stats:?}"
     );
     assert_eq!(stats.identifies, 2, "resumed, not re-identified: {stats:?}");
-    fx.assert_sim_clean(0);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A metric's value summed over label sets, scraped from a process's /metrics.
-async fn scrape(port: u16, name: &str) -> Option<f64> {
-    relaycord_bus::install_crypto_provider();
-    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    Some(crate::support::sum_metric(&body, name))
+    assert_sim_clean(&fx.sim, 0);
 }
 
 /// A second replica joining takes its share: the first hands shards over (drain, save,
@@ -395,14 +373,15 @@ async fn scrape(port: u16, name: &str) -> Option<f64> {
 /// report ready with their shards up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_replica_takes_its_share_by_clean_handover() {
-    let fx = Fixture::with_shards(8).await;
-    let (pa, pb) = (free_port(), free_port());
-    let _a = fx.ingest_with("first", pa, &[]);
-    fx.ready().await;
-    let generator = fx.stream(300.0);
+    let fx = with_shards(8).await;
+    let _a = fx.ingest_with("first", &[]);
+    let pa = fx.metrics_port("first").await;
+    fx.children_ready().await;
+    let generator = fx.endless(300.0);
     wait_generated(&generator, 600).await;
 
-    let _b = fx.ingest_with("second", pb, &[]);
+    let _b = fx.ingest_with("second", &[]);
+    let pb = fx.metrics_port("second").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let held = (
@@ -419,7 +398,7 @@ async fn a_new_replica_takes_its_share_by_clean_handover() {
         assert!(
             Instant::now() < deadline,
             "not balanced: held {held:?}, up {up:?}\n{}",
-            log_tail(fx.logs.path())
+            log_tail(fx.dir())
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -437,17 +416,17 @@ async fn a_new_replica_takes_its_share_by_clean_handover() {
             .unwrap();
         assert_eq!(ready.status(), 200, "replica on {port} is ready");
     }
-    fx.assert_sim_clean(0);
+    assert_sim_clean(&fx.sim, 0);
 }
 
 /// Static assignment (StatefulSet ordinals): two processes with fixed ranges cover the
 /// shard set between them, without leases.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_shard_ranges_split_the_work() {
-    let fx = Fixture::with_shards(4).await;
-    let _low = fx.ingest_with("low", 0, &["--shards", "0-1", "--shard-count", "4"]);
-    let _high = fx.ingest_with("high", 0, &["--shards", "2-3", "--shard-count", "4"]);
-    fx.ready().await;
+    let fx = with_shards(4).await;
+    let _low = fx.ingest_with("low", &["--shards", "0-1", "--shard-count", "4"]);
+    let _high = fx.ingest_with("high", &["--shards", "2-3", "--shard-count", "4"]);
+    fx.children_ready().await;
     fx.sim
         .generate(GenerateSpec {
             count: Some(2000),
@@ -458,7 +437,7 @@ async fn static_shard_ranges_split_the_work() {
         .await;
     fx.assert_all_on_bus("with static ranges").await;
     assert_eq!(fx.sim.stats().identifies, 4);
-    fx.assert_sim_clean(0);
+    assert_sim_clean(&fx.sim, 0);
 }
 
 /// `session_start_limit.remaining` is one budget for the deployment, not one per replica:
@@ -468,7 +447,7 @@ async fn static_shard_ranges_split_the_work() {
 /// counts). A per-replica count would let each replica spend the budget it read at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_start_limit_is_shared_by_the_replicas() {
-    let fx = Fixture::start(SimConfig {
+    let fx = start(SimConfig {
         shards: 2,
         guilds: 4,
         session_start_limit: 3,
@@ -477,15 +456,15 @@ async fn session_start_limit_is_shared_by_the_replicas() {
         ..SimConfig::default()
     })
     .await;
-    let ports = [free_port(), free_port()];
-    let _a = fx.ingest_with("one", ports[0], &[]);
-    let _b = fx.ingest_with("two", ports[1], &[]);
-    fx.ready().await;
+    let _a = fx.ingest_with("one", &[]);
+    let _b = fx.ingest_with("two", &[]);
+    let ports = [fx.metrics_port("one").await, fx.metrics_port("two").await];
+    fx.children_ready().await;
     let spread = wait_spread(&fx, &ports, 2.0, PATIENCE).await;
     assert_eq!(spread, vec![(1.0, 1.0), (1.0, 1.0)], "one shard each");
 
     fx.sim.invalidate_session(0, false);
-    fx.ready().await;
+    fx.children_ready().await;
     let stats = fx.sim.stats();
     assert_eq!(
         (stats.identifies, stats.session_start_remaining),
@@ -498,14 +477,14 @@ async fn session_start_limit_is_shared_by_the_replicas() {
         rate_per_sec: 0.0,
         ..GenerateSpec::default()
     });
-    fx.ready().await;
+    fx.children_ready().await;
     generator.finished().await;
     let stats = fx.sim.stats();
     assert_eq!(stats.identifies, 4, "{stats:?}");
     fx.assert_all_on_bus("after waiting for the session start reset")
         .await;
     // Checks session_start_exhausted == 0: nobody identified with none left.
-    fx.assert_sim_clean(0);
+    assert_sim_clean(&fx.sim, 0);
 }
 
 /// Fencing at the session record: once a new owner has claimed a shard's record, a late

@@ -4,184 +4,30 @@
 //! in the gateway stream (0 missing), or, for the fatal close codes, checks that ingest stops
 //! with an error naming the cause instead of reconnecting.
 
-use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_nats::jetstream;
-use prometheus::Registry;
-use relaycord::config::Config;
-use relaycord::nats_server::NatsServer;
-use relaycord::roles;
-use relaycord_bus::Secret;
 use relaycord_ingest::{IngestError, IngestErrorKind};
-use relaycord_sim::{GenerateSpec, GeneratorHandle, SimConfig, Simulator};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-use crate::support::{eventually, metric};
+use relaycord_sim::SimConfig;
+use relaycord_testkit::{Stack, eventually, metric};
 
 /// Upper bound for things that take seconds; reached only when a test fails.
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// nats-server, the simulator with a test's own [`SimConfig`], and ingest (leased mode)
 /// run in-process through the same wiring as `relaycord ingest`, so its result is visible.
-pub struct Harness {
-    pub sim: Simulator,
-    pub js: jetstream::Context,
-    pub registry: Registry,
-    shutdown: CancellationToken,
-    ingest: JoinHandle<anyhow::Result<()>>,
-    _nats: NatsServer,
+/// Short lease ticks: the leased coordinator claims shards (and reports a fatal shard
+/// error) within a few hundred milliseconds.
+async fn start(sim_config: SimConfig) -> Stack {
+    start_with(sim_config, Duration::from_secs(3)).await
 }
 
-impl Harness {
-    pub async fn start(sim_config: SimConfig) -> Harness {
-        // Short lease ticks: the leased coordinator claims shards (and reports a fatal
-        // shard error) within a few hundred milliseconds.
-        Self::start_with(sim_config, Duration::from_secs(3)).await
-    }
-
-    pub async fn start_with(sim_config: SimConfig, lease_ttl: Duration) -> Harness {
-        let nats = NatsServer::start().expect("start nats-server (the test command installs it)");
-        let sim = Simulator::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), sim_config)
-            .await
-            .unwrap();
-        let mut config = Config::load(None).unwrap();
-        config.nats.url = nats.url();
-        config.discord.token = Secret::new(sim.config().token.clone());
-        config.discord.api_base = sim.api_base();
-        config.ingest.lease_ttl = lease_ttl;
-        config.validate().unwrap();
-        let js = roles::connect(&config, "test").await.unwrap();
-        let registry = Registry::new();
-        let shutdown = CancellationToken::new();
-        let ingest = tokio::spawn({
-            let (js, registry, shutdown) = (js.clone(), registry.clone(), shutdown.clone());
-            async move { roles::run_ingest(&config, js, &registry, &Default::default(), shutdown).await }
-        });
-        Harness {
-            sim,
-            js,
-            registry,
-            shutdown,
-            ingest,
-            _nats: nats,
-        }
-    }
-
-    /// Waits until every shard has a session and a live connection.
-    pub async fn ready(&self) {
-        if let Err(error) = self.sim.wait_ready(PATIENCE).await {
-            panic!("shards not ready: {error}; {:?}", self.sim.stats());
-        }
-    }
-
-    /// Unpaced events, `count` of them.
-    pub fn burst(&self, count: u64) -> GeneratorHandle {
-        self.sim.generate(GenerateSpec {
-            count: Some(count),
-            rate_per_sec: 0.0,
-            ..GenerateSpec::default()
-        })
-    }
-
-    /// Paced events, so that a fault lands in the middle of the stream.
-    pub fn stream(&self, count: u64, rate_per_sec: f64) -> GeneratorHandle {
-        self.sim.generate(GenerateSpec {
-            count: Some(count),
-            rate_per_sec,
-            ..GenerateSpec::default()
-        })
-    }
-
-    /// Waits until the gateway stream holds every id the simulator logged (the proof log)
-    /// and returns those still missing after `PATIENCE`.
-    pub async fn missing(&self) -> Vec<String> {
-        let expected = relaycord::dev::expected_ids(&self.sim.sent(), None);
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let stored = stream_messages(&self.js).await;
-            if stored >= expected.len() as u64 || Instant::now() > deadline {
-                let on_bus: HashSet<String> =
-                    crate::support::stream_ids(&self.js, "DISCORD_GATEWAY")
-                        .await
-                        .into_keys()
-                        .collect();
-                let missing: Vec<String> = expected.difference(&on_bus).cloned().collect();
-                if missing.is_empty() || Instant::now() > deadline {
-                    return missing;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Asserts that nothing the simulator logged is missing from the bus.
-    pub async fn assert_nothing_missing(&self) {
-        let missing = self.missing().await;
-        assert!(
-            missing.is_empty(),
-            "{} of {} events missing, e.g. {:?}; sim {:?}",
-            missing.len(),
-            self.sim.sent().len(),
-            &missing[..missing.len().min(5)],
-            self.sim.stats()
-        );
-    }
-
-    /// Stops ingest cleanly; it must not have failed, and the simulator saw no failed
-    /// resume and no identify faster than Discord allows.
-    pub async fn stop(self) {
-        self.stop_expecting_failed_resumes(0).await;
-    }
-
-    /// Like [`Harness::stop`], for a test whose faults make some RESUMEs fail.
-    pub async fn stop_expecting_failed_resumes(self, failed_resumes: u64) {
-        self.shutdown.cancel();
-        self.ingest
-            .await
-            .unwrap()
-            .expect("ingest ended without error");
-        assert_sim_clean(&self.sim, failed_resumes);
-    }
-
-    /// Waits for ingest to end by itself and returns its error.
-    pub async fn failure(self) -> anyhow::Error {
-        let result = tokio::time::timeout(PATIENCE, self.ingest).await;
-        self.shutdown.cancel();
-        assert_sim_clean(&self.sim, 0);
-        match result {
-            Ok(joined) => joined
-                .unwrap()
-                .expect_err("ingest should stop with an error"),
-            Err(_) => panic!(
-                "ingest kept running after a fatal close; sim {:?}",
-                self.sim.stats()
-            ),
-        }
-    }
-}
-
-/// The checks every ingest test ends with: Discord's identify rate limit and session
-/// start limit were never broken, and exactly the expected RESUMEs failed.
-pub fn assert_sim_clean(sim: &Simulator, failed_resumes: u64) {
-    let stats = sim.stats();
-    assert_eq!(
-        (
-            stats.identify_violations,
-            stats.session_start_exhausted,
-            stats.failed_resumes
-        ),
-        (0, 0, failed_resumes),
-        "identify violations, exhausted session starts, failed resumes: {stats:?}"
-    );
-}
-
-/// Messages in the gateway stream.
-async fn stream_messages(js: &jetstream::Context) -> u64 {
-    let mut stream = js.get_stream("DISCORD_GATEWAY").await.unwrap();
-    stream.info().await.unwrap().state.messages
+async fn start_with(sim_config: SimConfig, lease_ttl: Duration) -> Stack {
+    Stack::builder()
+        .sim_config(sim_config)
+        .config(move |c| c.ingest.lease_ttl = lease_ttl)
+        .ingest_unready()
+        .start()
+        .await
 }
 
 fn sim_config(shards: u32) -> SimConfig {
@@ -197,7 +43,7 @@ fn sim_config(shards: u32) -> SimConfig {
 /// replay brings what was dispatched meanwhile.
 #[tokio::test]
 async fn zombie_connection_is_detected_and_resumed() {
-    let h = Harness::start(SimConfig {
+    let h = start(SimConfig {
         // Twilight declares a zombie when a heartbeat interval passes without anything
         // received after a heartbeat: short, so the test takes seconds.
         heartbeat_interval: Duration::from_millis(500),
@@ -212,7 +58,7 @@ async fn zombie_connection_is_detected_and_resumed() {
     h.sim.set_zombie(0, true).unwrap();
     // Healed once twilight has given up on the zombie and resumed at least once (that new
     // connection was silent too); the next attempt resumes for good.
-    let resumed = eventually(PATIENCE, || h.sim.stats().resumes >= 1).await;
+    let resumed = eventually(PATIENCE, async || h.sim.stats().resumes >= 1).await;
     h.sim.set_zombie(0, false).unwrap();
     assert!(resumed, "no RESUME after the zombie: {:?}", h.sim.stats());
     generator.finished().await;
@@ -221,13 +67,13 @@ async fn zombie_connection_is_detected_and_resumed() {
     let stats = h.sim.stats();
     assert_eq!(stats.identifies, 2, "resumed, not re-identified: {stats:?}");
     assert!(stats.heartbeats_unacked >= 1, "{stats:?}");
-    h.stop().await;
+    h.stop_expecting_failed_resumes(0).await;
 }
 
 /// RECONNECT (op 7) on every shard mid-stream: each resumes; nothing is lost.
 #[tokio::test]
 async fn reconnect_request_resumes_every_shard() {
-    let h = Harness::start(sim_config(3)).await;
+    let h = start(sim_config(3)).await;
     h.ready().await;
     let generator = h.stream(1500, 500.0);
     while generator.generated() < 500 {
@@ -246,14 +92,14 @@ async fn reconnect_request_resumes_every_shard() {
         "{stats:?}"
     );
     assert!(stats.resumes >= 3, "{stats:?}");
-    h.stop().await;
+    h.stop_expecting_failed_resumes(0).await;
 }
 
 /// INVALID_SESSION `d: true` resumes; `d: false` identifies a new session. Events of the
 /// discarded session that were sent before it ended are on the bus.
 #[tokio::test]
 async fn invalid_session_resumable_and_not() {
-    let h = Harness::start(sim_config(2)).await;
+    let h = start(sim_config(2)).await;
     h.ready().await;
     let generator = h.stream(1500, 500.0);
     while generator.generated() < 500 {
@@ -272,7 +118,7 @@ async fn invalid_session_resumable_and_not() {
         (stats.identify_violations, stats.session_start_exhausted),
         (0, 0)
     );
-    h.stop().await;
+    h.stop_expecting_failed_resumes(0).await;
 }
 
 /// Close codes after which Discord lets a client reconnect: 4000–4009 (4006 is unassigned;
@@ -283,7 +129,7 @@ const RECONNECTABLE: [u16; 9] = [4000, 4001, 4002, 4003, 4005, 4006, 4007, 4008,
 #[tokio::test]
 async fn reconnectable_close_codes_end_with_every_shard_running_and_nothing_missing() {
     let shards = RECONNECTABLE.len() as u32;
-    let h = Harness::start(sim_config(shards)).await;
+    let h = start(sim_config(shards)).await;
     h.ready().await;
     let generator = h.stream(3000, 1000.0);
     while generator.generated() < 1000 {
@@ -329,12 +175,12 @@ const FATAL: [(u16, IngestErrorKind, &str); 6] = [
 #[tokio::test]
 async fn fatal_close_codes_stop_ingest_with_an_error_naming_the_cause() {
     let runs = FATAL.map(|(code, kind, words)| async move {
-        let h = Harness::start(sim_config(2)).await;
+        let h = start(sim_config(2)).await;
         h.ready().await;
         h.burst(100).finished().await;
         h.sim.close(1, code);
         let sim = h.sim.clone();
-        let error = h.failure().await;
+        let error = h.ingest_failure().await;
         let stats = sim.stats();
         (code, kind, words, error, stats)
     });
@@ -359,7 +205,7 @@ async fn fatal_close_codes_stop_ingest_with_an_error_naming_the_cause() {
 /// The simulator counts every pair of identifies in one bucket less than 5 s apart.
 #[tokio::test]
 async fn identifies_respect_max_concurrency() {
-    let h = Harness::start(SimConfig {
+    let h = start(SimConfig {
         max_concurrency: 2,
         ..sim_config(4)
     })
@@ -375,7 +221,7 @@ async fn identifies_respect_max_concurrency() {
     let stats = h.sim.stats();
     assert_eq!(stats.identifies, 8, "{stats:?}");
     assert_eq!(stats.identify_violations, 0, "{stats:?}");
-    h.stop().await;
+    h.stop_expecting_failed_resumes(0).await;
 }
 
 /// `session_start_limit.remaining` is respected: with 3 session starts for 2 shards, the
@@ -383,7 +229,7 @@ async fn identifies_respect_max_concurrency() {
 /// would refuse with 4008 and count), then the shard comes back and nothing is missing.
 #[tokio::test]
 async fn session_start_limit_is_respected() {
-    let h = Harness::start(SimConfig {
+    let h = start(SimConfig {
         session_start_limit: 3,
         // Long enough for both re-identifies to be asked before the refill.
         session_start_reset_after: Duration::from_secs(12),
@@ -409,7 +255,7 @@ async fn session_start_limit_is_respected() {
     // have been refused with 4008 and counted above.
     assert_eq!(stats.identifies, 4, "{stats:?}");
     h.assert_nothing_missing().await;
-    h.stop().await;
+    h.stop_expecting_failed_resumes(0).await;
 }
 
 /// A shard whose session record another process wrote (it is fenced) drains, closes with
@@ -417,7 +263,7 @@ async fn session_start_limit_is_respected() {
 /// within the lease TTL (60 s here) instead of sitting unowned until the lease expires.
 #[tokio::test]
 async fn a_fenced_shard_releases_its_lease_and_is_resumed_at_once() {
-    let h = Harness::start_with(sim_config(2), Duration::from_secs(60)).await;
+    let h = start_with(sim_config(2), Duration::from_secs(60)).await;
     h.ready().await;
     let generator = h.stream(3000, 300.0);
     while generator.generated() < 300 {
@@ -433,11 +279,11 @@ async fn a_fenced_shard_releases_its_lease_and_is_resumed_at_once() {
         .expect("shard 0 has saved its session");
     sessions.put("s.2.0", entry.value).await.unwrap();
     // Half the TTL: a lease left to expire could not be claimed again in time.
-    let resumed = eventually(Duration::from_secs(30), || h.sim.stats().resumes >= 1).await;
+    let resumed = eventually(Duration::from_secs(30), async || h.sim.stats().resumes >= 1).await;
     assert!(resumed, "fenced shard not resumed: {:?}", h.sim.stats());
     generator.finished().await;
     h.ready().await;
     h.assert_nothing_missing().await;
     assert_eq!(h.sim.stats().identifies, 2, "resumed, not re-identified");
-    h.stop().await;
+    h.stop_expecting_failed_resumes(0).await;
 }

@@ -22,7 +22,7 @@ use relaycord_bus::{Envelope, Source, headers};
 use relaycord_sim::{GenerateSpec, SentDispatch};
 use serde_json::value::RawValue;
 
-use crate::support::{Stack, StackOptions};
+use relaycord_testkit::Stack;
 
 const EVENTS: u64 = 20_000;
 const SHARDS: u32 = 4;
@@ -85,12 +85,7 @@ fn envelopes(sent: &[SentDispatch]) -> Vec<Vec<(String, String, bytes::Bytes)>> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --ignored --nocapture"]
 async fn ingest_bench() {
-    let stack = Stack::start(StackOptions {
-        shards: SHARDS,
-        with_sink: false,
-        ..StackOptions::default()
-    })
-    .await;
+    let stack = Stack::builder().shards(SHARDS).ingest().start().await;
     let js = stack.js.clone();
     js.create_stream(stream::Config {
         name: "BENCH".into(),

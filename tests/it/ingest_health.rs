@@ -6,12 +6,10 @@
 use std::time::{Duration, Instant};
 
 use prometheus::Registry;
-use relaycord::config::Config;
-use relaycord::nats_server::NatsServer;
 use relaycord::roles;
 use relaycord::telemetry::{self, Health};
-use relaycord_bus::Secret;
-use relaycord_sim::{SimConfig, Simulator};
+use relaycord_sim::SimConfig;
+use relaycord_testkit::Stack;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -44,27 +42,21 @@ async fn wait_status(port: u16, path: &str, status: u16, why: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_fails_while_a_shard_is_down_past_the_threshold_and_recovers() {
-    relaycord_bus::install_crypto_provider();
-    let nats = NatsServer::start().expect("start nats-server (the test command installs it)");
-    let sim = Simulator::start(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        SimConfig {
+    let stack = Stack::builder()
+        .sim_config(SimConfig {
             shards: 2,
             guilds: 6,
             // A zombie connection is noticed after one heartbeat interval.
             heartbeat_interval: Duration::from_millis(500),
             ..SimConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let mut config = Config::load(None).unwrap();
-    config.nats.url = nats.url();
-    config.discord.token = Secret::new(sim.config().token.clone());
-    config.discord.api_base = sim.api_base();
-    config.ingest.lease_ttl = Duration::from_secs(3);
-    config.ingest.unhealthy_after = Duration::from_secs(1);
-    config.validate().unwrap();
+        })
+        .config(|c| {
+            c.ingest.lease_ttl = Duration::from_secs(3);
+            c.ingest.unhealthy_after = Duration::from_secs(1);
+        })
+        .start()
+        .await;
+    let (sim, config) = (&stack.sim, stack.config.clone());
 
     // As `relaycord ingest` does, with the endpoint outliving ingest so that its end
     // can be observed.
@@ -79,7 +71,7 @@ async fn readyz_fails_while_a_shard_is_down_past_the_threshold_and_recovers() {
         health.clone(),
         server_stop.clone(),
     );
-    let js = roles::connect(&config, "test").await.unwrap();
+    let js = stack.js.clone();
     health.set_ready(true);
     let shutdown = CancellationToken::new();
     let ingest = tokio::spawn({

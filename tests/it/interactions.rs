@@ -5,13 +5,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use relaycord_sim::{Forgery, SignedRequest};
+use relaycord_sim::{Forgery, SignedRequest, SimConfig};
+use relaycord_testkit::{Stack, nats_handler, nats_route, post_chunked, start_sim};
 use serde_json::json;
-
-use crate::interactions_support::{
-    IxStack, base_config, nats_handler, nats_route, post_chunked, start_sim,
-};
-use relaycord::nats_server::NatsServer;
 
 /// Signs `(timestamp, body)` pairs with PyNaCl; returns its public key and signatures.
 fn pynacl_sign(seed: &[u8; 32], requests: &[(String, String)]) -> (String, Vec<String>) {
@@ -55,8 +51,7 @@ fn now() -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn interactions_signed_by_pynacl_are_verified_published_and_deduplicated() {
-    let nats = NatsServer::start().expect("nats-server");
-    let sim = start_sim().await;
+    let sim = start_sim(SimConfig::default()).await;
     let discord = sim.interactions();
     // Well-formed interactions of every kind, signed by PyNaCl with its own key.
     let interactions = [
@@ -75,9 +70,12 @@ async fn interactions_signed_by_pynacl_are_verified_published_and_deduplicated()
         .chain([(ts.clone(), BARE_PING.to_owned())])
         .collect();
     let (public_key, signatures) = pynacl_sign(&rand::random(), &requests);
-    let mut config = base_config(&nats.url(), &sim, Vec::new());
-    config.discord.public_key = public_key;
-    let stack = IxStack::serve(nats, sim, config).await;
+    let stack = Stack::builder()
+        .simulator(sim)
+        .interactions(Vec::new())
+        .config(move |c| c.discord.public_key = public_key)
+        .start()
+        .await;
 
     let signed = |i: usize| SignedRequest {
         body: interactions[i].body.clone().into_bytes(),
@@ -142,7 +140,7 @@ async fn interactions_signed_by_pynacl_are_verified_published_and_deduplicated()
         );
     }
     assert_eq!(
-        stack.metric(
+        stack.metric_with(
             "relaycord_interactions_requests_total",
             &[r#"outcome="pong""#]
         ),
@@ -154,7 +152,10 @@ async fn interactions_signed_by_pynacl_are_verified_published_and_deduplicated()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_stale_and_malformed_requests_are_refused_and_nothing_is_published_or_routed() {
-    let stack = IxStack::start(vec![nats_route("ping", "relaycord.handlers.ping")]).await;
+    let stack = Stack::builder()
+        .interactions(vec![nats_route("ping", "relaycord.handlers.ping")])
+        .start()
+        .await;
     let mut routed = nats_handler(
         &stack.client,
         "relaycord.handlers.>",
@@ -202,8 +203,8 @@ async fn forged_stale_and_malformed_requests_are_refused_and_nothing_is_publishe
     assert_eq!(post_chunked(&stack.url, &[&limit], true).await, Some(401));
     // A client hanging up mid-body is not an oversized request.
     post_chunked(&stack.url, &[b"{\"type\":"], false).await;
-    let hung_up = crate::support::eventually(Duration::from_secs(10), || {
-        stack.metric(
+    let hung_up = relaycord_testkit::eventually(Duration::from_secs(10), async || {
+        stack.metric_with(
             "relaycord_interactions_requests_total",
             &[r#"reason="incomplete_body""#],
         ) == 1.0
@@ -213,7 +214,7 @@ async fn forged_stale_and_malformed_requests_are_refused_and_nothing_is_publishe
 
     assert!(stack.stored().await.is_empty(), "nothing was published");
     let rejected = |reason: &str| {
-        stack.metric(
+        stack.metric_with(
             "relaycord_interactions_requests_total",
             &[r#"outcome="rejected""#, &format!(r#"reason="{reason}""#)],
         )
@@ -248,10 +249,11 @@ async fn forged_stale_and_malformed_requests_are_refused_and_nothing_is_publishe
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_jetstream_nothing_is_routed_but_discord_pings_still_answer() {
-    let mut stack = IxStack::start_with(vec![nats_route("ping", "relaycord.handlers.ping")], |c| {
-        c.interactions.deadline = std::time::Duration::from_millis(500)
-    })
-    .await;
+    let mut stack = Stack::builder()
+        .interactions(vec![nats_route("ping", "relaycord.handlers.ping")])
+        .config(move |c| c.interactions.deadline = std::time::Duration::from_millis(500))
+        .start()
+        .await;
     stack.kill_nats();
     let command = stack.discord.command("ping");
     let (status, _) = stack.send(&stack.discord.signed(&command)).await;
@@ -263,7 +265,7 @@ async fn without_jetstream_nothing_is_routed_but_discord_pings_still_answer() {
     let (status, body) = stack.send(&stack.discord.signed(&ping)).await;
     assert_eq!((status, &body[..]), (200, &br#"{"type":1}"#[..]));
     assert_eq!(
-        stack.metric(
+        stack.metric_with(
             "relaycord_interactions_requests_total",
             &[r#"outcome="failed""#, r#"reason="publish""#]
         ),

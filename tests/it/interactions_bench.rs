@@ -17,15 +17,11 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use relaycord::nats_server::NatsServer;
 use relaycord_interactions::RouteConfig;
-use relaycord_sim::SignedRequest;
+use relaycord_sim::{SignedRequest, SimConfig};
+use relaycord_testkit::{Stack, nats_handler, nats_route, send_to, start_sim};
 use serde_json::json;
 use tokio::net::TcpListener;
-
-use crate::interactions_support::{
-    IxStack, base_config, nats_handler, nats_route, send_to, start_sim,
-};
 
 const PONG: &str = r#"{"type":4,"data":{"content":"pong"}}"#;
 
@@ -102,8 +98,7 @@ async fn interactions_bench() {
     let echo_url = format!("http://{}/interactions", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, echo).await });
 
-    let nats = NatsServer::start().expect("nats-server");
-    let sim = start_sim().await;
+    let sim = start_sim(SimConfig::default()).await;
     let discord = sim.interactions();
     let sign = |name: &str, n: usize| -> Vec<SignedRequest> {
         (0..n)
@@ -118,12 +113,15 @@ async fn interactions_bench() {
         },
         nats_route("ping", "relaycord.handlers.ping"),
     ];
-    let config = base_config(&nats.url(), &sim, routes);
+    let stack = Stack::builder()
+        .simulator(sim)
+        .interactions(routes)
+        .start()
+        .await;
     let version = {
-        let client = async_nats::connect(nats.url()).await.unwrap();
+        let client = async_nats::connect(stack.nats_url()).await.unwrap();
         client.server_info().version
     };
-    let stack = IxStack::serve(nats, sim, config).await;
     // The handler runs on its own connection, as a separate service would.
     let handler_client = async_nats::connect(stack.nats_url()).await.unwrap();
     let _handler = nats_handler(

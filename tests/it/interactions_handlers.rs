@@ -11,18 +11,21 @@ use relaycord_sim::RestCallKind;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::interactions_support::{IxStack, nats_handler, nats_route};
+use relaycord_testkit::{Stack, nats_handler, nats_route};
 
 const PONG: &str = r#"{"type":4,"data":{"content":"pong"}}"#;
 const LATE: &str = r#"{"type":4,"data":{"content":"late but here","embeds":[]}}"#;
 
-fn deadline(ms: u64) -> impl FnOnce(&mut relaycord::config::Config) {
+fn deadline(ms: u64) -> impl FnOnce(&mut relaycord::config::Config) + Send + 'static {
     move |c| c.interactions.deadline = Duration::from_millis(ms)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_handler_replying_in_100ms_is_the_response_and_handlers_scale_in_a_queue_group() {
-    let stack = IxStack::start(vec![nats_route("ping", "relaycord.handlers.ping")]).await;
+    let stack = Stack::builder()
+        .interactions(vec![nats_route("ping", "relaycord.handlers.ping")])
+        .start()
+        .await;
     // Two handler instances in one queue group: each request is answered once.
     let mut a = nats_handler(
         &stack.client,
@@ -56,14 +59,14 @@ async fn a_handler_replying_in_100ms_is_the_response_and_handlers_scale_in_a_que
     ids.sort();
     assert_eq!(seen, ids, "every interaction reached exactly one handler");
     assert_eq!(
-        stack.metric(
+        stack.metric_with(
             "relaycord_interactions_requests_total",
             &[r#"outcome="answered""#]
         ),
         10.0
     );
     assert_eq!(
-        stack.metric(
+        stack.metric_with(
             "relaycord_interactions_handler_seconds_count",
             &[r#"result="in_time""#]
         ),
@@ -78,7 +81,10 @@ async fn a_handler_replying_in_100ms_is_the_response_and_handlers_scale_in_a_que
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_handler_replying_in_5s_is_deferred_for_then_patched_in() {
-    let stack = IxStack::start(vec![nats_route("slow", "relaycord.handlers.slow")]).await;
+    let stack = Stack::builder()
+        .interactions(vec![nats_route("slow", "relaycord.handlers.slow")])
+        .start()
+        .await;
     let mut handler = nats_handler(
         &stack.client,
         "relaycord.handlers.slow",
@@ -104,8 +110,8 @@ async fn a_handler_replying_in_5s_is_deferred_for_then_patched_in() {
     assert_eq!(call.status, 200);
     assert_eq!(call.body, json!({"content": "late but here", "embeds": []}));
     // Counted once the worker has recorded the delivery, just after Discord saw it.
-    let delivered = crate::support::eventually(Duration::from_secs(10), || {
-        stack.metric(
+    let delivered = relaycord_testkit::eventually(Duration::from_secs(10), async || {
+        stack.metric_with(
             "relaycord_interactions_late_replies_total",
             &[r#"outcome="delivered""#],
         ) == 1.0
@@ -113,7 +119,7 @@ async fn a_handler_replying_in_5s_is_deferred_for_then_patched_in() {
     .await;
     assert!(delivered);
     assert_eq!(
-        stack.metric(
+        stack.metric_with(
             "relaycord_interactions_requests_total",
             &[r#"outcome="deferred""#]
         ),
@@ -137,10 +143,14 @@ async fn without_a_handler_the_configured_default_answers() {
             ..RouteConfig::default()
         },
     ];
-    let stack = IxStack::start_with(routes, |c| {
-        c.interactions.default_response = Some(json!({"type": 4, "data": {"content": "unknown"}}));
-    })
-    .await;
+    let stack = Stack::builder()
+        .interactions(routes)
+        .config(move |c| {
+            c.interactions.default_response =
+                Some(json!({"type": 4, "data": {"content": "unknown"}}));
+        })
+        .start()
+        .await;
     let d = &stack.discord;
     let answer = |r: &(u16, bytes::Bytes)| serde_json::from_slice::<Value>(&r.1).unwrap();
     let about = stack.send(&d.signed(&d.command("about"))).await;
@@ -163,7 +173,7 @@ async fn failing_handlers_get_an_ephemeral_apology() {
         nats_route("nobody", "relaycord.handlers.nobody"),
         nats_route("bad", "relaycord.handlers.bad"),
     ];
-    let stack = IxStack::start(routes).await;
+    let stack = Stack::builder().interactions(routes).start().await;
     let _bad = nats_handler(
         &stack.client,
         "relaycord.handlers.bad",
@@ -183,7 +193,7 @@ async fn failing_handlers_get_an_ephemeral_apology() {
         );
     }
     let unavailable = |reason: &str| {
-        stack.metric(
+        stack.metric_with(
             "relaycord_interactions_requests_total",
             &[r#"outcome="unavailable""#, &format!(r#"reason="{reason}""#)],
         )
@@ -230,11 +240,11 @@ async fn http_handlers_answer_in_time_or_through_a_follow_up() {
         handler: Some(Handler::Http(url)),
         ..RouteConfig::default()
     };
-    let stack = IxStack::start_with(
-        vec![route("fast", fast), route("slow", slow)],
-        deadline(2000),
-    )
-    .await;
+    let stack = Stack::builder()
+        .interactions(vec![route("fast", fast), route("slow", slow)])
+        .config(deadline(2000))
+        .start()
+        .await;
     let d = &stack.discord;
 
     let click = d.component("fast:1");
@@ -274,11 +284,11 @@ async fn http_handlers_answer_in_time_or_through_a_follow_up() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_reply_after_the_token_expired_is_refused_and_counted_expired() {
-    let stack = IxStack::start_with(
-        vec![nats_route("slow", "relaycord.handlers.slow")],
-        deadline(2000),
-    )
-    .await;
+    let stack = Stack::builder()
+        .interactions(vec![nats_route("slow", "relaycord.handlers.slow")])
+        .config(deadline(2000))
+        .start()
+        .await;
     let _handler = nats_handler(
         &stack.client,
         "relaycord.handlers.slow",
@@ -298,8 +308,8 @@ async fn a_late_reply_after_the_token_expired_is_refused_and_counted_expired() {
         .await
         .expect("the follow-up was attempted");
     assert_eq!(call.status, 404, "Discord refuses an expired token");
-    let expired = crate::support::eventually(Duration::from_secs(10), || {
-        stack.metric(
+    let expired = relaycord_testkit::eventually(Duration::from_secs(10), async || {
+        stack.metric_with(
             "relaycord_interactions_late_replies_total",
             &[r#"outcome="expired""#],
         ) == 1.0

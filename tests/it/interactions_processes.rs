@@ -9,11 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use relaycord::nats_server::NatsServer;
 use relaycord_sim::RestCallKind;
+use relaycord_testkit::{Stack, nats_route};
 use serde_json::{Value, json};
-
-use crate::interactions_support::{IxStack, base_config, nats_route, start_sim};
 
 fn free_addr() -> String {
     let listener = StdListener::bind("127.0.0.1:0").unwrap();
@@ -70,28 +68,24 @@ handler = {{ nats = "relaycord.handlers.slow" }}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_reply_survives_the_death_of_the_replica_that_deferred() {
-    let nats = NatsServer::start().expect("nats-server");
-    let sim = start_sim().await;
-    let discord = sim.interactions();
-    let config = base_config(
-        &nats.url(),
-        &sim,
-        vec![nats_route("slow", "relaycord.handlers.slow")],
-    );
+    let mut stack = Stack::builder()
+        .config(|c| c.interactions.routes = vec![nats_route("slow", "relaycord.handlers.slow")])
+        .start()
+        .await;
+    let discord = stack.sim.interactions();
     let dir = tempfile::tempdir().unwrap();
-    let (mut replica_a, url_a, _) = spawn_replica(&config, &dir).await;
+    let (mut replica_a, url_a, _) = spawn_replica(&stack.config, &dir).await;
 
     // A handler that answers only when the test says so.
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = async_nats::connect(stack.nats_url()).await.unwrap();
     let mut requests = client.subscribe("relaycord.handlers.slow").await.unwrap();
     client.flush().await.unwrap();
 
     let command = discord.command("slow");
     let request = discord.signed(&command);
-    let (status, body) =
-        crate::interactions_support::send_to(&reqwest::Client::new(), &url_a, &request)
-            .await
-            .unwrap();
+    let (status, body) = relaycord_testkit::send_to(&reqwest::Client::new(), &url_a, &request)
+        .await
+        .unwrap();
     assert_eq!(
         (status, &body[..]),
         (200, &br#"{"type":5}"#[..]),
@@ -110,7 +104,8 @@ async fn a_late_reply_survives_the_death_of_the_replica_that_deferred() {
     assert!(discord.calls().is_empty());
 
     // Replica B did not exist when A deferred; it finds the reply on the stream.
-    let replica_b = IxStack::serve(nats, sim, config).await;
+    stack.serve_interactions().await;
+    let replica_b = stack;
     let call = discord
         .wait_call(Duration::from_secs(30), |c| {
             c.interaction_id.as_deref() == Some(&command.id)
@@ -133,7 +128,10 @@ impl Drop for KillOnDrop {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_documented_python_handler_answers_a_slash_command() {
-    let stack = IxStack::start(vec![nats_route("ping", "relaycord.handlers.ping")]).await;
+    let stack = Stack::builder()
+        .interactions(vec![nats_route("ping", "relaycord.handlers.ping")])
+        .start()
+        .await;
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/py/interaction_handler.py"
@@ -172,17 +170,15 @@ async fn the_documented_python_handler_answers_a_slash_command() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_binary_serves_interaction_metrics() {
-    let nats = NatsServer::start().expect("nats-server");
-    let sim = start_sim().await;
-    let discord = sim.interactions();
-    let config = base_config(&nats.url(), &sim, Vec::new());
+    let stack = Stack::builder().start().await;
+    let discord = stack.sim.interactions();
     let dir = tempfile::tempdir().unwrap();
-    let (_replica, url, metrics) = spawn_replica(&config, &dir).await;
+    let (_replica, url, metrics) = spawn_replica(&stack.config, &dir).await;
     let http = reqwest::Client::new();
     let send = |request| {
         let (http, url) = (http.clone(), url.clone());
         async move {
-            crate::interactions_support::send_to(&http, &url, &request)
+            relaycord_testkit::send_to(&http, &url, &request)
                 .await
                 .unwrap()
                 .0

@@ -6,13 +6,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use relaycord::nats_server::NatsServer;
 use relaycord_sim::RestCallKind;
+use relaycord_testkit::{HoldingProxy, NatsServer, Stack, decision, nats_handler, nats_route};
 use serde_json::json;
-
-use crate::interactions_support::{
-    HoldingProxy, IxStack, base_config, decision, nats_handler, nats_route, start_sim,
-};
 
 const PONG: &str = r#"{"type":4,"data":{"content":"pong"}}"#;
 const LATE: &str = r#"{"type":4,"data":{"content":"late but here"}}"#;
@@ -25,16 +21,22 @@ const ANSWER_BOUND: Duration = Duration::from_millis(4500);
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_nats_does_not_hold_the_answer_and_the_late_reply_still_arrives() {
     let nats = NatsServer::start().expect("nats-server");
-    let sim = start_sim().await;
     // The service talks to NATS through the proxy; the handlers do not.
     let proxy = HoldingProxy::start(nats.addr()).await;
     let routes = vec![
         nats_route("quick", "relaycord.handlers.quick"),
         nats_route("stuck", "relaycord.handlers.stuck"),
     ];
-    let mut config = base_config(&proxy.url(), &sim, routes);
-    config.interactions.deadline = Duration::from_millis(1000);
-    let stack = IxStack::serve(nats, sim, config).await;
+    let proxy_url = proxy.url();
+    let stack = Stack::builder()
+        .nats_server(nats)
+        .interactions(routes)
+        .config(move |c| {
+            c.nats.url = proxy_url;
+            c.interactions.deadline = Duration::from_millis(1000);
+        })
+        .start()
+        .await;
     let handlers = async_nats::connect(stack.nats_url()).await.unwrap();
     let mut quick = handlers
         .subscribe("relaycord.handlers.quick")
@@ -103,7 +105,7 @@ async fn asked(sub: &mut async_nats::Subscriber) -> async_nats::Message {
         .unwrap()
 }
 
-async fn state(stack: &IxStack, id: &str) -> String {
+async fn state(stack: &Stack, id: &str) -> String {
     decision(&stack.js, id)
         .await
         .and_then(|d| d["state"].as_str().map(str::to_owned))
@@ -116,10 +118,13 @@ async fn a_retried_interaction_is_routed_once_and_followed_up_once() {
         nats_route("ping", "relaycord.handlers.ping"),
         nats_route("slow", "relaycord.handlers.slow"),
     ];
-    let stack = IxStack::start_with(routes, |c| {
-        c.interactions.deadline = Duration::from_millis(2000);
-    })
-    .await;
+    let stack = Stack::builder()
+        .interactions(routes)
+        .config(move |c| {
+            c.interactions.deadline = Duration::from_millis(2000);
+        })
+        .start()
+        .await;
     let mut ping = nats_handler(
         &stack.client,
         "relaycord.handlers.ping",
@@ -190,7 +195,7 @@ async fn a_retried_interaction_is_routed_once_and_followed_up_once() {
         .count();
     assert_eq!(follow_ups, 1);
     assert_eq!(
-        stack.metric(
+        stack.metric_with(
             "relaycord_interactions_requests_total",
             &[r#"reason="retry""#]
         ),

@@ -1,13 +1,13 @@
 //! The simulator's side of interactions: its REST endpoints answer like Discord.
 
-use relaycord_sim::RestCallKind;
+use relaycord_sim::{RestCallKind, SimConfig};
 use serde_json::{Value, json};
 
-use crate::interactions_support::start_sim;
+use relaycord_testkit::start_sim;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn callbacks_and_webhooks_accept_live_tokens_once_and_refuse_the_rest() {
-    let sim = start_sim().await;
+    let sim = start_sim(SimConfig::default()).await;
     let discord = sim.interactions();
     let http = reqwest::Client::new();
     let api = format!("{}/v10", sim.api_base());

@@ -2,9 +2,9 @@
 //! the keys to fix, and no secret reaches an error message.
 
 use relaycord::config::Config;
-use relaycord::nats_server::NatsServer;
 use relaycord::roles;
 use relaycord_bus::Secret;
+use relaycord_testkit::NatsServer;
 
 fn config(url: String, edit: impl FnOnce(&mut Config)) -> Config {
     let mut config = Config::load(None).unwrap();

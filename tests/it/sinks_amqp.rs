@@ -9,7 +9,7 @@ use relaycord_sinks::amqp::AmqpSinkConfig;
 use relaycord_sinks::retry::Backoff;
 use relaycord_sinks::{SinkConfig, SinkKind};
 
-use crate::sinks_support::{Bus, eventually, run_sink};
+use relaycord_testkit::{Stack, eventually, run_sink};
 
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -78,7 +78,7 @@ async fn amqp_messages_read_back_across_a_broker_restart() {
         "RabbitMQ must run at {url} (AMQP_URL) with pika installed; scripts/setup.sh --tests does both: {err}"
     );
 
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let config = SinkConfig {
         max_attempts: 1000,
         concurrency: 8,
@@ -102,7 +102,9 @@ async fn amqp_messages_read_back_across_a_broker_restart() {
     rabbitmqctl("stop_app").await;
     expected.extend(bus.messages(1000, 100).await);
     assert!(
-        eventually(Duration::from_secs(30), || sink.outcome("retried") > 0.0).await,
+        eventually(Duration::from_secs(30), async || sink.outcome("retried")
+            > 0.0)
+        .await,
         "publishing failed while the broker was down"
     );
     rabbitmqctl("start_app").await;

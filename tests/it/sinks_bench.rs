@@ -9,11 +9,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::sinks_support::{Bus, RecordingSink, eventually, run_driver, test_config};
+use relaycord_testkit::{RecordingSink, Stack, eventually, run_driver, test_config};
 
 const EVENTS: u64 = 5_000;
 
-async fn events_per_second(bus: &Bus, name: &str, dedupe: bool) -> f64 {
+async fn events_per_second(bus: &Stack, name: &str, dedupe: bool) -> f64 {
     let config = relaycord_sinks::SinkConfig {
         dedupe,
         concurrency: 64,
@@ -23,7 +23,8 @@ async fn events_per_second(bus: &Bus, name: &str, dedupe: bool) -> f64 {
     let started = Instant::now();
     let run = run_driver(bus, &config, sink.clone());
     assert!(
-        eventually(Duration::from_secs(300), || sink.delivered().len() as u64
+        eventually(Duration::from_secs(300), async || sink.delivered().len()
+            as u64
             >= EVENTS)
         .await
     );
@@ -35,7 +36,7 @@ async fn events_per_second(bus: &Bus, name: &str, dedupe: bool) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --ignored --nocapture"]
 async fn sinks_bench_dedupe_cost() {
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     bus.messages(0, EVENTS).await;
     let mut off = Vec::new();
     let mut on = Vec::new();

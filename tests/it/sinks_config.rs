@@ -2,9 +2,9 @@
 //! names the key and the fix. Secrets never appear in the message.
 
 use futures::TryStreamExt;
-use relaycord::nats_server::NatsServer;
+use relaycord_testkit::NatsServer;
 
-use crate::sinks_support::relaycord;
+use relaycord_testkit::relaycord;
 
 async fn check(toml: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@ use relaycord_sinks::retry::Backoff;
 use relaycord_sinks::{SinkConfig, SinkKind, dlq};
 use tokio::net::TcpListener;
 
-use crate::sinks_support::{Bus, run_sink};
+use relaycord_testkit::{Stack, run_sink};
 
 fn discord_sink(name: &str, config: DiscordSinkConfig) -> SinkConfig {
     SinkConfig {
@@ -26,7 +26,7 @@ fn discord_sink(name: &str, config: DiscordSinkConfig) -> SinkConfig {
 
 /// MESSAGE_CREATEs in `channels` (round robin) whose texts try to ping everyone, a
 /// user and a role, and one over Discord's 2000 characters.
-async fn hostile_messages(bus: &Bus, n: u64, channels: &[&str]) -> Vec<String> {
+async fn hostile_messages(bus: &Stack, n: u64, channels: &[&str]) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
         let channel = channels[i as usize % channels.len()];
@@ -88,7 +88,7 @@ async fn bot_messages_respect_route_limits_and_never_mention() {
         channel: (5, Duration::from_secs(1)),
         ..RestLimits::default()
     });
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let ids = hostile_messages(&bus, 40, &["290926798999357250", "290926798999357251"]).await;
     let config = DiscordSinkConfig::channel("{channel_id}", &sim.config().token, sim.api_base());
     let sink = run_sink(&bus, &discord_sink("to-channels", config));
@@ -117,7 +117,7 @@ async fn bot_requests_stay_under_the_global_limit() {
         channel: (100, Duration::from_secs(1)),
         ..RestLimits::default()
     });
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let channels: Vec<String> = (0..12)
         .map(|c| (290926798999357250u64 + c).to_string())
         .collect();
@@ -154,7 +154,7 @@ async fn webhook_messages_respect_limits() {
         webhook: (5, Duration::from_secs(1)),
         ..RestLimits::default()
     });
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let ids = hostile_messages(&bus, 20, &["290926798999357250"]).await;
     let config = DiscordSinkConfig {
         username: Some("Relaycord".into()),
@@ -184,7 +184,7 @@ async fn a_missing_webhook_is_tried_once() {
     let addr = listener.local_addr().unwrap();
     let rest = DiscordRest::start(listener, "unused");
     rest.set_missing("223704706495545344");
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let ids = hostile_messages(&bus, 10, &["290926798999357250"]).await;
     let config = DiscordSinkConfig::webhook(format!(
         "http://{addr}/api/v10/webhooks/223704706495545344/token"
@@ -207,7 +207,7 @@ async fn a_refused_token_stops_the_sink_after_one_request() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/api", listener.local_addr().unwrap());
     let rest = DiscordRest::start(listener, "the-real-token");
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let ids = hostile_messages(&bus, 10, &["290926798999357250", "290926798999357251"]).await;
     let config = DiscordSinkConfig::channel("{channel_id}", "a-revoked-token", base);
     let sink = run_sink(&bus, &discord_sink("revoked", config));

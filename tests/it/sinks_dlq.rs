@@ -8,9 +8,9 @@ use std::collections::HashSet;
 use relaycord_bus::{StreamSettings, Subjects, subject};
 use relaycord_sinks::{SinkConfig, dlq, driver};
 
-use crate::sinks_receiver::TestReceiver;
-use crate::sinks_support::{
-    Bus, RecordingSink, RefusingSink, eventually, http_config, relaycord, run_driver, run_sink,
+use relaycord_testkit::TestReceiver;
+use relaycord_testkit::{
+    RecordingSink, RefusingSink, Stack, eventually, http_config, relaycord, run_driver, run_sink,
     test_config, write_config,
 };
 
@@ -18,7 +18,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_can_be_shown_and_purged() {
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let rx = TestReceiver::start(Duration::ZERO).await;
     // A path the receiver does not serve: 404 is permanent, dead-lettered at once.
     let url = rx.url.replace("/events", "/gone");
@@ -87,7 +87,7 @@ async fn dead_letters_can_be_shown_and_purged() {
 /// duplicate window as a copy of the first letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_letter_that_fails_again_is_stored_again() {
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let ids = bus.messages(0, 1).await;
     let config = test_config("again");
     let run = run_driver(&bus, &config, RefusingSink);
@@ -122,7 +122,7 @@ async fn a_replayed_letter_that_fails_again_is_stored_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_wait_for_an_unavailable_dlq() {
     const N: u64 = 2;
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let ids = bus.messages(0, N).await;
     bus.js.delete_stream("RELAYCORD_DLQ").await.unwrap();
     let config = SinkConfig {
@@ -134,7 +134,7 @@ async fn dead_letters_wait_for_an_unavailable_dlq() {
     let run = run_driver(&bus, &config, RefusingSink);
     let failures = (N * (max_deliver + 1)) as f64;
     assert!(
-        eventually(WAIT, || run.outcome("dead_letter_failed") >= failures).await,
+        eventually(WAIT, async || run.outcome("dead_letter_failed") >= failures).await,
         "{} failures to store",
         run.outcome("dead_letter_failed")
     );
@@ -162,25 +162,22 @@ async fn a_dead_letter_over_max_payload_is_abandoned_and_the_sink_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("nats.conf");
     std::fs::write(&conf, "max_payload: 16384\n").unwrap();
-    let nats = relaycord::nats_server::NatsServer::start_with(&["-c", conf.to_str().unwrap()])
-        .expect("start nats-server");
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    relaycord_bus::ensure_streams(&js, &Subjects::default(), &StreamSettings::default())
-        .await
-        .unwrap();
-    let bus = crate::sinks_support::Bus { nats, js };
+    let bus = Stack::builder()
+        .nats_args(&["-c", conf.to_str().unwrap()])
+        .start()
+        .await;
     let big = format!(r#"{{"content":"{}"}}"#, "x".repeat(16_384 - 400));
     bus.publish("msg:big", "MESSAGE_CREATE", "1", &big).await;
     bus.publish("msg:small", "MESSAGE_CREATE", "1", r#"{"content":"hi"}"#)
         .await;
 
-    let run = crate::sinks_support::run_driver(
+    let run = relaycord_testkit::run_driver(
         &bus,
-        &crate::sinks_support::test_config("toolarge"),
-        crate::sinks_support::RefusingSink,
+        &relaycord_testkit::test_config("toolarge"),
+        relaycord_testkit::RefusingSink,
     );
     assert!(
-        crate::sinks_support::eventually(Duration::from_secs(30), || {
+        relaycord_testkit::eventually(Duration::from_secs(30), async || {
             run.outcome("abandoned") == 1.0 && run.outcome("dead_lettered") == 1.0
         })
         .await,

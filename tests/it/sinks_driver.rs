@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::sinks_support::{Bus, RecordingSink, eventually, run_driver, test_config};
+use relaycord_testkit::{RecordingSink, Stack, eventually, run_driver, test_config};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -14,7 +14,7 @@ const WAIT: Duration = Duration::from_secs(30);
 /// next worker delivers the rest, each exactly once, long before that timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_in_flight_and_releases_the_rest() {
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let mut all = bus.messages(0, 2).await;
     let config = relaycord_sinks::SinkConfig {
         // Far beyond WAIT: a message held unacked by the stopped worker would fail the test.
@@ -23,7 +23,7 @@ async fn shutdown_finishes_in_flight_and_releases_the_rest() {
     };
     let held = RecordingSink::closed();
     let first = run_driver(&bus, &config, held.clone());
-    assert!(eventually(WAIT, || held.waiting() == 2).await);
+    assert!(eventually(WAIT, async || held.waiting() == 2).await);
     // Two slots are free, so a pull for two more is outstanding when the stop comes.
     first.shutdown.cancel();
     all.extend(bus.messages(100, 30).await);
@@ -31,13 +31,13 @@ async fn shutdown_finishes_in_flight_and_releases_the_rest() {
     let registry = first.registry.clone();
     first.task.await.unwrap().unwrap();
     assert_eq!(held.delivered().len(), 2, "in-flight finished, nothing new");
-    let released = crate::sinks_support::outcome_count(&registry, "released");
+    let released = relaycord_testkit::outcome_count(&registry, "released");
     assert!(released <= 2.0, "{released}");
 
     let open = RecordingSink::open();
     let second = run_driver(&bus, &config, open.clone());
     assert!(
-        eventually(WAIT, || open.delivered().len() >= 30).await,
+        eventually(WAIT, async || open.delivered().len() >= 30).await,
         "released messages came back before the ack timeout: {} of 30",
         open.delivered().len()
     );
@@ -56,12 +56,12 @@ async fn shutdown_finishes_in_flight_and_releases_the_rest() {
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedupe_skips_redeliveries_of_delivered_events() {
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let ids = bus.messages(0, 20).await;
     let config = test_config("dedupe");
     let sink = RecordingSink::open();
     let run = run_driver(&bus, &config, sink.clone());
-    assert!(eventually(WAIT, || sink.delivered().len() == 20).await);
+    assert!(eventually(WAIT, async || sink.delivered().len() == 20).await);
     run.stop().await;
 
     let stream = bus.js.get_stream("DISCORD_GATEWAY").await.unwrap();
@@ -74,7 +74,7 @@ async fn dedupe_skips_redeliveries_of_delivered_events() {
     forget().await;
     let again = RecordingSink::open();
     let run = run_driver(&bus, &config, again.clone());
-    assert!(eventually(WAIT, || run.outcome("duplicate") == 20.0).await);
+    assert!(eventually(WAIT, async || run.outcome("duplicate") == 20.0).await);
     run.stop().await;
     assert!(again.delivered().is_empty(), "{:?}", again.delivered());
 
@@ -86,7 +86,7 @@ async fn dedupe_skips_redeliveries_of_delivered_events() {
     };
     let repeat = RecordingSink::open();
     let run = run_driver(&bus, &without, repeat.clone());
-    assert!(eventually(WAIT, || repeat.delivered().len() == 20).await);
+    assert!(eventually(WAIT, async || repeat.delivered().len() == 20).await);
     run.stop().await;
     assert_eq!(repeat.delivered().len(), ids.len());
 }
@@ -95,7 +95,7 @@ async fn dedupe_skips_redeliveries_of_delivered_events() {
 /// filter_subjects on 2.10+ and the in-process filter on 2.9, with the same result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_on_types_guilds_and_channels() {
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let mut expected = HashSet::new();
     let mut n = 0;
     for ty in ["MESSAGE_CREATE", "MESSAGE_REACTION_ADD", "TYPING_START"] {
@@ -120,7 +120,7 @@ async fn filters_on_types_guilds_and_channels() {
     };
     let sink = RecordingSink::open();
     let run = run_driver(&bus, &config, sink.clone());
-    assert!(eventually(WAIT, || sink.delivered().len() >= expected.len()).await);
+    assert!(eventually(WAIT, async || sink.delivered().len() >= expected.len()).await);
     bus.wait_settled("filtered").await;
     let skipped = run.outcome("skipped");
     run.stop().await;
@@ -165,7 +165,7 @@ fn filters_several_subjects(version: &str) -> bool {
 /// The pending and in-flight gauges follow the consumer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_gauges_report_pending_and_in_flight() {
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     bus.messages(0, 10).await;
     let config = relaycord_sinks::SinkConfig {
         concurrency: 2,
@@ -174,7 +174,7 @@ async fn consumer_gauges_report_pending_and_in_flight() {
     let sink = RecordingSink::closed();
     let run = run_driver(&bus, &config, sink.clone());
     assert!(
-        eventually(WAIT, || run.metric("relaycord_sink_consumer_pending")
+        eventually(WAIT, async || run.metric("relaycord_sink_consumer_pending")
             == 8.0
             && run.metric("relaycord_sink_consumer_ack_pending") == 2.0)
         .await,
@@ -183,9 +183,9 @@ async fn consumer_gauges_report_pending_and_in_flight() {
         run.metric("relaycord_sink_consumer_ack_pending")
     );
     sink.release_all();
-    assert!(eventually(WAIT, || sink.delivered().len() == 10).await);
+    assert!(eventually(WAIT, async || sink.delivered().len() == 10).await);
     assert!(
-        eventually(WAIT, || run.metric("relaycord_sink_consumer_pending")
+        eventually(WAIT, async || run.metric("relaycord_sink_consumer_pending")
             == 0.0
             && run.metric("relaycord_sink_consumer_ack_pending") == 0.0)
         .await

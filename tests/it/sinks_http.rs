@@ -10,9 +10,9 @@ use relaycord_sinks::dlq;
 use relaycord_sinks::retry::Backoff;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::sinks_receiver::TestReceiver;
-use crate::sinks_support::{Bus, http_config, http_config_with, relaycord, run_sink, write_config};
-use crate::support::SECRET;
+use relaycord_testkit::SECRET;
+use relaycord_testkit::TestReceiver;
+use relaycord_testkit::{Stack, http_config, http_config_with, relaycord, run_sink, write_config};
 
 /// A receiver failing half its requests (500s, hangs past the timeout, 429 with
 /// Retry-After) and some ids always: every event ends up delivered once or
@@ -20,7 +20,7 @@ use crate::support::SECRET;
 /// delivers the dead letters with their original ids and empties the DLQ.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flaky_receiver_loses_nothing_and_dead_letters_replay() {
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let rx = TestReceiver::start(Duration::ZERO).await;
     rx.set_flaky(true);
     let ids = bus.messages(0, 120).await;
@@ -98,7 +98,7 @@ async fn flaky_receiver_loses_nothing_and_dead_letters_replay() {
 /// a sink with another secret is refused by it (so the check can fail).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standardwebhooks_library_verifies_requests() {
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/py/verify_webhooks.py"
@@ -162,7 +162,7 @@ async fn standardwebhooks_library_verifies_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_delays_the_redelivery() {
     const RETRY_AFTER: Duration = Duration::from_secs(2);
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let rx = TestReceiver::start(Duration::ZERO).await;
     rx.set_retry_after_first(RETRY_AFTER.as_secs());
     let ids = bus.messages(0, 5).await;

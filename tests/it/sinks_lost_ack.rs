@@ -22,12 +22,10 @@ use relaycord_sinks::dlq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::sinks_process::{spawn_sink, wait_accepted};
-use crate::sinks_receiver::TestReceiver;
-use crate::sinks_support::{
-    Bus, RecordingSink, RefusingSink, eventually, run_driver_on, test_config,
+use relaycord_testkit::{
+    RecordingSink, RefusingSink, SECRET, Stack, TestReceiver, eventually, run_driver_on,
+    spawn_sink, test_config, wait_accepted,
 };
-use crate::support::SECRET;
 
 const WAIT: Duration = Duration::from_secs(60);
 const EVENTS: u64 = 50;
@@ -129,11 +127,11 @@ backoff = {{ initial = "50ms", max = "500ms" }}
 /// Delivers every event through a worker whose acks are all lost, kills it with SIGKILL,
 /// lets a second (normal) worker take the redeliveries; returns what the receiver saw.
 async fn lost_acks_then_kill_9(name: &str, dedupe: bool) -> HashMap<String, u32> {
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
     let rx = TestReceiver::start(Duration::ZERO).await;
     let ids = bus.messages(0, EVENTS).await;
-    let proxy = AckDroppingProxy::start(bus.nats.addr()).await;
+    let proxy = AckDroppingProxy::start(bus.nats().addr()).await;
 
     let write = |file: &str, nats_url: &str| {
         let path = dir.path().join(file);
@@ -141,7 +139,7 @@ async fn lost_acks_then_kill_9(name: &str, dedupe: bool) -> HashMap<String, u32>
         path
     };
     let lossy = write("lossy.toml", &proxy.url);
-    let direct = write("direct.toml", &bus.nats.url());
+    let direct = write("direct.toml", &bus.nats_url());
 
     let mut first = spawn_sink(&lossy, dir.path(), "lossy");
     wait_accepted(&rx, ids.len()).await;
@@ -157,7 +155,7 @@ async fn lost_acks_then_kill_9(name: &str, dedupe: bool) -> HashMap<String, u32>
         }
     }
     assert!(
-        eventually(WAIT, || proxy.dropped() >= EVENTS).await,
+        eventually(WAIT, async || proxy.dropped() >= EVENTS).await,
         "acks dropped: {}",
         proxy.dropped()
     );
@@ -204,9 +202,9 @@ async fn without_dedupe_lost_acks_repeat_every_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_term_does_not_store_a_dead_letter_twice() {
     const N: usize = 10;
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     bus.messages(0, N as u64).await;
-    let proxy = AckDroppingProxy::start(bus.nats.addr()).await;
+    let proxy = AckDroppingProxy::start(bus.nats().addr()).await;
     let js = async_nats::jetstream::new(async_nats::connect(&proxy.url).await.unwrap());
     let config = SinkConfig {
         max_attempts: 1,
@@ -244,9 +242,9 @@ async fn a_lost_term_does_not_store_a_dead_letter_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivered_event_is_not_dead_lettered_after_a_lost_ack() {
     const N: usize = 10;
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     bus.messages(0, N as u64).await;
-    let proxy = AckDroppingProxy::start(bus.nats.addr()).await;
+    let proxy = AckDroppingProxy::start(bus.nats().addr()).await;
     let js = async_nats::jetstream::new(async_nats::connect(&proxy.url).await.unwrap());
     let config = SinkConfig {
         max_attempts: 1,
@@ -258,7 +256,7 @@ async fn a_delivered_event_is_not_dead_lettered_after_a_lost_ack() {
     // Every event redelivered once after its last (only) attempt, and handled.
     let handled = || run.outcome("duplicate") + run.outcome("dead_lettered");
     assert!(
-        eventually(WAIT, || handled() >= N as f64).await,
+        eventually(WAIT, async || handled() >= N as f64).await,
         "{} redeliveries handled",
         handled()
     );

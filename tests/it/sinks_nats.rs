@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
-use relaycord::nats_server::NatsServer;
 use relaycord_bus::Secret;
 use relaycord_sinks::nats::NatsSinkConfig;
 use relaycord_sinks::{SinkConfig, SinkKind};
+use relaycord_testkit::NatsServer;
 
-use crate::sinks_support::{Bus, run_sink};
+use relaycord_testkit::{Stack, run_sink};
 
 fn nats_sink(name: &str, config: NatsSinkConfig) -> SinkConfig {
     SinkConfig {
@@ -60,7 +60,7 @@ async fn stored(js: &jetstream::Context, stream: &str) -> Vec<(String, String, S
 /// adds nothing, because the target stream drops the repeated ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn republishes_to_another_server_with_msg_id() {
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let other = NatsServer::start().unwrap();
     let other_js = jetstream::new(async_nats::connect(other.url()).await.unwrap());
     other_js
@@ -117,8 +117,8 @@ async fn republishes_to_another_server_with_msg_id() {
 /// Core publishing on the bus's own server reaches plain subscribers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_publish_on_the_same_server() {
-    let bus = Bus::start().await;
-    let client = async_nats::connect(bus.nats.url()).await.unwrap();
+    let bus = Stack::builder().start().await;
+    let client = async_nats::connect(bus.nats_url()).await.unwrap();
     let mut sub = client.subscribe("mirror.>").await.unwrap();
     client.flush().await.unwrap();
     let ids: HashSet<String> = bus.messages(0, 20).await.into_iter().collect();
@@ -149,7 +149,7 @@ async fn core_publish_on_the_same_server() {
 /// start, naming the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loops_back_into_the_bus_are_refused() {
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let sink = run_sink(
         &bus,
         &nats_sink(

@@ -2,15 +2,11 @@
 //! two replicas of one sink, and beside an independent sink on the same events.
 
 use std::collections::HashSet;
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::process::{Child, Command};
-
-use crate::sinks_receiver::TestReceiver;
-use crate::sinks_support::{Bus, eventually, write_config};
-use crate::support::SECRET;
+use relaycord_testkit::{
+    SECRET, Stack, TestReceiver, eventually, spawn_sink, wait_accepted, write_config,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -30,33 +26,6 @@ backoff = {{ initial = "50ms", max = "500ms" }}
     )
 }
 
-/// `relaycord sink` with its log in `dir/<log>.log` for post-mortems.
-pub(crate) fn spawn_sink(config: &Path, dir: &Path, log: &str) -> Child {
-    let log = std::fs::File::create(dir.join(format!("{log}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_relaycord"))
-        .arg("--config")
-        .arg(config)
-        .args(["sink", "--metrics-listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn relaycord sink")
-}
-
-pub(crate) async fn wait_accepted(rx: &TestReceiver, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while rx.accepted().len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {n} events arrived",
-            rx.accepted().len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn assert_each_once(rx: &TestReceiver, ids: &[String]) {
     let accepted = rx.accepted();
     let twice: Vec<_> = accepted.iter().filter(|(_, n)| **n > 1).collect();
@@ -74,7 +43,7 @@ fn assert_each_once(rx: &TestReceiver, ids: &[String]) {
 /// the case dedupe exists for (receiver said 2xx, id recorded, ack lost, kill -9).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_delivery_loses_nothing_and_repeats_nothing() {
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
     let rx = TestReceiver::start(Duration::from_millis(2)).await;
     let ids = bus.messages(0, 300).await;
@@ -88,7 +57,7 @@ async fn kill_9_mid_delivery_loses_nothing_and_repeats_nothing() {
     wait_accepted(&rx, 100).await;
     rx.set_hold(true);
     assert!(
-        eventually(WAIT, || rx.held() == 8).await,
+        eventually(WAIT, async || rx.held() == 8).await,
         "all 8 slots inside a request: {}",
         rx.held()
     );
@@ -109,7 +78,7 @@ async fn kill_9_mid_delivery_loses_nothing_and_repeats_nothing() {
 /// slows them down nor loses anything: it catches up once its receiver answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_split_the_work_and_sinks_are_independent() {
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
     let fast = TestReceiver::start(Duration::from_millis(2)).await;
     let slow = TestReceiver::start(Duration::ZERO).await;

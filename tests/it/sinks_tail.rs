@@ -6,9 +6,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::sinks_support::{Bus, write_config};
+use relaycord_testkit::{Stack, write_config};
 
-async fn tail(bus: &Bus, config: &std::path::Path, extra: &[&str], want: usize) -> Vec<String> {
+async fn tail(bus: &Stack, config: &std::path::Path, extra: &[&str], want: usize) -> Vec<String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_relaycord"))
         .arg("--config")
         .arg(config)
@@ -57,7 +57,7 @@ async fn tail(bus: &Bus, config: &std::path::Path, extra: &[&str], want: usize) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_prints_live_events_as_json_or_pretty_lines() {
-    let bus = Bus::start().await;
+    let bus = Stack::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "c.toml", &bus, "");
 

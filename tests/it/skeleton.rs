@@ -6,13 +6,13 @@ use relaycord_sim::GenerateSpec;
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
 
-use crate::support::{SECRET, Stack, StackOptions, eventually};
+use relaycord_testkit::{SECRET, Stack, eventually};
 
 /// 10,000 events over 4 shards: every dispatch the simulator logged reaches the
 /// receiver, the stream holds each exactly once, and signatures verify.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_events_over_four_shards_all_arrive() {
-    let stack = Stack::start(StackOptions::default()).await;
+    let stack = Stack::builder().shards(4).ingest().sinks().start().await;
     let generated = stack
         .sim
         .generate(GenerateSpec {
@@ -25,8 +25,10 @@ async fn ten_thousand_events_over_four_shards_all_arrive() {
     assert_eq!(generated, 10_000);
 
     // Every generated event has its own dedupe id: a collision would hide a loss.
-    let generated_ids =
-        relaycord::dev::expected_ids(&stack.sim.sent(), Some(&relaycord::dev::GENERATED_TYPES));
+    let generated_ids = relaycord_testkit::expected_ids(
+        &stack.sim.sent(),
+        Some(&relaycord_testkit::GENERATED_TYPES),
+    );
     assert_eq!(generated_ids.len(), 10_000, "distinct generated event ids");
     let expected = stack.expected();
     assert!(expected.is_superset(&generated_ids));
@@ -55,7 +57,7 @@ async fn ten_thousand_events_over_four_shards_all_arrive() {
         .sim
         .sent()
         .iter()
-        .filter(|d| relaycord::dev::GENERATED_TYPES.contains(&d.event_type.as_str()))
+        .filter(|d| relaycord_testkit::GENERATED_TYPES.contains(&d.event_type.as_str()))
         .map(|d| d.shard)
         .collect();
     assert_eq!(
@@ -69,11 +71,7 @@ async fn ten_thousand_events_over_four_shards_all_arrive() {
 /// A dispatch Discord sends twice (same payload, new seq) is stored once on the bus.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_dispatch_reaches_the_bus_once() {
-    let stack = Stack::start(StackOptions {
-        shards: 1,
-        ..StackOptions::default()
-    })
-    .await;
+    let stack = Stack::builder().shards(1).ingest().sinks().start().await;
     let guild = stack.sim.guild_ids()[0];
     let d = RawValue::from_string(format!(
         r#"{{"id":"334385199974967042","channel_id":"290926798999357250","guild_id":"{guild}","content":"Supa Hot","author":{{"id":"53908099506183680","username":"Mason"}},"timestamp":"2017-07-11T17:27:07.299000+00:00","edited_timestamp":null,"attachments":[],"embeds":[],"mentions":[],"mention_roles":[],"pinned":false,"mention_everyone":false,"tts":false,"type":0}}"#
@@ -89,7 +87,7 @@ async fn duplicate_dispatch_reaches_the_bus_once() {
             .is_empty()
     );
     assert!(
-        eventually(Duration::from_secs(10), || stack
+        eventually(Duration::from_secs(10), async || stack
             .metric("relaycord_publish_total")
             >= expected.len() as f64 + 1.0)
         .await
@@ -103,11 +101,7 @@ async fn duplicate_dispatch_reaches_the_bus_once() {
 /// Frames that are not valid dispatches are counted and skipped; ingest keeps going.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_dispatches_are_counted_and_never_crash_ingest() {
-    let stack = Stack::start(StackOptions {
-        shards: 1,
-        ..StackOptions::default()
-    })
-    .await;
+    let stack = Stack::builder().shards(1).ingest().sinks().start().await;
     for frame in [
         "{this is not json",
         r#"{"op":0,"t":"MESSAGE_CREATE","d":{"id":"1"}}"#,
@@ -134,7 +128,7 @@ async fn malformed_dispatches_are_counted_and_never_crash_ingest() {
         "missing after malformed frames: {missing:?}"
     );
     assert!(
-        eventually(Duration::from_secs(5), || stack
+        eventually(Duration::from_secs(5), async || stack
             .metric("relaycord_gateway_malformed_total")
             >= 4.0)
         .await,
@@ -156,12 +150,13 @@ async fn unreachable_sink_is_retried_until_it_comes_up() {
         .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
         .unwrap();
     let addr = reserved.local_addr().unwrap().as_socket().unwrap();
-    let stack = Stack::start(StackOptions {
-        shards: 2,
-        sink_url: Some(format!("http://{addr}/events")),
-        ..StackOptions::default()
-    })
-    .await;
+    let stack = Stack::builder()
+        .shards(2)
+        .sink_url(format!("http://{addr}/events"))
+        .ingest()
+        .sinks()
+        .start()
+        .await;
     stack
         .sim
         .generate(GenerateSpec {
@@ -172,7 +167,7 @@ async fn unreachable_sink_is_retried_until_it_comes_up() {
         .finished()
         .await;
     assert!(
-        eventually(Duration::from_secs(30), || crate::support::metric(
+        eventually(Duration::from_secs(30), async || relaycord_testkit::metric(
             &stack.registry,
             "relaycord_sink_deliveries_total"
         ) >= 50.0)
@@ -182,7 +177,7 @@ async fn unreachable_sink_is_retried_until_it_comes_up() {
     assert_eq!(stack.receiver.distinct(), 0);
 
     let key = relaycord_sinks::http::SigningKey::parse(SECRET).unwrap();
-    let late = relaycord::receiver::Receiver::start(
+    let late = relaycord_testkit::Receiver::start(
         {
             reserved.listen(128).unwrap();
             let listener: std::net::TcpListener = reserved.into();
@@ -220,13 +215,8 @@ async fn unreachable_sink_is_retried_until_it_comes_up() {
 /// lands where the HTTP endpoint puts interactions: same subject, same `ix:<id>` key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_interactions_land_on_interaction_subjects() {
-    let stack = Stack::start(StackOptions {
-        shards: 1,
-        with_sink: false,
-        ..StackOptions::default()
-    })
-    .await;
-    let mut sub = async_nats::connect(stack.nats.url())
+    let stack = Stack::builder().shards(1).ingest().start().await;
+    let mut sub = async_nats::connect(stack.nats_url())
         .await
         .unwrap()
         .subscribe("discord.interactions.>")
@@ -265,12 +255,13 @@ async fn a_dispatch_over_max_payload_is_counted_and_the_shard_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("nats.conf");
     std::fs::write(&conf, "max_payload: 16384\n").unwrap();
-    let stack = Stack::start(StackOptions {
-        shards: 1,
-        nats_args: vec!["-c".into(), conf.display().to_string()],
-        ..StackOptions::default()
-    })
-    .await;
+    let stack = Stack::builder()
+        .shards(1)
+        .nats_args(&["-c", conf.to_str().unwrap()])
+        .ingest()
+        .sinks()
+        .start()
+        .await;
     let guild = stack.sim.guild_ids()[0];
     let message = |id: u64, content: &str| {
         RawValue::from_string(format!(

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use relaycord::nats_server::NatsServer;
+use relaycord_devkit::NatsServer;
 
 use crate::procs;
 

@@ -8,25 +8,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use base64::Engine;
 use prometheus::Registry;
-use relaycord_bus::{Dispatch, Secret, dedupe};
-use relaycord_sim::{GenerateSpec, SentDispatch, SimConfig, Simulator};
+use relaycord_bus::Secret;
+use relaycord_devkit::{GENERATED_TYPES, NatsServer, Receiver, expected_ids};
+use relaycord_sim::{GenerateSpec, SimConfig, Simulator};
 use relaycord_sinks::http::{HttpSinkConfig, SigningKey};
 use relaycord_sinks::{SinkConfig, SinkKind};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::nats_server::NatsServer;
-use crate::receiver::Receiver;
 use crate::roles;
-
-/// Event types the simulator's generator produces; the demo's summary counts these.
-pub const GENERATED_TYPES: [&str; 4] = [
-    "MESSAGE_CREATE",
-    "MESSAGE_REACTION_ADD",
-    "GUILD_MEMBER_ADD",
-    "PRESENCE_UPDATE",
-];
 
 #[derive(Debug, Clone)]
 pub struct DevOptions {
@@ -60,25 +51,6 @@ impl DevReport {
             self.delivered, self.expected, self.missing, self.duplicates
         )
     }
-}
-
-/// Dedupe ids of the simulator's dispatches that ingest publishes (all but the
-/// connection-level READY and RESUMED), restricted to `types` when given.
-pub fn expected_ids(sent: &[SentDispatch], types: Option<&[&str]>) -> HashSet<String> {
-    sent.iter()
-        .filter(|d| !matches!(d.event_type.as_str(), "READY" | "RESUMED"))
-        .filter(|d| types.is_none_or(|t| t.contains(&d.event_type.as_str())))
-        .map(|d| {
-            let frame = format!(
-                r#"{{"op":0,"t":"{}","s":{},"d":{}}}"#,
-                d.event_type, d.seq, d.data
-            );
-            let dispatch = Dispatch::parse(&frame)
-                .expect("the simulator logs well-formed dispatches")
-                .expect("a logged dispatch is op 0");
-            dedupe::gateway_key(&dispatch)
-        })
-        .collect()
 }
 
 /// Runs the demo until `shutdown`, or until `--events` are delivered.

@@ -1,11 +1,10 @@
-//! The `relaycord` binary's library half: config loading, role wiring, the dev demo and
-//! the fixtures (child nats-server, local receiver) that tests share with the demo.
+//! The `relaycord` binary's library half: config loading, role wiring and, behind the
+//! default `dev` feature, the all-in-one demo. Test fixtures live in `relaycord-testkit`.
 
 pub mod config;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod interactions;
 pub mod nats_client;
-pub mod nats_server;
-pub mod receiver;
 pub mod roles;
 pub mod telemetry;

@@ -3,16 +3,20 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+#[cfg(feature = "dev")]
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use prometheus::Registry;
 use relaycord::config::Config;
+#[cfg(feature = "dev")]
 use relaycord::dev::{self, DevOptions};
 use relaycord::roles;
 use relaycord::telemetry::{self, Health};
+#[cfg(feature = "dev")]
 use relaycord_bus::Secret;
+#[cfg(feature = "dev")]
 use relaycord_sim::{GenerateSpec, SimConfig, Simulator};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +41,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run everything in one process against the simulator (or Discord with DISCORD_TOKEN).
+    #[cfg(feature = "dev")]
     Dev {
         /// Send exactly N simulated events, wait for their delivery, print a summary, exit.
         #[arg(long)]
@@ -82,6 +87,7 @@ enum Command {
         listen: Option<SocketAddr>,
     },
     /// Run the Discord simulator (gateway + REST) for local experiments.
+    #[cfg(feature = "dev")]
     Sim {
         #[arg(long, default_value = "127.0.0.1:8990")]
         listen: SocketAddr,
@@ -181,6 +187,7 @@ async fn unless_shutdown<T>(
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown_on_signal();
     match cli.command {
+        #[cfg(feature = "dev")]
         Command::Dev {
             events,
             nats_url,
@@ -298,6 +305,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "dev")]
         Command::Sim {
             listen,
             shards,
@@ -350,6 +358,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+#[cfg(feature = "dev")]
 /// `relaycord sim --rate`: waits for every shard's session, then generates in the
 /// background until `--events` are sent or the simulator stops.
 async fn generate_when_ready(

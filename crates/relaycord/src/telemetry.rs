@@ -79,13 +79,17 @@ struct AppState {
     health: Health,
 }
 
-/// Serves the metrics endpoint until `shutdown`.
+/// Serves the metrics endpoint until `shutdown`. Logs the bound address: with port 0
+/// (tests, several replicas on one host) the log is the only place that names it.
 pub fn serve_metrics(
     listener: TcpListener,
     registry: Registry,
     health: Health,
     shutdown: CancellationToken,
 ) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!("metrics endpoint on http://{addr}/metrics");
+    }
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

@@ -1,107 +1,59 @@
-//! Fixtures of the sink tests: a bare bus (nats-server + streams, no ingest), events
-//! published straight to it, an in-process sink that records and can be held, and a
-//! driver started on it.
+//! Sinks under test: in-process drivers around recording or refusing sinks, configured
+//! sinks run in this process, and `relaycord` processes.
 
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream;
 use prometheus::Registry;
-use relaycord::nats_server::NatsServer;
-use relaycord_bus::{Envelope, Source, StreamSettings, Subjects, envelope::now_rfc3339, headers};
+use relaycord_bus::{Secret, Subjects};
 use relaycord_sinks::http::HttpSinkConfig;
 use relaycord_sinks::retry::Backoff;
 use relaycord_sinks::{Driver, Event, Outcome, Sink, SinkConfig, SinkKind, SinkMetrics};
-use serde_json::value::RawValue;
+use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::support::{eventually, metric};
+use crate::{SECRET, Stack, metric};
 
-/// A nats-server child with Relaycord's streams, nothing else running.
-pub struct Bus {
-    pub nats: NatsServer,
-    pub js: jetstream::Context,
+/// The HTTP sink a [`Stack`] runs: patient retries, signed with [`SECRET`].
+pub fn http_sink(name: &str, url: String) -> SinkConfig {
+    SinkConfig {
+        max_attempts: 1000,
+        concurrency: 32,
+        backoff: Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+        },
+        ..SinkConfig::new(
+            name,
+            SinkKind::Http(HttpSinkConfig {
+                url,
+                secret: Some(Secret::new(SECRET)),
+                headers: Default::default(),
+                timeout: Duration::from_secs(5),
+            }),
+        )
+    }
 }
 
-impl Bus {
-    pub async fn start() -> Bus {
-        let nats = NatsServer::start().expect("start nats-server (scripts/setup.sh installs it)");
-        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-        relaycord_bus::ensure_streams(&js, &Subjects::default(), &StreamSettings::default())
-            .await
-            .unwrap();
-        Bus { nats, js }
-    }
-
-    /// Publishes one gateway event as ingest would; returns its id.
-    pub async fn publish(&self, id: &str, event_type: &str, guild: &str, data: &str) -> String {
-        let data = RawValue::from_string(data.to_owned()).unwrap();
-        let envelope = Envelope {
-            id: id.into(),
-            source: Source::Gateway,
-            event_type: event_type.into(),
-            shard: Some(0),
-            seq: Some(1),
-            guild_id: Some(guild.into()),
-            received_at: now_rfc3339().into(),
-            data: &data,
-        };
-        let mut h = HeaderMap::new();
-        h.insert(headers::MSG_ID, id);
-        h.insert(headers::TYPE, event_type);
-        let subject = Subjects::default().gateway(event_type, Some(guild));
-        let publish = PublishMessage::build()
-            .payload(envelope.to_bytes())
-            .headers(h);
-        self.js
-            .send_publish(subject, publish)
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        id.to_owned()
-    }
-
-    /// `n` MESSAGE_CREATEs `msg:<base+i>` in guild 1 / channel 10; returns their ids.
-    pub async fn messages(&self, base: u64, n: u64) -> Vec<String> {
-        let mut ids = Vec::new();
-        for i in base..base + n {
-            let data = format!(
-                r#"{{"id":"{i}","channel_id":"10","guild_id":"1","content":"event {i}","author":{{"id":"2","username":"u"}}}}"#
-            );
-            ids.push(
-                self.publish(&format!("msg:{i}"), "MESSAGE_CREATE", "1", &data)
-                    .await,
-            );
-        }
-        ids
-    }
-
-    /// Waits until the sink's consumer has handed out and seen acked every message.
-    pub async fn wait_settled(&self, sink: &str) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let stream = self.js.get_stream("DISCORD_GATEWAY").await.unwrap();
-        let name = Driver::<RecordingSink>::consumer_name(sink);
-        loop {
-            // The consumer may not exist yet: the sink creates it when it starts.
-            let state = stream
-                .consumer_info(&name)
-                .await
-                .map(|i| (i.num_pending, i.num_ack_pending));
-            if matches!(state, Ok((0, 0))) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "consumer of {sink} never settled: {state:?} (pending, unacked)"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+/// `relaycord sink` with its log in `dir/<log>.log` for post-mortems.
+pub fn spawn_sink(config: &Path, dir: &Path, log: &str) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{log}.log"))).unwrap();
+    Command::new(crate::relaycord_bin())
+        .arg("--config")
+        .arg(config)
+        .args(["sink", "--metrics-listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn relaycord sink")
 }
 
 /// A sink config for in-process tests: fast retries; the kind is never built.
@@ -208,10 +160,10 @@ impl Running {
 
 pub fn outcome_count(registry: &Registry, outcome: &str) -> f64 {
     let label = format!("outcome=\"{outcome}\"");
-    crate::support::metric_with(registry, "relaycord_sink_deliveries_total", &[&label])
+    crate::metric_with(registry, "relaycord_sink_deliveries_total", &[&label])
 }
 
-pub fn run_driver<S: Sink>(bus: &Bus, config: &SinkConfig, sink: S) -> Running {
+pub fn run_driver<S: Sink>(bus: &Stack, config: &SinkConfig, sink: S) -> Running {
     run_driver_on(bus.js.clone(), config, sink)
 }
 
@@ -219,18 +171,18 @@ pub fn run_driver<S: Sink>(bus: &Bus, config: &SinkConfig, sink: S) -> Running {
 pub fn write_config(
     dir: &std::path::Path,
     file: &str,
-    bus: &Bus,
+    bus: &Stack,
     sinks: &str,
 ) -> std::path::PathBuf {
     let path = dir.join(file);
-    let text = format!("[nats]\nurl = \"{}\"\n\n{sinks}", bus.nats.url());
+    let text = format!("[nats]\nurl = \"{}\"\n\n{sinks}", bus.nats_url());
     std::fs::write(&path, text).unwrap();
     path
 }
 
 /// Runs the `relaycord` binary to completion; returns (success, stdout, stderr).
 pub async fn relaycord(args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_relaycord"))
+    let out = tokio::process::Command::new(crate::relaycord_bin())
         .args(args)
         // Configs under test hold every secret they mean to.
         .env_remove("DISCORD_TOKEN")
@@ -246,7 +198,7 @@ pub async fn relaycord(args: &[&str]) -> (bool, String, String) {
 
 /// An HTTP sink signed with the suite's secret.
 pub fn http_config(name: &str, url: &str) -> SinkConfig {
-    http_config_with(name, url, crate::support::SECRET, Duration::from_secs(5))
+    http_config_with(name, url, crate::SECRET, Duration::from_secs(5))
 }
 
 pub fn http_config_with(name: &str, url: &str, secret: &str, timeout: Duration) -> SinkConfig {
@@ -262,7 +214,7 @@ pub fn http_config_with(name: &str, url: &str, secret: &str, timeout: Duration) 
 }
 
 /// Runs a configured sink (the real one, built from its config) in this process.
-pub fn run_sink(bus: &Bus, config: &SinkConfig) -> Running {
+pub fn run_sink(bus: &Stack, config: &SinkConfig) -> Running {
     let registry = Registry::new();
     let metrics = SinkMetrics::new(&registry).unwrap();
     let shutdown = CancellationToken::new();

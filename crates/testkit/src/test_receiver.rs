@@ -19,7 +19,7 @@ use relaycord_sinks::http::SigningKey;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::support::SECRET;
+use crate::SECRET;
 
 #[derive(Clone)]
 pub struct TestReceiver {
@@ -122,6 +122,19 @@ impl TestReceiver {
 
     pub fn bad_signatures(&self) -> u64 {
         self.inner.bad_signatures.load(Ordering::SeqCst)
+    }
+}
+
+/// Waits (up to a minute) until `rx` accepted `n` distinct events.
+pub async fn wait_accepted(rx: &TestReceiver, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rx.accepted().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} events arrived",
+            rx.accepted().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -1,0 +1,181 @@
+//! Interactions under test: signed requests sent to the stack's endpoint, NATS
+//! handlers, a proxy that can stall NATS, and raw chunked POSTs.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use relaycord_interactions::RouteConfig;
+use relaycord_sim::SignedRequest;
+use tokio::net::TcpListener;
+
+use crate::Stack;
+
+impl Stack {
+    async fn try_send(&self, request: &SignedRequest) -> Option<(u16, Bytes)> {
+        send_to(&self.http, &self.url, request).await
+    }
+
+    /// POSTs `request` to the interactions endpoint; returns the status and body.
+    pub async fn send(&self, request: &SignedRequest) -> (u16, Bytes) {
+        self.try_send(request).await.expect("endpoint reachable")
+    }
+}
+
+pub async fn send_to(
+    http: &reqwest::Client,
+    url: &str,
+    request: &SignedRequest,
+) -> Option<(u16, Bytes)> {
+    let mut builder = http.post(url).body(request.body.clone());
+    for (name, value) in request.headers() {
+        builder = builder.header(name, value);
+    }
+    let response = builder.send().await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.bytes().await.ok()?))
+}
+
+/// A NATS handler on `subject` (queue group "handlers") that answers every request with
+/// `reply` after `delay`. Returns the interaction ids it received, in order.
+pub async fn nats_handler(
+    client: &async_nats::Client,
+    subject: &str,
+    delay: Duration,
+    reply: &'static str,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let mut sub = client
+        .queue_subscribe(subject.to_owned(), "handlers".to_owned())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = client.clone();
+    tokio::spawn(async move {
+        while let Some(request) = sub.next().await {
+            let id = request
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(relaycord_interactions::handler_headers::INTERACTION_ID))
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            let _ = tx.send(id);
+            let client = client.clone();
+            tokio::spawn(async move {
+                // A zero sleep still waits for the next timer tick (about 1 ms).
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if let Some(reply_to) = request.reply {
+                    client
+                        .publish(reply_to, Bytes::from_static(reply.as_bytes()))
+                        .await
+                        .unwrap();
+                    client.flush().await.unwrap();
+                }
+            });
+        }
+    });
+    rx
+}
+
+pub fn nats_route(command: &str, subject: &str) -> RouteConfig {
+    RouteConfig {
+        command: Some(command.to_owned()),
+        handler: Some(relaycord_interactions::Handler::Nats(subject.to_owned())),
+        ..RouteConfig::default()
+    }
+}
+
+/// A TCP proxy in front of NATS whose client→server direction can be held: what the
+/// service writes then stalls (a slow NATS), while what the server sends still arrives.
+#[derive(Clone)]
+pub struct HoldingProxy {
+    addr: std::net::SocketAddr,
+    hold: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl HoldingProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (hold, held) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+                let mut held = held.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 64 * 1024];
+                    loop {
+                        let n = match from_client.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if held.wait_for(|held| !*held).await.is_err()
+                            || to_server.write_all(&buf[..n]).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            hold: std::sync::Arc::new(hold),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    /// Holds (`true`) or releases what clients send to the server.
+    pub fn hold(&self, on: bool) {
+        self.hold.send_replace(on);
+    }
+}
+
+/// POSTs `chunks` with `Transfer-Encoding: chunked` (no Content-Length) over a raw
+/// connection. With `finish`, ends the body and returns the response status; without,
+/// hangs up mid-body and returns `None`.
+pub async fn post_chunked(url: &str, chunks: &[&[u8]], finish: bool) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in chunks {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    if !finish {
+        stream.write_all(&request).await.unwrap();
+        // Hang up mid-body: no terminating chunk ever comes.
+        let _ = stream.shutdown().await;
+        return None;
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    stream.write_all(&request).await.unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0; 1024];
+    while !response.windows(2).any(|w| w == b"\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed before a status line");
+        response.extend_from_slice(&buf[..n]);
+    }
+    let status = String::from_utf8_lossy(&response);
+    status.split(' ').nth(1)?.parse().ok()
+}

@@ -215,7 +215,7 @@ async fn slow_clients_do_not_hold_the_endpoint_and_are_closed_after_the_timeout(
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let stack = IxStack::start(Vec::new()).await;
+    let stack = Stack::builder().interactions(Vec::new()).start().await;
     let addr = stack
         .url
         .strip_prefix("http://")
@@ -271,7 +271,7 @@ async fn slow_clients_do_not_hold_the_endpoint_and_are_closed_after_the_timeout(
         "slow clients connected"
     );
     // Lenient: on a slow machine the first ones may already have timed out.
-    let open = stack.metric("relaycord_interactions_connections_open", &[]);
+    let open = stack.metric("relaycord_interactions_connections_open");
     assert!(
         open >= 500.0,
         "only {open} slow connections are being served"
@@ -300,7 +300,7 @@ async fn slow_clients_do_not_hold_the_endpoint_and_are_closed_after_the_timeout(
         "the last slow connection was closed only after {last:?}"
     );
     assert!(
-        stack.metric(
+        stack.metric_with(
             "relaycord_interactions_requests_total",
             &[r#"reason="slow_body""#]
         ) >= 1.0

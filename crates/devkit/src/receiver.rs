@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use relaycord_bus::Envelope;
-use relaycord_sinks::http::SigningKey;
+use relaycord_sinks::http::{DEFAULT_TOLERANCE, SigningKey};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -84,10 +84,16 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         return StatusCode::BAD_REQUEST;
     };
     if let Some(key) = &inner.key {
-        let expected = key.sign(id, timestamp, &body);
-        let valid =
-            header("webhook-signature").is_some_and(|sigs| sigs.split(' ').any(|s| s == expected));
-        if !valid {
+        // As a real receiver must (users copy demos): constant-time comparison, and a
+        // timestamp tolerance so a captured request cannot be replayed later.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let signatures = header("webhook-signature").unwrap_or_default();
+        if key
+            .verify(id, timestamp, &body, signatures, now, DEFAULT_TOLERANCE)
+            .is_err()
+        {
             *inner.rejected.lock().expect("receiver lock") += 1;
             return StatusCode::UNAUTHORIZED;
         }
@@ -113,4 +119,47 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         }
     }
     StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A correctly signed request replayed ten minutes later is refused, as the Standard
+    /// Webhooks libraries refuse it; a fresh one is accepted.
+    #[tokio::test]
+    async fn stale_and_forged_requests_are_refused() {
+        relaycord_bus::install_crypto_provider();
+        let key = SigningKey::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        let receiver = Receiver::start(
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            Some(key.clone()),
+            false,
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let http = reqwest::Client::new();
+        let post = |id: &'static str, ts: i64, signature: String| {
+            http.post(receiver.url())
+                .header("webhook-id", id)
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", signature)
+                .body("{}")
+                .send()
+        };
+        let stale = post("a", now - 600, key.sign("a", now - 600, b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(stale.status(), StatusCode::UNAUTHORIZED);
+        let forged = post("b", now, "v1,bm9wZQ==".to_owned()).await.unwrap();
+        assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+        let fresh = post("c", now, key.sign("c", now, b"{}")).await.unwrap();
+        assert_eq!(fresh.status(), StatusCode::NO_CONTENT);
+        assert_eq!(receiver.rejected(), 2);
+        assert_eq!(receiver.distinct(), 1);
+    }
 }

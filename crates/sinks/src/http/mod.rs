@@ -10,7 +10,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
 pub use config::HttpSinkConfig;
 pub use service::{classify, classify_error};
-pub use signature::SigningKey;
+pub use signature::{DEFAULT_TOLERANCE, SigningKey, VerifyError};
 
 use crate::error::{SinkError, SinkErrorKind};
 use crate::{Event, Outcome, Sink};

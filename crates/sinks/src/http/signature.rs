@@ -40,7 +40,53 @@ impl SigningKey {
         mac.update(body);
         format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
     }
+
+    /// Verifies a request as the Standard Webhooks libraries do: the timestamp within
+    /// `tolerance` of `now` (both directions, against replays), and one of the
+    /// space-separated `v1,<base64>` signatures matching, compared in constant time.
+    pub fn verify(
+        &self,
+        id: &str,
+        timestamp: i64,
+        body: &[u8],
+        signatures: &str,
+        now: i64,
+        tolerance: std::time::Duration,
+    ) -> Result<(), VerifyError> {
+        let tolerance = i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX);
+        if now.saturating_sub(timestamp).abs() > tolerance {
+            return Err(VerifyError::Timestamp);
+        }
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any size");
+        mac.update(id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        let matches = signatures
+            .split(' ')
+            .filter_map(|s| s.strip_prefix("v1,"))
+            .filter_map(|s| STANDARD.decode(s).ok())
+            .any(|candidate| mac.clone().verify_slice(&candidate).is_ok());
+        if matches {
+            Ok(())
+        } else {
+            Err(VerifyError::Signature)
+        }
+    }
 }
+
+/// Why [`SigningKey::verify`] refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyError {
+    /// Outside the tolerance: a replay, or a clock far off.
+    Timestamp,
+    /// No `v1` signature matches.
+    Signature,
+}
+
+/// The Standard Webhooks libraries' default tolerance.
+pub const DEFAULT_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 #[cfg(test)]
 mod tests {
@@ -55,6 +101,25 @@ mod tests {
             br#"{"email":"test@example.com","username":"test_user"}"#,
         );
         assert_eq!(signature, "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=");
+    }
+
+    #[test]
+    fn verify_checks_signature_and_timestamp() {
+        let key = SigningKey::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        let (id, ts) = ("msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553);
+        let body = br#"{"email":"test@example.com","username":"test_user"}"#;
+        let good = "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=";
+        let check = |sigs: &str, now: i64| key.verify(id, ts, body, sigs, now, DEFAULT_TOLERANCE);
+        assert_eq!(check(good, ts), Ok(()));
+        assert_eq!(check(&format!("v1,bm9wZQ== {good}"), ts + 299), Ok(()));
+        assert_eq!(check(good, ts + 301), Err(VerifyError::Timestamp));
+        assert_eq!(check(good, ts - 301), Err(VerifyError::Timestamp));
+        assert_eq!(check("v1,bm9wZQ==", ts), Err(VerifyError::Signature));
+        assert_eq!(
+            check(&good.replace("v1,", "v2,"), ts),
+            Err(VerifyError::Signature)
+        );
+        assert_eq!(check("", ts), Err(VerifyError::Signature));
     }
 
     #[test]

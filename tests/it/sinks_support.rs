@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream;
 use prometheus::Registry;
 use relaycord::nats_server::NatsServer;
-use relaycord_bus::{Envelope, Source, StreamSettings, Subjects, envelope::now_rfc3339, headers};
+use relaycord_bus::{
+    Envelope, OutgoingMessage, Source, StreamSettings, Subjects, envelope::now_rfc3339,
+};
 use relaycord_sinks::http::HttpSinkConfig;
 use relaycord_sinks::retry::Backoff;
 use relaycord_sinks::{Driver, Event, Outcome, Sink, SinkConfig, SinkKind, SinkMetrics};
@@ -50,17 +51,9 @@ impl Bus {
             received_at: now_rfc3339().into(),
             data: &data,
         };
-        let mut h = HeaderMap::new();
-        h.insert(headers::MSG_ID, id);
-        h.insert(headers::TYPE, event_type);
         let subject = Subjects::default().gateway(event_type, Some(guild));
-        let publish = PublishMessage::build()
-            .payload(envelope.to_bytes())
-            .headers(h);
-        self.js
-            .send_publish(subject, publish)
-            .await
-            .unwrap()
+        OutgoingMessage::event(subject, &envelope)
+            .publish(&self.js)
             .await
             .unwrap();
         id.to_owned()

@@ -81,7 +81,11 @@ impl Checkpoint {
     }
 
     /// Writes the position when it moved.
-    pub async fn save(&mut self, acked_seq: u64, resume_url: Option<&str>) -> Result<(), SaveError> {
+    pub async fn save(
+        &mut self,
+        acked_seq: u64,
+        resume_url: Option<&str>,
+    ) -> Result<(), SaveError> {
         let Some(session_id) = self.session_id.clone() else {
             return Ok(());
         };

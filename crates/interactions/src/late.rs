@@ -274,8 +274,7 @@ fn retry_delay(delivered: i64, retry_after: Option<Duration>) -> Duration {
 }
 
 /// 0.5 s doubling to 30 s, by delivery count (1 = the first delivery failed).
-const BACKOFF: Exponential =
-    Exponential::new(Duration::from_millis(500), Duration::from_secs(30));
+const BACKOFF: Exponential = Exponential::new(Duration::from_millis(500), Duration::from_secs(30));
 
 fn backoff(delivered: i64) -> Duration {
     BACKOFF.delay(u32::try_from(delivered.max(1)).unwrap_or(u32::MAX))

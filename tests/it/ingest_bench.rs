@@ -16,9 +16,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
-use relaycord_bus::{Envelope, Source, headers};
+use relaycord_bus::{Envelope, OutgoingMessage, Source};
 use relaycord_sim::{GenerateSpec, SentDispatch};
 use serde_json::value::RawValue;
 
@@ -39,23 +38,21 @@ async fn wait_stream(js: &jetstream::Context, name: &str, messages: u64) {
 }
 
 /// One shard's envelopes published with at most `WINDOW` acks outstanding.
-async fn publish_windowed(js: jetstream::Context, batch: Vec<(String, String, bytes::Bytes)>) {
+async fn publish_windowed(js: jetstream::Context, batch: Vec<OutgoingMessage>) {
     let mut in_flight: VecDeque<PublishAckFuture> = VecDeque::with_capacity(WINDOW);
-    for (subject, id, payload) in batch {
+    for message in batch {
         if in_flight.len() == WINDOW {
             in_flight.pop_front().unwrap().await.unwrap();
         }
-        let mut h = HeaderMap::new();
-        h.insert(headers::MSG_ID, id.as_str());
-        h.insert(headers::TYPE, "BENCH");
-        in_flight.push_back(js.publish_with_headers(subject, h, payload).await.unwrap());
+        let (subject, publish) = message.into_parts();
+        in_flight.push_back(js.send_publish(subject, publish).await.unwrap());
     }
     for ack in in_flight {
         ack.await.unwrap();
     }
 }
 
-fn envelopes(sent: &[SentDispatch]) -> Vec<Vec<(String, String, bytes::Bytes)>> {
+fn envelopes(sent: &[SentDispatch]) -> Vec<Vec<OutgoingMessage>> {
     let mut per_shard = vec![Vec::new(); SHARDS as usize];
     for d in sent {
         let data = RawValue::from_string(d.data.clone()).unwrap();
@@ -76,8 +73,7 @@ fn envelopes(sent: &[SentDispatch]) -> Vec<Vec<(String, String, bytes::Bytes)>> 
             d.event_type,
             guild.as_deref().unwrap_or("none")
         );
-        let payload = envelope.to_bytes();
-        per_shard[d.shard as usize].push((subject, id, payload));
+        per_shard[d.shard as usize].push(OutgoingMessage::event(subject, &envelope));
     }
     per_shard
 }

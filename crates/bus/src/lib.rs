@@ -1,11 +1,13 @@
 #![doc = include_str!("../README.md")]
 
+pub mod backoff;
 pub mod dedupe;
 pub mod dispatch;
 pub mod envelope;
 pub mod error;
 pub mod interaction;
 pub mod kv;
+pub mod message;
 pub mod secret;
 pub mod streams;
 pub mod subject;
@@ -21,6 +23,7 @@ pub fn install_crypto_provider() {
 pub use dispatch::{Dispatch, MalformedDispatch};
 pub use envelope::{Envelope, Source};
 pub use error::{BusError, BusErrorKind};
+pub use message::OutgoingMessage;
 pub use secret::Secret;
 pub use streams::{StreamSettings, ensure_streams};
 pub use subject::Subjects;
@@ -28,7 +31,8 @@ pub use subject::Subjects;
 /// Default subject prefix.
 pub const DEFAULT_PREFIX: &str = "discord";
 
-/// Headers set on every published event, beside `Nats-Msg-Id` (= envelope id).
+/// Headers set on every published event, beside `Nats-Msg-Id` (= envelope id); the
+/// message itself is built by [`OutgoingMessage`].
 pub mod headers {
     pub const TYPE: &str = "Relaycord-Type";
     pub const SHARD: &str = "Relaycord-Shard";

@@ -1,11 +1,13 @@
 #![doc = include_str!("../README.md")]
 
 mod budget;
+mod checkpoint;
 mod coordinator;
 mod discovery;
 pub mod error;
 pub mod health;
 pub mod metrics;
+mod publish;
 mod queue;
 mod shard;
 mod stop;

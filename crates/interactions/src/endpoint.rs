@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use relaycord_bus::interaction::{InteractionKeys, Kind};
-use relaycord_bus::{Envelope, Source, Subjects, headers};
+use relaycord_bus::{Envelope, OutgoingMessage, Source, Subjects};
 use serde_json::value::RawValue;
 use tokio::time::Instant as TokioInstant;
 
@@ -227,16 +227,8 @@ impl Endpoint {
             received_at: relaycord_bus::envelope::now_rfc3339().into(),
             data,
         };
-        let mut nats_headers = NatsHeaders::new();
-        nats_headers.insert(headers::MSG_ID, id.as_str());
-        nats_headers.insert(headers::TYPE, "INTERACTION_CREATE");
-        self.js
-            .publish_with_headers(
-                keys.subject(&self.subjects),
-                nats_headers,
-                envelope.to_bytes(),
-            )
-            .await?
+        OutgoingMessage::event(keys.subject(&self.subjects), &envelope)
+            .publish(&self.js)
             .await?;
         self.metrics
             .publish_latency

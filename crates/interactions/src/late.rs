@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, consumer::pull};
 use futures::StreamExt;
 use relaycord_bus::Subjects;
+use relaycord_bus::backoff::Exponential;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -272,10 +273,11 @@ fn retry_delay(delivered: i64, retry_after: Option<Duration>) -> Duration {
     backoff(delivered).max(retry_after.unwrap_or_default())
 }
 
-/// 0.5 s doubling to 30 s.
+/// 0.5 s doubling to 30 s, by delivery count (1 = the first delivery failed).
+const BACKOFF: Exponential = Exponential::new(Duration::from_millis(500), Duration::from_secs(30));
+
 fn backoff(delivered: i64) -> Duration {
-    let exp = delivered.clamp(1, 7) as u32 - 1;
-    Duration::from_millis(500 * 2u64.pow(exp)).min(Duration::from_secs(30))
+    BACKOFF.delay(u32::try_from(delivered.max(1)).unwrap_or(u32::MAX))
 }
 
 async fn pause(shutdown: &CancellationToken) {
@@ -329,6 +331,13 @@ mod tests {
         assert_eq!(delivered, 2);
         // The owner stops waiting for its `answered` write before the claim is taken over.
         assert!(DECISION_WAIT > crate::decisions::DISCORD_RESPONSE_LIMIT);
+    }
+
+    #[test]
+    fn backoff_doubles_from_half_a_second_to_thirty() {
+        let ms = |d| backoff(d).as_millis();
+        assert_eq!([ms(0), ms(1), ms(2), ms(6)], [500, 500, 1000, 16_000]);
+        assert_eq!([ms(7), ms(MAX_DELIVER), ms(i64::MAX)], [30_000; 3]);
     }
 
     #[test]

@@ -10,10 +10,10 @@
 use std::time::{Duration, SystemTime};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
+use async_nats::jetstream::{self, consumer::pull};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use relaycord_bus::{headers as bus_headers, streams::DLQ_STREAM, subject};
+use relaycord_bus::{OutgoingMessage, headers as bus_headers, streams::DLQ_STREAM, subject};
 
 use crate::dedupe::Dedupe;
 use crate::error::{SinkError, SinkErrorKind};
@@ -53,7 +53,6 @@ impl DeadLetterInfo<'_> {
     }
 }
 
-/// Stores a dead letter and waits for the stream's ack.
 /// Why a dead letter was not stored.
 #[derive(Debug)]
 pub(crate) enum StoreError {
@@ -76,12 +75,7 @@ impl std::fmt::Display for StoreError {
     }
 }
 
-impl From<String> for StoreError {
-    fn from(error: String) -> Self {
-        Self::Unavailable(error)
-    }
-}
-
+/// Stores a dead letter and waits for the stream's ack.
 pub(crate) async fn publish(
     js: &jetstream::Context,
     info: &DeadLetterInfo<'_>,
@@ -140,26 +134,17 @@ async fn send(
         cut -= 1;
     }
     let reason = &reason[..cut];
-    let mut h = HeaderMap::new();
-    if let Some(msg_id) = msg_id {
-        h.insert(bus_headers::MSG_ID, msg_id);
-    }
-    h.insert(headers::SINK, info.sink);
-    h.insert(headers::ID, info.id);
-    h.insert(headers::REASON, reason);
-    h.insert(headers::ATTEMPTS, info.attempts.to_string().as_str());
+    let mut letter = OutgoingMessage::envelope_bytes(subject, payload, msg_id, info.event_type)
+        .header(headers::SINK, info.sink)
+        .header(headers::ID, info.id)
+        .header(headers::REASON, reason)
+        .header(headers::ATTEMPTS, &info.attempts.to_string());
     if let Some(status) = info.status {
-        h.insert(headers::STATUS, status.to_string().as_str());
+        letter = letter.header(headers::STATUS, &status.to_string());
     }
-    if let Some(t) = info.event_type {
-        h.insert(bus_headers::TYPE, t);
-    }
-    let publish = PublishMessage::build().payload(payload).headers(h);
-    let ack = js
-        .send_publish(subject.to_owned(), publish)
+    letter
+        .publish(js)
         .await
-        .map_err(|e| e.to_string())?;
-    ack.await
         .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
 

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use relaycord_bus::backoff::Exponential;
 use serde::Deserialize;
 
 /// Capped exponential backoff with full jitter (AWS architecture blog, "Exponential
@@ -38,17 +39,21 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// The shared schedule ([`Exponential`]) this configures.
+    fn schedule(&self) -> Exponential {
+        Exponential::new(self.initial, self.max)
+    }
+
     /// The ceiling of the wait after `attempt` failed deliveries (1-based).
     pub fn ceiling(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(30);
-        self.initial.saturating_mul(1 << exp).min(self.max)
+        self.schedule().delay(attempt)
     }
 
     /// The wait before the next delivery. `retry_after` (the receiver's `Retry-After`)
     /// wins when it is longer than the drawn backoff; it is still capped by `max` so a
     /// hostile receiver cannot park a message forever.
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, unit: f64) -> Duration {
-        let drawn = self.ceiling(attempt).mul_f64(unit.clamp(0.0, 1.0));
+        let drawn = self.schedule().full_jitter(attempt, unit);
         retry_after.map_or(drawn, |ra| ra.max(drawn)).min(self.max)
     }
 

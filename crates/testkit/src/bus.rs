@@ -3,10 +3,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer, message::PublishMessage};
+use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use relaycord_bus::{Envelope, Source, Subjects, envelope::now_rfc3339, headers};
+use relaycord_bus::{Envelope, OutgoingMessage, Source, Subjects, envelope::now_rfc3339};
 use relaycord_sinks::Driver;
 use serde_json::value::RawValue;
 
@@ -26,17 +25,9 @@ impl Stack {
             received_at: now_rfc3339().into(),
             data: &data,
         };
-        let mut h = HeaderMap::new();
-        h.insert(headers::MSG_ID, id);
-        h.insert(headers::TYPE, event_type);
         let subject = Subjects::default().gateway(event_type, Some(guild));
-        let publish = PublishMessage::build()
-            .payload(envelope.to_bytes())
-            .headers(h);
-        self.js
-            .send_publish(subject, publish)
-            .await
-            .unwrap()
+        OutgoingMessage::event(subject, &envelope)
+            .publish(&self.js)
             .await
             .unwrap();
         id.to_owned()

@@ -6,9 +6,8 @@
 mod config;
 mod service;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, context::PublishError, message::PublishMessage};
-use relaycord_bus::{Subjects, headers, subject::sanitize_token};
+use async_nats::jetstream::{self, context::PublishError};
+use relaycord_bus::{OutgoingMessage, Subjects, subject::sanitize_token};
 use tokio::sync::OnceCell;
 
 pub use config::NatsSinkConfig;
@@ -103,18 +102,18 @@ impl NatsSink {
         let subject = self
             .subject
             .render(&self.name, &event.payload, sanitize_token);
-        let mut h = HeaderMap::new();
-        h.insert(headers::MSG_ID, event.id.as_str());
-        h.insert(headers::TYPE, event.event_type.as_str());
+        let message = OutgoingMessage::envelope_bytes(
+            subject,
+            event.payload.clone(),
+            Some(&event.id),
+            Some(&event.event_type),
+        );
         if self.config.jetstream {
-            let publish = PublishMessage::build()
-                .payload(event.payload.clone())
-                .headers(h);
-            js.send_publish(subject, publish).await?.await.map(drop)
+            message.publish(js).await.map(drop)
         } else {
             let client = js.client();
             client
-                .publish_with_headers(subject, h, event.payload.clone())
+                .publish_with_headers(message.subject, message.headers, message.payload)
                 .await
                 .map_err(|e| {
                     PublishError::with_source(jetstream::context::PublishErrorKind::Other, e)

@@ -1,0 +1,160 @@
+//! The one place an envelope becomes a NATS message.
+//!
+//! Ingest, the interactions endpoint, the dead-letter queue, the nats sink and the tests all
+//! publish envelopes; building the message here keeps the headers of [`crate::headers`]
+//! identical on every path, which consumers rely on (docs/bus.md is the contract).
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishError, message::PublishMessage};
+use bytes::Bytes;
+
+use crate::envelope::Envelope;
+use crate::headers;
+
+/// A message ready to publish: subject, payload and headers.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    pub subject: String,
+    pub payload: Bytes,
+    pub headers: HeaderMap,
+}
+
+impl OutgoingMessage {
+    /// An event as published on the bus: the serialized envelope, with `Nats-Msg-Id` = its
+    /// `id` (the stream's dedupe key), `Relaycord-Type` and, for gateway events,
+    /// `Relaycord-Shard`.
+    pub fn event(subject: impl Into<String>, envelope: &Envelope<'_>) -> Self {
+        let mut message = Self::envelope_bytes(
+            subject,
+            envelope.to_bytes(),
+            Some(&envelope.id),
+            Some(&envelope.event_type),
+        );
+        if let Some(shard) = envelope.shard {
+            message
+                .headers
+                .insert(headers::SHARD, shard.to_string().as_str());
+        }
+        message
+    }
+
+    /// An envelope already serialized (a stored event, a dead letter's payload), with the
+    /// headers its publisher chooses: `Nats-Msg-Id` when the stream should dedupe it, and
+    /// `Relaycord-Type` when known.
+    pub fn envelope_bytes(
+        subject: impl Into<String>,
+        payload: Bytes,
+        msg_id: Option<&str>,
+        event_type: Option<&str>,
+    ) -> Self {
+        let mut headers = HeaderMap::new();
+        if let Some(msg_id) = msg_id {
+            headers.insert(headers::MSG_ID, msg_id);
+        }
+        if let Some(event_type) = event_type {
+            headers.insert(headers::TYPE, event_type);
+        }
+        Self {
+            subject: subject.into(),
+            payload,
+            headers,
+        }
+    }
+
+    /// Adds one more header (e.g. a dead letter's reason).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// The subject and the JetStream publish, for callers that send it more than once.
+    pub fn into_parts(self) -> (String, PublishMessage) {
+        let publish = PublishMessage::build()
+            .payload(self.payload)
+            .headers(self.headers);
+        (self.subject, publish)
+    }
+
+    /// Publishes through JetStream and waits for the stream's ack.
+    pub async fn publish(
+        self,
+        js: &jetstream::Context,
+    ) -> Result<jetstream::publish::PublishAck, PublishError> {
+        let (subject, publish) = self.into_parts();
+        js.send_publish(subject, publish).await?.await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::Source;
+
+    fn header<'a>(message: &'a OutgoingMessage, name: &str) -> Option<&'a str> {
+        message.headers.get(name).map(|v| v.as_str())
+    }
+
+    #[test]
+    fn a_gateway_event_carries_id_type_and_shard() {
+        let data = RawValue::from_string(r#"{"id":"1"}"#.to_owned()).unwrap();
+        let envelope = Envelope {
+            id: "msg:1".into(),
+            source: Source::Gateway,
+            event_type: "MESSAGE_CREATE".into(),
+            shard: Some(3),
+            seq: Some(42),
+            guild_id: Some("7".into()),
+            received_at: "2026-11-23T12:00:00.123Z".into(),
+            data: &data,
+        };
+        let message = OutgoingMessage::event("discord.gateway.MESSAGE_CREATE.7", &envelope);
+        assert_eq!(message.subject, "discord.gateway.MESSAGE_CREATE.7");
+        assert_eq!(message.payload, envelope.to_bytes());
+        assert_eq!(header(&message, "Nats-Msg-Id"), Some("msg:1"));
+        assert_eq!(header(&message, "Relaycord-Type"), Some("MESSAGE_CREATE"));
+        assert_eq!(header(&message, "Relaycord-Shard"), Some("3"));
+        assert_eq!(message.headers.iter().count(), 3);
+    }
+
+    #[test]
+    fn an_interaction_has_no_shard_header() {
+        let data = RawValue::from_string("{}".to_owned()).unwrap();
+        let envelope = Envelope {
+            id: "ix:9".into(),
+            source: Source::Interaction,
+            event_type: "INTERACTION_CREATE".into(),
+            shard: None,
+            seq: None,
+            guild_id: None,
+            received_at: "2026-11-23T12:00:00.123Z".into(),
+            data: &data,
+        };
+        let message = OutgoingMessage::event("discord.interactions.command.ping", &envelope);
+        assert_eq!(header(&message, "Nats-Msg-Id"), Some("ix:9"));
+        assert_eq!(
+            header(&message, "Relaycord-Type"),
+            Some("INTERACTION_CREATE")
+        );
+        assert_eq!(header(&message, "Relaycord-Shard"), None);
+        assert_eq!(message.headers.iter().count(), 2);
+    }
+
+    #[test]
+    fn stored_bytes_get_only_the_headers_asked_for() {
+        let bare = OutgoingMessage::envelope_bytes("s", Bytes::from_static(b"{}"), None, None);
+        assert_eq!(bare.headers.iter().count(), 0);
+        let letter = OutgoingMessage::envelope_bytes(
+            "relaycord.dlq.a",
+            Bytes::from_static(b"{}"),
+            Some("dlq:a:1:msg:1"),
+            Some("MESSAGE_CREATE"),
+        )
+        .header("Relaycord-Sink", "a");
+        assert_eq!(header(&letter, "Nats-Msg-Id"), Some("dlq:a:1:msg:1"));
+        assert_eq!(header(&letter, "Relaycord-Type"), Some("MESSAGE_CREATE"));
+        assert_eq!(header(&letter, "Relaycord-Sink"), Some("a"));
+        assert_eq!(letter.payload, Bytes::from_static(b"{}"));
+    }
+}

@@ -1,0 +1,116 @@
+//! A shard's resume point in KV: the session it is on and the acked seq below which every
+//! dispatch is on the bus (the [`crate::window::AckWindow`]'s, never twilight's).
+//!
+//! Kept apart from the connection loop because it is where ownership is decided: a save
+//! that finds another process's write means the shard is no longer ours.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+
+use crate::error::IngestError;
+use crate::stop::Stop;
+use crate::store::{SaveError, SessionRecord, SessionStore};
+
+/// How often the acked position is written to KV. Resuming from a slightly older seq
+/// only replays events the bus already has (and dedupes), so this trades a KV write
+/// per event for a second of replay.
+pub(crate) const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Another process wrote this shard's record: it owns the shard now.
+#[derive(Debug)]
+pub(crate) struct Fenced;
+
+/// The current session and what of it is recorded in KV.
+pub(crate) struct Checkpoint {
+    store: SessionStore,
+    shard: u32,
+    session_id: Option<String>,
+    saved: Option<(String, u64)>,
+}
+
+impl Checkpoint {
+    /// Claims shard `shard`'s record; returns the checkpoint and the session to resume, if any.
+    pub async fn claim(
+        sessions: kv::Store,
+        shard: u32,
+        shard_count: u32,
+    ) -> Result<(Self, Option<SessionRecord>), IngestError> {
+        let (store, record) = SessionStore::claim(sessions, shard, shard_count).await?;
+        let checkpoint = Self {
+            store,
+            shard,
+            session_id: record.as_ref().map(|r| r.session_id.clone()),
+            saved: record.as_ref().map(|r| (r.session_id.clone(), r.seq)),
+        };
+        Ok((checkpoint, record))
+    }
+
+    /// READY: acks from now on belong to this session.
+    pub fn new_session(&mut self, session_id: Option<&str>) {
+        self.session_id = session_id.map(str::to_owned);
+    }
+
+    /// Whether the current session is not in KV yet. Such a session is saved at once, not
+    /// on the next tick: until its id is in KV, a crash leaves the next owner nothing to
+    /// resume, and whatever Discord sent on it would be lost.
+    pub fn is_unrecorded(&self) -> bool {
+        let recorded = self.saved.as_ref().map(|(session, _)| session);
+        self.session_id.is_some() && recorded != self.session_id.as_ref()
+    }
+
+    /// Saves the position, and marks the shard resumable once a record exists. A save
+    /// that could not reach NATS is retried on the next call.
+    pub async fn checkpoint(
+        &mut self,
+        acked_seq: u64,
+        resume_url: Option<&str>,
+        stop: &Stop,
+    ) -> Result<(), Fenced> {
+        if self.save(acked_seq, resume_url).await == Err(SaveError::Fenced) {
+            tracing::warn!(
+                shard = self.shard,
+                "another process wrote this shard's session; stopping the shard"
+            );
+            return Err(Fenced);
+        }
+        if self.saved.is_some() {
+            stop.set_resumable();
+        }
+        Ok(())
+    }
+
+    /// Writes the position when it moved.
+    pub async fn save(
+        &mut self,
+        acked_seq: u64,
+        resume_url: Option<&str>,
+    ) -> Result<(), SaveError> {
+        let Some(session_id) = self.session_id.clone() else {
+            return Ok(());
+        };
+        let current = (session_id, acked_seq);
+        if self.saved.as_ref() == Some(&current) {
+            return Ok(());
+        }
+        let record = SessionRecord {
+            session_id: current.0.clone(),
+            seq: current.1,
+            resume_url: resume_url.map(str::to_owned),
+        };
+        match self.store.save(&record).await {
+            Ok(()) => {
+                self.saved = Some(current);
+                Ok(())
+            }
+            Err(SaveError::Unavailable) => {
+                tracing::debug!(
+                    shard = self.shard,
+                    "session not saved (NATS unavailable); retrying"
+                );
+                Err(SaveError::Unavailable)
+            }
+            Err(SaveError::Fenced) => Err(SaveError::Fenced),
+        }
+    }
+}

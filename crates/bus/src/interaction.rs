@@ -105,17 +105,11 @@ impl<'a> InteractionKeys<'a> {
     pub fn parse(raw: &'a str) -> Result<Self, MalformedInteraction> {
         let parsed: Raw<'a> =
             serde_json::from_str(raw).map_err(|e| MalformedInteraction::Json(e.to_string()))?;
+        if !is_snowflake(&parsed.id) {
+            return Err(MalformedInteraction::BadId);
+        }
         let kind =
             Kind::from_type(parsed.kind).ok_or(MalformedInteraction::UnknownType(parsed.kind))?;
-        // A verified PING is answered whatever else it carries: Discord's endpoint check
-        // (and some proxies' health checks) send just `{"type":1}`, and it is never
-        // published, so it needs no id.
-        let id = match parsed.id {
-            Some(id) if kind == Kind::Ping || is_snowflake(&id) => id,
-            None if kind == Kind::Ping => Cow::Borrowed(""),
-            Some(_) => return Err(MalformedInteraction::BadId),
-            None => return Err(MalformedInteraction::Json("missing field `id`".to_owned())),
-        };
         let data = parsed.data.unwrap_or_default();
         let name = match kind {
             Kind::Ping => Cow::Borrowed(""),
@@ -130,7 +124,7 @@ impl<'a> InteractionKeys<'a> {
             }
         };
         Ok(Self {
-            id,
+            id: parsed.id,
             kind,
             name,
             token: parsed.token,
@@ -161,8 +155,8 @@ fn custom_id_prefix(custom_id: Cow<'_, str>) -> Cow<'_, str> {
 
 #[derive(Deserialize)]
 struct Raw<'a> {
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
     #[serde(rename = "type")]
     kind: u64,
     #[serde(borrow, default)]
@@ -242,9 +236,6 @@ mod tests {
         );
         let ping = InteractionKeys::parse(r#"{"id":"5","type":1,"application_id":"9"}"#).unwrap();
         assert_eq!(ping.kind, Kind::Ping);
-        // Discord's bare endpoint check: no id, no token, nothing else.
-        let bare = InteractionKeys::parse(r#"{"type":1}"#).unwrap();
-        assert_eq!(bare.kind, Kind::Ping);
     }
 
     #[test]

@@ -108,6 +108,16 @@ pub(crate) async fn handle(
     response
 }
 
+/// Whether a body that is not a routable interaction is still a PING (`"type": 1`).
+fn is_ping(text: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        kind: u64,
+    }
+    serde_json::from_str::<Typed>(text).is_ok_and(|t| t.kind == 1)
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum BodyError {
     /// More than the limit, whether declared or streamed (chunked, no Content-Length).
@@ -170,6 +180,9 @@ impl Endpoint {
         };
         let keys = match InteractionKeys::parse(text) {
             Ok(keys) => keys,
+            // Discord's endpoint check (and some proxies') may be a bare `{"type":1}`:
+            // verified, never published, so it needs no id to be answered.
+            Err(_) if is_ping(text) => return Answer::json(response::pong(), "pong"),
             Err(error) => {
                 tracing::debug!(%error, "malformed interaction after a valid signature");
                 return Answer::error(StatusCode::BAD_REQUEST, "rejected", "malformed");
@@ -410,5 +423,18 @@ mod tests {
         let cut = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "hang-up");
         let hung_up = read_body(chunks(vec![Ok(b"abc"), Err(cut)]), 5).await;
         assert_eq!(hung_up, Err(BodyError::Incomplete));
+    }
+
+    #[test]
+    fn a_bare_ping_is_a_ping() {
+        assert!(
+            InteractionKeys::parse(r#"{"type":1}"#).is_err(),
+            "no id to route by"
+        );
+        assert!(is_ping(r#"{"type":1}"#));
+        assert!(is_ping(r#"{"type":1,"id":"not a snowflake"}"#));
+        assert!(!is_ping(r#"{"type":2}"#));
+        assert!(!is_ping(r#"{"id":"1"}"#));
+        assert!(!is_ping("{"));
     }
 }

@@ -133,6 +133,9 @@ impl Config {
 }
 
 #[cfg(test)]
+mod docs;
+
+#[cfg(test)]
 // figment's Jail returns its own large error type; that is its API, not ours.
 #[allow(clippy::result_large_err)]
 mod tests {

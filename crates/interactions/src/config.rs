@@ -18,6 +18,10 @@ use crate::verify::{DEFAULT_WINDOW, PublicKey};
 const DEADLINE_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_millis(2900);
 
+/// A late reply has to be sent while the interaction token lives (15 minutes).
+const HTTP_HANDLER_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(14 * 60);
+
 /// The `[interactions]` section.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -41,6 +45,12 @@ pub struct InteractionsSection {
     pub unavailable_message: String,
     /// Which handler answers which interaction; the first match wins.
     pub routes: Vec<RouteConfig>,
+    /// How long an HTTP handler may take in all, late reply included: a function that
+    /// hangs is cut off after this instead of holding a connection until the token
+    /// expires. 1s to 14m (the token lives 15 minutes).
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub http_handler_timeout: Duration,
 }
 
 impl Default for InteractionsSection {
@@ -55,6 +65,7 @@ impl Default for InteractionsSection {
             unavailable_message: "This action is unavailable right now. Please try again later."
                 .to_owned(),
             routes: Vec::new(),
+            http_handler_timeout: Duration::from_secs(14 * 60),
         }
     }
 }
@@ -85,6 +96,12 @@ impl InteractionsSection {
             return Err(ConfigError::new(
                 "interactions.default_response",
                 "must be an interaction response such as { type = 4, data = { content = \"…\" } }",
+            ));
+        }
+        if !HTTP_HANDLER_TIMEOUT_RANGE.contains(&self.http_handler_timeout) {
+            return Err(ConfigError::new(
+                "interactions.http_handler_timeout",
+                "must be between 1s and 14m: a late reply must reach Discord before the token expires (15m)",
             ));
         }
         if !shared.discord.public_key.is_empty() {
@@ -135,7 +152,7 @@ impl Settings {
             api_base: shared.discord.api_base.clone(),
             subjects: shared.nats.subjects(),
             streams: shared.nats.streams(),
-            http_handler_timeout: Duration::from_secs(14 * 60),
+            http_handler_timeout: config.http_handler_timeout,
             late_concurrency: 32,
         })
     }
@@ -178,10 +195,16 @@ mod tests {
         let s = settings(&InteractionsSection::default(), KEY).unwrap();
         assert_eq!(s.deadline, Duration::from_millis(2500));
         assert_eq!(s.api_base, relaycord_bus::DISCORD_API_BASE);
+        let thirty_seconds = InteractionsSection {
+            http_handler_timeout: Duration::from_secs(30),
+            ..InteractionsSection::default()
+        };
+        let s = settings(&thirty_seconds, KEY).unwrap();
+        assert_eq!(s.http_handler_timeout, Duration::from_secs(30));
     }
 
     #[test]
-    fn path_body_and_default_response() {
+    fn path_body_default_response_and_handler_timeout() {
         let bad = [
             (
                 InteractionsSection {
@@ -203,6 +226,13 @@ mod tests {
                     ..InteractionsSection::default()
                 },
                 "interactions.default_response",
+            ),
+            (
+                InteractionsSection {
+                    http_handler_timeout: Duration::from_secs(15 * 60),
+                    ..InteractionsSection::default()
+                },
+                "interactions.http_handler_timeout",
             ),
         ];
         for (section, key) in bad {

@@ -51,9 +51,4 @@ impl Settings {
         });
         Bytes::from(body.to_string())
     }
-
-    /// The HTTP path the service answers on.
-    pub fn path(&self) -> &str {
-        &self.path
-    }
 }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod backoff;
+pub mod config;
 pub mod dedupe;
 pub mod dispatch;
 pub mod envelope;
@@ -20,6 +21,7 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+pub use config::{ConfigError, DISCORD_API_BASE, DiscordConfig, NatsConfig, Shared};
 pub use dispatch::{Dispatch, MalformedDispatch};
 pub use envelope::{Envelope, Source};
 pub use error::{BusError, BusErrorKind};

@@ -80,6 +80,17 @@ impl ShardHealth {
         self.down_at(Instant::now(), threshold)
     }
 
+    /// For `/readyz`: `Err` (naming the shards) when an owned shard has been without a
+    /// session for longer than `threshold`.
+    pub fn readiness(&self, threshold: Duration) -> Result<(), String> {
+        match self.down_longer_than(threshold).as_slice() {
+            [] => Ok(()),
+            down => Err(format!(
+                "shards {down:?} have had no gateway session for over {threshold:?}"
+            )),
+        }
+    }
+
     /// `Err` (with the reason) when ingest has stopped, or when a shard's loop has not
     /// turned for longer than `stall` while NATS is connected.
     pub fn liveness(&self, stall: Duration) -> Result<(), String> {

@@ -2,6 +2,7 @@
 
 mod budget;
 mod checkpoint;
+pub mod config;
 mod coordinator;
 mod discovery;
 pub mod error;
@@ -14,51 +15,28 @@ mod stop;
 pub mod store;
 mod window;
 
-use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream;
-use relaycord_bus::{Secret, Subjects};
+use relaycord_bus::{ConfigError, Shared};
 use tokio_util::sync::CancellationToken;
-use twilight_gateway::Intents;
 
+pub use config::{IngestSection, ShardCount};
 pub use discovery::{GatewayBot, SessionStartLimit, gateway_bot};
 pub use error::{IngestError, IngestErrorKind};
 pub use health::ShardHealth;
 pub use metrics::IngestMetrics;
 
-/// What ingest needs to run; the binary builds it from the config file.
-#[derive(Debug, Clone)]
-pub struct IngestConfig {
-    pub token: Secret,
-    pub intents: Intents,
-    /// REST base, e.g. `https://discord.com/api` or the simulator's `http://127.0.0.1:PORT/api`.
-    pub api_base: String,
-    /// Overrides the gateway URL from `/gateway/bot` (twilight's `proxy_url`).
-    pub gateway_url: Option<String>,
-    /// A fixed range of shards for this process; `None` shares all shards with the other
-    /// replicas through leases.
-    pub shards: Option<Range<u32>>,
-    /// Total shard count; `None` takes Discord's recommendation.
-    pub shard_count: Option<u32>,
-    /// Publishes awaiting acknowledgement per shard before reading pauses.
-    pub window: usize,
-    pub subjects: Subjects,
-    /// Replicas of the KV buckets (as for the streams).
-    pub kv_replicas: usize,
-    /// A dead replica's shards are taken over this long after its last renewal.
-    pub lease_ttl: Duration,
-    /// This process's name among the replicas; defaults to `$HOSTNAME-<pid>`.
-    pub replica_id: Option<String>,
-}
-
 /// Runs shards until `shutdown` fires or one closes fatally.
 ///
-/// On shutdown every shard stops reading, waits for its outstanding acks, saves its
-/// session and closes with the RESUME code; leases are released for the other replicas.
+/// `config` is the `[ingest]` section as loaded; from the shared sections ingest reads
+/// the token, intents, REST base and gateway URL of `[discord]` and the subject prefix
+/// and replicas of `[nats]`. On shutdown every shard stops reading, waits for its
+/// outstanding acks, saves its session and closes with the RESUME code; leases are
+/// released for the other replicas.
 pub async fn run(
-    config: IngestConfig,
+    config: &IngestSection,
+    shared: Shared<'_>,
     js: jetstream::Context,
     metrics: IngestMetrics,
     health: ShardHealth,
@@ -73,11 +51,17 @@ pub async fn run(
         }
     }
     let _ended = Ended(health.clone());
+    let invalid = |e: ConfigError| IngestError::new(IngestErrorKind::Config, e.to_string());
+    let discord = shared.discord;
+    let token = discord.require_token().map_err(invalid)?.clone();
+    let intents = config::intents(discord).map_err(invalid)?;
+    let shards = config.shard_range().map_err(invalid)?;
+    let subjects = shared.nats.subjects();
     health.set_nats(js.client());
     let http = reqwest::Client::new();
-    let bot = gateway_bot(&http, &config.api_base, &config.token).await?;
-    let shard_count = config.shard_count.unwrap_or(bot.shards).max(1);
-    let scope = config.shards.clone().unwrap_or(0..shard_count);
+    let bot = gateway_bot(&http, &discord.api_base, &token).await?;
+    let shard_count = config.shard_count.number().unwrap_or(bot.shards).max(1);
+    let scope = shards.clone().unwrap_or(0..shard_count);
     if scope.is_empty() || scope.end > shard_count {
         return Err(IngestError::new(
             IngestErrorKind::Config,
@@ -87,15 +71,22 @@ pub async fn run(
             ),
         ));
     }
-    let buckets =
-        store::Buckets::ensure(&js, &config.subjects, config.kv_replicas, config.lease_ttl).await?;
-    let replica = config.replica_id.clone().unwrap_or_else(default_replica_id);
+    let buckets = store::Buckets::ensure(
+        &js,
+        &subjects,
+        shared.nats.stream_replicas,
+        config.lease_ttl,
+    )
+    .await?;
+    let replica = Some(config.replica_id.clone())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(default_replica_id);
     let limit = bot.session_start_limit;
     let budget = budget::StartBudget {
         kv: buckets.sessions.clone(),
         http,
-        api_base: config.api_base.clone(),
-        token: config.token.clone(),
+        api_base: discord.api_base.clone(),
+        token: token.clone(),
     };
     let queue = queue::KvQueue::new(
         buckets.identify.clone(),
@@ -103,26 +94,26 @@ pub async fn run(
         limit.max_concurrency,
         budget,
     );
-    let gateway_url = config.gateway_url.clone().unwrap_or(bot.url);
+    let gateway_url = discord.gateway_url().map_or(bot.url, str::to_owned);
     tracing::info!(
         %replica, shards = ?scope, shard_count, max_concurrency = limit.max_concurrency,
-        leased = config.shards.is_none(), %gateway_url, "starting ingest"
+        leased = shards.is_none(), %gateway_url, "starting ingest"
     );
     let ctx = Arc::new(shard::ShardContext {
         js,
         sessions: buckets.sessions.clone(),
-        subjects: config.subjects.clone(),
+        subjects,
         window: config.window.max(1),
         metrics,
         health,
-        token: config.token.clone(),
-        intents: config.intents,
+        token,
+        intents,
         gateway_url,
         queue,
         shard_count,
     });
     let coordinator = coordinator::Coordinator::new(ctx, buckets, replica, scope, config.lease_ttl);
-    if config.shards.is_some() {
+    if shards.is_some() {
         coordinator.run_static(shutdown).await
     } else {
         coordinator.run_leased(shutdown).await

@@ -8,18 +8,17 @@
 //! JetStream stream, so they survive the death of the replica that deferred.
 //!
 //! ```no_run
-//! # async fn demo(js: async_nats::jetstream::Context, hex_key: &str) -> Result<(), Box<dyn std::error::Error>> {
-//! use relaycord_interactions::{InteractionMetrics, Service, Settings, verify::PublicKey};
-//! let settings = Settings::new(PublicKey::from_hex(hex_key)?)
-//!     .deadline(std::time::Duration::from_millis(2500))
-//!     .api_base("https://discord.com/api");
+//! # async fn demo(js: async_nats::jetstream::Context, shared: relaycord_bus::Shared<'_>) -> Result<(), Box<dyn std::error::Error>> {
+//! use relaycord_interactions::{InteractionMetrics, InteractionsSection};
+//! let config = InteractionsSection::default(); // as loaded from `[interactions]`
 //! let metrics = InteractionMetrics::new(&prometheus::Registry::new())?;
-//! let service = Service::start(settings, js, metrics).await?;
-//! let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+//! let service = relaycord_interactions::start(&config, shared, js, metrics).await?;
+//! let listener = tokio::net::TcpListener::bind(config.listen).await?;
 //! service.run(listener, tokio_util::sync::CancellationToken::new()).await?;
 //! # Ok(()) }
 //! ```
 
+pub mod config;
 mod decisions;
 mod endpoint;
 pub mod error;
@@ -39,9 +38,11 @@ use std::sync::Arc;
 use async_nats::jetstream;
 use axum::Router;
 use axum::routing::post;
+use relaycord_bus::Shared;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use config::{InteractionsSection, public_key};
 pub use decisions::{Decisions, TOKEN_LIFETIME};
 pub use endpoint::handler_headers;
 pub use error::{InteractionsError, InteractionsErrorKind};
@@ -55,6 +56,20 @@ use endpoint::Endpoint;
 use late::LateWorker;
 use replies::ReplyMux;
 use rest::DiscordRest;
+
+/// The role's entry point: builds the service from the `[interactions]` section and the
+/// shared sections, and sets it up on NATS. Serving is the second step,
+/// [`Service::run`], so that the caller can report ready in between.
+pub async fn start(
+    config: &InteractionsSection,
+    shared: Shared<'_>,
+    js: jetstream::Context,
+    metrics: InteractionMetrics,
+) -> Result<Service, InteractionsError> {
+    let settings = Settings::from_config(config, shared)
+        .map_err(|e| InteractionsError::new(InteractionsErrorKind::Config, e.to_string()))?;
+    Service::start(settings, js, metrics).await
+}
 
 /// A started interactions service: streams, bucket, consumer and reply subscription are
 /// set up; [`Service::run`] serves HTTP and sends late replies until shutdown.

@@ -16,12 +16,13 @@
 
 use bytes::Bytes;
 use relaycord_bus::interaction::{InteractionKeys, Kind};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::response;
 
 /// Where an interaction is sent for its reply.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Handler {
     /// Request/reply on this subject. Handlers subscribe with a queue group to scale.
@@ -32,13 +33,18 @@ pub enum Handler {
 }
 
 /// One `[[interactions.routes]]` entry as written in the config file.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// Matches a slash, user or message command by name (`"*"`: any).
     pub command: Option<String>,
+    /// Matches a button or select whose custom_id is this or starts with `this:`.
     pub component: Option<String>,
+    /// Matches a modal submit by custom_id, as `component` does.
     pub modal: Option<String>,
+    /// Matches the autocomplete of a command by name (`"*"`: any).
     pub autocomplete: Option<String>,
+    /// Where the interaction goes for its reply: `{ nats = "subject" }` or `{ http = "url" }`.
     pub handler: Option<Handler>,
     /// Answered when there is no handler (an interaction response object).
     pub response: Option<serde_json::Value>,

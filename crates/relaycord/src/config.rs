@@ -1,20 +1,23 @@
 //! The config file: defaults, then the TOML file, then `RELAYCORD_<SECTION>__<KEY>`
 //! environment variables (and `DISCORD_TOKEN`), validated after merging so an error
-//! names the key and the fix. Every key is documented in `docs/configuration.md`.
+//! names the key and the fix. Each section belongs to the crate that reads it (`[nats]`
+//! and `[discord]` to the bus, `[ingest]`, `[interactions]` and `[[sinks]]` to their
+//! roles); this file only composes them. Every key is documented in
+//! `docs/configuration.md`, which a test below holds to the structs.
 
-use std::net::SocketAddr;
-use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use relaycord_bus::{Secret, StreamSettings, Subjects};
-use relaycord_sinks::SinkConfig;
 use serde::Deserialize;
-use twilight_gateway::Intents;
+
+pub use relaycord_bus::{ConfigError, DiscordConfig, NatsConfig, Shared};
+pub use relaycord_ingest::{IngestSection, ShardCount};
+pub use relaycord_interactions::InteractionsSection;
+use relaycord_sinks::SinkConfig;
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -25,206 +28,10 @@ pub struct Config {
     pub ingest: IngestSection,
     #[serde(default)]
     pub interactions: InteractionsSection,
+    /// Documented in docs/sinks.md, per sink type.
     #[serde(default)]
+    #[cfg_attr(test, schemars(skip))]
     pub sinks: Vec<SinkConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NatsConfig {
-    pub url: String,
-    pub subject_prefix: String,
-    pub stream_replicas: usize,
-    #[serde(with = "humantime_serde")]
-    pub max_age: Duration,
-    pub max_bytes: i64,
-    #[serde(with = "humantime_serde")]
-    pub duplicate_window: Duration,
-    #[serde(with = "humantime_serde")]
-    pub dlq_max_age: Duration,
-    /// NATS credentials file (JWT + nkey seed, as `nsc` writes it).
-    pub creds_file: Option<PathBuf>,
-    /// Token auth (secret).
-    pub token: Secret,
-    /// User and password auth; the password is a secret.
-    pub user: String,
-    pub password: Secret,
-    /// Nkey seed (`SU…`, secret).
-    pub nkey_seed: Secret,
-    /// PEM CA bundle to verify the server with (private CAs).
-    pub tls_ca_file: Option<PathBuf>,
-    /// PEM client certificate and key for mutual TLS: both or neither.
-    pub tls_cert_file: Option<PathBuf>,
-    pub tls_key_file: Option<PathBuf>,
-    /// Refuse to talk to a server that does not offer TLS.
-    pub tls_required: bool,
-}
-
-impl Default for NatsConfig {
-    fn default() -> Self {
-        let streams = StreamSettings::default();
-        Self {
-            url: "nats://127.0.0.1:4222".to_owned(),
-            subject_prefix: relaycord_bus::DEFAULT_PREFIX.to_owned(),
-            stream_replicas: streams.replicas,
-            max_age: streams.max_age,
-            max_bytes: streams.max_bytes,
-            duplicate_window: streams.duplicate_window,
-            dlq_max_age: streams.dlq_max_age,
-            creds_file: None,
-            token: Secret::default(),
-            user: String::new(),
-            password: Secret::default(),
-            nkey_seed: Secret::default(),
-            tls_ca_file: None,
-            tls_cert_file: None,
-            tls_key_file: None,
-            tls_required: false,
-        }
-    }
-}
-
-impl NatsConfig {
-    pub fn subjects(&self) -> Subjects {
-        Subjects::new(self.subject_prefix.clone())
-    }
-
-    pub fn streams(&self) -> StreamSettings {
-        StreamSettings {
-            replicas: self.stream_replicas,
-            max_age: self.max_age,
-            max_bytes: self.max_bytes,
-            duplicate_window: self.duplicate_window,
-            dlq_max_age: self.dlq_max_age,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DiscordConfig {
-    pub token: Secret,
-    pub application_id: String,
-    pub public_key: String,
-    pub intents: Vec<String>,
-    pub api_base: String,
-    pub gateway_url: String,
-}
-
-impl Default for DiscordConfig {
-    fn default() -> Self {
-        Self {
-            token: Secret::default(),
-            application_id: String::new(),
-            public_key: String::new(),
-            intents: [
-                "GUILDS",
-                "GUILD_MESSAGES",
-                "GUILD_MESSAGE_REACTIONS",
-                "MESSAGE_CONTENT",
-                "GUILD_MEMBERS",
-            ]
-            .map(str::to_owned)
-            .to_vec(),
-            api_base: "https://discord.com/api".to_owned(),
-            gateway_url: String::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IngestSection {
-    /// `"auto"` (all shards) or a range such as `"0-15"` (inclusive).
-    pub shards: String,
-    /// `"auto"` (Discord's recommendation) or a number.
-    pub shard_count: ShardCount,
-    /// Publishes awaiting JetStream's ack per shard before reading pauses.
-    pub window: usize,
-    pub metrics_listen: SocketAddr,
-    /// A dead replica's shards move to the others this long after its last renewal.
-    #[serde(with = "humantime_serde")]
-    pub lease_ttl: Duration,
-    /// This replica's name; empty: `$HOSTNAME-<pid>`.
-    pub replica_id: String,
-    /// `/readyz` fails when an owned shard has had no session for this long.
-    #[serde(with = "humantime_serde")]
-    pub unhealthy_after: Duration,
-}
-
-impl Default for IngestSection {
-    fn default() -> Self {
-        Self {
-            shards: "auto".to_owned(),
-            shard_count: ShardCount::Auto,
-            window: 256,
-            metrics_listen: ([127, 0, 0, 1], 9100).into(),
-            lease_ttl: Duration::from_secs(10),
-            replica_id: String::new(),
-            unhealthy_after: Duration::from_secs(60),
-        }
-    }
-}
-
-/// `[interactions]`: the HTTP interactions endpoint (see docs/interactions.md).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct InteractionsSection {
-    pub listen: SocketAddr,
-    pub path: String,
-    /// From a request's arrival to the deferral; Discord allows 3 s in all.
-    #[serde(with = "humantime_serde")]
-    pub deadline: Duration,
-    /// Largest accepted request body, in bytes (413 above).
-    pub max_body: usize,
-    pub metrics_listen: SocketAddr,
-    /// Answer to interactions no route matches (an interaction response); none: defer.
-    pub default_response: Option<serde_json::Value>,
-    /// Shown to the user (ephemeral) when a handler fails or has no responders.
-    pub unavailable_message: String,
-    pub routes: Vec<relaycord_interactions::RouteConfig>,
-}
-
-impl Default for InteractionsSection {
-    fn default() -> Self {
-        use relaycord_interactions::settings as d;
-        Self {
-            listen: ([0, 0, 0, 0], 8080).into(),
-            path: d::DEFAULT_PATH.to_owned(),
-            deadline: d::DEFAULT_DEADLINE,
-            max_body: d::DEFAULT_MAX_BODY,
-            metrics_listen: ([127, 0, 0, 1], 9102).into(),
-            default_response: None,
-            unavailable_message: d::DEFAULT_UNAVAILABLE_MESSAGE.to_owned(),
-            routes: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum ShardCount {
-    Number(u32),
-    #[serde(deserialize_with = "auto")]
-    Auto,
-}
-
-fn auto<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(), D::Error> {
-    let s = String::deserialize(d)?;
-    if s == "auto" {
-        Ok(())
-    } else {
-        Err(serde::de::Error::custom("expected \"auto\" or a number"))
-    }
-}
-
-/// A config problem: the key, what is wrong, and how to fix it.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{0}")]
-    Load(Box<figment::Error>),
-    #[error("{key}: {problem}")]
-    Invalid { key: String, problem: String },
 }
 
 /// Rewrites figment's error in the file's own terms: `sinks[0].type` rather than
@@ -268,7 +75,7 @@ fn load_error(error: &figment::Error) -> ConfigError {
         Some(source) => format!("{problem} (from {source})"),
         None => problem,
     };
-    invalid(
+    ConfigError::new(
         if key.is_empty() {
             "config".to_owned()
         } else {
@@ -278,13 +85,6 @@ fn load_error(error: &figment::Error) -> ConfigError {
     )
 }
 
-pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        problem: problem.into(),
-    }
-}
-
 impl Config {
     /// Loads the file at `path` (when given; it must exist) and the environment, then
     /// validates the result.
@@ -292,7 +92,7 @@ impl Config {
         let mut figment = Figment::new();
         if let Some(path) = path {
             if !path.exists() {
-                return Err(invalid(
+                return Err(ConfigError::new(
                     "--config",
                     format!(
                         "{} does not exist; pass --config FILE or create it (see docs/configuration.md)",
@@ -314,160 +114,26 @@ impl Config {
         Ok(config)
     }
 
+    /// Every section's own checks, in file order.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        Subjects::validate_prefix(&self.nats.subject_prefix)
-            .map_err(|p| invalid("nats.subject_prefix", p))?;
-        if self.nats.stream_replicas == 0 || self.nats.stream_replicas > 5 {
-            return Err(invalid(
-                "nats.stream_replicas",
-                "must be 1 to 5 (1 on a single server, 3 on a cluster)",
-            ));
-        }
-        crate::nats_client::validate(&self.nats)?;
-        if self.nats.duplicate_window < Duration::from_secs(10) {
-            return Err(invalid(
-                "nats.duplicate_window",
-                "must be at least 10s: it has to cover a gateway resume",
-            ));
-        }
-        if self.ingest.lease_ttl < Duration::from_secs(2) {
-            return Err(invalid(
-                "ingest.lease_ttl",
-                "must be at least 2s: leases are renewed every third of it",
-            ));
-        }
-        self.intents()?;
-        self.shard_range()?;
-        self.interactions_routes()?;
-        self.check_interactions()?;
-        let mut names = std::collections::HashSet::new();
-        for (i, sink) in self.sinks.iter().enumerate() {
-            if sink.name.is_empty() {
-                return Err(invalid(format!("sinks[{i}].name"), "must not be empty"));
-            }
-            if !names.insert(&sink.name) {
-                return Err(invalid(
-                    format!("sinks[{i}].name"),
-                    format!("{:?} is used by two sinks; names must be unique", sink.name),
-                ));
-            }
-            if sink.max_attempts == 0 {
-                return Err(invalid(
-                    format!("sinks.{}.max_attempts", sink.name),
-                    "must be at least 1",
-                ));
-            }
-            if sink.concurrency == 0 {
-                return Err(invalid(
-                    format!("sinks.{}.concurrency", sink.name),
-                    "must be at least 1",
-                ));
-            }
-            for event in &sink.events {
-                if !relaycord_bus::subject::is_event_type(event) {
-                    return Err(invalid(
-                        format!("sinks.{}.events", sink.name),
-                        format!("{event:?} is not a gateway event type (e.g. MESSAGE_CREATE)"),
-                    ));
-                }
-            }
-        }
-        Ok(())
+        self.nats.validate()?;
+        self.discord.validate()?;
+        self.ingest.validate(self.shared())?;
+        self.interactions.validate(self.shared())?;
+        relaycord_sinks::validate::validate(&self.sinks)
     }
 
-    /// The checked `[[interactions.routes]]`.
-    pub fn interactions_routes(&self) -> Result<relaycord_interactions::Routes, ConfigError> {
-        relaycord_interactions::Routes::new(&self.interactions.routes)
-            .map_err(|e| invalid(format!("interactions.routes[{}]", e.index), e.problem))
-    }
-
-    fn check_interactions(&self) -> Result<(), ConfigError> {
-        let ix = &self.interactions;
-        if ix.deadline < Duration::from_millis(100) || ix.deadline > Duration::from_millis(2900) {
-            return Err(invalid(
-                "interactions.deadline",
-                "must be between 100ms and 2900ms: Discord waits 3s for the response",
-            ));
+    /// The sections every role reads beside its own.
+    pub fn shared(&self) -> Shared<'_> {
+        Shared {
+            nats: &self.nats,
+            discord: &self.discord,
         }
-        if !ix.path.starts_with('/') {
-            return Err(invalid("interactions.path", "must start with '/'"));
-        }
-        if ix.max_body < 1024 {
-            return Err(invalid(
-                "interactions.max_body",
-                "must be at least 1024 bytes",
-            ));
-        }
-        if let Some(response) = &ix.default_response
-            && !response.get("type").is_some_and(serde_json::Value::is_u64)
-        {
-            return Err(invalid(
-                "interactions.default_response",
-                "must be an interaction response such as { type = 4, data = { content = \"…\" } }",
-            ));
-        }
-        if !self.discord.public_key.is_empty() {
-            self.public_key()?;
-        }
-        Ok(())
-    }
-
-    /// `discord.public_key`, required by the interactions role.
-    pub fn public_key(&self) -> Result<relaycord_interactions::verify::PublicKey, ConfigError> {
-        if self.discord.public_key.is_empty() {
-            return Err(invalid(
-                "discord.public_key",
-                "is empty: copy the application's public key from the Developer Portal (or set RELAYCORD_DISCORD__PUBLIC_KEY)",
-            ));
-        }
-        relaycord_interactions::verify::PublicKey::from_hex(&self.discord.public_key)
-            .map_err(|e| invalid("discord.public_key", e.to_string()))
-    }
-
-    pub fn intents(&self) -> Result<Intents, ConfigError> {
-        self.discord.intents.iter().try_fold(Intents::empty(), |all, name| {
-            Intents::from_name(name).map(|i| all | i).ok_or_else(|| {
-                invalid("discord.intents", format!("{name:?} is not an intent; use names such as GUILDS, GUILD_MESSAGES, MESSAGE_CONTENT"))
-            })
-        })
-    }
-
-    /// `None` for `"auto"`; otherwise the half-open range of `"A-B"` (inclusive in the file).
-    pub fn shard_range(&self) -> Result<Option<Range<u32>>, ConfigError> {
-        let spec = self.ingest.shards.trim();
-        if spec == "auto" {
-            return Ok(None);
-        }
-        let err = || {
-            invalid(
-                "ingest.shards",
-                format!("{spec:?} is not \"auto\" or a range like \"0-15\""),
-            )
-        };
-        let (a, b) = spec.split_once('-').unwrap_or((spec, spec));
-        let (a, b): (u32, u32) = (
-            a.trim().parse().map_err(|_| err())?,
-            b.trim().parse().map_err(|_| err())?,
-        );
-        if a > b {
-            return Err(err());
-        }
-        if let ShardCount::Number(count) = self.ingest.shard_count {
-            if b >= count {
-                return Err(invalid(
-                    "ingest.shards",
-                    format!("range {a}-{b} exceeds ingest.shard_count = {count}"),
-                ));
-            }
-        } else {
-            return Err(invalid(
-                "ingest.shard_count",
-                "must be a number when ingest.shards is a range",
-            ));
-        }
-        Ok(Some(a..b + 1))
     }
 }
+
+#[cfg(test)]
+mod docs;
 
 #[cfg(test)]
 // figment's Jail returns its own large error type; that is its API, not ours.
@@ -475,6 +141,7 @@ impl Config {
 mod tests {
     use super::*;
     use figment::Jail;
+    use std::time::Duration;
 
     #[test]
     fn defaults_file_then_env() {
@@ -498,7 +165,7 @@ mod tests {
             let c = Config::load(Some(Path::new("relaycord.toml"))).unwrap();
             assert_eq!(c.nats.url, "nats://env:4222");
             assert_eq!(c.discord.token.expose(), "tok");
-            assert_eq!(c.shard_range().unwrap(), Some(0..4));
+            assert_eq!(c.ingest.shard_range().unwrap(), Some(0..4));
             assert_eq!(c.nats.subject_prefix, "discord");
             assert_eq!(c.sinks.len(), 1);
             Ok(())
@@ -560,7 +227,7 @@ mod tests {
             assert_eq!(c.interactions.deadline, Duration::from_secs(2));
             assert_eq!(c.interactions.path, "/interactions");
             assert_eq!(c.interactions.routes.len(), 2);
-            c.public_key().unwrap();
+            relaycord_interactions::public_key(&c.discord).unwrap();
             Ok(())
         });
         let e = load_err("[interactions]\ndeadline = \"5s\"");

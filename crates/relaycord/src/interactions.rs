@@ -1,34 +1,15 @@
-//! Wiring of the interactions role (`relaycord interactions`) from the config file.
+//! The interactions role (`relaycord interactions`): the service comes from the
+//! interactions crate; the binary adds metrics, health and the listener.
 
 use anyhow::Context;
 use async_nats::jetstream;
-use bytes::Bytes;
 use prometheus::Registry;
-use relaycord_interactions::{InteractionMetrics, Service, Settings};
+use relaycord_interactions::{InteractionMetrics, InteractionsErrorKind};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::telemetry::Health;
-
-/// The service settings of `config` (public key, routes, deadline, REST base).
-pub fn settings(config: &Config) -> anyhow::Result<Settings> {
-    let ix = &config.interactions;
-    Ok(Settings::new(config.public_key()?)
-        .path(ix.path.clone())
-        .deadline(ix.deadline)
-        .max_body(ix.max_body)
-        .routes(config.interactions_routes()?)
-        .default_response(
-            ix.default_response
-                .as_ref()
-                .map(|v| Bytes::from(v.to_string())),
-        )
-        .unavailable_message(ix.unavailable_message.clone())
-        .api_base(config.discord.api_base.clone())
-        .subjects(config.nats.subjects())
-        .streams(config.nats.streams()))
-}
 
 /// Serves interactions on `listener` until `shutdown`; ready once set up on NATS.
 pub async fn run_interactions(
@@ -39,11 +20,16 @@ pub async fn run_interactions(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let settings = settings(config)?;
     let metrics = InteractionMetrics::new(registry)?;
-    let service = Service::start(settings, js, metrics)
-        .await
-        .context("cannot set up the interactions service on NATS")?;
+    let service =
+        match relaycord_interactions::start(&config.interactions, config.shared(), js, metrics)
+            .await
+        {
+            Ok(service) => service,
+            // A config mistake says which key; only a NATS failure needs the context.
+            Err(e) if e.kind() == InteractionsErrorKind::Config => return Err(e.into()),
+            Err(e) => return Err(e).context("cannot set up the interactions service on NATS"),
+        };
     health.set_ready(true);
     service.run(listener, shutdown).await?;
     Ok(())

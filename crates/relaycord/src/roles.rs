@@ -5,12 +5,12 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::jetstream;
 use prometheus::Registry;
-use relaycord_ingest::{IngestConfig, IngestMetrics, ShardHealth};
+use relaycord_ingest::{IngestMetrics, ShardHealth};
 use relaycord_sinks::{SinkConfig, SinkMetrics};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ShardCount};
+use crate::config::Config;
 use crate::telemetry::Health;
 
 /// Connects to NATS and sets up the streams; fails with the key to fix when it cannot.
@@ -27,31 +27,8 @@ pub async fn connect(config: &Config, role: &str) -> anyhow::Result<jetstream::C
     Ok(js)
 }
 
-pub fn ingest_config(config: &Config) -> anyhow::Result<IngestConfig> {
-    let d = &config.discord;
-    if d.token.is_empty() {
-        anyhow::bail!(
-            "discord.token is empty: set DISCORD_TOKEN or discord.token in the config file"
-        );
-    }
-    Ok(IngestConfig {
-        token: d.token.clone(),
-        intents: config.intents()?,
-        api_base: d.api_base.clone(),
-        gateway_url: Some(d.gateway_url.clone()).filter(|u| !u.is_empty()),
-        shards: config.shard_range()?,
-        shard_count: match config.ingest.shard_count {
-            ShardCount::Number(n) => Some(n),
-            ShardCount::Auto => None,
-        },
-        window: config.ingest.window,
-        subjects: config.nats.subjects(),
-        kv_replicas: config.nats.stream_replicas,
-        lease_ttl: config.ingest.lease_ttl,
-        replica_id: Some(config.ingest.replica_id.clone()).filter(|r| !r.is_empty()),
-    })
-}
-
+/// Runs the ingest role until `shutdown`, with `/readyz` and `/healthz` following the
+/// shards it holds.
 pub async fn run_ingest(
     config: &Config,
     js: jetstream::Context,
@@ -59,27 +36,20 @@ pub async fn run_ingest(
     health: &Health,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let ingest = ingest_config(config)?;
+    let section = &config.ingest;
     let shards = ShardHealth::default();
-    let threshold = config.ingest.unhealthy_after;
+    let threshold = section.unhealthy_after;
     health.add_check({
         let shards = shards.clone();
-        move || match shards.down_longer_than(threshold).as_slice() {
-            [] => Ok(()),
-            down => Err(format!(
-                "shards {down:?} have had no gateway session for over {threshold:?}"
-            )),
-        }
+        move || shards.readiness(threshold)
     });
-    // A shard loop may legitimately pause for a NATS request timeout (10 s); a stall
-    // shorter than that is not a wedge.
-    let stall = threshold.max(Duration::from_secs(30));
+    let stall = section.stall_after();
     health.add_liveness_check({
         let shards = shards.clone();
         move || shards.liveness(stall)
     });
     let metrics = IngestMetrics::new(registry)?;
-    relaycord_ingest::run(ingest, js, metrics, shards, shutdown).await?;
+    relaycord_ingest::run(section, config.shared(), js, metrics, shards, shutdown).await?;
     Ok(())
 }
 

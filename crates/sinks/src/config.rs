@@ -99,6 +99,8 @@ impl SinkConfig {
     }
 
     fn check_common(&self) -> Result<(), SinkError> {
+        crate::validate::common(self)
+            .map_err(|e| SinkError::new(crate::SinkErrorKind::Config, e.to_string()))?;
         let bad = |key: &str, msg: String| {
             SinkError::new(
                 crate::SinkErrorKind::Config,

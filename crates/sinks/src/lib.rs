@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod nats;
 pub mod retry;
 pub mod template;
+pub mod validate;
 mod worker;
 
 use std::time::Duration;

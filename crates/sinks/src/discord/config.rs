@@ -127,7 +127,7 @@ impl DiscordSinkConfig {
 }
 
 fn default_api_base() -> String {
-    "https://discord.com/api".to_owned()
+    relaycord_bus::DISCORD_API_BASE.to_owned()
 }
 
 fn default_global_rate() -> u32 {

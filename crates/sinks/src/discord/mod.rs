@@ -96,7 +96,13 @@ impl DiscordSink {
                     })?;
                 let api_base = config.api_base.trim_end_matches('/').to_owned();
                 reqwest::Url::parse(&api_base).map_err(|e| {
-                    bad("api_base", format!("{api_base:?} is not a URL ({e}); the default is \"https://discord.com/api\""))
+                    bad(
+                        "api_base",
+                        format!(
+                            "{api_base:?} is not a URL ({e}); the default is {:?}",
+                            relaycord_bus::DISCORD_API_BASE
+                        ),
+                    )
                 })?;
                 Target::Channel {
                     api_base,

@@ -75,7 +75,7 @@ impl DiscordSink {
             (Some(url), None) => webhook_target(url).map_err(|m| bad("webhook_url", m))?,
             (None, Some(channel)) => {
                 let channel = KeyTemplate::parse(channel).map_err(|e| bad("channel_id", e))?;
-                let literal = channel.render(name, b"{}", str::to_owned);
+                let literal = channel.sample(name, str::to_owned);
                 if !channel.uses("channel_id") && !relaycord_bus::subject::is_snowflake(&literal) {
                     return Err(bad(
                         "channel_id",
@@ -207,14 +207,14 @@ pub fn nonce(id: &str) -> String {
 }
 
 impl Sink for DiscordSink {
-    async fn deliver(&self, event: &Event) -> Outcome {
+    async fn deliver(&self, event: &Event<'_>) -> Outcome {
         if let Some(reason) = self.stopped.lock().expect("discord sink lock").clone() {
             return Outcome::Permanent {
                 reason: format!("not sent: the sink stopped after {reason}"),
                 status: None,
             };
         }
-        let message = match self.templates.render(&event.payload) {
+        let message = match self.templates.render(event.body) {
             Ok(m) => m,
             Err(reason) => {
                 return Outcome::Permanent {
@@ -243,14 +243,14 @@ impl Sink for DiscordSink {
                 channel,
                 token,
             } => {
-                let id = channel.render(&self.name, &event.payload, str::to_owned);
+                let id = channel.render(&self.name, event.body, str::to_owned);
                 if !relaycord_bus::subject::is_snowflake(&id) {
                     return Outcome::Permanent {
                         reason: format!("the event has no channel to post to ({id:?})"),
                         status: None,
                     };
                 }
-                body["nonce"] = json!(nonce(&event.id));
+                body["nonce"] = json!(nonce(event.id));
                 body["enforce_nonce"] = json!(true);
                 let url = format!("{api_base}/v10/channels/{id}/messages");
                 match reqwest::Url::parse(&url) {

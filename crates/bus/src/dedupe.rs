@@ -186,6 +186,23 @@ mod tests {
         assert_eq!(a.len(), "h:PRESENCE_UPDATE:".len() + 32);
     }
 
+    /// Keys are ids on the bus contract: these exact bytes must never change.
+    #[test]
+    fn encodings_are_pinned() {
+        assert_eq!(percent_encode("🔥"), "%F0%9F%94%A5");
+        assert_eq!(percent_encode("aZ09_-"), "aZ09_-");
+        assert_eq!(
+            percent_encode("a.b c:d%e/f~g*h>"),
+            "a%2Eb%20c%3Ad%25e%2Ff%7Eg%2Ah%3E"
+        );
+        assert_eq!(percent_encode("é\u{0}\n"), "%C3%A9%00%0A");
+        assert_eq!(percent_encode(""), "");
+        assert_eq!(
+            content_hash_key("PRESENCE_UPDATE", r#"{"user":{"id":"1"}}"#),
+            "h:PRESENCE_UPDATE:a950a474275b7d1f4635e7ceac4db903"
+        );
+    }
+
     #[test]
     fn hostile_fields_fall_back_to_the_hash() {
         let k = key(r#"{"op":0,"s":1,"t":"MESSAGE_CREATE","d":{"id":"1\r\nX-Evil: 1"}}"#);

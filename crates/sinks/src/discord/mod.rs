@@ -198,12 +198,9 @@ fn webhook_target(url: &Secret) -> Result<Target, String> {
 
 /// Discord's nonce holds at most 25 characters; ids can be longer, so a digest of it.
 pub fn nonce(id: &str) -> String {
-    let digest = Sha256::digest(id.as_bytes());
-    digest
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()[..25]
-        .to_owned()
+    let mut nonce = hex::encode(Sha256::digest(id.as_bytes()));
+    nonce.truncate(25);
+    nonce
 }
 
 impl Sink for DiscordSink {
@@ -405,5 +402,7 @@ mod tests {
             nonce("h:PRESENCE_UPDATE:0123456789abcdef0123456789abcdef")
         );
         assert_ne!(n, nonce("msg:1"));
+        // A redelivery after an upgrade must send the nonce the first attempt sent.
+        assert_eq!(nonce("msg:1"), "b0e644d05f7c0e9772b9c05e6");
     }
 }

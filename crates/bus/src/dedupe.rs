@@ -5,6 +5,7 @@
 //! JetStream's duplicate window keeps one copy. Keys are printable ASCII so they fit
 //! unchanged into NATS headers, HTTP headers (`webhook-id`) and AMQP message ids.
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use sha2::{Digest, Sha256};
 
 use crate::dispatch::Dispatch;
@@ -72,11 +73,7 @@ pub fn content_hash_key(event_type: &str, raw_data: &str) -> String {
     hasher.update([0]);
     hasher.update(raw_data.as_bytes());
     let digest = hasher.finalize();
-    let mut key = format!("h:{event_type}:");
-    for byte in &digest[..16] {
-        key.push_str(&format!("{byte:02x}"));
-    }
-    key
+    format!("h:{event_type}:{}", hex::encode(&digest[..16]))
 }
 
 /// ISO 8601 timestamps as Discord sends them: digits and `-:.+TZ` only.
@@ -89,16 +86,11 @@ fn is_timestamp(t: &str) -> bool {
 
 /// Unicode emoji become `%F0%9F%91%8D`-style text: ASCII-only and unambiguous.
 fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, KEEP_UNRESERVED).to_string()
 }
+
+/// Everything but ASCII letters, digits, `_` and `-` is written `%XX` (upper case).
+const KEEP_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'_').remove(b'-');
 
 #[cfg(test)]
 mod tests {
@@ -184,6 +176,23 @@ mod tests {
         assert_ne!(a, other);
         assert_ne!(a, other_type);
         assert_eq!(a.len(), "h:PRESENCE_UPDATE:".len() + 32);
+    }
+
+    /// Keys are ids on the bus contract: these exact bytes must never change.
+    #[test]
+    fn encodings_are_pinned() {
+        assert_eq!(percent_encode("🔥"), "%F0%9F%94%A5");
+        assert_eq!(percent_encode("aZ09_-"), "aZ09_-");
+        assert_eq!(
+            percent_encode("a.b c:d%e/f~g*h>"),
+            "a%2Eb%20c%3Ad%25e%2Ff%7Eg%2Ah%3E"
+        );
+        assert_eq!(percent_encode("é\u{0}\n"), "%C3%A9%00%0A");
+        assert_eq!(percent_encode(""), "");
+        assert_eq!(
+            content_hash_key("PRESENCE_UPDATE", r#"{"user":{"id":"1"}}"#),
+            "h:PRESENCE_UPDATE:a950a474275b7d1f4635e7ceac4db903"
+        );
     }
 
     #[test]

@@ -20,18 +20,32 @@ pub enum Source {
     Interaction,
 }
 
+impl Source {
+    /// The name as it is in the envelope's `source`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::Interaction => "interaction",
+        }
+    }
+}
+
 /// An envelope, borrowing its payload. Serializing writes `data` verbatim; deserializing
-/// (consumers, sinks) borrows it without parsing it.
+/// (consumers, sinks) borrows it without parsing it, and borrows the strings too (owned
+/// only when they hold escapes), so reading an envelope allocates nothing.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Envelope<'a> {
+    #[serde(borrow)]
     pub id: std::borrow::Cow<'a, str>,
     pub source: Source,
-    #[serde(rename = "type")]
+    #[serde(rename = "type", borrow)]
     pub event_type: std::borrow::Cow<'a, str>,
     pub shard: Option<u32>,
     pub seq: Option<u64>,
+    #[serde(borrow)]
     pub guild_id: Option<std::borrow::Cow<'a, str>>,
     /// RFC 3339 with milliseconds, UTC.
+    #[serde(borrow)]
     pub received_at: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     pub data: &'a RawValue,
@@ -88,5 +102,15 @@ mod tests {
             .duration_since(back.received_at_time().unwrap())
             .unwrap();
         assert!(age.as_secs() < 60);
+    }
+
+    #[test]
+    fn source_names_are_the_serialized_ones() {
+        for source in [Source::Gateway, Source::Interaction] {
+            assert_eq!(
+                serde_json::to_value(source).unwrap(),
+                serde_json::json!(source.as_str())
+            );
+        }
     }
 }

@@ -67,7 +67,7 @@ impl PublicKey {
     }
 
     pub fn to_hex(&self) -> String {
-        encode_hex(self.0.as_bytes())
+        hex::encode(self.0.as_bytes())
     }
 }
 
@@ -138,23 +138,16 @@ fn parse_seconds(raw: &[u8]) -> Option<u64> {
 
 /// Exactly `N` bytes of hex (either case). Length is checked first so that a truncated
 /// signature is reported as such.
-fn decode_hex<const N: usize>(hex: &str) -> Result<[u8; N], Rejection> {
-    if !hex.is_ascii() {
+fn decode_hex<const N: usize>(text: &str) -> Result<[u8; N], Rejection> {
+    if !text.is_ascii() {
         return Err(Rejection::BadHex);
     }
-    if hex.len() != 2 * N {
+    if text.len() != 2 * N {
         return Err(Rejection::BadLength);
     }
     let mut out = [0u8; N];
-    for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
-        let digit = |c: u8| (c as char).to_digit(16).ok_or(Rejection::BadHex);
-        *byte = (digit(pair[0])? << 4 | digit(pair[1])?) as u8;
-    }
+    hex::decode_to_slice(text, &mut out).map_err(|_| Rejection::BadHex)?;
     Ok(out)
-}
-
-pub(crate) fn encode_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -166,7 +159,7 @@ mod tests {
 
     fn setup() -> (SigningKey, Verifier, SystemTime) {
         let signing = SigningKey::from_bytes(&[7; 32]);
-        let key = PublicKey::from_hex(&encode_hex(signing.verifying_key().as_bytes())).unwrap();
+        let key = PublicKey::from_hex(&hex::encode(signing.verifying_key().as_bytes())).unwrap();
         let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         (signing, Verifier::new(key), now)
     }
@@ -174,7 +167,7 @@ mod tests {
     fn sign(key: &SigningKey, timestamp: &str, body: &[u8]) -> String {
         let mut message = timestamp.as_bytes().to_vec();
         message.extend_from_slice(body);
-        encode_hex(&key.sign(&message).to_bytes())
+        hex::encode(key.sign(&message).to_bytes())
     }
 
     #[test]
@@ -256,7 +249,7 @@ mod tests {
             PublicKey::from_hex(&"g".repeat(64)).unwrap_err(),
             KeyError::Format
         );
-        let hex = encode_hex(SigningKey::from_bytes(&[1; 32]).verifying_key().as_bytes());
+        let hex = hex::encode(SigningKey::from_bytes(&[1; 32]).verifying_key().as_bytes());
         assert_eq!(PublicKey::from_hex(&hex).unwrap().to_hex(), hex);
     }
 }

@@ -1,5 +1,6 @@
-//! Property test over the verify-and-parse path, with a seeded generator (reproducible;
-//! set `PROPTEST_SEED` to explore other seeds, `PROPTEST_CASES` for more).
+//! Property test over the verify-and-parse path (proptest: a failure is shrunk to a
+//! minimal case, whose seed is kept beside this file in `verify_and_parse.proptest-regressions`;
+//! `PROPTEST_CASES` runs more or fewer than 3000).
 //!
 //! Properties, for arbitrary and mutated requests:
 //! - nothing panics;
@@ -7,11 +8,13 @@
 //! - whatever verifies and parses yields a subject of exactly four plain tokens (no
 //!   wildcard, dot or space injected from Discord data) and a dedupe key `ix:<digits>`.
 
+use std::cell::Cell;
 use std::time::{Duration, UNIX_EPOCH};
 
 use ed25519_dalek::{Signer, SigningKey};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use proptest::prelude::*;
+use proptest::sample::{Index, select};
+use proptest::test_runner::{Config, TestRunner};
 use relaycord_bus::Subjects;
 use relaycord_bus::interaction::{InteractionKeys, Kind};
 use relaycord_interactions::response;
@@ -19,19 +22,8 @@ use relaycord_interactions::verify::{PublicKey, Verifier};
 
 const NOW: u64 = 1_700_000_000;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Interaction-shaped JSON with hostile names and ids mixed in.
-fn interaction(rng: &mut StdRng) -> String {
+fn interaction() -> impl Strategy<Value = Vec<u8>> {
     const NAMES: [&str; 8] = [
         "ping",
         "vote:1:yes",
@@ -49,39 +41,89 @@ fn interaction(rng: &mut StdRng) -> String {
         "1.5",
         "12345678901234567890123",
     ];
-    let name = NAMES[rng.random_range(0..NAMES.len())];
-    let id = IDS[rng.random_range(0..IDS.len())];
-    let kind = rng.random_range(0..7u8);
-    let key = if rng.random_bool(0.5) {
-        "name"
-    } else {
-        "custom_id"
-    };
-    format!(
-        r#"{{"id":"{id}","type":{kind},"token":"t","application_id":"9","data":{{"{key}":"{name}"}}}}"#
+    (
+        select(&NAMES[..]),
+        select(&IDS[..]),
+        0..7u8,
+        select(&["name", "custom_id"][..]),
     )
+        .prop_map(|(name, id, kind, key)| {
+            format!(
+                r#"{{"id":"{id}","type":{kind},"token":"t","application_id":"9","data":{{"{key}":"{name}"}}}}"#
+            )
+            .into_bytes()
+        })
 }
 
-fn mutate(rng: &mut StdRng, bytes: &mut Vec<u8>) {
-    if bytes.is_empty() {
-        bytes.push(rng.random());
-        return;
+/// Mostly interactions, sometimes arbitrary bytes.
+fn body() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        4 => interaction(),
+        1 => proptest::collection::vec(any::<u8>(), 0..64),
+    ]
+}
+
+/// One edit of one byte string: flip a bit, truncate, insert or remove a byte.
+#[derive(Debug, Clone)]
+enum Edit {
+    Flip(Index, u8),
+    Truncate(Index),
+    Insert(Index, u8),
+    Remove(Index),
+}
+
+impl Edit {
+    fn strategy() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            (any::<Index>(), 0..8u8).prop_map(|(at, bit)| Edit::Flip(at, bit)),
+            any::<Index>().prop_map(Edit::Truncate),
+            (any::<Index>(), any::<u8>()).prop_map(|(at, byte)| Edit::Insert(at, byte)),
+            any::<Index>().prop_map(Edit::Remove),
+        ]
     }
-    match rng.random_range(0..4) {
-        0 => {
-            let i = rng.random_range(0..bytes.len());
-            bytes[i] ^= 1 << rng.random_range(0..8);
+
+    fn apply(&self, bytes: &mut Vec<u8>) {
+        if bytes.is_empty() {
+            bytes.push(match self {
+                Edit::Insert(_, byte) => *byte,
+                _ => 0,
+            });
+            return;
         }
-        1 => bytes.truncate(rng.random_range(0..bytes.len())),
-        2 => {
-            let i = rng.random_range(0..=bytes.len());
-            bytes.insert(i, rng.random());
-        }
-        _ => {
-            let i = rng.random_range(0..bytes.len());
-            bytes.remove(i);
+        let len = bytes.len();
+        match self {
+            Edit::Flip(at, bit) => bytes[at.index(len)] ^= 1 << bit,
+            Edit::Truncate(at) => bytes.truncate(at.index(len)),
+            Edit::Insert(at, byte) => bytes.insert(at.index(len + 1), *byte),
+            Edit::Remove(at) => {
+                bytes.remove(at.index(len));
+            }
         }
     }
+}
+
+/// Which part of the request an edit changes.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Body,
+    Timestamp,
+    Signature,
+}
+
+/// One request: the key that signs it, its body, its timestamp's distance from now,
+/// and one edit of one part.
+fn case() -> impl Strategy<Value = ([u8; 32], Vec<u8>, i64, Part, Edit)> {
+    (
+        any::<[u8; 32]>(),
+        body(),
+        -400..400i64,
+        prop_oneof![
+            Just(Part::Body),
+            Just(Part::Timestamp),
+            Just(Part::Signature)
+        ],
+        Edit::strategy(),
+    )
 }
 
 fn check_parsed(body: &[u8]) {
@@ -129,64 +171,60 @@ fn check_parsed(body: &[u8]) {
 
 #[test]
 fn only_exactly_signed_requests_verify_and_parsing_never_injects_subjects() {
-    let seed = env_u64("PROPTEST_SEED", 0x5eed_1e55);
-    let cases = env_u64("PROPTEST_CASES", 3000);
-    let mut rng = StdRng::seed_from_u64(seed);
-    let signing = SigningKey::from_bytes(&rng.random());
-    let verifier =
-        Verifier::new(PublicKey::from_hex(&hex(signing.verifying_key().as_bytes())).unwrap());
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        source_file: Some(file!()),
+        ..Config::default()
+    });
     let now = UNIX_EPOCH + Duration::from_secs(NOW);
-    let sign = |ts: &[u8], body: &[u8]| {
-        let mut message = ts.to_vec();
-        message.extend_from_slice(body);
-        hex(&signing.sign(&message).to_bytes()).into_bytes()
-    };
-    let mut verified = 0;
-    for case in 0..cases {
-        let body = if rng.random_bool(0.8) {
-            interaction(&mut rng).into_bytes()
-        } else {
-            (0..rng.random_range(0..64)).map(|_| rng.random()).collect()
-        };
-        let ts = (NOW as i64 + rng.random_range(-400..400))
-            .to_string()
-            .into_bytes();
-        let signature = sign(&ts, &body);
-        let fresh = (ts_value(&ts) as i64 - NOW as i64).abs() <= 300;
-
-        // The genuine request: verifies iff fresh.
-        let genuine = verifier.verify(Some(&signature), Some(&ts), &body, now);
-        assert_eq!(genuine.is_ok(), fresh, "case {case} (seed {seed:#x})");
-        if genuine.is_ok() {
-            verified += 1;
-            check_parsed(&body);
-        }
-
-        // One mutation of any part: never verifies.
-        let (mut b, mut t, mut s) = (body.clone(), ts.clone(), signature.clone());
-        match rng.random_range(0..3) {
-            0 => mutate(&mut rng, &mut b),
-            1 => mutate(&mut rng, &mut t),
-            _ => mutate(&mut rng, &mut s),
-        }
-        let changed = (&b, &t, &s) != (&body, &ts, &signature);
-        let forged = verifier.verify(Some(&s), Some(&t), &b, now);
-        // A hex digit's case flip is the only harmless edit.
-        let equivalent = b == body && t == ts && s.eq_ignore_ascii_case(&signature);
-        if changed && !equivalent {
-            assert!(
-                forged.is_err(),
-                "case {case}: a mutated request verified (seed {seed:#x})"
+    let verified = Cell::new(0u32);
+    runner
+        .run(&case(), |(seed, body, offset, part, edit)| {
+            let signing = SigningKey::from_bytes(&seed);
+            let verifier = Verifier::new(
+                PublicKey::from_hex(&hex::encode(signing.verifying_key().as_bytes())).unwrap(),
             );
-        }
-        check_parsed(&b);
-    }
+            let sign = |ts: &[u8], body: &[u8]| {
+                let mut message = ts.to_vec();
+                message.extend_from_slice(body);
+                hex::encode(signing.sign(&message).to_bytes()).into_bytes()
+            };
+            let ts = (NOW as i64 + offset).to_string().into_bytes();
+            let signature = sign(&ts, &body);
+            let fresh = offset.abs() <= 300;
+
+            // The genuine request: verifies iff fresh.
+            let genuine = verifier.verify(Some(&signature), Some(&ts), &body, now);
+            prop_assert_eq!(genuine.is_ok(), fresh);
+            if genuine.is_ok() {
+                verified.set(verified.get() + 1);
+                check_parsed(&body);
+            }
+
+            // One mutation of any part: never verifies.
+            let (mut b, mut t, mut s) = (body.clone(), ts.clone(), signature.clone());
+            match part {
+                Part::Body => edit.apply(&mut b),
+                Part::Timestamp => edit.apply(&mut t),
+                Part::Signature => edit.apply(&mut s),
+            }
+            let changed = (&b, &t, &s) != (&body, &ts, &signature);
+            let forged = verifier.verify(Some(&s), Some(&t), &b, now);
+            // A hex digit's case flip is the only harmless edit.
+            let equivalent = b == body && t == ts && s.eq_ignore_ascii_case(&signature);
+            if changed && !equivalent {
+                prop_assert!(forged.is_err(), "a mutated request verified");
+            }
+            check_parsed(&b);
+            Ok(())
+        })
+        .unwrap();
     assert!(
-        verified > cases / 2,
+        verified.get() > cases / 2,
         "the generator mostly makes fresh requests"
     );
-}
-
-fn ts_value(ts: &[u8]) -> u64 {
-    std::str::from_utf8(ts).unwrap().parse().unwrap()
 }

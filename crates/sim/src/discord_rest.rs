@@ -15,8 +15,7 @@
 //! of its own.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -113,36 +112,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Simulators' REST handles by address (the simulator's own state belongs to the
-/// gateway side, so this lives beside it; as the interactions desk does).
-static RESTS: Mutex<Vec<(SocketAddr, Weak<Inner>)>> = Mutex::new(Vec::new());
-
 impl Simulator {
     /// The message-posting REST side of this simulator (channel routes, and incoming
     /// webhooks whose id is not the application's).
     pub fn discord_rest(&self) -> DiscordRest {
-        at(self.local_addr()).expect("the simulator's router registered its REST side")
+        self.shared().rest.clone()
     }
-}
-
-/// The REST side of the simulator listening on `addr`.
-pub(crate) fn at(addr: SocketAddr) -> Option<DiscordRest> {
-    lock(&RESTS)
-        .iter()
-        .find(|(a, _)| *a == addr)
-        .and_then(|(_, i)| i.upgrade())
-        .map(|inner| DiscordRest { inner })
 }
 
 /// The channel routes, merged into the simulator's router.
 pub(crate) fn routes(shared: &Shared) -> Router<Arc<Shared>> {
-    let rest = DiscordRest::new(&shared.config.token);
-    {
-        let mut all = lock(&RESTS);
-        all.retain(|(a, i)| *a != shared.addr && i.strong_count() > 0);
-        all.push((shared.addr, Arc::downgrade(&rest.inner)));
-    }
-    channel_routes(Router::new()).with_state(rest)
+    channel_routes(Router::new()).with_state(shared.rest.clone())
 }
 
 fn channel_routes(router: Router<DiscordRest>) -> Router<DiscordRest> {

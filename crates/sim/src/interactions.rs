@@ -16,9 +16,8 @@
 //! (discord/discord-api-docs, CC BY-SA 4.0).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -32,6 +31,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use crate::Simulator;
+use crate::discord_rest::DiscordRest;
 use crate::snowflake;
 use crate::state::Shared;
 
@@ -56,8 +56,8 @@ impl std::fmt::Debug for Interactions {
 }
 
 struct Desk {
-    /// The simulator's address, to find its other REST sides.
-    addr: SocketAddr,
+    /// The simulator's message-posting side, which answers incoming webhooks.
+    rest: DiscordRest,
     key: SigningKey,
     tokens: Mutex<HashMap<String, TokenState>>,
     calls: Mutex<Vec<RestCall>>,
@@ -173,14 +173,10 @@ fn now_secs() -> u64 {
         .as_secs()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Interactions {
     /// The key to configure as the application's public key (hex).
     pub fn public_key_hex(&self) -> String {
-        hex(self.desk.key.verifying_key().as_bytes())
+        hex::encode(self.desk.key.verifying_key().as_bytes())
     }
 
     pub fn application_id(&self) -> &'static str {
@@ -278,7 +274,7 @@ impl Interactions {
         message.extend_from_slice(body);
         SignedRequest {
             body: body.to_vec(),
-            signature: Some(hex(&self.desk.key.sign(&message).to_bytes())),
+            signature: Some(hex::encode(self.desk.key.sign(&message).to_bytes())),
             timestamp: Some(timestamp),
         }
     }
@@ -298,7 +294,7 @@ impl Interactions {
                 let other = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
                 let mut message = now.to_string().into_bytes();
                 message.extend_from_slice(body);
-                request.signature = Some(hex(&other.sign(&message).to_bytes()));
+                request.signature = Some(hex::encode(other.sign(&message).to_bytes()));
             }
             Forgery::TamperedBody => {
                 request.body = interaction
@@ -364,44 +360,32 @@ impl Interactions {
     }
 }
 
-/// Live simulators' desks by address: the simulator's state belongs to the gateway side,
-/// so the interactions desk lives beside it and is found by the simulator's address.
-static DESKS: Mutex<Vec<(SocketAddr, Weak<Desk>)>> = Mutex::new(Vec::new());
-
 impl Simulator {
     /// The interactions side of this simulator: signer and received REST calls.
     pub fn interactions(&self) -> Interactions {
-        let addr: SocketAddr = self
-            .api_base()
-            .trim_start_matches("http://")
-            .trim_end_matches("/api")
-            .parse()
-            .expect("api_base holds the simulator's address");
-        let desks = lock(&DESKS);
-        let desk = desks
-            .iter()
-            .find(|(a, _)| *a == addr)
-            .and_then(|(_, desk)| desk.upgrade())
-            .expect("the simulator's router registered its interactions desk");
-        Interactions { desk }
+        self.shared().interactions.clone()
+    }
+}
+
+impl Interactions {
+    /// A new desk with its own signing key, passing incoming webhooks on to `rest`.
+    pub(crate) fn new(rest: DiscordRest) -> Self {
+        Self {
+            desk: Arc::new(Desk {
+                rest,
+                key: SigningKey::from_bytes(&rand::random::<[u8; 32]>()),
+                tokens: Mutex::default(),
+                calls: Mutex::default(),
+                changed: Notify::new(),
+                next_id: AtomicU64::new(0),
+            }),
+        }
     }
 }
 
 /// The REST routes, merged into the simulator's router.
 pub(crate) fn routes(shared: &Shared) -> Router<Arc<Shared>> {
-    let desk = Arc::new(Desk {
-        addr: shared.addr,
-        key: SigningKey::from_bytes(&rand::random::<[u8; 32]>()),
-        tokens: Mutex::default(),
-        calls: Mutex::default(),
-        changed: Notify::new(),
-        next_id: AtomicU64::new(0),
-    });
-    {
-        let mut desks = lock(&DESKS);
-        desks.retain(|(a, d)| *a != shared.addr && d.strong_count() > 0);
-        desks.push((shared.addr, Arc::downgrade(&desk)));
-    }
+    let desk = Arc::clone(&shared.interactions.desk);
     let router = Router::new();
     let router = ["/api", "/api/v10"]
         .into_iter()
@@ -506,11 +490,9 @@ async fn webhook_post(
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    if app != APPLICATION_ID
-        && let Some(rest) = crate::discord_rest::at(desk.addr)
-    {
+    if app != APPLICATION_ID {
         return crate::discord_rest::execute_webhook(
-            State(rest),
+            State(desk.rest.clone()),
             Path((app, token)),
             Query(query),
             body,

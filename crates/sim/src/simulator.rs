@@ -93,7 +93,7 @@ impl Simulator {
         self.shared().shutdown.cancel();
     }
 
-    fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &Shared {
         &self.inner.shared
     }
 

@@ -13,6 +13,8 @@ pub(crate) use session::{Bound, ResumeRefused};
 use crate::SimError;
 use crate::compression::Compression;
 use crate::config::SimConfig;
+use crate::discord_rest::DiscordRest;
+use crate::interactions::Interactions;
 use crate::payloads::Uniques;
 use crate::protocol::{self, close};
 use crate::snowflake;
@@ -92,6 +94,9 @@ pub(crate) struct Shared {
     pub world: World,
     pub uniques: Uniques,
     pub shutdown: CancellationToken,
+    /// The REST sides beside the gateway: message posting, and interactions.
+    pub rest: DiscordRest,
+    pub interactions: Interactions,
     /// Indices into `world.guilds` per shard.
     guilds_by_shard: Vec<Vec<usize>>,
     slots: Box<[Mutex<Slot>]>,
@@ -119,7 +124,10 @@ impl Shared {
         for (index, guild) in world.guilds.iter().enumerate() {
             guilds_by_shard[shard_of(guild.id, shards) as usize].push(index);
         }
+        let rest = DiscordRest::new(&config.token);
         Self {
+            interactions: Interactions::new(rest.clone()),
+            rest,
             limits: Mutex::new(IdentifyLimits::new(&config)),
             slots: (0..shards).map(|_| Mutex::default()).collect(),
             zombies: (0..shards).map(|_| AtomicBool::new(false)).collect(),

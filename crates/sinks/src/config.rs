@@ -7,17 +7,17 @@ use relaycord_bus::{Subjects, streams};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::SinkMetrics;
-use crate::amqp::{AmqpSink, AmqpSinkConfig};
+use crate::amqp::AmqpSinkConfig;
 use crate::dedupe::Dedupe;
-use crate::discord::{DiscordSink, DiscordSinkConfig};
+use crate::discord::DiscordSinkConfig;
 use crate::dlq::{self, DeadLetter, Replayed};
 use crate::driver::{Driver, DriverSettings};
 use crate::error::SinkError;
 use crate::filter::Filter;
-use crate::http::{HttpSink, HttpSinkConfig};
-use crate::nats::{NatsSink, NatsSinkConfig};
+use crate::http::HttpSinkConfig;
+use crate::nats::NatsSinkConfig;
 use crate::retry::Backoff;
+use crate::{BuildContext, SinkMetrics};
 
 /// One configured sink: the fields every sink has, then its type's own.
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +59,7 @@ pub struct SinkConfig {
 
 /// The type-specific part, selected by `type = "..."`. Unknown keys are rejected here,
 /// so a typo in a sink's config fails at start instead of being ignored.
+/// [`SinkKind::build`] turns it into a running sink.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkKind {
@@ -90,12 +91,9 @@ impl SinkConfig {
     /// on a bad URL, secret or template before anything starts.
     pub fn check(&self) -> Result<(), SinkError> {
         self.check_common()?;
-        match &self.kind {
-            SinkKind::Http(c) => HttpSink::build(&self.name, c).map(drop),
-            SinkKind::Amqp(c) => AmqpSink::build(&self.name, c).map(drop),
-            SinkKind::Nats(c) => NatsSink::build(&self.name, c).map(drop),
-            SinkKind::Discord(c) => DiscordSink::build(&self.name, c).map(drop),
-        }
+        self.kind
+            .build(&self.name, &BuildContext::default())
+            .map(drop)
     }
 
     fn check_common(&self) -> Result<(), SinkError> {
@@ -168,24 +166,10 @@ impl SinkConfig {
         shutdown: CancellationToken,
     ) -> Result<(), SinkError> {
         let settings = self.driver_settings(subjects);
-        match &self.kind {
-            SinkKind::Http(c) => {
-                let sink = HttpSink::build(&self.name, c)?;
-                Driver::new(sink, js, settings, metrics).run(shutdown).await
-            }
-            SinkKind::Amqp(c) => {
-                let sink = AmqpSink::build(&self.name, c)?;
-                Driver::new(sink, js, settings, metrics).run(shutdown).await
-            }
-            SinkKind::Nats(c) => {
-                let sink = NatsSink::build(&self.name, c)?.with_bus(&js, subjects)?;
-                Driver::new(sink, js, settings, metrics).run(shutdown).await
-            }
-            SinkKind::Discord(c) => {
-                let sink = DiscordSink::build(&self.name, c)?;
-                Driver::new(sink, js, settings, metrics).run(shutdown).await
-            }
-        }
+        let sink = self
+            .kind
+            .build(&self.name, &BuildContext::on_bus(&js, subjects))?;
+        Driver::new(sink, js, settings, metrics).run(shutdown).await
     }
 }
 
@@ -202,24 +186,10 @@ impl SinkConfig {
             true => Dedupe::existing(js, &self.name).await,
             false => None,
         };
-        match &self.kind {
-            SinkKind::Http(c) => {
-                let sink = HttpSink::build(&self.name, c)?;
-                dlq::replay(js, &sink, dedupe.as_ref(), letters).await
-            }
-            SinkKind::Amqp(c) => {
-                let sink = AmqpSink::build(&self.name, c)?;
-                dlq::replay(js, &sink, dedupe.as_ref(), letters).await
-            }
-            SinkKind::Nats(c) => {
-                let sink = NatsSink::build(&self.name, c)?.with_bus(js, subjects)?;
-                dlq::replay(js, &sink, dedupe.as_ref(), letters).await
-            }
-            SinkKind::Discord(c) => {
-                let sink = DiscordSink::build(&self.name, c)?;
-                dlq::replay(js, &sink, dedupe.as_ref(), letters).await
-            }
-        }
+        let sink = self
+            .kind
+            .build(&self.name, &BuildContext::on_bus(js, subjects))?;
+        dlq::replay(js, &sink, dedupe.as_ref(), letters).await
     }
 }
 

@@ -17,7 +17,7 @@ use relaycord_bus::{OutgoingMessage, headers as bus_headers, streams::DLQ_STREAM
 
 use crate::dedupe::Dedupe;
 use crate::error::{SinkError, SinkErrorKind};
-use crate::{Event, Outcome, Sink};
+use crate::{Body, Event, Outcome, Sink};
 
 /// Headers of a dead letter, beside the original `Relaycord-Type`.
 pub mod headers {
@@ -359,11 +359,12 @@ pub async fn replay<S: Sink>(
         let outcome = if already {
             Replayed::AlreadyDelivered
         } else {
+            let body = Body::new(&letter.payload);
             let event = Event {
-                id: letter.id.clone(),
-                event_type: letter.event_type.clone(),
-                payload: letter.payload.clone(),
+                id: &letter.id,
+                event_type: &letter.event_type,
                 attempt: letter.attempts + 1,
+                body: &body,
             };
             match sink.deliver(&event).await {
                 Outcome::Delivered => {

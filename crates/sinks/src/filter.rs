@@ -3,13 +3,14 @@
 //! Types and guilds are tokens of the subject (`<prefix>.gateway.<TYPE>.<guild>`), so they
 //! are checked without reading the body, and are also pushed down to the consumer's filter
 //! subjects when the server can take them. Channel ids live only in the payload: the
-//! envelope is parsed (just `data.channel_id`) only when a channel filter is set.
+//! body is parsed only when a channel filter is set, and the driver's later steps reuse
+//! what was parsed.
 
 use std::collections::BTreeSet;
 
 use relaycord_bus::Subjects;
-use serde::Deserialize;
-use serde_json::value::RawValue;
+
+use crate::Body;
 
 /// Above this many subject combinations the consumer reads the whole stream and filters
 /// in process: very long filter lists cost the server more than skipping does.
@@ -55,12 +56,12 @@ impl Filter {
     }
 
     /// Whether an event on `subject` with this envelope body is for the sink.
-    pub fn accepts(&self, subject: &str, payload: &[u8]) -> bool {
+    pub fn accepts(&self, subject: &str, body: &Body<'_>) -> bool {
         let (event_type, guild) = type_and_guild(subject);
         wanted(&self.event_types, event_type)
             && wanted(&self.guilds, guild)
             && (self.channels.is_empty()
-                || channel_id(payload).is_some_and(|c| self.channels.contains(&c)))
+                || body.channel_id().is_some_and(|c| self.channels.contains(c)))
     }
 }
 
@@ -76,25 +77,10 @@ pub fn type_and_guild(subject: &str) -> (&str, &str) {
     (event_type, guild)
 }
 
-/// `data.channel_id` of an envelope; every other field is skipped unparsed.
-fn channel_id(payload: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Env<'a> {
-        #[serde(borrow)]
-        data: &'a RawValue,
-    }
-    #[derive(Deserialize)]
-    struct Data {
-        channel_id: Option<String>,
-    }
-    let env: Env<'_> = serde_json::from_slice(payload).ok()?;
-    serde_json::from_str::<Data>(env.data.get())
-        .ok()?
-        .channel_id
-}
-
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     fn set(items: &[&str]) -> BTreeSet<String> {
@@ -142,7 +128,10 @@ mod tests {
 
     #[test]
     fn types_guilds_and_channels_are_checked() {
-        let body = br#"{"id":"msg:1","type":"MESSAGE_CREATE","data":{"content":"x","channel_id":"290926798999357250"}}"#;
+        let bytes = Bytes::from_static(
+            br#"{"id":"msg:1","type":"MESSAGE_CREATE","data":{"content":"x","channel_id":"290926798999357250"}}"#,
+        );
+        let body = &Body::new(&bytes);
         let subject = "discord.gateway.MESSAGE_CREATE.81384788765712384";
         assert!(Filter::default().accepts(subject, body));
         let types = Filter {
@@ -166,10 +155,12 @@ mod tests {
             ..Filter::default()
         };
         assert!(!other.accepts(subject, body));
+        let no_channel = Bytes::from_static(br#"{"data":{"guild_id":"1"}}"#);
         assert!(
-            !channels.accepts(subject, br#"{"data":{"guild_id":"1"}}"#),
+            !channels.accepts(subject, &Body::new(&no_channel)),
             "no channel: not for a channel filter"
         );
-        assert!(!channels.accepts(subject, b"not json"));
+        let not_json = Bytes::from_static(b"not json");
+        assert!(!channels.accepts(subject, &Body::new(&not_json)));
     }
 }

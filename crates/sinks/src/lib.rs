@@ -1,12 +1,14 @@
 #![doc = include_str!("../README.md")]
 
 pub mod amqp;
+mod any;
 pub mod config;
 pub mod dedupe;
 pub mod discord;
 pub mod dlq;
 pub mod driver;
 pub mod error;
+mod event;
 pub mod filter;
 pub mod http;
 pub mod metrics;
@@ -18,23 +20,12 @@ mod worker;
 
 use std::time::Duration;
 
-use bytes::Bytes;
-
+pub use any::{AnySink, BuildContext};
 pub use config::{SinkConfig, SinkKind};
 pub use driver::{Driver, DriverSettings};
 pub use error::{SinkError, SinkErrorKind};
+pub use event::{Body, Event};
 pub use metrics::SinkMetrics;
-
-/// One event handed to a sink: the envelope bytes exactly as they are on the bus.
-#[derive(Debug, Clone)]
-pub struct Event {
-    /// Envelope id, the dedupe key (`Nats-Msg-Id`); receivers dedupe on it.
-    pub id: String,
-    pub event_type: String,
-    pub payload: Bytes,
-    /// 1 on the first delivery, then 2, 3...
-    pub attempt: u32,
-}
 
 /// What a sink reports about one delivery attempt. The driver turns it into an ack, a
 /// delayed redelivery or a dead letter; sinks never touch JetStream.
@@ -57,5 +48,5 @@ pub enum Outcome {
 /// A destination. Implementations classify each attempt; concurrency, acks, retries,
 /// dead letters and metrics belong to the [`Driver`].
 pub trait Sink: Send + Sync + 'static {
-    fn deliver(&self, event: &Event) -> impl Future<Output = Outcome> + Send;
+    fn deliver(&self, event: &Event<'_>) -> impl Future<Output = Outcome> + Send;
 }

@@ -4,9 +4,11 @@
 //! must fail at start, not render as an empty string. Message bodies (the discord sink)
 //! use minijinja instead.
 
-use relaycord_bus::Envelope;
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+use bytes::Bytes;
+
+use crate::Body;
 
 /// The fields a template may use.
 pub const FIELDS: &[&str] = &[
@@ -72,31 +74,24 @@ impl KeyTemplate {
             .any(|p| *p == Part::Field(field_name(field)))
     }
 
-    /// Renders for one envelope; each field value goes through `escape` (subjects
+    /// Renders for one event; each field value goes through `escape` (subjects
     /// must not gain `.`, `*` or `>` from data). Missing values render as `none`.
-    pub fn render(&self, sink: &str, payload: &[u8], escape: impl Fn(&str) -> String) -> String {
-        let env = Envelope::from_slice(payload).ok();
-        let channel = if self.uses("channel_id") {
-            env.as_ref().and_then(|e| channel_id(e.data))
-        } else {
-            None
-        };
+    pub fn render(&self, sink: &str, body: &Body<'_>, escape: impl Fn(&str) -> String) -> String {
+        let env = body.envelope().ok();
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Literal(l) => out.push_str(l),
                 Part::Field(f) => {
-                    let value = match (*f, &env) {
-                        ("sink", _) => Some(sink.to_owned()),
-                        ("channel_id", _) => channel.clone(),
+                    let value: Option<Cow<'_, str>> = match (*f, env) {
+                        ("sink", _) => Some(sink.into()),
                         (_, None) => None,
-                        ("type", Some(e)) => Some(e.event_type.to_string()),
-                        ("guild_id", Some(e)) => e.guild_id.as_deref().map(str::to_owned),
-                        ("id", Some(e)) => Some(e.id.to_string()),
-                        ("shard", Some(e)) => e.shard.map(|s| s.to_string()),
-                        ("source", Some(e)) => serde_json::to_value(e.source)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned)),
+                        ("channel_id", Some(_)) => body.channel_id().map(Cow::from),
+                        ("type", Some(e)) => Some(e.event_type.as_ref().into()),
+                        ("guild_id", Some(e)) => e.guild_id.as_deref().map(Cow::from),
+                        ("id", Some(e)) => Some(e.id.as_ref().into()),
+                        ("shard", Some(e)) => e.shard.map(|s| s.to_string().into()),
+                        ("source", Some(e)) => Some(e.source.as_str().into()),
                         _ => None,
                     };
                     out.push_str(&escape(value.as_deref().unwrap_or("none")));
@@ -105,23 +100,31 @@ impl KeyTemplate {
         }
         out
     }
+
+    /// Renders with no event: every field but `sink` is `none`. Checks at build time
+    /// what a template can produce.
+    pub fn sample(&self, sink: &str, escape: impl Fn(&str) -> String) -> String {
+        static EMPTY: Bytes = Bytes::from_static(b"{}");
+        self.render(sink, &Body::new(&EMPTY), escape)
+    }
 }
 
 fn field_name(field: &str) -> &'static str {
     FIELDS.iter().find(|f| **f == field).copied().unwrap_or("")
 }
 
-fn channel_id(data: &RawValue) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Data {
-        channel_id: Option<String>,
-    }
-    serde_json::from_str::<Data>(data.get()).ok()?.channel_id
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn render(
+        t: &KeyTemplate,
+        sink: &str,
+        envelope: &'static [u8],
+        escape: impl Fn(&str) -> String,
+    ) -> String {
+        t.render(sink, &Body::new(&Bytes::from_static(envelope)), escape)
+    }
 
     const ENV: &[u8] = br#"{"id":"msg:1","source":"gateway","type":"MESSAGE_CREATE","shard":3,"seq":1,"guild_id":"81384788765712384","received_at":"2026-11-23T12:00:00.000Z","data":{"channel_id":"290926798999357250"}}"#;
 
@@ -129,19 +132,22 @@ mod tests {
     fn renders_fields_and_literals() {
         let t = KeyTemplate::parse("discord.{type}.{guild_id}.{channel_id}").unwrap();
         assert_eq!(
-            t.render("s", ENV, str::to_owned),
+            render(&t, "s", ENV, str::to_owned),
             "discord.MESSAGE_CREATE.81384788765712384.290926798999357250"
         );
         let t = KeyTemplate::parse("{sink}/{source}/{shard}/{id}").unwrap();
-        assert_eq!(t.render("hook", ENV, str::to_owned), "hook/gateway/3/msg:1");
+        assert_eq!(
+            render(&t, "hook", ENV, str::to_owned),
+            "hook/gateway/3/msg:1"
+        );
         let t = KeyTemplate::parse("x.{guild_id}").unwrap();
-        assert_eq!(t.render("s", b"{}", str::to_owned), "x.none");
+        assert_eq!(render(&t, "s", b"{}", str::to_owned), "x.none");
     }
 
     #[test]
     fn escapes_values_not_literals() {
         let t = KeyTemplate::parse("a.{id}").unwrap();
-        assert_eq!(t.render("s", ENV, |v| v.replace(':', "_")), "a.msg_1");
+        assert_eq!(render(&t, "s", ENV, |v| v.replace(':', "_")), "a.msg_1");
     }
 
     #[test]

@@ -1,18 +1,19 @@
 //! One message's trip through the driver: filter, dedupe, deliver, then ack, nak with a
-//! delay, or dead-letter.
+//! delay, or dead-letter. The message's body is read once ([`Body`]) and lent to each
+//! step.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, AckKind, Message};
-use relaycord_bus::{Envelope, headers};
+use relaycord_bus::headers;
 use tokio_util::sync::CancellationToken;
 
 use crate::dedupe::Dedupe;
 use crate::dlq::{self, DeadLetterInfo};
 use crate::driver::{DriverSettings, ack, max_deliver};
 use crate::filter::type_and_guild;
-use crate::{Event, Outcome, Sink, SinkMetrics};
+use crate::{Body, Event, Outcome, Sink, SinkMetrics};
 
 pub(crate) struct Worker<S> {
     pub sink: Arc<S>,
@@ -28,12 +29,13 @@ impl<S: Sink> Worker<S> {
     pub async fn handle(&self, message: Message) {
         let s = &self.settings;
         let attempt = message.info().map_or(1, |i| i.delivered.max(1) as u32);
-        if !s.filter.accepts(&message.subject, &message.payload) {
+        let body = Body::new(&message.payload);
+        if !s.filter.accepts(&message.subject, &body) {
             self.count("skipped");
             self.ack(&message, AckKind::Ack).await;
             return;
         }
-        let Some(id) = event_id(&message) else {
+        let Some(id) = event_id(&message, &body) else {
             // Not an envelope: no receiver could use it, and retrying cannot fix it.
             let reason = "message on the bus is not a Relaycord envelope";
             self.dead_letter(&message, "", attempt, reason, None).await;
@@ -41,12 +43,12 @@ impl<S: Sink> Worker<S> {
         };
         let event = Event {
             id,
-            event_type: type_and_guild(&message.subject).0.to_owned(),
-            payload: message.payload.clone(),
+            event_type: type_and_guild(&message.subject).0,
             attempt,
+            body: &body,
         };
         if let Some(dedupe) = &self.dedupe
-            && dedupe.delivered(&event.id).await
+            && dedupe.delivered(event.id).await
         {
             // Checked on first deliveries too: the same event published again after the
             // stream's duplicate window is a new message with the same id. And before the
@@ -58,7 +60,7 @@ impl<S: Sink> Worker<S> {
         }
         if attempt > s.max_attempts {
             let reason = "attempts exhausted (the worker stopped during the last attempt)";
-            self.dead_letter(&message, &event.id, attempt - 1, reason, None)
+            self.dead_letter(&message, event.id, attempt - 1, reason, None)
                 .await;
             return;
         }
@@ -73,11 +75,11 @@ impl<S: Sink> Worker<S> {
         match outcome {
             Outcome::Delivered => {
                 if let Some(dedupe) = &self.dedupe {
-                    dedupe.record(&event.id).await;
+                    dedupe.record(event.id).await;
                 }
                 self.ack(&message, AckKind::Ack).await;
                 self.count("delivered");
-                if let Some(age) = end_to_end(&event.payload) {
+                if let Some(age) = end_to_end(&body) {
                     self.metrics
                         .end_to_end_latency
                         .with_label_values(&[&s.name])
@@ -96,11 +98,11 @@ impl<S: Sink> Worker<S> {
             }
             Outcome::Retry { reason, status, .. } => {
                 let reason = format!("attempts exhausted: {reason}");
-                self.dead_letter(&message, &event.id, attempt, &reason, status)
+                self.dead_letter(&message, event.id, attempt, &reason, status)
                     .await;
             }
             Outcome::Permanent { reason, status } => {
-                self.dead_letter(&message, &event.id, attempt, &reason, status)
+                self.dead_letter(&message, event.id, attempt, &reason, status)
                     .await;
             }
         }
@@ -114,7 +116,7 @@ impl<S: Sink> Worker<S> {
 
     /// Runs the delivery, telling JetStream every half ack-wait that it is still
     /// being worked on, so a slow receiver does not cause a parallel redelivery.
-    async fn deliver_with_progress(&self, event: &Event, message: &Message) -> Outcome {
+    async fn deliver_with_progress(&self, event: &Event<'_>, message: &Message) -> Outcome {
         self.with_progress(self.sink.deliver(event), message).await
     }
 
@@ -225,21 +227,19 @@ impl<S: Sink> Worker<S> {
 }
 
 /// The dedupe id: the `Nats-Msg-Id` header, else the envelope's own `id`.
-fn event_id(message: &Message) -> Option<String> {
+fn event_id<'a>(message: &'a Message, body: &'a Body<'_>) -> Option<&'a str> {
     if let Some(id) = message
         .headers
         .as_ref()
         .and_then(|h| h.get(headers::MSG_ID))
     {
-        return Some(id.as_str().to_owned());
+        return Some(id.as_str());
     }
-    Envelope::from_slice(&message.payload)
-        .ok()
-        .map(|e| e.id.into_owned())
+    body.envelope().ok().map(|e| e.id.as_ref())
 }
 
-fn end_to_end(payload: &[u8]) -> Option<Duration> {
-    let envelope = Envelope::from_slice(payload).ok()?;
+fn end_to_end(body: &Body<'_>) -> Option<Duration> {
+    let envelope = body.envelope().ok()?;
     SystemTime::now()
         .duration_since(envelope.received_at_time()?)
         .ok()

@@ -123,14 +123,18 @@ impl RecordingSink {
 }
 
 impl Sink for RecordingSink {
-    async fn deliver(&self, event: &Event) -> Outcome {
+    async fn deliver(&self, event: &Event<'_>) -> Outcome {
         if let Some(gate) = &self.inner.gate {
             self.inner.waiting.fetch_add(1, Ordering::SeqCst);
             let permit = gate.acquire().await.unwrap();
             permit.forget();
             self.inner.waiting.fetch_sub(1, Ordering::SeqCst);
         }
-        self.inner.delivered.lock().unwrap().push(event.id.clone());
+        self.inner
+            .delivered
+            .lock()
+            .unwrap()
+            .push(event.id.to_owned());
         Outcome::Delivered
     }
 }
@@ -238,7 +242,7 @@ pub fn run_sink(bus: &Stack, config: &SinkConfig) -> Running {
 pub struct RefusingSink;
 
 impl Sink for RefusingSink {
-    async fn deliver(&self, _: &Event) -> Outcome {
+    async fn deliver(&self, _: &Event<'_>) -> Outcome {
         Outcome::Permanent {
             reason: "refused by the test".to_owned(),
             status: Some(410),

@@ -123,22 +123,22 @@ impl AmqpSink {
         Ok(channel)
     }
 
-    async fn publish(&self, event: &Event) -> Outcome {
+    async fn publish(&self, event: &Event<'_>) -> Outcome {
         let channel = match self.channel().await {
             Ok(channel) => channel,
             Err(error) => return service::retry(format!("cannot reach the broker: {error}")),
         };
         let key = self
             .routing_key
-            .render(&self.name, &event.payload, str::to_owned);
+            .render(&self.name, event.body, str::to_owned);
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
-            .with_message_id(event.id.as_str().into())
-            .with_type(event.event_type.as_str().into())
+            .with_message_id(event.id.into())
+            .with_type(event.event_type.into())
             .with_app_id("relaycord".into())
             .with_timestamp(timestamp);
         let options = BasicPublishOptions {
@@ -151,7 +151,7 @@ impl AmqpSink {
                     self.exchange.as_str().into(),
                     key.as_str().into(),
                     options,
-                    &event.payload,
+                    event.body.bytes,
                     properties,
                 )
                 .await?
@@ -168,7 +168,7 @@ impl AmqpSink {
 }
 
 impl Sink for AmqpSink {
-    async fn deliver(&self, event: &Event) -> Outcome {
+    async fn deliver(&self, event: &Event<'_>) -> Outcome {
         match tokio::time::timeout(self.timeout, self.publish(event)).await {
             Ok(outcome) => outcome,
             Err(_) => {

@@ -75,7 +75,7 @@ impl DiscordSink {
             (Some(url), None) => webhook_target(url).map_err(|m| bad("webhook_url", m))?,
             (None, Some(channel)) => {
                 let channel = KeyTemplate::parse(channel).map_err(|e| bad("channel_id", e))?;
-                let literal = channel.render(name, b"{}", str::to_owned);
+                let literal = channel.sample(name, str::to_owned);
                 if !channel.uses("channel_id") && !relaycord_bus::subject::is_snowflake(&literal) {
                     return Err(bad(
                         "channel_id",
@@ -204,23 +204,20 @@ fn webhook_target(url: &Secret) -> Result<Target, String> {
 
 /// Discord's nonce holds at most 25 characters; ids can be longer, so a digest of it.
 pub fn nonce(id: &str) -> String {
-    let digest = Sha256::digest(id.as_bytes());
-    digest
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()[..25]
-        .to_owned()
+    let mut nonce = hex::encode(Sha256::digest(id.as_bytes()));
+    nonce.truncate(25);
+    nonce
 }
 
 impl Sink for DiscordSink {
-    async fn deliver(&self, event: &Event) -> Outcome {
+    async fn deliver(&self, event: &Event<'_>) -> Outcome {
         if let Some(reason) = self.stopped.lock().expect("discord sink lock").clone() {
             return Outcome::Permanent {
                 reason: format!("not sent: the sink stopped after {reason}"),
                 status: None,
             };
         }
-        let message = match self.templates.render(&event.payload) {
+        let message = match self.templates.render(event.body) {
             Ok(m) => m,
             Err(reason) => {
                 return Outcome::Permanent {
@@ -249,14 +246,14 @@ impl Sink for DiscordSink {
                 channel,
                 token,
             } => {
-                let id = channel.render(&self.name, &event.payload, str::to_owned);
+                let id = channel.render(&self.name, event.body, str::to_owned);
                 if !relaycord_bus::subject::is_snowflake(&id) {
                     return Outcome::Permanent {
                         reason: format!("the event has no channel to post to ({id:?})"),
                         status: None,
                     };
                 }
-                body["nonce"] = json!(nonce(&event.id));
+                body["nonce"] = json!(nonce(event.id));
                 body["enforce_nonce"] = json!(true);
                 let url = format!("{api_base}/v10/channels/{id}/messages");
                 match reqwest::Url::parse(&url) {
@@ -411,5 +408,7 @@ mod tests {
             nonce("h:PRESENCE_UPDATE:0123456789abcdef0123456789abcdef")
         );
         assert_ne!(n, nonce("msg:1"));
+        // A redelivery after an upgrade must send the nonce the first attempt sent.
+        assert_eq!(nonce("msg:1"), "b0e644d05f7c0e9772b9c05e6");
     }
 }

@@ -7,11 +7,11 @@
 use std::collections::BTreeMap;
 
 use minijinja::{Environment, UndefinedBehavior};
-use relaycord_bus::Envelope;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::config::{EmbedTemplate, MessageTemplate};
+use crate::Body;
 
 pub const MAX_CONTENT: usize = 2000;
 pub const MAX_EMBEDS: usize = 10;
@@ -142,8 +142,10 @@ impl Templates {
     }
 
     /// Renders the message for one envelope, within Discord's limits.
-    pub fn render(&self, payload: &[u8]) -> Result<Message, String> {
-        let env = Envelope::from_slice(payload).map_err(|e| format!("not an envelope: {e}"))?;
+    pub fn render(&self, body: &Body<'_>) -> Result<Message, String> {
+        let env = body
+            .envelope()
+            .map_err(|e| format!("not an envelope: {e}"))?;
         let data: Value = serde_json::from_str(env.data.get()).unwrap_or(Value::Null);
         let ctx = minijinja::context! {
             id => env.id.as_ref(),
@@ -256,19 +258,23 @@ pub fn enforce_limits(m: &mut Message) {
 mod tests {
     use super::*;
 
+    fn render(t: &Templates, envelope: &[u8]) -> Result<Message, String> {
+        t.render(&Body::new(&bytes::Bytes::copy_from_slice(envelope)))
+    }
+
     const ENV: &[u8] = br#"{"id":"msg:1","source":"gateway","type":"MESSAGE_CREATE","shard":0,"seq":1,"guild_id":"81384788765712384","received_at":"2026-11-23T12:00:00.000Z","data":{"id":"1","channel_id":"290926798999357250","content":"Supa Hot @everyone","author":{"id":"53908099506183680","username":"Mason"}}}"#;
 
     #[test]
     fn defaults_render_per_event_type() {
         let t = Templates::compile(&BTreeMap::new()).unwrap();
-        let m = t.render(ENV).unwrap();
+        let m = render(&t, ENV).unwrap();
         assert_eq!(
             m.content,
             "**Mason** in <#290926798999357250>: Supa Hot @everyone"
         );
         let other = String::from_utf8_lossy(ENV).replace("MESSAGE_CREATE", "TYPING_START");
         assert_eq!(
-            t.render(other.as_bytes()).unwrap().content,
+            render(&t, other.as_bytes()).unwrap().content,
             "`TYPING_START` in guild 81384788765712384"
         );
     }
@@ -288,7 +294,7 @@ mod tests {
                 }],
             },
         );
-        let m = Templates::compile(&c).unwrap().render(ENV).unwrap();
+        let m = render(&Templates::compile(&c).unwrap(), ENV).unwrap();
         assert_eq!(m.content, "");
         assert_eq!(m.embeds[0].title.as_deref(), Some("Mason"));
         assert_eq!(

@@ -85,7 +85,7 @@ impl HttpSink {
 }
 
 impl Sink for HttpSink {
-    async fn deliver(&self, event: &Event) -> Outcome {
+    async fn deliver(&self, event: &Event<'_>) -> Outcome {
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -94,13 +94,13 @@ impl Sink for HttpSink {
             .post(self.url.clone())
             .headers(self.headers.clone())
             .header(CONTENT_TYPE, "application/json")
-            .header("webhook-id", &event.id)
+            .header("webhook-id", event.id)
             .header("webhook-timestamp", timestamp.to_string())
-            .body(event.payload.clone());
+            .body(event.body.bytes.clone());
         if let Some(key) = &self.key {
             request = request.header(
                 "webhook-signature",
-                key.sign(&event.id, timestamp, &event.payload),
+                key.sign(event.id, timestamp, event.body.bytes),
             );
         }
         match request.send().await {

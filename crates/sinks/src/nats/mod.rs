@@ -7,7 +7,7 @@ mod config;
 mod service;
 
 use async_nats::jetstream::{self, context::PublishError};
-use relaycord_bus::{OutgoingMessage, Subjects, subject::sanitize_token};
+use relaycord_bus::{OutgoingMessage, subject::sanitize_token};
 use tokio::sync::OnceCell;
 
 pub use config::NatsSinkConfig;
@@ -15,7 +15,7 @@ pub use service::classify;
 
 use crate::error::{SinkError, SinkErrorKind};
 use crate::template::KeyTemplate;
-use crate::{Event, Outcome, Sink};
+use crate::{BuildContext, Event, Outcome, Sink};
 
 pub struct NatsSink {
     name: String,
@@ -27,12 +27,18 @@ pub struct NatsSink {
 
 impl NatsSink {
     /// Validates the config; errors name the key (`sinks.<name>.<key>`) and the fix.
-    pub fn build(name: &str, config: &NatsSinkConfig) -> Result<Self, SinkError> {
+    /// On the bus (`context`), a sink without a `url` of its own publishes on the bus's
+    /// connection.
+    pub fn build(
+        name: &str,
+        config: &NatsSinkConfig,
+        context: &BuildContext<'_>,
+    ) -> Result<Self, SinkError> {
         let bad = |key: &str, msg: String| {
             SinkError::new(SinkErrorKind::Config, format!("sinks.{name}.{key}: {msg}"))
         };
         let subject = KeyTemplate::parse(&config.subject).map_err(|e| bad("subject", e))?;
-        let sample = subject.render(name, b"{}", |_| "x".to_owned());
+        let sample = subject.sample(name, |_| "x".to_owned());
         if sample.is_empty()
             || sample
                 .split('.')
@@ -53,36 +59,34 @@ impl NatsSink {
                 "is not a NATS URL; write e.g. \"nats://127.0.0.1:4222\", or leave it empty for the bus's server".to_owned(),
             ));
         }
-        Ok(Self {
-            name: name.to_owned(),
-            config: config.clone(),
-            subject,
-            target: OnceCell::new(),
-        })
-    }
-
-    /// Binds the sink to the bus. On the bus's own server, a subject inside the gateway
-    /// stream would feed the sink its own output forever: refused.
-    pub fn with_bus(self, js: &jetstream::Context, subjects: &Subjects) -> Result<Self, SinkError> {
-        if self.config.url.is_empty() {
-            let sample = self.subject.render(&self.name, b"{}", |_| "x".to_owned());
+        let target = OnceCell::new();
+        if let Some((js, subjects)) = context.bus
+            && url.is_empty()
+        {
+            // On the bus's own server, a subject inside the gateway stream would feed the
+            // sink its own output forever: refused.
             let gateway = format!("{}.gateway.", subjects.prefix());
             let interactions = format!("{}.interactions.", subjects.prefix());
             if sample.starts_with(&gateway)
                 || sample.starts_with(&interactions)
                 || sample.starts_with("relaycord.")
             {
-                return Err(SinkError::new(
-                    SinkErrorKind::Config,
+                return Err(bad(
+                    "subject",
                     format!(
-                        "sinks.{}.subject: {:?} is inside Relaycord's own subjects on the same server, which would loop; use another prefix (e.g. \"relay.{{type}}\") or set url to another server",
-                        self.name, self.config.subject
+                        "{:?} is inside Relaycord's own subjects on the same server, which would loop; use another prefix (e.g. \"relay.{{type}}\") or set url to another server",
+                        config.subject
                     ),
                 ));
             }
-            let _ = self.target.set(js.clone());
+            let _ = target.set(js.clone());
         }
-        Ok(self)
+        Ok(Self {
+            name: name.to_owned(),
+            config: config.clone(),
+            subject,
+            target,
+        })
     }
 
     async fn target(&self) -> Result<&jetstream::Context, String> {
@@ -98,15 +102,17 @@ impl NatsSink {
             .await
     }
 
-    async fn publish(&self, js: &jetstream::Context, event: &Event) -> Result<(), PublishError> {
-        let subject = self
-            .subject
-            .render(&self.name, &event.payload, sanitize_token);
+    async fn publish(
+        &self,
+        js: &jetstream::Context,
+        event: &Event<'_>,
+    ) -> Result<(), PublishError> {
+        let subject = self.subject.render(&self.name, event.body, sanitize_token);
         let message = OutgoingMessage::envelope_bytes(
             subject,
-            event.payload.clone(),
-            Some(&event.id),
-            Some(&event.event_type),
+            event.body.bytes.clone(),
+            Some(event.id),
+            Some(event.event_type),
         );
         if self.config.jetstream {
             message.publish(js).await.map(drop)
@@ -126,7 +132,7 @@ impl NatsSink {
 }
 
 impl Sink for NatsSink {
-    async fn deliver(&self, event: &Event) -> Outcome {
+    async fn deliver(&self, event: &Event<'_>) -> Outcome {
         let js = match self.target().await {
             Ok(js) => js,
             Err(reason) => {
@@ -155,9 +161,9 @@ mod tests {
     #[test]
     fn bad_subjects_and_urls_name_the_key() {
         let ok = NatsSinkConfig::new("relay.{type}.{guild_id}");
-        assert!(NatsSink::build("n", &ok).is_ok());
+        assert!(NatsSink::build("n", &ok, &BuildContext::default()).is_ok());
         for subject in ["relay..x", "relay.*", "relay x", "{guild}"] {
-            let e = NatsSink::build("n", &NatsSinkConfig::new(subject))
+            let e = NatsSink::build("n", &NatsSinkConfig::new(subject), &BuildContext::default())
                 .err()
                 .unwrap()
                 .to_string();
@@ -169,6 +175,7 @@ mod tests {
                 url: relaycord_bus::Secret::new("http://x y"),
                 ..ok
             },
+            &BuildContext::default(),
         )
         .err()
         .unwrap()

@@ -1,0 +1,112 @@
+//! One event as the driver hands it to a sink: read from the message at most once.
+//!
+//! The filter, the dedupe id, key templates, the discord sink's message templates and the
+//! end-to-end latency all look into the same envelope. [`Body`] parses it on first use
+//! and keeps the result, borrowing from the message's bytes, so a delivery parses the
+//! envelope once (or never, when nothing asks) and copies none of its strings.
+
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use relaycord_bus::Envelope;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// One event handed to a sink.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    /// Envelope id, the dedupe key (`Nats-Msg-Id`); receivers dedupe on it.
+    pub id: &'a str,
+    pub event_type: &'a str,
+    /// 1 on the first delivery, then 2, 3...
+    pub attempt: u32,
+    pub body: &'a Body<'a>,
+}
+
+/// The envelope bytes exactly as they are on the bus, and what has been read from them.
+#[derive(Debug)]
+pub struct Body<'a> {
+    /// Sent on as they are: receivers get the envelope byte for byte.
+    pub bytes: &'a Bytes,
+    envelope: OnceLock<Result<Envelope<'a>, serde_json::Error>>,
+    channel_id: OnceLock<Option<Cow<'a, str>>>,
+}
+
+impl<'a> Body<'a> {
+    /// Nothing is parsed until asked for.
+    pub fn new(bytes: &'a Bytes) -> Self {
+        Self {
+            bytes,
+            envelope: OnceLock::new(),
+            channel_id: OnceLock::new(),
+        }
+    }
+
+    /// The parsed envelope, or why the bytes are not one.
+    pub fn envelope(&self) -> Result<&Envelope<'a>, &serde_json::Error> {
+        self.envelope
+            .get_or_init(|| Envelope::from_slice(self.bytes))
+            .as_ref()
+    }
+
+    /// `data.channel_id`. Also read from a payload that is not a whole envelope but has
+    /// a `data` object, as the channel filter always has.
+    pub fn channel_id(&self) -> Option<&str> {
+        self.channel_id
+            .get_or_init(|| {
+                let data = match self.envelope() {
+                    Ok(envelope) => envelope.data,
+                    Err(_) => data_only(self.bytes)?,
+                };
+                channel_id(data)
+            })
+            .as_deref()
+    }
+}
+
+/// `data` of something shaped like an envelope; every other field is skipped unparsed.
+fn data_only(bytes: &[u8]) -> Option<&RawValue> {
+    #[derive(Deserialize)]
+    struct Env<'a> {
+        #[serde(borrow)]
+        data: &'a RawValue,
+    }
+    serde_json::from_slice::<Env<'_>>(bytes)
+        .ok()
+        .map(|e| e.data)
+}
+
+fn channel_id(data: &RawValue) -> Option<Cow<'_, str>> {
+    #[derive(Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow)]
+        channel_id: Option<Cow<'a, str>>,
+    }
+    serde_json::from_str::<Data<'_>>(data.get())
+        .ok()?
+        .channel_id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_and_channel_are_read_from_the_bytes() {
+        let bytes = Bytes::from_static(
+            br#"{"id":"msg:1","source":"gateway","type":"MESSAGE_CREATE","shard":0,"seq":1,"guild_id":"1","received_at":"2026-11-23T12:00:00.000Z","data":{"channel_id":"290926798999357250"}}"#,
+        );
+        let body = Body::new(&bytes);
+        assert_eq!(body.envelope().unwrap().id, "msg:1");
+        assert_eq!(body.channel_id(), Some("290926798999357250"));
+
+        let partial = Bytes::from_static(br#"{"data":{"channel_id":"10"}}"#);
+        let body = Body::new(&partial);
+        assert!(body.envelope().is_err());
+        assert_eq!(body.channel_id(), Some("10"));
+
+        let not_json = Bytes::from_static(b"not json");
+        assert_eq!(Body::new(&not_json).channel_id(), None);
+    }
+}

@@ -15,6 +15,7 @@ mod interactions_handlers;
 mod interactions_processes;
 mod interactions_resilience;
 mod interactions_sim;
+mod leaks;
 mod nats_auth;
 mod sinks_amqp;
 mod sinks_bench;

@@ -203,6 +203,10 @@ impl NatsConfig {
             .filter(|u| !u.is_empty())
             .map(|u| {
                 u.parse::<ServerAddr>().map_err(|e| {
+                    let (u, e) = (
+                        crate::redact::userinfo(u),
+                        crate::redact::userinfo(&e.to_string()),
+                    );
                     ConfigError::new("nats.url", format!("{u:?} is not a NATS URL: {e}"))
                 })
             })

@@ -9,6 +9,7 @@ pub mod error;
 pub mod interaction;
 pub mod kv;
 pub mod message;
+pub mod redact;
 pub mod secret;
 pub mod streams;
 pub mod subject;

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use serde::Deserialize;
 
 pub use relaycord_bus::{ConfigError, DiscordConfig, NatsConfig, Shared};
@@ -33,6 +33,32 @@ pub struct Config {
     #[cfg_attr(test, schemars(skip))]
     pub sinks: Vec<SinkConfig>,
 }
+
+/// What kind of value was found, without the value (figment's own message quotes it).
+fn shape(found: &figment::error::Actual) -> &'static str {
+    use figment::error::Actual;
+    match found {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a float",
+        Actual::Char(_) | Actual::Str(_) => "a string",
+        Actual::Bytes(_) => "bytes",
+        Actual::Unit | Actual::Option => "nothing",
+        Actual::Seq => "a list",
+        Actual::Map => "a table",
+        _ => "another kind of value",
+    }
+}
+
+/// Keys whose environment values are taken exactly as written. figment reads other
+/// values as TOML-like literals, which would turn a password `123456` into a number (and
+/// fail), `0123` into 123, or `"x"` into `x`.
+const SECRET_KEYS: [&str; 4] = [
+    "nats.token",
+    "nats.password",
+    "nats.nkey_seed",
+    "discord.token",
+];
 
 /// Rewrites figment's error in the file's own terms: `sinks[0].type` rather than
 /// `default.sinks.0`, with the source (file or environment variable) it came from.
@@ -63,6 +89,15 @@ fn load_error(error: &figment::Error) -> ConfigError {
                 };
             }
             format!("unknown key; expected one of {}", expected.join(", "))
+        }
+        // The value itself is never repeated: the key may hold a secret.
+        figment::error::Kind::InvalidType(found, expected)
+        | figment::error::Kind::InvalidValue(found, expected) => {
+            format!("expected {expected}, found {}", shape(found))
+        }
+        figment::error::Kind::Unsupported(found)
+        | figment::error::Kind::UnsupportedKey(found, _) => {
+            format!("unsupported {}", shape(found))
         }
         kind => kind.to_string(),
     };
@@ -102,13 +137,18 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        let figment = figment
-            .merge(Env::prefixed("RELAYCORD_").ignore(&["CONFIG"]).split("__"))
-            .merge(
-                Env::raw()
-                    .only(&["DISCORD_TOKEN"])
-                    .map(|_| "discord.token".into()),
-            );
+        let env = Env::prefixed("RELAYCORD_").ignore(&["CONFIG"]).split("__");
+        let is_secret = |key: &str| SECRET_KEYS.iter().any(|s| key.eq_ignore_ascii_case(s));
+        figment = figment.merge(env.clone().filter(move |key| !is_secret(key.as_str())));
+        let discord_token = Env::raw()
+            .only(&["DISCORD_TOKEN"])
+            .map(|_| "discord.token".into());
+        for (key, value) in env.iter().filter(|(key, _)| is_secret(key.as_str())) {
+            figment = figment.merge(Serialized::default(key.as_str(), value));
+        }
+        for (key, value) in discord_token.iter() {
+            figment = figment.merge(Serialized::default(key.as_str(), value));
+        }
         let config: Config = figment.extract().map_err(|e| load_error(&e))?;
         config.validate()?;
         Ok(config)
@@ -248,6 +288,43 @@ mod tests {
             assert!(Config::load(Some(Path::new("r.toml"))).is_ok());
             Ok(())
         });
+    }
+
+    #[test]
+    fn secrets_from_the_environment_are_taken_as_written() {
+        Jail::expect_with(|jail| {
+            // Each of these used to fail (a number, not a string) or change on the way.
+            jail.set_env("RELAYCORD_NATS__USER", "relay");
+            jail.set_env("RELAYCORD_NATS__PASSWORD", "123456");
+            jail.set_env("DISCORD_TOKEN", r#""quoted" [x"#);
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.nats.password.expose(), "123456");
+            assert_eq!(c.discord.token.expose(), r#""quoted" [x"#);
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("RELAYCORD_NATS__TOKEN", "0123");
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.nats.token.expose(), "0123");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_value_is_named_but_never_repeated() {
+        Jail::expect_with(|jail| {
+            jail.set_env("RELAYCORD_INGEST__WINDOW", "s3cr3t-looking-value");
+            let e = Config::load(None).unwrap_err().to_string();
+            assert!(e.starts_with("ingest.window:"), "{e}");
+            assert!(!e.contains("s3cr3t-looking-value"), "{e}");
+            Ok(())
+        });
+        let e = load_err("[nats]\npassword = 987654321");
+        assert!(
+            e.starts_with("nats.password:") && e.contains("string"),
+            "{e}"
+        );
+        assert!(!e.contains("987654321"), "{e}");
     }
 
     #[test]

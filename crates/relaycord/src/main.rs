@@ -349,7 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!(
                 "config ok: nats {} (prefix {:?}), {} sink(s)",
-                config.nats.url,
+                relaycord_bus::redact::userinfo(&config.nats.url),
                 config.nats.subject_prefix,
                 config.sinks.len()
             );

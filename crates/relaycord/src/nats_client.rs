@@ -37,14 +37,13 @@ pub async fn connect(nats: &NatsConfig, role: &str) -> anyhow::Result<async_nats
     if nats.tls_required {
         options = options.require_tls(true);
     }
-    let url = &nats.url;
-    options
-        .connect(nats.server_addrs()?)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to NATS at {url} (nats.url / RELAYCORD_NATS__URL; credentials: \
-                 nats.creds_file, nats.nkey_seed, nats.token or nats.user + nats.password)"
-            )
-        })
+    // Neither the URL nor the client's error may print `user:password@` of nats.url.
+    let url = relaycord_bus::redact::userinfo(&nats.url);
+    options.connect(nats.server_addrs()?).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to NATS at {url} (nats.url / RELAYCORD_NATS__URL; credentials: \
+                 nats.creds_file, nats.nkey_seed, nats.token or nats.user + nats.password): {}",
+            relaycord_bus::redact::userinfo(&format!("{e:#}"))
+        )
+    })
 }

@@ -1,0 +1,80 @@
+//! Credentials that hide inside URLs, kept out of logs and error messages.
+//!
+//! A NATS URL may carry `user:password@`; a webhook URL (Slack, Zapier, Discord) carries
+//! its token in the path or query. Anything printed goes through one of these.
+
+/// Replaces the user info of every URL in `text` (`nats://user:pass@host` →
+/// `nats://<redacted>@host`), wherever it appears, so an error from a client library
+/// that quotes the URL is safe to print too.
+pub fn userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        // The authority ends at the first '/', '?', '#' or whitespace; user info is
+        // what comes before its last '@'.
+        let end = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace() || c == ',')
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(userinfo_end) => {
+                out.push_str("<redacted>");
+                out.push_str(&tail[userinfo_end..end]);
+            }
+            None => out.push_str(&tail[..end]),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A URL reduced to what identifies the receiver without its credentials:
+/// `scheme://host[:port]/…` (path, query and user info cut). Unparseable input becomes
+/// `<url>`.
+pub fn url_origin(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<url>".to_owned();
+    };
+    let authority = rest
+        .split(|c| matches!(c, '/' | '?' | '#'))
+        .next()
+        .unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let more = rest.len() > authority.len();
+    format!("{scheme}://{host}{}", if more { "/…" } else { "" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userinfo_is_cut_wherever_a_url_appears() {
+        assert_eq!(
+            userinfo("cannot connect to nats://relay:hunter2@10.0.0.1:4222, tls://a:b@c:4443/x"),
+            "cannot connect to nats://<redacted>@10.0.0.1:4222, tls://<redacted>@c:4443/x"
+        );
+        assert_eq!(userinfo("nats://host:4222"), "nats://host:4222");
+        assert_eq!(userinfo("no url here"), "no url here");
+        assert_eq!(
+            userinfo("http://u:p@h/path@x"),
+            "http://<redacted>@h/path@x"
+        );
+    }
+
+    #[test]
+    fn origins_keep_only_scheme_and_host() {
+        assert_eq!(
+            url_origin("https://hooks.slack.com/services/T0/B0/XXXX?token=abc"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(url_origin("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
+        assert_eq!(
+            url_origin("https://u:p@example.com/x"),
+            "https://example.com/…"
+        );
+        assert_eq!(url_origin("not a url"), "<url>");
+    }
+}

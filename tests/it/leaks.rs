@@ -51,7 +51,10 @@ async fn a_bad_value_is_named_by_its_key_only() {
 #[tokio::test]
 async fn credentials_in_the_nats_url_are_never_printed() {
     // Port 1 on loopback refuses at once.
-    let env = [("RELAYCORD_NATS__URL", "nats://relay:pw-4455-unique@127.0.0.1:1")];
+    let env = [(
+        "RELAYCORD_NATS__URL",
+        "nats://relay:pw-4455-unique@127.0.0.1:1",
+    )];
     let (ok, out) = run(&["config", "check"], &env).await;
     assert!(ok, "{out}");
     assert!(!out.contains("pw-4455-unique"), "{out}");

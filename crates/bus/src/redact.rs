@@ -38,7 +38,7 @@ pub fn url_origin(url: &str) -> String {
         return "<url>".to_owned();
     };
     let authority = rest
-        .split(|c| matches!(c, '/' | '?' | '#'))
+        .split(['/', '?', '#'])
         .next()
         .unwrap_or_default();
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);

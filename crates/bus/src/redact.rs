@@ -37,13 +37,33 @@ pub fn url_origin(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<url>".to_owned();
     };
-    let authority = rest
-        .split(['/', '?', '#'])
-        .next()
-        .unwrap_or_default();
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let more = rest.len() > authority.len();
     format!("{scheme}://{host}{}", if more { "/…" } else { "" })
+}
+
+/// Every URL in `text` reduced to its origin (see [`url_origin`]): for messages from a
+/// client library that quote the URL a request went to (`error sending request for url
+/// (https://…)`).
+pub fn urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        // The scheme is the run of letters before "://".
+        let scheme_start = rest[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        out.push_str(&rest[..scheme_start]);
+        let tail = &rest[scheme_start..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | '>' | ','))
+            .unwrap_or(tail.len());
+        out.push_str(&url_origin(&tail[..end]));
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -62,6 +82,21 @@ mod tests {
             userinfo("http://u:p@h/path@x"),
             "http://<redacted>@h/path@x"
         );
+    }
+
+    #[test]
+    fn urls_in_messages_keep_only_their_origin() {
+        assert_eq!(
+            urls(
+                "error sending request for url (https://hooks.slack.com/services/T0/XXXX?t=1): refused"
+            ),
+            "error sending request for url (https://hooks.slack.com/…): refused"
+        );
+        assert_eq!(
+            urls("two: http://a/x, http://u:p@b:1/y"),
+            "two: http://a/…, http://b:1/…"
+        );
+        assert_eq!(urls("none"), "none");
     }
 
     #[test]

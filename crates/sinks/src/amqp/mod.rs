@@ -126,7 +126,12 @@ impl AmqpSink {
     async fn publish(&self, event: &Event<'_>) -> Outcome {
         let channel = match self.channel().await {
             Ok(channel) => channel,
-            Err(error) => return service::retry(format!("cannot reach the broker: {error}")),
+            Err(error) => {
+                return service::retry(format!(
+                    "cannot reach the broker: {}",
+                    relaycord_bus::redact::userinfo(&error.to_string())
+                ));
+            }
         };
         let key = self
             .routing_key

@@ -7,7 +7,7 @@ use relaycord_bus::Secret;
 use serde::Deserialize;
 
 /// POSTs each envelope to a URL with Standard Webhooks headers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkConfig {
     /// Endpoint receiving `POST`s of the envelope (http or https).
@@ -26,4 +26,17 @@ pub struct HttpSinkConfig {
 
 fn default_timeout() -> Duration {
     Duration::from_secs(15)
+}
+
+/// The URL's path and query often hold a token (Slack, Zapier, Discord webhooks): Debug
+/// shows only its origin.
+impl std::fmt::Debug for HttpSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSinkConfig")
+            .field("url", &relaycord_bus::redact::url_origin(&self.url))
+            .field("secret", &self.secret)
+            .field("headers", &self.headers)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }

@@ -15,12 +15,20 @@ pub use signature::{DEFAULT_TOLERANCE, SigningKey, VerifyError};
 use crate::error::{SinkError, SinkErrorKind};
 use crate::{Event, Outcome, Sink};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpSink {
     client: reqwest::Client,
     url: reqwest::Url,
     key: Option<SigningKey>,
     headers: HeaderMap,
+}
+
+impl std::fmt::Debug for HttpSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSink")
+            .field("url", &relaycord_bus::redact::url_origin(self.url.as_str()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpSink {
@@ -34,7 +42,7 @@ impl HttpSink {
                 "url",
                 format!(
                     "{:?} is not a URL ({e}); write e.g. \"https://example.com/discord\"",
-                    config.url
+                    relaycord_bus::redact::url_origin(&config.url)
                 ),
             )
         })?;
@@ -107,5 +115,59 @@ impl Sink for HttpSink {
             Ok(response) => classify(response.status(), response.headers()),
             Err(error) => classify_error(&error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use relaycord_bus::Secret;
+
+    use super::*;
+    use crate::event::Body;
+
+    const PATH_TOKEN: &str = "T0KEN-IN-PATH-5521";
+    const QUERY_TOKEN: &str = "QUERY-SECRET-8812";
+
+    /// A webhook URL's token never reaches what a failure prints: the retry reason (it
+    /// goes to logs and to the dead letter's headers), the sink's and its config's Debug.
+    #[tokio::test]
+    async fn a_failing_webhook_url_is_never_printed_whole() {
+        // Port 1 on loopback refuses the connection at once.
+        let url = format!("http://127.0.0.1:1/hooks/{PATH_TOKEN}?key={QUERY_TOKEN}");
+        let config = HttpSinkConfig {
+            url,
+            secret: None,
+            headers: [("x-api-key".to_owned(), Secret::new("H3ADER-SECRET"))].into(),
+            timeout: Duration::from_secs(5),
+        };
+        let sink = HttpSink::build("hook", &config).unwrap();
+        let bytes = Bytes::from_static(br#"{"id":"x","type":"T","data":{}}"#);
+        let body = Body::new(&bytes);
+        let event = Event {
+            id: "x",
+            event_type: "T",
+            attempt: 1,
+            body: &body,
+        };
+        let Outcome::Retry { reason, .. } = sink.deliver(&event).await else {
+            panic!("a refused connection is retried");
+        };
+        let printed = format!("{reason} {sink:?} {config:?}");
+        for secret in [PATH_TOKEN, QUERY_TOKEN, "H3ADER-SECRET"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(
+            reason.contains("http://127.0.0.1:1"),
+            "the origin stays: {reason}"
+        );
+        let bad = HttpSinkConfig {
+            url: format!("http://[::1/{PATH_TOKEN}"),
+            ..config
+        };
+        let error = HttpSink::build("hook", &bad).unwrap_err().to_string();
+        assert!(!error.contains(PATH_TOKEN), "{error}");
     }
 }

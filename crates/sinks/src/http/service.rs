@@ -40,8 +40,13 @@ pub fn classify_error(error: &reqwest::Error) -> Outcome {
     } else {
         "request failed".to_owned()
     };
+    // reqwest quotes the URL, and a webhook URL carries its token in the path or query:
+    // the reason goes to logs and dead letters, so only the origin stays.
     Outcome::Retry {
-        reason: format!("{reason}: {error}"),
+        reason: format!(
+            "{reason}: {}",
+            relaycord_bus::redact::urls(&error.to_string())
+        ),
         status: None,
         after: None,
     }

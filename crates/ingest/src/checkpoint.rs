@@ -114,3 +114,70 @@ impl Checkpoint {
         }
     }
 }
+
+/// Whether a `resume_url` read back from the sessions bucket may receive the bot token.
+///
+/// Anyone who can write that bucket could otherwise point the next RESUME, token
+/// included, at a host of their choosing. Accepted: the configured gateway's own host
+/// (the simulator, a gateway proxy) and Discord's gateway domain `*.discord.gg`, over a
+/// websocket scheme no weaker than the configured one's.
+pub(crate) fn trusted_resume_url(resume_url: &str, gateway_url: &str) -> bool {
+    let (Ok(resume), Ok(gateway)) = (
+        reqwest::Url::parse(resume_url),
+        reqwest::Url::parse(gateway_url),
+    ) else {
+        return false;
+    };
+    let scheme_ok = match resume.scheme() {
+        "wss" => true,
+        "ws" => gateway.scheme() == "ws",
+        _ => false,
+    };
+    let host_ok = match (resume.host_str(), gateway.host_str()) {
+        (Some(host), _) if host == "discord.gg" || host.ends_with(".discord.gg") => true,
+        (Some(host), Some(configured)) => {
+            host == configured && resume.port_or_known_default() == gateway.port_or_known_default()
+        }
+        _ => false,
+    };
+    scheme_ok && host_ok && resume.username().is_empty() && resume.password().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trusted_resume_url;
+
+    #[test]
+    fn only_the_configured_gateway_or_discord_may_resume() {
+        let discord = "wss://gateway.discord.gg";
+        assert!(trusted_resume_url(
+            "wss://gateway-us-east1-b.discord.gg",
+            discord
+        ));
+        assert!(trusted_resume_url(
+            "wss://gateway.discord.gg/?v=10",
+            discord
+        ));
+        assert!(!trusted_resume_url(
+            "wss://evil.example/discord.gg",
+            discord
+        ));
+        assert!(!trusted_resume_url(
+            "wss://discord.gg.evil.example",
+            discord
+        ));
+        assert!(
+            !trusted_resume_url("ws://gateway.discord.gg", discord),
+            "no downgrade"
+        );
+        assert!(!trusted_resume_url("wss://u:p@gateway.discord.gg", discord));
+        assert!(!trusted_resume_url("not a url", discord));
+        let sim = "ws://127.0.0.1:8990";
+        assert!(trusted_resume_url("ws://127.0.0.1:8990", sim));
+        assert!(
+            !trusted_resume_url("ws://127.0.0.1:8991", sim),
+            "another port"
+        );
+        assert!(!trusted_resume_url("ws://10.0.0.1:8990", sim));
+    }
+}

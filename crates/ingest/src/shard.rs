@@ -21,7 +21,7 @@ use twilight_gateway::{
     error::ReceiveMessageErrorType,
 };
 
-use crate::checkpoint::{Checkpoint, SAVE_INTERVAL};
+use crate::checkpoint::{self, Checkpoint, SAVE_INTERVAL};
 use crate::error::{IngestError, IngestErrorKind};
 use crate::health::ShardHealth;
 use crate::metrics::IngestMetrics;
@@ -86,8 +86,17 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
     if let Some(record) = record {
         tracing::info!(shard = id, seq = record.seq, "resuming stored session");
         builder = builder.session(Session::new(record.seq, record.session_id));
-        if let Some(url) = record.resume_url {
-            builder = builder.resume_url(url);
+        match record.resume_url {
+            Some(url) if checkpoint::trusted_resume_url(&url, &ctx.gateway_url) => {
+                builder = builder.resume_url(url);
+            }
+            // Resumed on the configured gateway instead, which Discord accepts.
+            Some(url) => tracing::warn!(
+                shard = id,
+                resume_url = %relaycord_bus::redact::url_origin(&url),
+                "stored resume_url is not the configured gateway nor Discord's; ignored"
+            ),
+            None => {}
         }
         window = AckWindow::new(record.seq);
         stop.set_resumable();

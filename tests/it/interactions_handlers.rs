@@ -318,3 +318,53 @@ async fn a_late_reply_after_the_token_expired_is_refused_and_counted_expired() {
     assert!(expired);
     stack.stop().await;
 }
+
+/// Late HTTP handler calls are bounded: with `max_late_http_calls = 2` and a function that
+/// hangs, two clicks wait for it; the next two are cut off at once, counted `shed`, and
+/// their users get the unavailable message as the follow-up instead of a spinner.
+#[tokio::test(flavor = "multi_thread")]
+async fn late_http_calls_past_the_bound_are_shed_with_an_apology() {
+    let (hang, _) = http_function(Duration::from_secs(120), PONG).await;
+    let route = RouteConfig {
+        component: Some("hang".into()),
+        handler: Some(Handler::Http(hang)),
+        ..RouteConfig::default()
+    };
+    let stack = Stack::builder()
+        .interactions(vec![route])
+        .config(|c| {
+            c.interactions.deadline = Duration::from_millis(300);
+            c.interactions.max_late_http_calls = 2;
+        })
+        .start()
+        .await;
+    let d = &stack.discord;
+    let clicks: Vec<_> = (0..4).map(|i| d.component(&format!("hang:{i}"))).collect();
+    for click in &clicks {
+        let (status, body) = stack.send(&d.signed(click)).await;
+        assert_eq!(
+            (status, &body[..]),
+            (200, &br#"{"type":6}"#[..]),
+            "deferred"
+        );
+    }
+    assert_eq!(
+        stack.metric_with(
+            "relaycord_interactions_late_replies_total",
+            &[r#"outcome="shed""#]
+        ),
+        2.0
+    );
+    for shed in &clicks[2..] {
+        let call = d
+            .wait_call(Duration::from_secs(30), |c| {
+                c.interaction_id.as_deref() == Some(&shed.id)
+            })
+            .await
+            .expect("the shed call's user gets a follow-up");
+        assert_eq!(call.kind, RestCallKind::FollowUp);
+        let content = call.body["content"].as_str().unwrap_or_default().to_owned();
+        assert!(content.contains("unavailable"), "{}", call.body);
+    }
+    stack.stop().await;
+}

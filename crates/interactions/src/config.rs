@@ -57,6 +57,10 @@ pub struct InteractionsSection {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub http_handler_timeout: Duration,
+    /// HTTP handler calls still running after their deadline (their replies become
+    /// follow-ups) at once in this replica; past it a late call is cut off, counted as
+    /// `late_replies_total{outcome="shed"}`, and the user gets the unavailable message.
+    pub max_late_http_calls: usize,
     /// A connection that has not sent a whole request head by then is closed (idle
     /// keep-alive connections included): slow clients cannot hold the endpoint.
     #[serde(with = "humantime_serde")]
@@ -89,6 +93,7 @@ impl Default for InteractionsSection {
                 .to_owned(),
             routes: Vec::new(),
             http_handler_timeout: Duration::from_secs(14 * 60),
+            max_late_http_calls: 1024,
             header_read_timeout: ServeLimits::default().header_read_timeout,
             body_read_timeout: ServeLimits::default().body_read_timeout,
             max_connections: ServeLimits::default().max_connections,
@@ -141,6 +146,12 @@ impl InteractionsSection {
                     "must be between 1s and 60s: long enough for a slow network, short enough that idle clients cannot pile up",
                 ));
             }
+        }
+        if self.max_late_http_calls == 0 {
+            return Err(ConfigError::new(
+                "interactions.max_late_http_calls",
+                "must be at least 1",
+            ));
         }
         if self.max_connections == 0 {
             return Err(ConfigError::new(
@@ -198,6 +209,9 @@ impl Settings {
             streams: shared.nats.streams(),
             http_handler_timeout: config.http_handler_timeout,
             late_concurrency: 32,
+            late_http_calls: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                config.max_late_http_calls,
+            )),
             serve: ServeLimits {
                 header_read_timeout: config.header_read_timeout,
                 body_read_timeout: config.body_read_timeout,

@@ -353,16 +353,36 @@ impl Endpoint {
                 let (kind, js) = (keys.kind, self.js.clone());
                 let subject = self.mux.reply_subject(&keys.id);
                 let unavailable = self.settings.unavailable_response(kind);
+                // Bounded: each waits up to http_handler_timeout (minutes), so a slow
+                // function must not pile up tasks. Over the bound the call is dropped and
+                // the user gets the unavailable message as the follow-up instead.
+                let slot = Arc::clone(&self.settings.late_http_calls)
+                    .try_acquire_owned()
+                    .ok();
+                if slot.is_none() {
+                    metrics.late("shed");
+                    tracing::warn!(
+                        "too many late HTTP handler calls (interactions.max_late_http_calls); one was cut off"
+                    );
+                }
+                // Dropping the call (when shed) cancels the request.
+                let call = slot.map(|slot| (slot, call));
                 tokio::spawn(async move {
-                    let result = call.await;
-                    let result_label = if result.is_ok() { "late" } else { "error" };
-                    metrics
-                        .handler_latency
-                        .with_label_values(&["http", result_label])
-                        .observe(sent.elapsed().as_secs_f64());
-                    let reply = match result {
-                        Ok(reply) if response::validate(kind, &reply).is_ok() => reply,
-                        _ => unavailable,
+                    let reply = match call {
+                        Some((_slot, call)) => {
+                            let result = call.await;
+                            let label = if result.is_ok() { "late" } else { "error" };
+                            metrics
+                                .handler_latency
+                                .with_label_values(&["http", label])
+                                .observe(sent.elapsed().as_secs_f64());
+                            match result {
+                                Ok(reply) if response::validate(kind, &reply).is_ok() => reply,
+                                _ => unavailable,
+                            }
+                        }
+                        // Only the short JetStream publish of the apology remains.
+                        None => unavailable,
                     };
                     let mut late_headers = NatsHeaders::new();
                     late_headers.insert(handler_headers::HANDLER, "http");

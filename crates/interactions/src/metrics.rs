@@ -20,7 +20,7 @@ pub struct InteractionMetrics {
     /// interaction's claim to the reply's arrival on the stream.
     pub handler_latency: HistogramVec,
     /// outcome: delivered | expired | dropped_autocomplete | invalid | undecided | failed |
-    /// retried.
+    /// retried | shed.
     pub late_replies: IntCounterVec,
     /// Publishing the interaction to JetStream, until the ack.
     pub publish_latency: Histogram,

@@ -37,6 +37,8 @@ pub struct Settings {
     pub(crate) http_handler_timeout: Duration,
     /// Follow-ups in flight at once in this replica.
     pub(crate) late_concurrency: usize,
+    /// Slots for HTTP handler calls that outlived their deadline (`max_late_http_calls`).
+    pub(crate) late_http_calls: std::sync::Arc<tokio::sync::Semaphore>,
     /// Timeouts and the connection cap of the public listener.
     pub(crate) serve: ServeLimits,
 }

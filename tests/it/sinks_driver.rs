@@ -192,3 +192,33 @@ async fn consumer_gauges_report_pending_and_in_flight() {
     );
     run.stop().await;
 }
+
+/// Sink-side dedupe never drops a genuine repeat: the same id stored again after the
+/// stream's duplicate window (a reaction added, removed and added again) is a new copy
+/// of the event and is delivered again, while redeliveries of one copy stay deduped.
+/// The wait is real time: it must outlast the nats-server's own 10 s window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_stored_again_after_the_duplicate_window_is_delivered_again() {
+    const WINDOW: Duration = Duration::from_secs(10);
+    let bus = Stack::builder()
+        .config(|c| c.nats.duplicate_window = WINDOW)
+        .start()
+        .await;
+    let id = "react:add:5:6:%F0%9F%94%A5";
+    let data = r#"{"user_id":"6","message_id":"5","guild_id":"1","emoji":{"name":"🔥"}}"#;
+    bus.publish(id, "MESSAGE_REACTION_ADD", "1", data).await;
+    // Inside the window the bus itself drops the repeat.
+    bus.publish(id, "MESSAGE_REACTION_ADD", "1", data).await;
+    let sink = RecordingSink::open();
+    let run = run_driver(&bus, &test_config("repeats"), sink.clone());
+    assert!(eventually(WAIT, async || sink.delivered().len() == 1).await);
+    tokio::time::sleep(WINDOW + Duration::from_secs(2)).await;
+    bus.publish(id, "MESSAGE_REACTION_ADD", "1", data).await;
+    assert!(
+        eventually(WAIT, async || sink.delivered().len() == 2).await,
+        "the reaction added again was not delivered: {:?}",
+        sink.delivered()
+    );
+    run.stop().await;
+    assert_eq!(sink.delivered(), vec![id.to_owned(), id.to_owned()]);
+}

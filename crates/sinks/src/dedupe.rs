@@ -53,15 +53,21 @@ impl Dedupe {
             .map(|store| Self { store })
     }
 
-    /// KV keys allow `[-/_=.A-Za-z0-9]`; ids contain `:` and `%`, so they are encoded.
-    pub fn key(id: &str) -> String {
-        URL_SAFE_NO_PAD.encode(id)
+    /// The key of one stored copy of an event: its id and which copy (`copy`: the stream
+    /// sequence, or the dead letter's). A redelivery of that copy (a lost ack) has the
+    /// same key and is skipped; the same id stored anew after the stream's duplicate
+    /// window (a reaction added, removed and added again) is a new copy and is delivered,
+    /// however long this bucket remembers. KV keys allow `[-/_=.A-Za-z0-9]`; ids contain
+    /// `:` and `%`, so they are encoded.
+    pub fn key(id: &str, copy: &str) -> String {
+        format!("{}.{copy}", URL_SAFE_NO_PAD.encode(id))
     }
 
-    /// Whether `id` was delivered. A lookup error counts as "not delivered": a possible
-    /// duplicate is better than holding every delivery while the KV is unreachable.
-    pub async fn delivered(&self, id: &str) -> bool {
-        match self.store.get(Self::key(id)).await {
+    /// Whether this copy of `id` was delivered. A lookup error counts as "not delivered":
+    /// a possible duplicate is better than holding every delivery while the KV is
+    /// unreachable.
+    pub async fn delivered(&self, id: &str, copy: &str) -> bool {
+        match self.store.get(Self::key(id, copy)).await {
             Ok(found) => found.is_some(),
             Err(error) => {
                 tracing::warn!(%id, %error, "dedupe lookup failed; delivering anyway");
@@ -70,8 +76,8 @@ impl Dedupe {
         }
     }
 
-    pub async fn record(&self, id: &str) {
-        if let Err(error) = self.store.put(Self::key(id), Bytes::new()).await {
+    pub async fn record(&self, id: &str, copy: &str) {
+        if let Err(error) = self.store.put(Self::key(id, copy), Bytes::new()).await {
             tracing::warn!(%id, %error, "cannot record the delivery; a redelivery would repeat it");
         }
     }
@@ -89,8 +95,14 @@ mod tests {
             "h:PRESENCE_UPDATE:00ff",
             "join:1:2:2015-04-26T06:26:56.936000+00:00",
         ];
-        let keys: std::collections::HashSet<String> = ids.iter().map(|i| Dedupe::key(i)).collect();
+        let keys: std::collections::HashSet<String> =
+            ids.iter().map(|i| Dedupe::key(i, "42")).collect();
         assert_eq!(keys.len(), ids.len());
+        assert_ne!(
+            Dedupe::key(ids[0], "42"),
+            Dedupe::key(ids[0], "43"),
+            "copies differ"
+        );
         for key in keys {
             assert!(
                 key.bytes()

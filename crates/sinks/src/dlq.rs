@@ -189,6 +189,12 @@ impl DeadLetter {
     }
 }
 
+/// A replayed letter is its own copy: a second replay of it (say, after its deletion
+/// failed) is skipped, whatever the original stream sequence was.
+fn replay_copy(letter: &DeadLetter) -> String {
+    format!("dlq{}", letter.seq)
+}
+
 fn bus_error(
     context: impl Into<String>,
     e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -353,7 +359,7 @@ pub async fn replay<S: Sink>(
     let mut results = Vec::with_capacity(letters.len());
     for letter in letters {
         let already = match dedupe {
-            Some(d) => d.delivered(&letter.id).await,
+            Some(d) => d.delivered(&letter.id, &replay_copy(letter)).await,
             None => false,
         };
         let outcome = if already {
@@ -369,7 +375,7 @@ pub async fn replay<S: Sink>(
             match sink.deliver(&event).await {
                 Outcome::Delivered => {
                     if let Some(d) = dedupe {
-                        d.record(&letter.id).await;
+                        d.record(&letter.id, &replay_copy(letter)).await;
                     }
                     Replayed::Delivered
                 }

@@ -47,13 +47,16 @@ impl<S: Sink> Worker<S> {
             attempt,
             body: &body,
         };
+        // Which stored copy this is: redeliveries of it share the stream sequence.
+        let copy = match (&self.dedupe, message.info()) {
+            (Some(_), Ok(info)) => info.stream_sequence.to_string(),
+            _ => String::new(),
+        };
         if let Some(dedupe) = &self.dedupe
-            && dedupe.delivered(event.id).await
+            && dedupe.delivered(event.id, &copy).await
         {
-            // Checked on first deliveries too: the same event published again after the
-            // stream's duplicate window is a new message with the same id. And before the
-            // attempts check: a delivered event whose ack was lost on its last attempt
-            // is done, not dead.
+            // Before the attempts check: a delivered event whose ack was lost on its
+            // last attempt is done, not dead.
             self.count("duplicate");
             self.ack(&message, AckKind::Ack).await;
             return;
@@ -75,7 +78,7 @@ impl<S: Sink> Worker<S> {
         match outcome {
             Outcome::Delivered => {
                 if let Some(dedupe) = &self.dedupe {
-                    dedupe.record(event.id).await;
+                    dedupe.record(event.id, &copy).await;
                 }
                 self.ack(&message, AckKind::Ack).await;
                 self.count("delivered");

@@ -27,10 +27,9 @@ async def main() -> None:
 
     nc = await nats.connect(args.url)
     done = asyncio.Event()
-    received = 0
+    seen = set()
 
     async def on_message(msg):
-        nonlocal received
         envelope = json.loads(msg.data)
         print(json.dumps({
             "subject": msg.subject,
@@ -39,9 +38,12 @@ async def main() -> None:
             "type": envelope["type"],
             "data_is_object": isinstance(envelope["data"], dict),
         }), flush=True)
+        # Distinct ids: a core subscriber also sees publishes that JetStream then drops
+        # as duplicates (a retried publish, Discord's own repeats), so counting messages
+        # could stop before every event arrived.
         if not counted or envelope["type"] in counted:
-            received += 1
-        if received >= args.count:
+            seen.add(envelope["id"])
+        if len(seen) >= args.count:
             done.set()
 
     await nc.subscribe(args.subject, cb=on_message)
@@ -50,7 +52,7 @@ async def main() -> None:
     try:
         await asyncio.wait_for(done.wait(), args.timeout)
     except asyncio.TimeoutError:
-        print(f"timeout after {received} messages", file=sys.stderr, flush=True)
+        print(f"timeout after {len(seen)} distinct events", file=sys.stderr, flush=True)
     await nc.drain()
 
 

@@ -66,6 +66,16 @@ if [ "${1:-}" = "--tests" ]; then
                 || python3 -m pip install --quiet --break-system-packages "$module"
         fi
     done
+    # The tests start their own nats-server children; the machine's shared one on :4222
+    # (JetStream) is started too when it is not running, for the demo's --nats-url and for
+    # anyone poking at the bus by hand while the suite runs.
+    if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
+        nats_bin="$(command -v nats-server || echo /usr/sbin/nats-server)"
+        echo "starting nats-server on 127.0.0.1:4222 (JetStream)…" >&2
+        mkdir -p /tmp/relaycord-nats
+        nohup "$nats_bin" -a 127.0.0.1 -p 4222 -js -sd /tmp/relaycord-nats \
+            >/tmp/relaycord-nats/server.log 2>&1 &
+    fi
     # The amqp sink's tests use a real broker (AMQP_URL, default guest@127.0.0.1:5672).
     if [ -z "${AMQP_URL:-}" ]; then
         if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/sbin/rabbitmq-server ]; then

@@ -66,6 +66,12 @@ if [ "${1:-}" = "--tests" ]; then
                 || python3 -m pip install --quiet --break-system-packages "$module"
         fi
     done
+    # The tracing tests: an OTLP/HTTP receiver decoding spans with the official protobufs.
+    if ! python3 -c "import opentelemetry.proto.collector.trace.v1.trace_service_pb2" >/dev/null 2>&1; then
+        echo "installing opentelemetry-proto (pip) for the tracing tests…" >&2
+        python3 -m pip install --quiet opentelemetry-proto 2>/dev/null \
+            || python3 -m pip install --quiet --break-system-packages opentelemetry-proto
+    fi
     # The tests start their own nats-server children; the machine's shared one on :4222
     # (JetStream) is started too when it is not running, for the demo's --nats-url and for
     # anyone poking at the bus by hand while the suite runs.

@@ -29,3 +29,4 @@ mod sinks_nats;
 mod sinks_process;
 mod sinks_tail;
 mod skeleton;
+mod traces;

@@ -13,6 +13,7 @@ pub mod redact;
 pub mod secret;
 pub mod streams;
 pub mod subject;
+pub mod trace;
 
 /// Installs ring as the process-wide rustls provider unless one is installed already.
 ///
@@ -40,4 +41,6 @@ pub mod headers {
     pub const TYPE: &str = "Relaycord-Type";
     pub const SHARD: &str = "Relaycord-Shard";
     pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// W3C trace context, set only while tracing is on (see [`crate::trace`]).
+    pub const TRACEPARENT: &str = crate::trace::TRACEPARENT;
 }

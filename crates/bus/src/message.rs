@@ -2,7 +2,8 @@
 //!
 //! Ingest, the interactions endpoint, the dead-letter queue, the nats sink and the tests all
 //! publish envelopes; building the message here keeps the headers of [`crate::headers`]
-//! identical on every path, which consumers rely on (docs/bus.md is the contract).
+//! identical on every path, which consumers rely on (docs/bus.md is the contract). That
+//! includes `traceparent`, so every publish continues the trace it is part of.
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishError, message::PublishMessage};
@@ -40,7 +41,7 @@ impl OutgoingMessage {
 
     /// An envelope already serialized (a stored event, a dead letter's payload), with the
     /// headers its publisher chooses: `Nats-Msg-Id` when the stream should dedupe it, and
-    /// `Relaycord-Type` when known.
+    /// `Relaycord-Type` when known; `traceparent` when tracing is on and a span is current.
     pub fn envelope_bytes(
         subject: impl Into<String>,
         payload: Bytes,
@@ -54,6 +55,7 @@ impl OutgoingMessage {
         if let Some(event_type) = event_type {
             headers.insert(headers::TYPE, event_type);
         }
+        crate::trace::inject(&mut headers);
         Self {
             subject: subject.into(),
             payload,

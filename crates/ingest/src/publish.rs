@@ -11,6 +11,7 @@ use relaycord_bus::interaction::InteractionKeys;
 use relaycord_bus::{
     Dispatch, Envelope, OutgoingMessage, Source, Subjects, dedupe, envelope::now_rfc3339,
 };
+use tracing::Instrument;
 
 use crate::metrics::IngestMetrics;
 use crate::shard::ShardContext;
@@ -42,8 +43,19 @@ pub(crate) async fn publish(
         received_at: now_rfc3339().into(),
         data: dispatch.data,
     };
-    let (subject, message) =
-        OutgoingMessage::event(subject_of(dispatch, &ctx.subjects), &envelope).into_parts();
+    // Traces (when on): the dispatch read from the gateway, and its publish until the ack,
+    // whose context the message carries to every consumer.
+    let receive = relaycord_bus::span!(
+        "gateway.receive",
+        otel.kind = "consumer",
+        shard = shard_id,
+        seq,
+        event_type
+    );
+    let publishing = relaycord_bus::span!(parent: &receive, "publish", otel.kind = "producer", %id);
+    let (subject, message) = publishing.in_scope(|| {
+        OutgoingMessage::event(subject_of(dispatch, &ctx.subjects), &envelope).into_parts()
+    });
 
     // Sending here, in read order, keeps a shard's events in gateway order on the
     // stream whenever no publish has to be retried.
@@ -68,7 +80,7 @@ pub(crate) async fn publish(
     }
     let js = ctx.js.clone();
     let metrics = ctx.metrics.clone();
-    window.push(seq, async move {
+    let acked = async move {
         let ack = publish_acked(&js, subject, message, first.ok(), &metrics).await;
         metrics.published.inc();
         if ack.duplicate {
@@ -77,7 +89,8 @@ pub(crate) async fn publish(
         metrics
             .publish_latency
             .observe(received.elapsed().as_secs_f64());
-    });
+    };
+    window.push(seq, acked.instrument(publishing));
 }
 
 /// Gateway events go to `<prefix>.gateway.<TYPE>.<guild>`. Interactions delivered over

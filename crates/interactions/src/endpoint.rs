@@ -16,6 +16,7 @@ use relaycord_bus::interaction::{InteractionKeys, Kind};
 use relaycord_bus::{Envelope, OutgoingMessage, Source, Subjects};
 use serde_json::value::RawValue;
 use tokio::time::Instant as TokioInstant;
+use tracing::Instrument;
 
 use crate::Settings;
 use crate::decisions::Decisions;
@@ -86,7 +87,16 @@ pub(crate) async fn handle(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let answer = endpoint.process(&headers, body, started).await;
+    // Discord sends no trace context, but a proxy in front of Relaycord may.
+    let span = relaycord_bus::span!(
+        "interaction",
+        otel.kind = "server",
+        outcome = tracing::field::Empty
+    );
+    relaycord_bus::trace::continue_from_http(&span, &headers);
+    let answer = endpoint.process(&headers, body, started);
+    let answer = answer.instrument(span.clone()).await;
+    span.record("outcome", answer.outcome);
     let m = &endpoint.metrics;
     m.request(answer.outcome, answer.reason);
     m.response_latency
@@ -240,8 +250,10 @@ impl Endpoint {
             received_at: relaycord_bus::envelope::now_rfc3339().into(),
             data,
         };
-        OutgoingMessage::event(keys.subject(&self.subjects), &envelope)
+        let span = relaycord_bus::span!("publish", otel.kind = "producer", %id);
+        span.in_scope(|| OutgoingMessage::event(keys.subject(&self.subjects), &envelope))
             .publish(&self.js)
+            .instrument(span)
             .await?;
         self.metrics
             .publish_latency
@@ -267,6 +279,7 @@ impl Endpoint {
         let mut request_headers = NatsHeaders::new();
         request_headers.insert(handler_headers::INTERACTION_ID, keys.id.as_ref());
         request_headers.insert(handler_headers::KIND, keys.kind.as_str());
+        relaycord_bus::trace::inject(&mut request_headers);
         let published = self
             .client
             .publish_with_reply_and_headers(
@@ -310,9 +323,12 @@ impl Endpoint {
         deadline: TokioInstant,
     ) -> Answer {
         let sent = Instant::now();
+        let mut trace = HeaderMap::new();
+        relaycord_bus::trace::inject_http(&mut trace);
         let mut request = self
             .http
             .post(url)
+            .headers(trace)
             .timeout(self.settings.http_handler_timeout)
             .header(header::CONTENT_TYPE, "application/json")
             .header(handler_headers::INTERACTION_ID, keys.id.as_ref())
@@ -367,7 +383,7 @@ impl Endpoint {
                 }
                 // Dropping the call (when shed) cancels the request.
                 let call = slot.map(|slot| (slot, call));
-                tokio::spawn(async move {
+                let late = async move {
                     let reply = match call {
                         Some((_slot, call)) => {
                             let result = call.await;
@@ -386,6 +402,7 @@ impl Endpoint {
                     };
                     let mut late_headers = NatsHeaders::new();
                     late_headers.insert(handler_headers::HANDLER, "http");
+                    relaycord_bus::trace::inject(&mut late_headers);
                     let published =
                         match js.publish_with_headers(subject, late_headers, reply).await {
                             Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
@@ -395,7 +412,9 @@ impl Endpoint {
                         tracing::warn!(%error, "cannot store a late HTTP handler reply");
                         metrics.late("failed");
                     }
-                });
+                };
+                // Still the handler's span: the late reply is stored with its context.
+                tokio::spawn(late.instrument(tracing::Span::current()));
                 self.defer(keys, route)
             }
         }

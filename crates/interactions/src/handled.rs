@@ -18,6 +18,7 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 use relaycord_bus::interaction::InteractionKeys;
 use tokio::time::Instant as TokioInstant;
+use tracing::Instrument;
 
 #[cfg(doc)]
 use crate::decisions::DECISION_WAIT;
@@ -68,13 +69,26 @@ impl Endpoint {
             }
         };
         let (headers, body) = request;
+        // The handler's request carries this span's context (`traceparent`).
+        let span = relaycord_bus::span!(
+            "handler",
+            otel.kind = "client",
+            outcome = tracing::field::Empty
+        );
+        let call = span.clone();
         let answer = match handler {
-            Handler::Nats(subject) => self.ask_nats(keys, route, subject, body, deadline).await,
+            Handler::Nats(subject) => {
+                self.ask_nats(keys, route, subject, body, deadline)
+                    .instrument(call)
+                    .await
+            }
             Handler::Http(url) => {
                 self.ask_http(keys, route, url, headers, body, deadline)
+                    .instrument(call)
                     .await
             }
         };
+        span.record("outcome", answer.outcome);
         if answer.outcome == "deferred" {
             // Not awaited: past the deadline the deferral must not wait on NATS. Should this
             // write never land, the claim carries the same token and the worker takes it

@@ -26,6 +26,7 @@ use relaycord_bus::Subjects;
 use relaycord_bus::backoff::Exponential;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::decisions::{
     DECISION_WAIT, Decision, Decisions, TOKEN_LIFETIME, Target, parse_kind, unix_ms,
@@ -124,8 +125,12 @@ impl LateWorker {
                     return;
                 };
                 let this = Arc::clone(&this);
+                // Continues the trace of whoever stored the reply (HTTP handlers' late
+                // replies, and NATS handlers that pass `traceparent` on).
+                let span = relaycord_bus::span!("interaction.follow_up", otel.kind = "consumer");
+                relaycord_bus::trace::continue_from(&span, message.headers.as_ref());
                 tokio::spawn(async move {
-                    let ack = this.handle(&message).await;
+                    let ack = this.handle(&message).instrument(span).await;
                     if let Err(error) = message.ack_with(ack).await {
                         tracing::debug!(%error, "late-reply ack failed; it will be redelivered");
                     }

@@ -2,7 +2,7 @@
 //! environment variables (and `DISCORD_TOKEN`), validated after merging so an error
 //! names the key and the fix. Each section belongs to the crate that reads it (`[nats]`
 //! and `[discord]` to the bus, `[ingest]`, `[interactions]` and `[[sinks]]` to their
-//! roles); this file only composes them. Every key is documented in
+//! roles, `[telemetry]` to the binary); this file only composes them. Every key is documented in
 //! `docs/configuration.md`, which a test below holds to the structs.
 
 use std::path::Path;
@@ -16,6 +16,8 @@ pub use relaycord_ingest::{IngestSection, ShardCount};
 pub use relaycord_interactions::InteractionsSection;
 use relaycord_sinks::SinkConfig;
 
+pub use crate::traces::TelemetrySection;
+
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
@@ -28,6 +30,8 @@ pub struct Config {
     pub ingest: IngestSection,
     #[serde(default)]
     pub interactions: InteractionsSection,
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
     /// Documented in docs/sinks.md, per sink type.
     #[serde(default)]
     #[cfg_attr(test, schemars(skip))]
@@ -160,6 +164,7 @@ impl Config {
         self.discord.validate()?;
         self.ingest.validate(self.shared())?;
         self.interactions.validate(self.shared())?;
+        self.telemetry.validate()?;
         relaycord_sinks::validate::validate(&self.sinks)
     }
 

@@ -8,3 +8,4 @@ pub mod interactions;
 pub mod nats_client;
 pub mod roles;
 pub mod telemetry;
+pub mod traces;

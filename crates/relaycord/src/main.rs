@@ -14,6 +14,7 @@ use relaycord::config::Config;
 use relaycord::dev::{self, DevOptions};
 use relaycord::roles;
 use relaycord::telemetry::{self, Health};
+use relaycord::traces::{self, TelemetrySection};
 #[cfg(feature = "dev")]
 use relaycord_bus::Secret;
 #[cfg(feature = "dev")]
@@ -197,7 +198,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
         } => {
             // The demo prints its own progress; component logs stay quiet unless RUST_LOG asks.
-            telemetry::init_logging("warn");
+            // It has no config file: only the OTEL_* variables turn traces on.
+            let _traces = traces::init("warn", &TelemetrySection::default(), "dev")?;
             let opts = DevOptions {
                 events,
                 nats_url,
@@ -226,8 +228,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             shards,
             shard_count,
         } => {
-            telemetry::init_logging("info");
             let mut config = Config::load(cli.config.as_deref())?;
+            let _traces = traces::init("info", &config.telemetry, "ingest")?;
             if let Some(shards) = shards {
                 config.ingest.shards = shards;
             }
@@ -258,8 +260,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             names,
             metrics_listen,
         } => {
-            telemetry::init_logging("info");
             let config = Config::load(cli.config.as_deref())?;
+            let _traces = traces::init("info", &config.telemetry, "sink")?;
             // Before anything else: a bad sink config must not show up as a NATS error,
             // nor leave streams behind.
             roles::select_sinks(&config, &names)?;
@@ -278,8 +280,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Interactions { listen } => {
-            telemetry::init_logging("info");
             let mut config = Config::load(cli.config.as_deref())?;
+            let _traces = traces::init("info", &config.telemetry, "interactions")?;
             if let Some(listen) = listen {
                 config.interactions.listen = listen;
             }

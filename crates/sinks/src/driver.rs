@@ -26,6 +26,7 @@ use relaycord_bus::subject;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::dedupe::Dedupe;
 use crate::error::{SinkError, SinkErrorKind};
@@ -208,8 +209,9 @@ impl<S: Sink> Driver<S> {
                         // The server sends at most `max_messages`, one slot each.
                         let permit = slots.pop();
                         let worker = Arc::clone(&worker);
+                        let span = delivery_span(&s.name, &message);
                         tasks.spawn(async move {
-                            worker.handle(message).await;
+                            worker.handle(message).instrument(span).await;
                             drop(permit);
                         });
                     }
@@ -240,6 +242,20 @@ impl<S: Sink> Driver<S> {
         tracing::info!(sink = %s.name, "sink stopped");
         Ok(())
     }
+}
+
+/// One attempt's span (when tracing is on), a child of the publisher's span found in the
+/// message's `traceparent`; the sink's own requests and any dead letter carry it on.
+fn delivery_span(sink: &str, message: &jetstream::Message) -> tracing::Span {
+    let span = relaycord_bus::span!(
+        "sink.deliver",
+        otel.kind = "consumer",
+        sink,
+        subject = %message.subject,
+        outcome = tracing::field::Empty
+    );
+    relaycord_bus::trace::continue_from(&span, message.headers.as_ref());
+    span
 }
 
 /// Deliveries beyond `max_attempts` that exist only to dead-letter. One is spent each

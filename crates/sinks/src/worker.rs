@@ -222,6 +222,9 @@ impl<S: Sink> Worker<S> {
     }
 
     fn count(&self, outcome: &str) {
+        if relaycord_bus::trace::enabled() {
+            tracing::Span::current().record("outcome", outcome);
+        }
         self.metrics
             .deliveries
             .with_label_values(&[&self.settings.name, outcome])

@@ -97,10 +97,13 @@ impl Sink for HttpSink {
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
+        // `traceparent`: the receiver's own spans join the delivery's trace.
+        let mut headers = self.headers.clone();
+        relaycord_bus::trace::inject_http(&mut headers);
         let mut request = self
             .client
             .post(self.url.clone())
-            .headers(self.headers.clone())
+            .headers(headers)
             .header(CONTENT_TYPE, "application/json")
             .header("webhook-id", event.id)
             .header("webhook-timestamp", timestamp.to_string())

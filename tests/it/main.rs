@@ -30,3 +30,4 @@ mod sinks_process;
 mod sinks_tail;
 mod skeleton;
 mod traces;
+mod traces_bench;

@@ -7,6 +7,8 @@
 //! standard variables win over the file, as operators and the OpenTelemetry Operator
 //! expect; docs/observability.md has the table.
 
+use std::time::Duration;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
@@ -149,6 +151,10 @@ fn plan(
     }))
 }
 
+/// How long a stopping process may spend sending its last spans: bounded, so that an
+/// unreachable collector never eats the pod's termination grace period.
+const FLUSH_AT_EXIT: Duration = Duration::from_secs(3);
+
 /// Keeps the exporter until the process ends, then sends the spans still batched.
 #[must_use = "dropping it stops the exporter"]
 pub struct Traces(Option<SdkTracerProvider>);
@@ -156,7 +162,7 @@ pub struct Traces(Option<SdkTracerProvider>);
 impl Drop for Traces {
     fn drop(&mut self) {
         if let Some(provider) = self.0.take()
-            && let Err(error) = provider.shutdown()
+            && let Err(error) = provider.shutdown_with_timeout(FLUSH_AT_EXIT)
         {
             eprintln!("traces: the last spans may not have been exported: {error}");
         }

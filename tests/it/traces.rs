@@ -422,3 +422,45 @@ async fn stored_traceparents(stack: &Stack) -> HashMap<String, String> {
     }
     found
 }
+
+/// Off by default: a process not asked to trace publishes no `traceparent` at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untraced_ingest_publishes_no_trace_context() {
+    let stack = Stack::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ingest.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[nats]\nurl = \"{}\"\n[discord]\ntoken = \"{}\"\napi_base = \"{}\"\n[ingest]\nmetrics_listen = \"127.0.0.1:0\"\n",
+            stack.nats_url(),
+            stack.sim.config().token,
+            stack.sim.api_base(),
+        ),
+    )
+    .unwrap();
+    let _ingest = spawn(&["ingest"], &config, &[], dir.path(), "ingest");
+    stack.ready().await;
+    stack.burst(5).finished().await;
+    let stream = stack.js.get_stream("DISCORD_GATEWAY").await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    for _ in 0..5 {
+        let message = tokio::time::timeout(WAIT, messages.next())
+            .await
+            .expect("events on the stream")
+            .unwrap()
+            .unwrap();
+        let headers = message.headers.clone().unwrap_or_default();
+        assert!(headers.get("Nats-Msg-Id").is_some());
+        assert!(
+            headers.get("traceparent").is_none(),
+            "{:?}",
+            headers.get("traceparent")
+        );
+    }
+    stack.stop().await;
+}

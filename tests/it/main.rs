@@ -16,6 +16,7 @@ mod interactions_processes;
 mod interactions_resilience;
 mod interactions_sim;
 mod leaks;
+mod leaks_full_run;
 mod nats_auth;
 mod sinks_amqp;
 mod sinks_bench;

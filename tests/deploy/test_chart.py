@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import helm_python as helm
@@ -198,6 +199,24 @@ def test_everything_on_renders_every_optional_object():
     (cm,) = [c for c in of_kind(objects, "ConfigMap") if "relaycord.toml" in c["data"]]
     assert 'tls_ca_file = "/etc/relaycord/nats-tls/ca.crt"' in cm["data"]["relaycord.toml"]
     assert "max_bytes = 10737418240" in cm["data"]["relaycord.toml"]
+
+
+def test_the_config_file_is_the_values_config_as_toml(rendered):
+    """The chart writes TOML itself (Helm's toToml turns 256 into 256.0); an independent
+    parser must read back exactly the values' config, integers as integers."""
+    _, values, objects = rendered
+    (cm,) = [c for c in of_kind(objects, "ConfigMap") if "relaycord.toml" in c["data"]]
+    parsed = tomllib.loads(cm["data"]["relaycord.toml"])
+    with helm.Chart.load(CHART) as chart:
+        config = chart.merge_values(values)["config"]
+    for section, keys in config.items():
+        for key, value in keys.items():
+            assert parsed[section][key] == value, (section, key)
+            assert type(parsed[section][key]) is type(value), (section, key)
+    assert "sinks" not in parsed
+    for entry in values.get("sinks", []):
+        sink = tomllib.loads(cm["data"][f"sink-{entry['name']}.toml"])["sinks"]
+        assert sink == [{"name": entry["name"], "type": entry["type"], **entry.get("config", {})}]
 
 
 def test_dashboards_and_alert_rules_ship_as_written(tmp_path):

@@ -234,12 +234,13 @@ def test_dashboards_and_alert_rules_ship_as_written(tmp_path):
     # Zero dashboards render no ConfigMap; several render one each.
     copy = tmp_path / "relaycord"
     shutil.copytree(CHART, copy)
+    (copy / "files" / "dashboards").mkdir(parents=True, exist_ok=True)
     for f in (copy / "files" / "dashboards").glob("*.json"):
         f.unlink()
-    assert not [c for c in of_kind(render(load_values("full.yaml"), copy), "ConfigMap") if "grafana_dashboard" in c["metadata"]["labels"]]
+    assert not [c for c in of_kind(render(load_values("full.yaml"), copy), "ConfigMap") if c["metadata"]["labels"].get("grafana_dashboard") == "1"]
     for name in ("a_one.json", "b-two.json", "c.three.json"):
         (copy / "files" / "dashboards" / name).write_text('{"title": "%s", "panels": []}\n' % name)
-    several = [c for c in of_kind(render(load_values("full.yaml"), copy), "ConfigMap") if "grafana_dashboard" in c["metadata"]["labels"]]
+    several = [c for c in of_kind(render(load_values("full.yaml"), copy), "ConfigMap") if c["metadata"]["labels"].get("grafana_dashboard") == "1"]
     assert len(several) == 3 and len({c["metadata"]["name"] for c in several}) == 3
 
 

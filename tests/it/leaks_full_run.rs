@@ -27,9 +27,11 @@ const HEADER_SECRET: &str = "headersecret-W5n1-leakcheck";
 const SIGNING_SECRET: &str = "whsec_bGVha2NoZWNrLXNpZ25pbmcta2V5LTc3MzE=";
 const WEBHOOK_TOKEN: &str = "webhooktoken-R2d8-leakcheck";
 const HANDLER_SECRET: &str = "handlersecret-J6c3-leakcheck";
+/// A sink header given through the environment (`RELAYCORD_SINKS__0__HEADERS__…`).
+const ENV_HEADER_SECRET: &str = "envheader-T9q4-leakcheck";
 
 /// What must never be printed. The signing secret is also searched without its prefix.
-const SECRETS: [&str; 9] = [
+const SECRETS: [&str; 10] = [
     NATS_PASSWORD,
     BOT_TOKEN,
     URL_PATH_SECRET,
@@ -39,6 +41,7 @@ const SECRETS: [&str; 9] = [
     "bGVha2NoZWNrLXNpZ25pbmcta2V5LTc3MzE",
     WEBHOOK_TOKEN,
     HANDLER_SECRET,
+    ENV_HEADER_SECRET,
 ];
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -49,7 +52,8 @@ fn free_addr() -> String {
 }
 
 /// A receiver on any path that answers 400 to every third request, 500 to the next,
-/// 200 to the rest, and remembers the credentials it was sent (proof they were in use).
+/// 200 to the rest, and remembers the URLs and header values it was sent (proof the
+/// secrets were in use).
 #[derive(Default)]
 struct Receiver {
     requests: AtomicU64,
@@ -62,11 +66,8 @@ async fn start_receiver() -> (Arc<Receiver>, String) {
     let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
         let state = Arc::clone(&shared);
         async move {
-            let auth = headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            state.seen.lock().unwrap().push(format!("{uri} {auth}"));
+            let values: Vec<&str> = headers.values().filter_map(|v| v.to_str().ok()).collect();
+            state.seen.lock().unwrap().push(format!("{uri} {values:?}"));
             match state.requests.fetch_add(1, Ordering::SeqCst) % 3 {
                 0 => StatusCode::BAD_REQUEST,
                 1 => StatusCode::INTERNAL_SERVER_ERROR,
@@ -155,10 +156,11 @@ fn spawn(config: &Path, dir: &Path, name: &str, args: &[&str]) -> Child {
         .expect("spawn relaycord")
 }
 
-fn secret_env() -> [(&'static str, &'static str); 2] {
+fn secret_env() -> [(&'static str, &'static str); 3] {
     [
         ("RELAYCORD_NATS__PASSWORD", NATS_PASSWORD),
         ("DISCORD_TOKEN", BOT_TOKEN),
+        ("RELAYCORD_SINKS__0__HEADERS__X-API-KEY", ENV_HEADER_SECRET),
     ]
 }
 
@@ -465,6 +467,13 @@ async fn a_full_run_of_every_role_prints_no_secret_anywhere() {
         assert!(log_text.contains(expected), "no log line says {expected:?}");
     }
     let seen = receiver.seen.lock().unwrap().join("\n");
-    assert!(seen.contains(URL_PATH_SECRET) && seen.contains(HEADER_SECRET));
+    for used in [
+        URL_PATH_SECRET,
+        URL_QUERY_SECRET,
+        HEADER_SECRET,
+        ENV_HEADER_SECRET,
+    ] {
+        assert!(seen.contains(used), "the receiver never saw {used}");
+    }
     assert!(scanned >= 14, "{scanned}");
 }

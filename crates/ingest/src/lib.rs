@@ -82,11 +82,16 @@ pub async fn run(
         .filter(|r| !r.is_empty())
         .unwrap_or_else(default_replica_id);
     let limit = bot.session_start_limit;
+    budget::show_limit(&metrics, &limit);
+    metrics
+        .window
+        .set(i64::try_from(config.window.max(1)).unwrap_or(i64::MAX));
     let budget = budget::StartBudget {
         kv: buckets.sessions.clone(),
         http,
         api_base: discord.api_base.clone(),
         token: token.clone(),
+        metrics: metrics.clone(),
     };
     let queue = queue::KvQueue::new(
         buckets.identify.clone(),

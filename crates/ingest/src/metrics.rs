@@ -1,8 +1,8 @@
 //! Ingest metrics. Labels are bounded: event type (Discord's fixed set) and shard id.
 
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, exponential_buckets,
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, exponential_buckets,
 };
 
 #[derive(Clone)]
@@ -15,10 +15,17 @@ pub struct IngestMetrics {
     pub publish_errors: IntCounter,
     pub publish_latency: Histogram,
     pub inflight: IntGaugeVec,
+    /// `ingest.window`: with `inflight`, how full each shard's ack window is.
+    pub window: IntGauge,
     pub shard_up: IntGaugeVec,
     pub sessions: IntCounterVec,
     pub heartbeat_latency: GaugeVec,
     pub leases: IntGauge,
+    /// Discord's session starts left today, as this replica last saw the shared budget.
+    pub session_start_remaining: IntGauge,
+    pub session_start_total: IntGauge,
+    /// When Discord refills the budget that `session_start_remaining` was read from.
+    pub session_start_reset: Gauge,
 }
 
 impl IngestMetrics {
@@ -65,6 +72,10 @@ impl IngestMetrics {
                 ),
                 &["shard"],
             )?,
+            window: IntGauge::new(
+                "relaycord_publish_window",
+                "Publishes a shard may have awaiting acknowledgement (ingest.window); the shard stops reading when relaycord_publish_inflight reaches it.",
+            )?,
             shard_up: IntGaugeVec::new(
                 Opts::new(
                     "relaycord_shard_up",
@@ -90,6 +101,18 @@ impl IngestMetrics {
                 "relaycord_shard_leases_held",
                 "Shards this process owns (leases held, or statically assigned).",
             )?,
+            session_start_remaining: IntGauge::new(
+                "relaycord_session_start_remaining",
+                "Identifies left in Discord's daily session_start_limit, as last read or spent by this replica.",
+            )?,
+            session_start_total: IntGauge::new(
+                "relaycord_session_start_total",
+                "Identifies Discord allows per day (session_start_limit.total).",
+            )?,
+            session_start_reset: Gauge::new(
+                "relaycord_session_start_reset_timestamp_seconds",
+                "Unix time at which Discord refills the budget relaycord_session_start_remaining was read from; an older value is stale.",
+            )?,
         };
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.malformed.clone()))?;
@@ -103,6 +126,10 @@ impl IngestMetrics {
         registry.register(Box::new(m.sessions.clone()))?;
         registry.register(Box::new(m.heartbeat_latency.clone()))?;
         registry.register(Box::new(m.leases.clone()))?;
+        registry.register(Box::new(m.window.clone()))?;
+        registry.register(Box::new(m.session_start_remaining.clone()))?;
+        registry.register(Box::new(m.session_start_total.clone()))?;
+        registry.register(Box::new(m.session_start_reset.clone()))?;
         Ok(m)
     }
 }

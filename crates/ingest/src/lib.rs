@@ -99,6 +99,7 @@ pub async fn run(
         %replica, shards = ?scope, shard_count, max_concurrency = limit.max_concurrency,
         leased = shards.is_none(), %gateway_url, "starting ingest"
     );
+    metrics.window_size.set(config.window.max(1) as i64);
     let ctx = Arc::new(shard::ShardContext {
         js,
         sessions: buckets.sessions.clone(),
@@ -111,6 +112,7 @@ pub async fn run(
         gateway_url,
         queue,
         shard_count,
+        alerts: Arc::default(),
     });
     let coordinator = coordinator::Coordinator::new(ctx, buckets, replica, scope, config.lease_ttl);
     if shards.is_some() {

@@ -258,7 +258,7 @@ async fn session_start_limit_is_respected() {
         "reset at {reset}, now {now}"
     );
     assert_eq!(
-        metric(&h.registry, "relaycord_publish_window"),
+        metric(&h.registry, "relaycord_publish_window_size"),
         relaycord_ingest::IngestSection::default().window as f64
     );
     // Spends the last session start.
@@ -301,15 +301,21 @@ async fn a_fenced_shard_releases_its_lease_and_is_resumed_at_once() {
     while generator.generated() < 300 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Another writer: the record's revision moves past the one shard 0 holds, so its
-    // next save (within a second, events are flowing) is fenced.
+    // Another writer (under its own claim: the same record written back under shard 0's
+    // claim would be taken for its own save): the record's revision moves past the one
+    // shard 0 holds, so its next save (within a second, events are flowing) is fenced.
     let sessions = h.js.get_key_value("DISCORD_SESSIONS").await.unwrap();
     let entry = sessions
         .entry("s.2.0")
         .await
         .unwrap()
         .expect("shard 0 has saved its session");
-    sessions.put("s.2.0", entry.value).await.unwrap();
+    let mut record: serde_json::Value = serde_json::from_slice(&entry.value).unwrap();
+    record["claim"] = "another-process".into();
+    sessions
+        .put("s.2.0", serde_json::to_vec(&record).unwrap().into())
+        .await
+        .unwrap();
     // Half the TTL: a lease left to expire could not be claimed again in time.
     let resumed = eventually(Duration::from_secs(30), async || h.sim.stats().resumes >= 1).await;
     assert!(resumed, "fenced shard not resumed: {:?}", h.sim.stats());

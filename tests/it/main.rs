@@ -9,6 +9,7 @@ mod durability;
 mod faults;
 mod ingest_bench;
 mod ingest_health;
+mod ingest_recovery;
 mod interactions;
 mod interactions_bench;
 mod interactions_handlers;

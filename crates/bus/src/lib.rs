@@ -3,6 +3,7 @@
 pub mod backoff;
 pub mod config;
 pub mod dedupe;
+pub mod denials;
 pub mod dispatch;
 pub mod envelope;
 pub mod error;

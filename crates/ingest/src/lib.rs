@@ -84,7 +84,7 @@ pub async fn run(
     let limit = bot.session_start_limit;
     budget::show_limit(&metrics, &limit);
     metrics
-        .window
+        .window_size
         .set(i64::try_from(config.window.max(1)).unwrap_or(i64::MAX));
     let budget = budget::StartBudget {
         kv: buckets.sessions.clone(),
@@ -116,6 +116,7 @@ pub async fn run(
         gateway_url,
         queue,
         shard_count,
+        alerts: Arc::default(),
     });
     let coordinator = coordinator::Coordinator::new(ctx, buckets, replica, scope, config.lease_ttl);
     if shards.is_some() {

@@ -12,11 +12,11 @@ pub struct IngestMetrics {
     pub oversized: IntCounter,
     pub published: IntCounter,
     pub duplicates: IntCounter,
-    pub publish_errors: IntCounter,
+    pub publish_errors: IntCounterVec,
     pub publish_latency: Histogram,
     pub inflight: IntGaugeVec,
-    /// `ingest.window`: with `inflight`, how full each shard's ack window is.
-    pub window: IntGauge,
+    pub oldest_unacked: GaugeVec,
+    pub window_size: IntGauge,
     pub shard_up: IntGaugeVec,
     pub sessions: IntCounterVec,
     pub heartbeat_latency: GaugeVec,
@@ -54,9 +54,14 @@ impl IngestMetrics {
                 "relaycord_publish_duplicates_total",
                 "Publishes JetStream dropped as duplicates of an earlier Nats-Msg-Id.",
             )?,
-            publish_errors: IntCounter::new(
-                "relaycord_publish_errors_total",
-                "Failed publish attempts; each is retried until acknowledged.",
+            publish_errors: IntCounterVec::new(
+                Opts::new(
+                    "relaycord_publish_errors_total",
+                    "Failed publish attempts, each retried until acknowledged, by kind: \
+                     no_stream, permission and rejected need an operator; timeout and \
+                     unavailable pass with NATS.",
+                ),
+                &["kind"],
             )?,
             publish_latency: Histogram::with_opts(
                 HistogramOpts::new(
@@ -72,14 +77,23 @@ impl IngestMetrics {
                 ),
                 &["shard"],
             )?,
-            window: IntGauge::new(
-                "relaycord_publish_window",
-                "Publishes a shard may have awaiting acknowledgement (ingest.window); the shard stops reading when relaycord_publish_inflight reaches it.",
+            oldest_unacked: GaugeVec::new(
+                Opts::new(
+                    "relaycord_publish_oldest_unacked_seconds",
+                    "Age of the shard's oldest publish awaiting acknowledgement (0: none).",
+                ),
+                &["shard"],
+            )?,
+            window_size: IntGauge::new(
+                "relaycord_publish_window_size",
+                "ingest.window: publishes a shard may have awaiting ack before it pauses \
+                 reading (window fill = relaycord_publish_inflight / this).",
             )?,
             shard_up: IntGaugeVec::new(
                 Opts::new(
                     "relaycord_shard_up",
-                    "1 while the shard has an active gateway session.",
+                    "1 while the shard has an active gateway session; 0 while an owned \
+                     shard has none or is not running.",
                 ),
                 &["shard"],
             )?,
@@ -122,14 +136,20 @@ impl IngestMetrics {
         registry.register(Box::new(m.publish_errors.clone()))?;
         registry.register(Box::new(m.publish_latency.clone()))?;
         registry.register(Box::new(m.inflight.clone()))?;
+        registry.register(Box::new(m.oldest_unacked.clone()))?;
+        registry.register(Box::new(m.window_size.clone()))?;
         registry.register(Box::new(m.shard_up.clone()))?;
         registry.register(Box::new(m.sessions.clone()))?;
         registry.register(Box::new(m.heartbeat_latency.clone()))?;
         registry.register(Box::new(m.leases.clone()))?;
-        registry.register(Box::new(m.window.clone()))?;
         registry.register(Box::new(m.session_start_remaining.clone()))?;
         registry.register(Box::new(m.session_start_total.clone()))?;
         registry.register(Box::new(m.session_start_reset.clone()))?;
+        // Present at 0 from the start, so that `rate()` and `increase()` alerts see the
+        // first error.
+        for kind in crate::publish::ERROR_KINDS {
+            m.publish_errors.with_label_values(&[kind]);
+        }
         Ok(m)
     }
 }

@@ -38,10 +38,10 @@ pub async fn run_ingest(
 ) -> anyhow::Result<()> {
     let section = &config.ingest;
     let shards = ShardHealth::default();
-    let threshold = section.unhealthy_after;
+    let (threshold, max_unacked_age) = (section.unhealthy_after, section.max_unacked_age);
     health.add_check({
         let shards = shards.clone();
-        move || shards.readiness(threshold)
+        move || shards.readiness(threshold, max_unacked_age)
     });
     let stall = section.stall_after();
     health.add_liveness_check({

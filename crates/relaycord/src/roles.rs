@@ -88,16 +88,22 @@ pub fn select_sinks<'a>(
     Ok(selected)
 }
 
-/// Runs the named sinks (all configured sinks when `names` is empty) until `shutdown`.
+/// Runs the named sinks (all configured sinks when `names` is empty) until `shutdown`,
+/// with `/readyz` failing while a sink is paused.
 pub async fn run_sinks(
     config: &Config,
     names: &[String],
     js: jetstream::Context,
     registry: &Registry,
+    health: &Health,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let selected = select_sinks(config, names)?;
     let metrics = SinkMetrics::new(registry)?;
+    health.add_check({
+        let paused = metrics.paused_sinks.clone();
+        move || paused.readiness()
+    });
     let subjects = config.nats.subjects();
     let mut tasks = JoinSet::new();
     for sink in selected {

@@ -30,6 +30,8 @@ use tokio::net::TcpListener;
 use crate::Simulator;
 use crate::state::Shared;
 
+mod echo;
+
 /// Per-route and global limits. Defaults are Discord's documented-in-practice values.
 #[derive(Clone, Copy, Debug)]
 pub struct RestLimits {
@@ -87,6 +89,7 @@ pub struct DiscordRest {
 struct Inner {
     token: String,
     state: Mutex<RestState>,
+    echo: echo::Echo,
 }
 
 #[derive(Debug, Default)]
@@ -138,6 +141,7 @@ impl DiscordRest {
             inner: Arc::new(Inner {
                 token: token.to_owned(),
                 state: Mutex::default(),
+                echo: echo::Echo::default(),
             }),
         }
     }
@@ -169,6 +173,17 @@ impl DiscordRest {
     /// Requests to this channel answer 403 (Missing Access).
     pub fn set_forbidden(&self, id: &str) {
         lock(&self.inner.state).forbidden.insert(id.to_owned());
+    }
+
+    /// Messages created from now on come back as MESSAGE_CREATE on this gateway.
+    pub(crate) fn attach_gateway(&self, shared: &Arc<Shared>) {
+        self.inner.echo.attach(shared);
+    }
+
+    /// The channel this webhook's messages appear in (default: the first simulated
+    /// guild's first channel).
+    pub fn set_webhook_channel(&self, webhook: &str, channel: &str) {
+        self.inner.echo.set_webhook_channel(webhook, channel);
     }
 
     pub fn posted(&self) -> Vec<PostedMessage> {
@@ -224,9 +239,13 @@ async fn channel_message(
         }
         let created = state.create(&id, &route, message);
         state.nonces.insert(key, created.clone());
+        drop(state);
+        rest.inner.echo.message_created(&created, None);
         return with_headers(Json(created).into_response(), &rl);
     }
     let created = state.create(&id, &route, message);
+    drop(state);
+    rest.inner.echo.message_created(&created, None);
     with_headers(Json(created).into_response(), &rl)
 }
 
@@ -236,6 +255,7 @@ pub(crate) async fn execute_webhook(
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
+    let channel = rest.inner.echo.webhook_channel(&id);
     let mut state = lock(&rest.inner.state);
     state.counts.requests += 1;
     let route = format!("webhook:{id}");
@@ -247,7 +267,12 @@ pub(crate) async fn execute_webhook(
         Ok(admitted) => admitted,
         Err(refused) => return *refused,
     };
-    let created = state.create(&id, &route, message);
+    let name = message["username"].as_str().map(str::to_owned);
+    let created = state.create(&channel, &route, message);
+    drop(state);
+    rest.inner
+        .echo
+        .message_created(&created, Some((&id, name.as_deref())));
     if query.get("wait").is_some_and(|w| w == "true") {
         with_headers(Json(created).into_response(), &rl)
     } else {

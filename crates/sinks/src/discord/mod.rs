@@ -9,6 +9,7 @@
 //! counts toward Discord's invalid-request ban.
 
 mod config;
+mod own;
 mod ratelimit;
 mod service;
 pub mod templates;
@@ -27,6 +28,7 @@ pub use service::{Verdict, classify};
 use crate::error::{SinkError, SinkErrorKind};
 use crate::template::KeyTemplate;
 use crate::{Event, Outcome, Sink};
+use own::Own;
 use ratelimit::Limiter;
 use templates::Templates;
 
@@ -58,6 +60,8 @@ pub struct DiscordSink {
     /// token costs one refused request, not one per route in flight.
     verified: AtomicBool,
     probe: tokio::sync::Mutex<()>,
+    /// Who the sink posts as, to skip its own messages; `None` relays them too.
+    own: Option<Own>,
 }
 
 impl DiscordSink {
@@ -124,6 +128,12 @@ impl DiscordSink {
                 ));
             }
         };
+        let own = config.skip_own_messages.then(|| match &target {
+            Target::Webhook { route, .. } => Own::webhook(route.trim_start_matches("webhook:")),
+            Target::Channel {
+                api_base, token, ..
+            } => Own::bot(api_base, token),
+        });
         let templates =
             Templates::compile(&config.templates).map_err(|(key, reason)| bad(&key, reason))?;
         if let Some(p) = config
@@ -169,6 +179,7 @@ impl DiscordSink {
             stopped: Mutex::new(None),
             verified: AtomicBool::new(false),
             probe: tokio::sync::Mutex::new(()),
+            own,
         })
     }
 }
@@ -211,6 +222,19 @@ pub fn nonce(id: &str) -> String {
 
 impl Sink for DiscordSink {
     async fn deliver(&self, event: &Event<'_>) -> Outcome {
+        if let Some(own) = &self.own {
+            match own.posted(&self.client, event.body).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    return Outcome::Skipped {
+                        reason:
+                            "posted by this sink (its bot user or webhook): relaying it would loop"
+                                .to_owned(),
+                    };
+                }
+                Err(outcome) => return outcome,
+            }
+        }
         if let Some(reason) = self.stopped.lock().expect("discord sink lock").clone() {
             return Outcome::Permanent {
                 reason: format!("not sent: the sink stopped after {reason}"),

@@ -64,6 +64,8 @@ impl SinkMetrics {
         registry.register(Box::new(m.consumer_pending.clone()))?;
         registry.register(Box::new(m.consumer_ack_pending.clone()))?;
         registry.register(Box::new(m.dead_letters.clone()))?;
+        // The discord sink's answers, process-wide (shared with the interactions role).
+        relaycord_bus::InvalidRequests::register(registry)?;
         Ok(m)
     }
 }

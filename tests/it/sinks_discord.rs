@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use relaycord_sim::{DiscordRest, RestLimits, SimConfig, Simulator};
+use relaycord_sim::{DiscordRest, RateLimitScope, RestLimits, SimConfig, Simulator};
 use relaycord_sinks::discord::DiscordSinkConfig;
 use relaycord_sinks::discord::templates::TRUNCATED;
 use relaycord_sinks::retry::Backoff;
 use relaycord_sinks::{SinkConfig, SinkKind, dlq};
 use tokio::net::TcpListener;
 
-use relaycord_testkit::{Stack, eventually, run_sink};
+use relaycord_testkit::{Stack, eventually, metric_with, run_sink};
 
 fn discord_sink(name: &str, config: DiscordSinkConfig) -> SinkConfig {
     SinkConfig {
@@ -337,4 +337,65 @@ async fn relaying_its_own_messages_loops() {
     );
     sink.stop().await;
     bus.stop().await;
+}
+
+/// Discord answers 429s (`retry_after` in the body, `Retry-After`, `X-RateLimit-Scope`):
+/// the sink sends nothing on the route (anywhere, when global) before the wait is over,
+/// delivers every event, and counts the 429s toward Discord's invalid-request limit in
+/// the process-wide metric (the shared-scope one is not Discord's to count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_wait_retry_after_and_count_as_invalid_requests() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/api", listener.local_addr().unwrap());
+    let rest = DiscordRest::start(listener, "bot-token");
+    let wait = Duration::from_millis(700);
+    rest.rate_limit_next(3, wait, RateLimitScope::User);
+    rest.rate_limit_next(1, wait, RateLimitScope::Global);
+    rest.rate_limit_next(1, wait, RateLimitScope::Shared);
+    // The counter is the process's: other tests in this binary may add to it, never
+    // take from it.
+    let invalid = |registry: &prometheus::Registry| {
+        metric_with(
+            registry,
+            "relaycord_discord_invalid_requests_total",
+            &[r#"status="429""#],
+        )
+    };
+    let before = {
+        let registry = prometheus::Registry::new();
+        relaycord_bus::InvalidRequests::register(&registry).unwrap();
+        invalid(&registry)
+    };
+    let bus = Stack::builder().start().await;
+    // One channel: a single request in flight at a time, so any request the simulator
+    // sees before a wait is over was sent early (with two, one could be in flight when
+    // the other's global 429 comes back).
+    rest.set_limits(RestLimits {
+        channel: (100, Duration::from_secs(1)),
+        ..RestLimits::default()
+    });
+    let ids = hostile_messages(&bus, 20, &["290926798999357250"]).await;
+    let config = DiscordSinkConfig::channel("{channel_id}", "bot-token", base);
+    let sink = run_sink(&bus, &discord_sink("limited", config));
+    bus.wait_settled("limited").await;
+    let counts = rest.counts();
+    println!("discord injected 429s: {counts:?}");
+    assert_eq!(counts.created, ids.len() as u64, "every event delivered");
+    assert!(counts.rate_limited >= 5, "{counts:?}");
+    assert_eq!(counts.early, 0, "a request came before retry_after passed");
+    assert!(
+        invalid(&sink.registry) - before >= 4.0,
+        "the 429s are counted: {} then {}",
+        before,
+        invalid(&sink.registry)
+    );
+    assert!(
+        metric_with(
+            &sink.registry,
+            "relaycord_discord_invalid_requests_window",
+            &[]
+        ) >= 4.0
+    );
+    sink.stop().await;
+    assert_safe_and_within_limits(&rest);
 }

@@ -94,6 +94,8 @@ impl InteractionMetrics {
         registry.register(Box::new(m.handler_latency.clone()))?;
         registry.register(Box::new(m.late_replies.clone()))?;
         registry.register(Box::new(m.publish_latency.clone()))?;
+        // Follow-ups count toward Discord's invalid-request limit like the sink's posts.
+        relaycord_bus::InvalidRequests::register(registry)?;
         Ok(m)
     }
 

@@ -98,6 +98,8 @@ impl SinkMetrics {
         registry.register(Box::new(m.dlq_bytes.clone()))?;
         registry.register(Box::new(m.dlq_max_bytes.clone()))?;
         registry.register(Box::new(m.paused.clone()))?;
+        // The discord sink's answers, process-wide (shared with the interactions role).
+        relaycord_bus::InvalidRequests::register(registry)?;
         Ok(m)
     }
 }

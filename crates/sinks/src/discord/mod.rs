@@ -6,7 +6,8 @@
 //! `allowed_mentions` (default `{"parse": []}`: relayed text never pings anyone).
 //! Rate limits are honoured before sending ([`ratelimit`]); 401 stops the sink and
 //! 403/404 stop the route, each after one request, because every rejected request
-//! counts toward Discord's invalid-request ban.
+//! counts toward Discord's invalid-request ban, which is also counted for the whole
+//! process ([`relaycord_bus::invalid_requests`]) and holds requests when it nears.
 
 mod config;
 mod own;
@@ -17,7 +18,7 @@ pub mod templates;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use relaycord_bus::Secret;
+use relaycord_bus::{InvalidRequests, Secret};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -53,7 +54,8 @@ pub struct DiscordSink {
     username: Option<String>,
     avatar_url: Option<String>,
     global_rate: u32,
-    limiter: Limiter,
+    /// Boxed: its maps would make this the one large variant of `AnySink`.
+    limiter: Box<Limiter>,
     /// Set after a 401: the token is bad, nothing more is sent.
     stopped: Mutex<Option<String>>,
     /// Until Discord first accepts the token, bot requests go one at a time, so a bad
@@ -175,7 +177,7 @@ impl DiscordSink {
             username: config.username.clone(),
             avatar_url: config.avatar_url.clone(),
             global_rate: config.global_rate,
-            limiter: Limiter::default(),
+            limiter: Box::default(),
             stopped: Mutex::new(None),
             verified: AtomicBool::new(false),
             probe: tokio::sync::Mutex::new(()),
@@ -303,6 +305,8 @@ impl Sink for DiscordSink {
             Some(_) if !self.verified.load(Ordering::Acquire) => Some(self.probe.lock().await),
             _ => None,
         };
+        // Held only when the process nears Discord's invalid-request ban.
+        InvalidRequests::process().admit().await;
         if token.is_some() {
             self.limiter.global_slot(self.global_rate).await;
         }
@@ -336,7 +340,9 @@ impl Sink for DiscordSink {
             self.verified.store(true, Ordering::Release);
         }
         let headers = response.headers().clone();
-        state.update(&headers);
+        let scope = headers.get("x-ratelimit-scope").map(|v| v.as_bytes());
+        InvalidRequests::process().observe(status.as_u16(), scope);
+        self.limiter.update(&mut state, &headers);
         let bytes = response.bytes().await.unwrap_or_default();
         let verdict = classify(status, &headers, &bytes);
         match &verdict {

@@ -143,24 +143,26 @@ fn valid_bucket(bucket: &str) -> bool {
 const WINDOW: Duration = Duration::from_secs(1);
 
 impl Limiter {
-    /// The map key of `route` (`kind:major`): its bucket's once Discord named it.
-    fn key(&self, route: &str) -> String {
-        match self.buckets.lock().expect("limiter lock").get(route) {
-            Some(bucket) => bucket_key(bucket, route),
-            None => route.to_owned(),
-        }
-    }
-
     /// Waits for the route's turn and its bucket; the guard is the route's (or its
     /// bucket's) state, held until the answer is in.
     pub async fn route(&self, route: &str) -> Route {
-        let key = self.key(route);
-        let state = {
+        // The key (`kind:major`, or its bucket's once Discord named it) and the state
+        // under it are read under both locks, in `update`'s order: were the key read
+        // first, an answer moving the state to a new bucket key in between would leave
+        // this request a fresh state that knows nothing of a 429 just received, and it
+        // would go at once (seen as a request before `retry_after` in the simulator).
+        let (key, state) = {
+            let buckets = self.buckets.lock().expect("limiter lock");
+            let key = match buckets.get(route) {
+                Some(bucket) => bucket_key(bucket, route),
+                None => route.to_owned(),
+            };
             let mut routes = self.routes.lock().expect("limiter lock");
             if routes.len() >= MAX_ROUTES && !routes.contains_key(&key) {
                 prune(&mut routes);
             }
-            Arc::clone(routes.entry(key.clone()).or_default())
+            let state = Arc::clone(routes.entry(key.clone()).or_default());
+            (key, state)
         };
         let guard = state.lock_owned().await;
         if let Some(wait) = guard.wait() {

@@ -72,6 +72,29 @@ if [ "${1:-}" = "--tests" ]; then
         python3 -m pip install --quiet opentelemetry-proto 2>/dev/null \
             || python3 -m pip install --quiet --break-system-packages opentelemetry-proto
     fi
+    # The Helm chart's tests (tests/deploy): Helm v4's engine, the Kubernetes schemas, pytest.
+    for package in helm-python-sdk:helm_python kubernetes-validate:kubernetes_validate pytest:pytest; do
+        if ! python3 -c "import ${package#*:}" >/dev/null 2>&1; then
+            echo "installing ${package%%:*} (pip) for the Helm chart's tests…" >&2
+            python3 -m pip install --quiet "${package%%:*}" 2>/dev/null \
+                || python3 -m pip install --quiet --break-system-packages "${package%%:*}"
+        fi
+    done
+    # Dashboards and alerts (tests/deploy): Prometheus and promtool from Debian, and
+    # Grafana's schema with TypeScript from npm into grafana/.tsc (versions pinned there).
+    if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+        echo "installing prometheus and promtool (apt)…" >&2
+        apt_install --no-install-recommends prometheus
+    fi
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "installing node and npm (apt)…" >&2
+        apt_install nodejs npm
+    fi
+    tsc_dir="$(dirname "$0")/../grafana/.tsc"
+    if [ ! -d "$tsc_dir/node_modules/@grafana/schema" ] || [ ! -x "$tsc_dir/node_modules/.bin/tsc" ]; then
+        echo "installing @grafana/schema and typescript (npm ci in grafana/.tsc)…" >&2
+        (cd "$tsc_dir" && npm ci --no-audit --no-fund --silent)
+    fi
     # The tests start their own nats-server children; the machine's shared one on :4222
     # (JetStream) is started too when it is not running, for the demo's --nats-url and for
     # anyone poking at the bus by hand while the suite runs.

@@ -24,9 +24,23 @@ echo "== cargo test ($("$nats_old" --version))" >&2
 NATS_SERVER_BIN="$nats_old" cargo test --workspace --locked
 echo "== end-to-end tests again ($("$nats_current" --version))" >&2
 NATS_SERVER_BIN="$nats_current" cargo test -p relaycord --locked --test it
+# Dashboards and alerts (grafana/, docs/observability.md): type-checked against Grafana's
+# schema, promtool, the chart's copies, and a real Prometheus scraping real processes.
+echo "== dashboards and alerts" >&2
+tests/deploy/typecheck_dashboards.sh
+tests/deploy/check_alerts.sh
+python3 tests/deploy/test_grafana_copies.py
+cargo build -p relaycord --locked
+NATS_SERVER_BIN="$nats_old" python3 tests/deploy/test_dashboards.py
 # Transport compression: the default build above runs tests/it/compression.rs over
 # zstd-stream; these two builds run it again over zlib-stream and uncompressed.
 echo "== cargo test (zlib-stream build)" >&2
 cargo test -p relaycord --locked --no-default-features --features zlib --test it compression::
 echo "== cargo test (uncompressed build)" >&2
 cargo test -p relaycord --locked --no-default-features --test it compression::
+
+# The Helm chart (tests/deploy): rendered offline by Helm's own engine, every manifest
+# validated against Kubernetes' schemas, each rendered config checked by this build's binary.
+echo "== helm chart (tests/deploy)" >&2
+cargo build -p relaycord --locked
+python3 -m pytest -q tests/deploy/test_chart.py

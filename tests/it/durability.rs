@@ -529,3 +529,49 @@ async fn a_previous_owners_late_save_is_fenced_by_the_new_owners_claim() {
     assert_eq!(old.save(&record("b", 3)).await, Err(SaveError::Fenced));
     new.save(&record("c", 1)).await.unwrap();
 }
+
+/// A save whose reply was lost (a timeout, a leader election) moved the record's
+/// revision without the writer learning it. Its next save must recognise its own write
+/// by the claim stored in the record and go on; a write under another claim still fences.
+#[tokio::test]
+async fn a_save_whose_reply_was_lost_is_recognised_as_our_own() {
+    let nats = NatsServer::start().unwrap();
+    let js = jetstream(&nats).await;
+    let buckets = Buckets::ensure(&js, &Subjects::default(), 1, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let record = |seq| SessionRecord {
+        session_id: "a".to_owned(),
+        seq,
+        resume_url: None,
+    };
+    let (mut store, _) = SessionStore::claim(buckets.sessions.clone(), 0, 1)
+        .await
+        .unwrap();
+    store.save(&record(5)).await.unwrap();
+    // Our save of seq 7 landed, but its reply never came back.
+    let landed = buckets.sessions.entry("s.1.0").await.unwrap().unwrap();
+    let mut value: serde_json::Value = serde_json::from_slice(&landed.value).unwrap();
+    value["seq"] = 7.into();
+    buckets
+        .sessions
+        .put("s.1.0", serde_json::to_vec(&value).unwrap().into())
+        .await
+        .unwrap();
+    store
+        .save(&record(9))
+        .await
+        .expect("our own write is not a fence");
+    let (_, latest) = SessionStore::load(buckets.sessions.clone(), 0, 1)
+        .await
+        .unwrap();
+    assert_eq!(latest, Some(record(9)));
+
+    value["claim"] = "another-process".into();
+    buckets
+        .sessions
+        .put("s.1.0", serde_json::to_vec(&value).unwrap().into())
+        .await
+        .unwrap();
+    assert_eq!(store.save(&record(11)).await, Err(SaveError::Fenced));
+}

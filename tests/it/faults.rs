@@ -237,10 +237,38 @@ async fn session_start_limit_is_respected() {
     })
     .await;
     h.ready().await;
+    // The budget's gauges follow what the shared budget holds, for the dashboards and
+    // the RelaycordSessionStartBudgetLow alert.
+    assert_eq!(metric(&h.registry, "relaycord_session_start_total"), 3.0);
+    assert_eq!(
+        metric(&h.registry, "relaycord_session_start_remaining"),
+        1.0
+    );
+    // Discord's reset time: the simulator's window of 12 s began before these identifies.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let reset = metric(
+        &h.registry,
+        "relaycord_session_start_reset_timestamp_seconds",
+    );
+    assert!(
+        reset <= now + 12.0 && reset > now - 60.0,
+        "reset at {reset}, now {now}"
+    );
+    assert_eq!(
+        metric(&h.registry, "relaycord_publish_window_size"),
+        relaycord_ingest::IngestSection::default().window as f64
+    );
     // Spends the last session start.
     h.sim.invalidate_session(0, false);
     h.ready().await;
     assert_eq!(h.sim.stats().session_start_remaining, 0);
+    assert_eq!(
+        metric(&h.registry, "relaycord_session_start_remaining"),
+        0.0
+    );
     // Nothing left: shard 1 has to wait for the reset.
     h.sim.invalidate_session(1, false);
     let generator = h.burst(300);
@@ -254,6 +282,10 @@ async fn session_start_limit_is_respected() {
     // The 4th identify came after the simulator refilled the limit; one made before would
     // have been refused with 4008 and counted above.
     assert_eq!(stats.identifies, 4, "{stats:?}");
+    assert_eq!(
+        metric(&h.registry, "relaycord_session_start_remaining"),
+        f64::from(stats.session_start_remaining)
+    );
     h.assert_nothing_missing().await;
     h.stop_expecting_failed_resumes(0).await;
 }
@@ -269,15 +301,21 @@ async fn a_fenced_shard_releases_its_lease_and_is_resumed_at_once() {
     while generator.generated() < 300 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Another writer: the record's revision moves past the one shard 0 holds, so its
-    // next save (within a second, events are flowing) is fenced.
+    // Another writer (under its own claim: the same record written back under shard 0's
+    // claim would be taken for its own save): the record's revision moves past the one
+    // shard 0 holds, so its next save (within a second, events are flowing) is fenced.
     let sessions = h.js.get_key_value("DISCORD_SESSIONS").await.unwrap();
     let entry = sessions
         .entry("s.2.0")
         .await
         .unwrap()
         .expect("shard 0 has saved its session");
-    sessions.put("s.2.0", entry.value).await.unwrap();
+    let mut record: serde_json::Value = serde_json::from_slice(&entry.value).unwrap();
+    record["claim"] = "another-process".into();
+    sessions
+        .put("s.2.0", serde_json::to_vec(&record).unwrap().into())
+        .await
+        .unwrap();
     // Half the TTL: a lease left to expire could not be claimed again in time.
     let resumed = eventually(Duration::from_secs(30), async || h.sim.stats().resumes >= 1).await;
     assert!(resumed, "fenced shard not resumed: {:?}", h.sim.stats());

@@ -4,10 +4,14 @@
 
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use bytes::Bytes;
 use futures::StreamExt;
+use relaycord_interactions::{LATE_REPLIES_CONSUMER, replies};
 use relaycord_sim::RestCallKind;
-use relaycord_testkit::{HoldingProxy, NatsServer, Stack, decision, nats_handler, nats_route};
+use relaycord_testkit::{
+    HoldingProxy, NatsServer, Stack, decision, eventually, nats_handler, nats_route,
+};
 use serde_json::json;
 
 const PONG: &str = r#"{"type":4,"data":{"content":"pong"}}"#;
@@ -305,5 +309,81 @@ async fn slow_clients_do_not_hold_the_endpoint_and_are_closed_after_the_timeout(
             &[r#"reason="slow_body""#]
         ) >= 1.0
     );
+    stack.stop().await;
+}
+
+/// The late-reply consumer with a 1 s `ack_wait` (an operator's edit, or a slow
+/// machine: any wait past it has the same effect) and a Discord that takes 2.5 s to
+/// answer each follow-up, for 40 replies at once, more than the worker's 32 slots: a
+/// follow-up outlasting `ack_wait`, and replies waiting for a slot, are not delivered
+/// again meanwhile, so every interaction is followed up exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn follow_ups_slower_than_ack_wait_are_posted_once() {
+    let mut stack = Stack::builder()
+        .config(|c| {
+            c.interactions.deadline = Duration::from_millis(1000);
+            c.interactions.routes = vec![nats_route("slow", "relaycord.handlers.slow")];
+        })
+        .start()
+        .await;
+    let subjects = stack.config.nats.subjects();
+    replies::ensure_stream(&stack.js, &subjects, 1)
+        .await
+        .unwrap();
+    let stream = stack
+        .js
+        .get_stream(replies::replies_stream(&subjects))
+        .await
+        .unwrap();
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(LATE_REPLIES_CONSUMER.to_owned()),
+            filter_subject: replies::replies_all(&subjects),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(1),
+            max_deliver: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    stack.serve_interactions().await;
+    let _slow = nats_handler(
+        &stack.client,
+        "relaycord.handlers.slow",
+        Duration::from_millis(1500),
+        LATE,
+    )
+    .await;
+    stack
+        .discord
+        .set_follow_up_delay(Duration::from_millis(2500));
+
+    let commands: Vec<_> = (0..40).map(|_| stack.discord.command("slow")).collect();
+    let requests: Vec<_> = commands.iter().map(|c| stack.discord.signed(c)).collect();
+    let answers = futures::future::join_all(requests.iter().map(|r| stack.send(r))).await;
+    for (status, body) in answers {
+        assert_eq!((status, &body[..]), (200, DEFERRAL));
+    }
+    // Settled: every interaction followed up and recorded, nothing left to redeliver.
+    let settled = eventually(Duration::from_secs(90), async || {
+        let mut delivered = 0;
+        for c in &commands {
+            delivered += usize::from(state(&stack, &c.id).await == "delivered");
+        }
+        let mut consumer: PullConsumer = stream.get_consumer(LATE_REPLIES_CONSUMER).await.unwrap();
+        let info = consumer.info().await.unwrap();
+        delivered == commands.len() && info.num_ack_pending == 0 && info.num_pending == 0
+    })
+    .await;
+    assert!(settled, "the late replies did not settle");
+    let calls = stack.discord.calls();
+    for c in &commands {
+        let posted = calls
+            .iter()
+            .filter(|call| call.interaction_id.as_deref() == Some(&c.id))
+            .filter(|call| call.status == 200)
+            .count();
+        assert_eq!(posted, 1, "interaction {} followed up {posted} times", c.id);
+    }
     stack.stop().await;
 }

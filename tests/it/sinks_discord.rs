@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use relaycord_sim::{DiscordRest, RestLimits, SimConfig, Simulator};
+use relaycord_sim::{DiscordRest, RateLimitScope, RestLimits, SimConfig, Simulator};
 use relaycord_sinks::discord::DiscordSinkConfig;
 use relaycord_sinks::discord::templates::TRUNCATED;
 use relaycord_sinks::retry::Backoff;
 use relaycord_sinks::{SinkConfig, SinkKind, dlq};
 use tokio::net::TcpListener;
 
-use relaycord_testkit::{Stack, run_sink};
+use relaycord_testkit::{Stack, eventually, metric_with, run_sink};
 
 fn discord_sink(name: &str, config: DiscordSinkConfig) -> SinkConfig {
     SinkConfig {
@@ -221,4 +221,181 @@ async fn a_refused_token_stops_the_sink_after_one_request() {
         letters.iter().all(|l| l.reason.contains("401")),
         "{letters:?}"
     );
+}
+
+/// A user's MESSAGE_CREATE in the first simulated guild's first channel, through the
+/// simulator's gateway (ingest publishes it).
+fn user_says_hello(bus: &Stack) {
+    let guild = bus.sim.guild_ids()[0];
+    let d = serde_json::json!({
+        "id": "1400000000000000001",
+        "channel_id": (guild + 1).to_string(),
+        "guild_id": guild.to_string(),
+        "author": {"id": "53908099506183680", "username": "mason", "discriminator": "0",
+                   "global_name": "Mason", "avatar": null, "public_flags": 0},
+        "content": "hello",
+        "timestamp": "2026-11-30T12:00:00.000000+00:00",
+        "edited_timestamp": null, "tts": false, "mention_everyone": false, "mentions": [],
+        "mention_roles": [], "attachments": [], "embeds": [], "pinned": false, "type": 0,
+        "flags": 0, "components": [],
+    });
+    let d = serde_json::value::RawValue::from_string(d.to_string()).unwrap();
+    bus.sim
+        .dispatch(bus.sim.shard_of_guild(guild), "MESSAGE_CREATE", &d)
+        .unwrap();
+}
+
+/// MESSAGE_CREATEs the simulator dispatched for messages posted through its REST side.
+fn echoes(bus: &Stack) -> usize {
+    bus.sim
+        .sent()
+        .iter()
+        .filter(|d| d.event_type == "MESSAGE_CREATE" && d.data.contains(r#""bot":true"#))
+        .count()
+}
+
+/// Relays MESSAGE_CREATE with `config` until the relayed message came back and was
+/// handled (skipped, or posted again); returns the messages created.
+async fn relay_hello(bus: &Stack, name: &str, config: DiscordSinkConfig) -> u64 {
+    let rest = bus.sim.discord_rest();
+    let sink = run_sink(
+        bus,
+        &SinkConfig {
+            events: vec!["MESSAGE_CREATE".into()],
+            ..discord_sink(name, config)
+        },
+    );
+    user_says_hello(bus);
+    assert!(
+        eventually(LOOP_WAIT, async || rest.counts().created >= 2
+            || sink.outcome("skipped") >= 1.0)
+        .await,
+        "the relayed message never came back: {:?}",
+        rest.counts()
+    );
+    let created = rest.counts().created;
+    assert_eq!(sink.outcome("delivered"), 1.0);
+    assert!(
+        echoes(bus) >= 1,
+        "the simulator dispatched the posted message"
+    );
+    sink.stop().await;
+    created
+}
+
+const LOOP_WAIT: Duration = Duration::from_secs(60);
+
+/// Relaying MESSAGE_CREATE into a channel the bot sees: the bot's own message comes back
+/// on the gateway (authored by the bot user, learnt from GET /users/@me since the
+/// simulator's token is not a real one) and is skipped, not posted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_relaying_messages_does_not_feed_on_itself() {
+    let bus = Stack::builder().ingest().start().await;
+    let config =
+        DiscordSinkConfig::channel("{channel_id}", &bus.sim.config().token, bus.sim.api_base());
+    let created = relay_hello(&bus, "echo-bot", config).await;
+    assert_eq!(created, 1, "the sink posted its own message again");
+    bus.stop().await;
+}
+
+/// The same through an incoming webhook: its messages carry `webhook_id`, the id in
+/// the webhook URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_relaying_messages_does_not_feed_on_itself() {
+    let bus = Stack::builder().ingest().start().await;
+    let url = format!(
+        "{}/v10/webhooks/223704706495545344/hook-token",
+        bus.sim.api_base()
+    );
+    let created = relay_hello(&bus, "echo-hook", DiscordSinkConfig::webhook(url)).await;
+    assert_eq!(created, 1, "the sink posted its own message again");
+    bus.stop().await;
+}
+
+/// What the two tests above guard against: with `skip_own_messages = false` (and
+/// before it existed) the sink posts its own message again, and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relaying_its_own_messages_loops() {
+    let bus = Stack::builder().ingest().start().await;
+    let rest = bus.sim.discord_rest();
+    let config = DiscordSinkConfig {
+        skip_own_messages: false,
+        ..DiscordSinkConfig::channel("{channel_id}", &bus.sim.config().token, bus.sim.api_base())
+    };
+    let sink = run_sink(
+        &bus,
+        &SinkConfig {
+            events: vec!["MESSAGE_CREATE".into()],
+            ..discord_sink("loop", config)
+        },
+    );
+    user_says_hello(&bus);
+    assert!(
+        eventually(LOOP_WAIT, async || rest.counts().created >= 4).await,
+        "no loop: {:?}",
+        rest.counts()
+    );
+    sink.stop().await;
+    bus.stop().await;
+}
+
+/// Discord answers 429s (`retry_after` in the body, `Retry-After`, `X-RateLimit-Scope`):
+/// the sink sends nothing on the route (anywhere, when global) before the wait is over,
+/// delivers every event, and counts the 429s toward Discord's invalid-request limit in
+/// the process-wide metric (the shared-scope one is not Discord's to count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_wait_retry_after_and_count_as_invalid_requests() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/api", listener.local_addr().unwrap());
+    let rest = DiscordRest::start(listener, "bot-token");
+    let wait = Duration::from_millis(700);
+    rest.rate_limit_next(3, wait, RateLimitScope::User);
+    rest.rate_limit_next(1, wait, RateLimitScope::Global);
+    rest.rate_limit_next(1, wait, RateLimitScope::Shared);
+    // The counter is the process's: other tests in this binary may add to it, never
+    // take from it.
+    let invalid = |registry: &prometheus::Registry| {
+        metric_with(
+            registry,
+            "relaycord_discord_invalid_requests_total",
+            &[r#"status="429""#],
+        )
+    };
+    let before = {
+        let registry = prometheus::Registry::new();
+        relaycord_bus::InvalidRequests::register(&registry).unwrap();
+        invalid(&registry)
+    };
+    let bus = Stack::builder().start().await;
+    // One channel: a single request in flight at a time, so any request the simulator
+    // sees before a wait is over was sent early (with two, one could be in flight when
+    // the other's global 429 comes back).
+    rest.set_limits(RestLimits {
+        channel: (100, Duration::from_secs(1)),
+        ..RestLimits::default()
+    });
+    let ids = hostile_messages(&bus, 20, &["290926798999357250"]).await;
+    let config = DiscordSinkConfig::channel("{channel_id}", "bot-token", base);
+    let sink = run_sink(&bus, &discord_sink("limited", config));
+    bus.wait_settled("limited").await;
+    let counts = rest.counts();
+    println!("discord injected 429s: {counts:?}");
+    assert_eq!(counts.created, ids.len() as u64, "every event delivered");
+    assert!(counts.rate_limited >= 5, "{counts:?}");
+    assert_eq!(counts.early, 0, "a request came before retry_after passed");
+    assert!(
+        invalid(&sink.registry) - before >= 4.0,
+        "the 429s are counted: {} then {}",
+        before,
+        invalid(&sink.registry)
+    );
+    assert!(
+        metric_with(
+            &sink.registry,
+            "relaycord_discord_invalid_requests_window",
+            &[]
+        ) >= 4.0
+    );
+    sink.stop().await;
+    assert_safe_and_within_limits(&rest);
 }

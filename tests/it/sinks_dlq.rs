@@ -190,3 +190,37 @@ async fn a_dead_letter_over_max_payload_is_abandoned_and_the_sink_goes_on() {
     assert_eq!(ids, ["msg:small"]);
     run.stop().await;
 }
+
+/// The DLQ keeps at most `nats.dlq_max_msgs_per_sink` letters per sink, dropping the
+/// oldest (before, it had no size cap at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dlq_keeps_the_newest_letters_up_to_its_cap() {
+    let bus = Stack::builder()
+        .config(|c| c.nats.dlq_max_msgs_per_sink = 3)
+        .start()
+        .await;
+    let ids = bus.messages(0, 8).await;
+    let config = SinkConfig {
+        concurrency: 1,
+        pause: relaycord_sinks::pause::PauseConfig {
+            after: 0,
+            ..Default::default()
+        },
+        ..test_config("capped")
+    };
+    let run = run_driver(&bus, &config, RefusingSink);
+    assert!(eventually(WAIT, async || run.outcome("dead_lettered") == 8.0).await);
+    run.stop().await;
+    let kept: Vec<String> = dlq::list(&bus.js, "capped")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    let info = bus.js.get_stream("RELAYCORD_DLQ").await.unwrap();
+    let config = &info.cached_info().config;
+    assert_eq!(config.max_messages_per_subject, 3);
+    assert_eq!(config.max_bytes, StreamSettings::default().dlq_max_bytes);
+    assert_eq!(kept, ids[5..], "the newest are kept");
+}

@@ -222,3 +222,46 @@ async fn an_id_stored_again_after_the_duplicate_window_is_delivered_again() {
     run.stop().await;
     assert_eq!(sink.delivered(), vec![id.to_owned(), id.to_owned()]);
 }
+
+/// `exclude` drops event types, authors and bots (users with `bot: true`, webhooks)
+/// whatever the include filters let through; the rest is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusions_drop_types_authors_and_bots() {
+    let bus = Stack::builder().start().await;
+    let mut expected = HashSet::new();
+    for (n, (ty, author)) in [
+        ("MESSAGE_CREATE", r#"{"id":"1"}"#),
+        ("MESSAGE_CREATE", r#"{"id":"2"}"#),
+        ("MESSAGE_CREATE", r#"{"id":"3","bot":true}"#),
+        ("TYPING_START", r#"{"id":"1"}"#),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let data = format!(r#"{{"channel_id":"10","guild_id":"1","author":{author}}}"#);
+        let id = bus.publish(&format!("h:{ty}:{n}"), ty, "1", &data).await;
+        if n == 0 {
+            expected.insert(id);
+        }
+    }
+    let hook = r#"{"channel_id":"10","webhook_id":"4","author":{"id":"4"}}"#;
+    bus.publish("h:MESSAGE_CREATE:hook", "MESSAGE_CREATE", "1", hook)
+        .await;
+    let config = relaycord_sinks::SinkConfig {
+        exclude: relaycord_sinks::filter::Exclude {
+            events: vec!["TYPING_START".into()],
+            authors: vec!["2".into()],
+            bots: true,
+        },
+        ..test_config("excluding")
+    };
+    let sink = RecordingSink::open();
+    let run = run_driver(&bus, &config, sink.clone());
+    bus.wait_settled("excluding").await;
+    assert_eq!(run.outcome("skipped"), 4.0);
+    run.stop().await;
+    assert_eq!(
+        sink.delivered().into_iter().collect::<HashSet<_>>(),
+        expected
+    );
+}

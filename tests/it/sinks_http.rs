@@ -7,12 +7,16 @@ use std::time::Duration;
 
 use relaycord_sinks::SinkConfig;
 use relaycord_sinks::dlq;
+use relaycord_sinks::pause::PauseConfig;
 use relaycord_sinks::retry::Backoff;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use relaycord_testkit::SECRET;
 use relaycord_testkit::TestReceiver;
-use relaycord_testkit::{Stack, http_config, http_config_with, relaycord, run_sink, write_config};
+use relaycord_testkit::{
+    Stack, eventually, http_config, http_config_with, outcome_count, relaycord, run_sink,
+    write_config,
+};
 
 /// A receiver failing half its requests (500s, hangs past the timeout, 429 with
 /// Retry-After) and some ids always: every event ends up delivered once or
@@ -186,4 +190,80 @@ async fn retry_after_delays_the_redelivery() {
             "{id}: redelivered after {waited:?}, before Retry-After"
         );
     }
+}
+
+/// A receiver answering 400 to everything (a route removed, a secret rotated) no longer
+/// dead-letters the whole stream: after `pause.after` failed events in a row the sink
+/// pauses with no more dead letters than that, `/readyz` and `relaycord_sink_paused`
+/// say why, and the other events stay in the stream while probes fail. Once the
+/// receiver accepts again, a probe resumes the sink and every other event is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_refusing_everything_pauses_the_sink() {
+    const N: u64 = 60;
+    const AFTER: u32 = 5;
+    const WAIT: Duration = Duration::from_secs(60);
+    let rx = TestReceiver::start(Duration::ZERO).await;
+    rx.set_refusing(true);
+    let url = rx.url.clone();
+    let bus = Stack::builder()
+        .sinks()
+        .config(move |c| {
+            c.sinks = vec![SinkConfig {
+                concurrency: 4,
+                pause: PauseConfig {
+                    after: AFTER,
+                    probe_interval: Duration::from_millis(200),
+                    probe_max_interval: Duration::from_secs(1),
+                },
+                ..http_config("refused", &url)
+            }];
+        })
+        .start()
+        .await;
+    let ids = bus.messages(0, N).await;
+    let paused = || bus.metric_with("relaycord_sink_paused", &["sink=\"refused\""]);
+    assert!(
+        eventually(WAIT, async || paused() == 1.0).await,
+        "not paused; {} dead letters",
+        dlq::count(&bus.js, "relaycord.dlq.refused").await.unwrap()
+    );
+    let why = bus.health.readiness().unwrap_err();
+    assert!(
+        why.contains("sink refused paused") && why.contains("400"),
+        "{why}"
+    );
+    // Probes keep failing; nothing more is dead-lettered meanwhile.
+    let probes = || outcome_count(&bus.registry, "probe_failed");
+    assert!(eventually(WAIT, async || probes() >= 3.0).await);
+    let dead: HashSet<String> = dlq::list(&bus.js, "refused")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    assert_eq!(dead.len(), AFTER as usize, "dead letters while paused");
+    assert!(rx.accepted().is_empty());
+
+    rx.set_refusing(false);
+    let delivered = || rx.accepted().len() + dead.len();
+    assert!(
+        eventually(WAIT, async || delivered() == N as usize).await,
+        "{} of {N} delivered or dead",
+        delivered()
+    );
+    let accepted = rx.accepted();
+    for id in &ids {
+        let times = accepted.get(id).copied().unwrap_or(0);
+        assert!(
+            (times == 1) != dead.contains(id),
+            "{id}: delivered {times} time(s), dead-lettered: {}",
+            dead.contains(id)
+        );
+    }
+    assert_eq!(paused(), 0.0);
+    assert_eq!(bus.health.readiness(), Ok(()));
+    assert_eq!(
+        dlq::count(&bus.js, "relaycord.dlq.refused").await.unwrap(),
+        AFTER as u64
+    );
 }

@@ -70,6 +70,11 @@ pub struct NatsConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub dlq_max_age: Duration,
+    /// Dead letters kept per sink; beyond it the oldest are dropped. -1 for none.
+    pub dlq_max_msgs_per_sink: i64,
+    /// Size cap of the dead-letter stream in bytes; beyond it the oldest letters are
+    /// dropped. -1 for none.
+    pub dlq_max_bytes: i64,
     /// Credentials file (JWT + nkey seed, as `nsc` writes it).
     pub creds_file: Option<PathBuf>,
     /// Token auth (a secret).
@@ -101,6 +106,8 @@ impl Default for NatsConfig {
             max_bytes: streams.max_bytes,
             duplicate_window: streams.duplicate_window,
             dlq_max_age: streams.dlq_max_age,
+            dlq_max_msgs_per_sink: streams.dlq_max_msgs_per_sink,
+            dlq_max_bytes: streams.dlq_max_bytes,
             creds_file: None,
             token: Secret::default(),
             user: String::new(),
@@ -126,6 +133,8 @@ impl NatsConfig {
             max_bytes: self.max_bytes,
             duplicate_window: self.duplicate_window,
             dlq_max_age: self.dlq_max_age,
+            dlq_max_msgs_per_sink: self.dlq_max_msgs_per_sink,
+            dlq_max_bytes: self.dlq_max_bytes,
         }
     }
 
@@ -141,6 +150,17 @@ impl NatsConfig {
         }
         self.server_addrs()?;
         self.validate_login()?;
+        for (key, value) in [
+            ("nats.dlq_max_msgs_per_sink", self.dlq_max_msgs_per_sink),
+            ("nats.dlq_max_bytes", self.dlq_max_bytes),
+        ] {
+            if value == 0 || value < -1 {
+                return Err(ConfigError::new(
+                    key,
+                    "must be -1 (no cap) or more than 0: the oldest dead letters are dropped at the cap",
+                ));
+            }
+        }
         if self.duplicate_window < Duration::from_secs(10) {
             return Err(ConfigError::new(
                 "nats.duplicate_window",
@@ -329,6 +349,12 @@ mod tests {
         };
         let e = nats.validate().unwrap_err().to_string();
         assert!(e.starts_with("nats.duplicate_window: "), "{e}");
+        let nats = NatsConfig {
+            dlq_max_msgs_per_sink: 0,
+            ..NatsConfig::default()
+        };
+        let e = nats.validate().unwrap_err().to_string();
+        assert!(e.starts_with("nats.dlq_max_msgs_per_sink: "), "{e}");
         let nats = NatsConfig {
             url: " , ".into(),
             ..NatsConfig::default()

@@ -3,10 +3,12 @@
 pub mod backoff;
 pub mod config;
 pub mod dedupe;
+pub mod denials;
 pub mod dispatch;
 pub mod envelope;
 pub mod error;
 pub mod interaction;
+pub mod invalid_requests;
 pub mod kv;
 pub mod message;
 pub mod redact;
@@ -27,6 +29,7 @@ pub use config::{ConfigError, DISCORD_API_BASE, DiscordConfig, NatsConfig, Share
 pub use dispatch::{Dispatch, MalformedDispatch};
 pub use envelope::{Envelope, Source};
 pub use error::{BusError, BusErrorKind};
+pub use invalid_requests::InvalidRequests;
 pub use message::OutgoingMessage;
 pub use secret::Secret;
 pub use streams::{StreamSettings, ensure_streams};

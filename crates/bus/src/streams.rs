@@ -26,6 +26,11 @@ pub struct StreamSettings {
     pub duplicate_window: Duration,
     /// Dead letters are kept longer than events so an operator can replay them.
     pub dlq_max_age: Duration,
+    /// Dead letters kept per sink (`max_msgs_per_subject`); the oldest go first, so one
+    /// failing sink cannot crowd out the others' letters. -1 for none.
+    pub dlq_max_msgs_per_sink: i64,
+    /// Size cap of the whole DLQ; the oldest letters go first. -1 for none.
+    pub dlq_max_bytes: i64,
 }
 
 impl Default for StreamSettings {
@@ -36,6 +41,8 @@ impl Default for StreamSettings {
             max_bytes: -1,
             duplicate_window: Duration::from_secs(300),
             dlq_max_age: Duration::from_secs(14 * 24 * 3600),
+            dlq_max_msgs_per_sink: 100_000,
+            dlq_max_bytes: 1 << 30,
         }
     }
 }
@@ -97,6 +104,8 @@ pub async fn ensure_streams(
             name: DLQ_STREAM.to_owned(),
             subjects: vec!["relaycord.dlq.>".to_owned()],
             max_age: settings.dlq_max_age,
+            max_messages_per_subject: settings.dlq_max_msgs_per_sink,
+            max_bytes: settings.dlq_max_bytes,
             ..base
         },
     ];

@@ -16,6 +16,7 @@ use relaycord_bus::Secret;
 use serde::{Deserialize, Serialize};
 
 use crate::discovery::{SessionStartLimit, gateway_bot};
+use crate::metrics::IngestMetrics;
 
 /// The KV key, in the sessions bucket (whose entries live a day, like Discord's budget).
 pub const KEY: &str = "start_limit";
@@ -32,6 +33,8 @@ pub(crate) struct StartBudget {
     pub http: reqwest::Client,
     pub api_base: String,
     pub token: Secret,
+    /// The `relaycord_session_start_*` gauges, set to what each spend leaves.
+    pub metrics: IngestMetrics,
 }
 
 /// What one attempt at spending came to.
@@ -80,7 +83,10 @@ impl StartBudget {
             _ => return self.refill(revision, now).await,
         };
         match self.kv.update(KEY, encode(next), revision).await {
-            Ok(_) => Attempt::Spent,
+            Ok(_) => {
+                show(&self.metrics, next);
+                Attempt::Spent
+            }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Attempt::Again,
             Err(error) => {
                 tracing::warn!(%error, "cannot spend a session start (NATS?); retrying");
@@ -103,14 +109,14 @@ impl StartBudget {
             tracing::warn!(?wait, "no session starts left; waiting for Discord's reset");
             return Attempt::Wait(wait);
         }
-        match self
-            .kv
-            .update(KEY, encode(refilled(&limit, now)), revision)
-            .await
-        {
+        let budget = refilled(&limit, now);
+        match self.kv.update(KEY, encode(budget), revision).await {
             // The refill spends the start it was made for: answering `Again` instead
             // would loop whenever the entry it wrote is already stale.
-            Ok(_) => Attempt::Spent,
+            Ok(_) => {
+                show(&self.metrics, budget);
+                Attempt::Spent
+            }
             // Another replica's refill is in place now: spend from it.
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Attempt::Again,
             Err(error) => {
@@ -121,19 +127,44 @@ impl StartBudget {
     }
 }
 
-/// Discord's answer, minus the start about to be spent. `reset_after` is 0 when no
-/// start was spent in the current window (a bot idle for a day): the window begins with
-/// this identify and lasts a day.
+/// Discord's answer, minus the start about to be spent.
 fn refilled(limit: &SessionStartLimit, now: u64) -> Budget {
+    let budget = discords(limit, now);
+    Budget {
+        remaining: budget.remaining.saturating_sub(1),
+        ..budget
+    }
+}
+
+/// Discord's answer as a budget. `reset_after` is 0 when no start was spent in the
+/// current window (a bot idle for a day): the window begins with the next identify and
+/// lasts a day.
+fn discords(limit: &SessionStartLimit, now: u64) -> Budget {
     const DAY_MS: u64 = 24 * 3600 * 1000;
     let reset_after = match limit.reset_after {
         0 => DAY_MS,
         ms => ms,
     };
     Budget {
-        remaining: limit.remaining.saturating_sub(1),
+        remaining: limit.remaining,
         reset_at_ms: now.saturating_add(reset_after),
     }
+}
+
+/// Shows `/gateway/bot`'s limit before any spend (a replica whose shards all resume
+/// never spends).
+pub(crate) fn show_limit(metrics: &IngestMetrics, limit: &SessionStartLimit) {
+    metrics.session_start_total.set(limit.total.into());
+    show(metrics, discords(limit, unix_ms()));
+}
+
+/// The reset time lets dashboards and alerts ignore a replica's value from a window
+/// Discord has since refilled.
+fn show(metrics: &IngestMetrics, budget: Budget) {
+    metrics.session_start_remaining.set(budget.remaining.into());
+    metrics
+        .session_start_reset
+        .set(budget.reset_at_ms as f64 / 1000.0);
 }
 
 fn encode(budget: Budget) -> Bytes {

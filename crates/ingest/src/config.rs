@@ -36,6 +36,12 @@ pub struct IngestSection {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub unhealthy_after: Duration,
+    /// `/readyz` fails when a shard's oldest publish has waited this long for JetStream's
+    /// ack (a subject no stream covers, a permission the NATS user lacks, a stream
+    /// refusing messages): the shard has stopped reading until it is fixed.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_unacked_age: Duration,
 }
 
 impl Default for IngestSection {
@@ -48,6 +54,7 @@ impl Default for IngestSection {
             lease_ttl: Duration::from_secs(10),
             replica_id: String::new(),
             unhealthy_after: Duration::from_secs(60),
+            max_unacked_age: Duration::from_secs(60),
         }
     }
 }
@@ -88,6 +95,13 @@ impl IngestSection {
             return Err(ConfigError::new(
                 "ingest.lease_ttl",
                 "must be at least 2s: leases are renewed every third of it",
+            ));
+        }
+        if self.max_unacked_age < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "ingest.max_unacked_age",
+                "must be at least 1s; keep it above the NATS request timeout (10s) so that \
+                 one slow ack does not fail readiness",
             ));
         }
         intents(shared.discord)?;
@@ -208,6 +222,12 @@ mod tests {
             e.starts_with("ingest.lease_ttl: must be at least 2s"),
             "{e}"
         );
+        let zero = IngestSection {
+            max_unacked_age: Duration::ZERO,
+            ..IngestSection::default()
+        };
+        let e = check(&zero, &discord).unwrap_err().to_string();
+        assert!(e.starts_with("ingest.max_unacked_age: "), "{e}");
         let discord = DiscordConfig {
             intents: vec!["GUILD".into()],
             ..DiscordConfig::default()

@@ -18,6 +18,8 @@ use futures::TryStreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use relaycord_bus::backoff::Exponential;
+
 use crate::error::{IngestError, IngestErrorKind};
 use crate::shard::{self, ShardContext};
 use crate::stop::Stop;
@@ -28,7 +30,25 @@ struct Running {
     task: JoinHandle<Result<(), IngestError>>,
     /// KV revision of our lease (leased mode).
     lease: Option<u64>,
+    /// Set once the shard was asked to stop: whether to release its lease when it has.
+    stopping: Option<bool>,
+    started: Instant,
+    /// Restarts in a row, this run included, none of which lasted [`STABLE_RUN`].
+    restarts: u32,
 }
+
+/// A static shard that ended by itself, waiting to be started again.
+struct Restart {
+    at: Instant,
+    attempt: u32,
+}
+
+/// Waits between restarts of a static shard: 1 s, 2 s, 4 s, … 30 s — below the 30 s
+/// minimum of the `/healthz` stall, which a shard waiting here never trips.
+const RESTART: Exponential = Exponential::new(Duration::from_secs(1), Duration::from_secs(30));
+
+/// A shard that ran this long before ending starts its restarts at the shortest wait again.
+const STABLE_RUN: Duration = Duration::from_secs(60);
 
 pub(crate) struct Coordinator {
     ctx: Arc<ShardContext>,
@@ -37,6 +57,7 @@ pub(crate) struct Coordinator {
     scope: Range<u32>,
     lease_ttl: Duration,
     running: HashMap<u32, Running>,
+    restarts: HashMap<u32, Restart>,
 }
 
 impl Coordinator {
@@ -54,10 +75,13 @@ impl Coordinator {
             scope,
             lease_ttl,
             running: HashMap::new(),
+            restarts: HashMap::new(),
         }
     }
 
-    /// Runs a fixed set of shards until `shutdown` or a fatal error.
+    /// Runs a fixed set of shards until `shutdown` or a fatal error. A shard that ends by
+    /// itself (fenced, NATS unreachable while it started) is started again: in static
+    /// mode nobody else would.
     pub async fn run_static(mut self, shutdown: CancellationToken) -> Result<(), IngestError> {
         for id in self.scope.clone() {
             self.start(id, None);
@@ -69,16 +93,24 @@ impl Coordinator {
                     if let Err(error) = self.reap().await {
                         break Err(error);
                     }
+                    self.restart_due();
                 }
             }
         };
+        for id in std::mem::take(&mut self.restarts).into_keys() {
+            self.ctx.forget(id);
+        }
         self.stop_all(false).await;
         result
     }
 
     /// Shares the shards with every other replica through leases until `shutdown`.
+    ///
+    /// Nothing in this loop waits for a shard to stop: a stopping shard drains on its own
+    /// (up to the drain timeout) while the loop keeps renewing every lease, its own
+    /// included, and releases its lease once it has ended.
     pub async fn run_leased(mut self, shutdown: CancellationToken) -> Result<(), IngestError> {
-        let tick = (self.lease_ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(2));
+        let tick = self.tick();
         self.register().await;
         // Replicas that start together see each other before claiming, instead of the
         // first one taking every shard and handing most of them back a second later.
@@ -109,25 +141,49 @@ impl Coordinator {
         result
     }
 
-    fn start(&mut self, id: u32, lease: Option<u64>) {
-        let stop = Stop::default();
-        let task = tokio::spawn(shard::run(id, Arc::clone(&self.ctx), stop.clone()));
-        self.running.insert(id, Running { stop, task, lease });
-        self.ctx.metrics.leases.set(self.running.len() as i64);
+    fn tick(&self) -> Duration {
+        (self.lease_ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(2))
     }
 
-    /// Stops one shard cleanly and, in leased mode, releases its lease.
-    async fn stop(&mut self, id: u32, release: bool) {
-        let Some(running) = self.running.remove(&id) else {
-            return;
-        };
-        running.stop.handover();
-        if let Ok(Err(error)) = running.task.await {
-            tracing::warn!(shard = id, %error, "shard ended with an error while stopping");
+    fn start(&mut self, id: u32, lease: Option<u64>) {
+        self.start_again(id, lease, 0);
+    }
+
+    fn start_again(&mut self, id: u32, lease: Option<u64>, restarts: u32) {
+        let stop = Stop::default();
+        let task = tokio::spawn(shard::run(id, Arc::clone(&self.ctx), stop.clone()));
+        self.running.insert(
+            id,
+            Running {
+                stop,
+                task,
+                lease,
+                stopping: None,
+                started: Instant::now(),
+                restarts,
+            },
+        );
+        self.ctx
+            .metrics
+            .leases
+            .set((self.running.len() + self.restarts.len()) as i64);
+    }
+
+    /// Asks shard `id` to stop cleanly without waiting for it; [`Self::reap`] releases
+    /// its lease (when `release`) once it has ended.
+    fn stop(&mut self, id: u32, release: bool) {
+        if let Some(running) = self.running.get_mut(&id) {
+            running.stop.handover();
+            running.stopping.get_or_insert(release);
         }
-        if release && let Some(revision) = running.lease {
-            self.release(id, revision).await;
-        }
+    }
+
+    /// Shards running here and not on their way out.
+    fn active(&self) -> usize {
+        self.running
+            .values()
+            .filter(|r| r.stopping.is_none())
+            .count()
     }
 
     /// Deletes our lease on `id` if it is still the one we hold (same revision), so the
@@ -144,18 +200,29 @@ impl Coordinator {
         }
     }
 
+    /// Stops every shard and waits for them all, draining side by side; leases held
+    /// meanwhile (`release`: leased mode) keep being renewed, so a slow drain of one
+    /// shard lets no other lease lapse.
     async fn stop_all(&mut self, release: bool) {
         let ids: Vec<u32> = self.running.keys().copied().collect();
-        for running in self.running.values() {
-            running.stop.handover();
-        }
         for id in ids {
-            self.stop(id, release).await;
+            self.stop(id, release);
+        }
+        let mut last_renewal = Instant::now();
+        while !self.running.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = self.reap().await;
+            if release && last_renewal.elapsed() >= self.lease_ttl / 3 {
+                self.renew().await;
+                last_renewal = Instant::now();
+            }
         }
     }
 
-    /// Removes finished shard tasks. Losing a shard to another owner is normal; any
-    /// other end of a shard (bad token, bad intents) stops the process with its error.
+    /// Removes finished shard tasks. A shard asked to stop has its lease released and is
+    /// no longer ours. Losing a shard to another owner is normal: in leased mode its lease
+    /// goes back to the pool, in static mode it is started again. Any other end of a
+    /// shard (bad token, bad intents) stops the process with its error.
     async fn reap(&mut self) -> Result<(), IngestError> {
         let finished: Vec<u32> = self
             .running
@@ -165,25 +232,28 @@ impl Coordinator {
             .collect();
         for id in finished {
             let running = self.running.remove(&id).expect("listed above");
-            match running.task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) if error.kind() == IngestErrorKind::LostOwnership => {
-                    // Fenced: someone else wrote the session record. If the lease is still
-                    // ours, free it now so the shard is claimed again (reading the newer
-                    // record) within a tick rather than sitting unowned until the TTL.
-                    tracing::info!(shard = id, "shard's session taken over; releasing it");
-                    if let Some(revision) = running.lease {
-                        self.release(id, revision).await;
-                    }
+            let result = running.task.await;
+            if let Some(release) = running.stopping {
+                if let Ok(Err(error)) = result {
+                    tracing::warn!(shard = id, %error, "shard ended with an error while stopping");
                 }
-                Ok(Err(error)) if error.kind() == IngestErrorKind::Bus => {
-                    // NATS hiccup while the shard was starting (reading its session):
-                    // release the shard so it is claimed again — by us or another replica.
-                    tracing::warn!(shard = id, %error, "shard could not start; retrying");
-                    match running.lease {
-                        Some(revision) => self.release(id, revision).await,
-                        None => self.start(id, None),
-                    }
+                if release && let Some(revision) = running.lease {
+                    self.release(id, revision).await;
+                }
+                self.ctx.forget(id);
+                continue;
+            }
+            // Fenced (someone else wrote the session record), or NATS failed while the
+            // shard was starting. (A shard ends Ok only when asked to stop.)
+            let cause = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(error))
+                    if matches!(
+                        error.kind(),
+                        IngestErrorKind::LostOwnership | IngestErrorKind::Bus
+                    ) =>
+                {
+                    Some(error)
                 }
                 Ok(Err(error)) => return Err(error),
                 Err(panic) => {
@@ -193,9 +263,58 @@ impl Coordinator {
                         panic,
                     ));
                 }
+            };
+            let cause = cause.map(|e| e.to_string());
+            tracing::warn!(shard = id, ?cause, "shard ended; starting it again");
+            match running.lease {
+                // Freed now, the shard is claimed again (reading the newer record) within
+                // a tick — by us or another replica — rather than after the TTL.
+                Some(revision) => {
+                    self.release(id, revision).await;
+                    self.ctx.forget(id);
+                }
+                None => self.schedule_restart(id, running.started, running.restarts),
             }
         }
         Ok(())
+    }
+
+    /// Static mode: the shard stays ours and down (failing readiness past
+    /// `ingest.unhealthy_after`) until it runs again.
+    fn schedule_restart(&mut self, id: u32, started: Instant, restarts: u32) {
+        let attempt = if started.elapsed() >= STABLE_RUN {
+            1
+        } else {
+            restarts.saturating_add(1)
+        };
+        let wait = RESTART.delay(attempt);
+        tracing::info!(shard = id, attempt, ?wait, "restarting the shard");
+        self.ctx.mark(id, false);
+        self.restarts.insert(
+            id,
+            Restart {
+                at: Instant::now() + wait,
+                attempt,
+            },
+        );
+    }
+
+    fn restart_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u32> = self
+            .restarts
+            .iter()
+            .filter(|(_, r)| r.at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in self.restarts.keys() {
+            // Waiting here is not a wedged loop: /healthz must not restart the process.
+            self.ctx.health.beat(*id);
+        }
+        for id in due {
+            let restart = self.restarts.remove(&id).expect("listed above");
+            self.start_again(id, None, restart.attempt);
+        }
     }
 
     async fn register(&self) {
@@ -243,10 +362,10 @@ impl Coordinator {
                 shard = id,
                 "lease lost to another replica; stopping the shard"
             );
-            if let Some(running) = self.running.get(&id) {
+            if let Some(running) = self.running.get_mut(&id) {
                 running.stop.lost();
+                running.stopping = Some(false);
             }
-            self.stop(id, false).await;
         }
     }
 
@@ -263,23 +382,24 @@ impl Coordinator {
         };
         let total = self.scope.len();
         let share = total.div_ceil(members.max(1));
-        if self.running.len() > share {
+        let active = self.active();
+        if active > share {
             // Only shards whose session is saved: the others are handed over on a later
             // tick, once the next owner can resume them (see `Stop::set_resumable`).
             let mut ids: Vec<u32> = self
                 .running
                 .iter()
-                .filter(|(_, r)| r.stop.is_resumable())
+                .filter(|(_, r)| r.stopping.is_none() && r.stop.is_resumable())
                 .map(|(id, _)| *id)
                 .collect();
             ids.sort_unstable();
-            for id in ids.into_iter().rev().take(self.running.len() - share) {
+            for id in ids.into_iter().rev().take(active - share) {
                 tracing::info!(shard = id, share, members, "handing shard over");
-                self.stop(id, true).await;
+                self.stop(id, true);
             }
             return;
         }
-        if self.running.len() == share {
+        if active == share {
             return;
         }
         let taken: HashSet<String> = match self.buckets.leases.keys().await {
@@ -297,7 +417,7 @@ impl Coordinator {
             .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
         let len = self.scope.len() as u32;
         for i in 0..len {
-            if self.running.len() >= share {
+            if self.active() >= share {
                 break;
             }
             let id = self.scope.start + (offset.wrapping_add(i) % len);

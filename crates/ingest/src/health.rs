@@ -1,7 +1,8 @@
 //! Shard health for `/readyz` and `/healthz`.
 //!
 //! Readiness: a process is ready while none of its shards has been without a session
-//! for longer than a threshold. Liveness: the ingest loop is running and no shard's loop
+//! (or, owned but not running, waiting to be started again) for longer than a threshold,
+//! and none has held a publish unacknowledged for longer than another. Liveness: the ingest loop is running and no shard's loop
 //! has stopped turning (while NATS is connected: a loop waiting on a NATS outage is
 //! backpressure, not a wedge, and a restart would not help).
 
@@ -17,6 +18,8 @@ struct Entry {
     down_since: Option<Instant>,
     /// When its loop last turned.
     beat: Instant,
+    /// When its oldest publish still awaiting JetStream's ack was read (`None`: none).
+    unacked_since: Option<Instant>,
 }
 
 #[derive(Clone, Default)]
@@ -31,13 +34,17 @@ pub struct ShardHealth {
 impl ShardHealth {
     pub(crate) fn up(&self, id: u32) {
         let now = Instant::now();
-        self.lock().insert(
-            id,
-            Entry {
+        self.lock()
+            .entry(id)
+            .and_modify(|e| {
+                e.down_since = None;
+                e.beat = now;
+            })
+            .or_insert(Entry {
                 down_since: None,
                 beat: now,
-            },
-        );
+                unacked_since: None,
+            });
     }
 
     /// Marks `id` down, keeping the earliest time it went down.
@@ -52,7 +59,15 @@ impl ShardHealth {
             .or_insert(Entry {
                 down_since: Some(now),
                 beat: now,
+                unacked_since: None,
             });
+    }
+
+    /// When shard `id`'s oldest unacknowledged publish was read (`None`: all acked).
+    pub(crate) fn unacked_since(&self, id: u32, since: Option<Instant>) {
+        if let Some(entry) = self.lock().get_mut(&id) {
+            entry.unacked_since = since;
+        }
     }
 
     /// The shard's loop is turning.
@@ -81,12 +96,20 @@ impl ShardHealth {
     }
 
     /// For `/readyz`: `Err` (naming the shards) when an owned shard has been without a
-    /// session for longer than `threshold`.
-    pub fn readiness(&self, threshold: Duration) -> Result<(), String> {
-        match self.down_longer_than(threshold).as_slice() {
-            [] => Ok(()),
-            down => Err(format!(
+    /// session (or not running) for longer than `threshold`, or has held a publish
+    /// unacknowledged for longer than `max_unacked_age`.
+    pub fn readiness(&self, threshold: Duration, max_unacked_age: Duration) -> Result<(), String> {
+        let now = Instant::now();
+        if let down @ [_, ..] = self.down_at(now, threshold).as_slice() {
+            return Err(format!(
                 "shards {down:?} have had no gateway session for over {threshold:?}"
+            ));
+        }
+        match self.unacked_at(now, max_unacked_age).as_slice() {
+            [] => Ok(()),
+            stuck => Err(format!(
+                "shards {stuck:?} have a publish unacknowledged by JetStream for over \
+                 {max_unacked_age:?} (see relaycord_publish_errors_total and the error log)"
             )),
         }
     }
@@ -119,6 +142,13 @@ impl ShardHealth {
     fn down_at(&self, now: Instant, threshold: Duration) -> Vec<u32> {
         self.select(|e| {
             e.down_since
+                .is_some_and(|s| now.duration_since(s) > threshold)
+        })
+    }
+
+    fn unacked_at(&self, now: Instant, threshold: Duration) -> Vec<u32> {
+        self.select(|e| {
+            e.unacked_since
                 .is_some_and(|s| now.duration_since(s) > threshold)
         })
     }
@@ -161,6 +191,23 @@ mod tests {
         assert!(h.down_at(later, Duration::ZERO).is_empty());
         h.forget(1);
         assert_eq!(h.owned(), 1);
+    }
+
+    #[test]
+    fn an_old_unacked_publish_fails_readiness_and_up_keeps_it() {
+        let h = ShardHealth::default();
+        h.up(3);
+        let read = Instant::now();
+        h.unacked_since(3, Some(read));
+        h.up(3);
+        let later = read + 5 * S;
+        assert_eq!(h.unacked_at(later, 2 * S), vec![3], "kept across up()");
+        assert!(h.unacked_at(later, 10 * S).is_empty());
+        h.unacked_since(3, None);
+        assert!(h.unacked_at(later, Duration::ZERO).is_empty());
+        h.unacked_since(3, read.checked_sub(120 * S));
+        let e = h.readiness(Duration::from_secs(60), 60 * S).unwrap_err();
+        assert!(e.contains("[3]") && e.contains("unacknowledged"), "{e}");
     }
 
     #[test]

@@ -82,11 +82,16 @@ pub async fn run(
         .filter(|r| !r.is_empty())
         .unwrap_or_else(default_replica_id);
     let limit = bot.session_start_limit;
+    budget::show_limit(&metrics, &limit);
+    metrics
+        .window_size
+        .set(i64::try_from(config.window.max(1)).unwrap_or(i64::MAX));
     let budget = budget::StartBudget {
         kv: buckets.sessions.clone(),
         http,
         api_base: discord.api_base.clone(),
         token: token.clone(),
+        metrics: metrics.clone(),
     };
     let queue = queue::KvQueue::new(
         buckets.identify.clone(),
@@ -111,6 +116,7 @@ pub async fn run(
         gateway_url,
         queue,
         shard_count,
+        alerts: Arc::default(),
     });
     let coordinator = coordinator::Coordinator::new(ctx, buckets, replica, scope, config.lease_ttl);
     if shards.is_some() {

@@ -1,8 +1,8 @@
 //! Ingest metrics. Labels are bounded: event type (Discord's fixed set) and shard id.
 
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, exponential_buckets,
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, exponential_buckets,
 };
 
 #[derive(Clone)]
@@ -12,13 +12,20 @@ pub struct IngestMetrics {
     pub oversized: IntCounter,
     pub published: IntCounter,
     pub duplicates: IntCounter,
-    pub publish_errors: IntCounter,
+    pub publish_errors: IntCounterVec,
     pub publish_latency: Histogram,
     pub inflight: IntGaugeVec,
+    pub oldest_unacked: GaugeVec,
+    pub window_size: IntGauge,
     pub shard_up: IntGaugeVec,
     pub sessions: IntCounterVec,
     pub heartbeat_latency: GaugeVec,
     pub leases: IntGauge,
+    /// Discord's session starts left today, as this replica last saw the shared budget.
+    pub session_start_remaining: IntGauge,
+    pub session_start_total: IntGauge,
+    /// When Discord refills the budget that `session_start_remaining` was read from.
+    pub session_start_reset: Gauge,
 }
 
 impl IngestMetrics {
@@ -47,9 +54,14 @@ impl IngestMetrics {
                 "relaycord_publish_duplicates_total",
                 "Publishes JetStream dropped as duplicates of an earlier Nats-Msg-Id.",
             )?,
-            publish_errors: IntCounter::new(
-                "relaycord_publish_errors_total",
-                "Failed publish attempts; each is retried until acknowledged.",
+            publish_errors: IntCounterVec::new(
+                Opts::new(
+                    "relaycord_publish_errors_total",
+                    "Failed publish attempts, each retried until acknowledged, by kind: \
+                     no_stream, permission and rejected need an operator; timeout and \
+                     unavailable pass with NATS.",
+                ),
+                &["kind"],
             )?,
             publish_latency: Histogram::with_opts(
                 HistogramOpts::new(
@@ -65,10 +77,23 @@ impl IngestMetrics {
                 ),
                 &["shard"],
             )?,
+            oldest_unacked: GaugeVec::new(
+                Opts::new(
+                    "relaycord_publish_oldest_unacked_seconds",
+                    "Age of the shard's oldest publish awaiting acknowledgement (0: none).",
+                ),
+                &["shard"],
+            )?,
+            window_size: IntGauge::new(
+                "relaycord_publish_window_size",
+                "ingest.window: publishes a shard may have awaiting ack before it pauses \
+                 reading (window fill = relaycord_publish_inflight / this).",
+            )?,
             shard_up: IntGaugeVec::new(
                 Opts::new(
                     "relaycord_shard_up",
-                    "1 while the shard has an active gateway session.",
+                    "1 while the shard has an active gateway session; 0 while an owned \
+                     shard has none or is not running.",
                 ),
                 &["shard"],
             )?,
@@ -90,6 +115,18 @@ impl IngestMetrics {
                 "relaycord_shard_leases_held",
                 "Shards this process owns (leases held, or statically assigned).",
             )?,
+            session_start_remaining: IntGauge::new(
+                "relaycord_session_start_remaining",
+                "Identifies left in Discord's daily session_start_limit, as last read or spent by this replica.",
+            )?,
+            session_start_total: IntGauge::new(
+                "relaycord_session_start_total",
+                "Identifies Discord allows per day (session_start_limit.total).",
+            )?,
+            session_start_reset: Gauge::new(
+                "relaycord_session_start_reset_timestamp_seconds",
+                "Unix time at which Discord refills the budget relaycord_session_start_remaining was read from; an older value is stale.",
+            )?,
         };
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.malformed.clone()))?;
@@ -99,10 +136,20 @@ impl IngestMetrics {
         registry.register(Box::new(m.publish_errors.clone()))?;
         registry.register(Box::new(m.publish_latency.clone()))?;
         registry.register(Box::new(m.inflight.clone()))?;
+        registry.register(Box::new(m.oldest_unacked.clone()))?;
+        registry.register(Box::new(m.window_size.clone()))?;
         registry.register(Box::new(m.shard_up.clone()))?;
         registry.register(Box::new(m.sessions.clone()))?;
         registry.register(Box::new(m.heartbeat_latency.clone()))?;
         registry.register(Box::new(m.leases.clone()))?;
+        registry.register(Box::new(m.session_start_remaining.clone()))?;
+        registry.register(Box::new(m.session_start_total.clone()))?;
+        registry.register(Box::new(m.session_start_reset.clone()))?;
+        // Present at 0 from the start, so that `rate()` and `increase()` alerts see the
+        // first error.
+        for kind in crate::publish::ERROR_KINDS {
+            m.publish_errors.with_label_values(&[kind]);
+        }
         Ok(m)
     }
 }

@@ -1,10 +1,20 @@
 //! A shard's dispatches onto the bus: nothing already read is dropped, a failed publish
 //! is retried with the same `Nats-Msg-Id` until JetStream acknowledges it, and only an
 //! event the server can never take (over its max_payload) is skipped, loudly.
+//!
+//! Some failures pass by themselves (a timeout, a reconnect); others last until an
+//! operator acts: no stream covers the subject, the NATS user may not publish to it, the
+//! stream refuses the message. Those are still retried — dropping the event would lose
+//! it, and the fix brings it through — but each is counted by kind and logged as an
+//! error naming the subject and the fix, and the shard's oldest unacknowledged publish,
+//! which then stops aging away, fails readiness past `ingest.max_unacked_age`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::context::traits::TimeoutProvider;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, message::PublishMessage};
 use relaycord_bus::backoff::Exponential;
 use relaycord_bus::interaction::InteractionKeys;
@@ -20,6 +30,110 @@ use crate::window::AckWindow;
 /// 100 ms, 200 ms, ... 5 s. No jitter needed: each shard retries its own window, and the
 /// server, not contention, is what is down.
 const RETRY: Exponential = Exponential::new(Duration::from_millis(100), Duration::from_secs(5));
+
+/// Every `kind` label of `relaycord_publish_errors_total`.
+pub(crate) const ERROR_KINDS: [&str; 5] = [
+    "no_stream",
+    "permission",
+    "rejected",
+    "timeout",
+    "unavailable",
+];
+
+/// How often one shard logs an error of one kind needing an operator: every event
+/// waiting in the window fails the same way, and one line names the cause.
+const ALERT_EVERY: Duration = Duration::from_secs(10);
+
+/// Why a publish failed, as far as the client can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Failure {
+    /// No stream covers the subject (no responders, status 503).
+    NoStream,
+    /// The server's permissions forbid this user to publish to the subject.
+    Permission,
+    /// JetStream answered with an API error (stream limits, sealed stream...).
+    Rejected,
+    /// No ack in time: a slow or failing-over server.
+    Timeout,
+    /// Not connected, or the client's own limits.
+    Unavailable,
+}
+
+impl Failure {
+    fn classify(error: &PublishError, subject: &str, ack_timeout: Duration) -> Self {
+        match error.kind() {
+            PublishErrorKind::StreamNotFound => Self::NoStream,
+            // The server drops a forbidden publish and says so only in an asynchronous
+            // `-ERR`, recorded by the connection: the ack just never comes.
+            PublishErrorKind::TimedOut
+                if relaycord_bus::denials::publish_denied(subject, ack_timeout * 3) =>
+            {
+                Self::Permission
+            }
+            PublishErrorKind::TimedOut => Self::Timeout,
+            PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
+                Self::Rejected
+            }
+            PublishErrorKind::Other
+                if std::error::Error::source(error)
+                    .is_some_and(|e| e.is::<async_nats::jetstream::Error>()) =>
+            {
+                Self::Rejected
+            }
+            _ => Self::Unavailable,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::NoStream => "no_stream",
+            Self::Permission => "permission",
+            Self::Rejected => "rejected",
+            Self::Timeout => "timeout",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    /// What an operator must do; `None` when it passes by itself.
+    fn fix(self) -> Option<&'static str> {
+        match self {
+            Self::NoStream => Some(
+                "no JetStream stream covers this subject: restore the stream (relaycord creates \
+                 it at start, covering `<prefix>.gateway.>` and `<prefix>.interactions.>`) or \
+                 its subjects",
+            ),
+            Self::Permission => Some(
+                "the NATS user may not publish to this subject: allow `<prefix>.gateway.>` and \
+                 `<prefix>.interactions.>` in its publish permissions",
+            ),
+            Self::Rejected => Some(
+                "JetStream refuses the message: check the stream's limits (max_msgs, max_bytes \
+                 with discard new, max_msg_size) and that it is not sealed",
+            ),
+            Self::Timeout | Self::Unavailable => None,
+        }
+    }
+}
+
+/// Rate-limits the error lines of failures needing an operator, per kind, per shard.
+#[derive(Default)]
+pub(crate) struct Alerts {
+    last: Mutex<HashMap<(u32, Failure), Instant>>,
+}
+
+impl Alerts {
+    fn due(&self, shard: u32, failure: Failure) -> bool {
+        let mut last = self.last.lock().expect("alerts lock");
+        let now = Instant::now();
+        match last.get(&(shard, failure)) {
+            Some(at) if now.duration_since(*at) < ALERT_EVERY => false,
+            _ => {
+                last.insert((shard, failure), now);
+                true
+            }
+        }
+    }
+}
 
 /// Sends the publish of `dispatch` (read as `seq` on shard `shard_id`) and puts its ack in
 /// the window.
@@ -78,10 +192,15 @@ pub(crate) async fn publish(
         window.push_done(seq);
         return;
     }
-    let js = ctx.js.clone();
+    let attempt = Attempt {
+        js: ctx.js.clone(),
+        metrics: ctx.metrics.clone(),
+        alerts: Arc::clone(&ctx.alerts),
+        shard: shard_id,
+    };
     let metrics = ctx.metrics.clone();
     let acked = async move {
-        let ack = publish_acked(&js, subject, message, first.ok(), &metrics).await;
+        let ack = attempt.acked(subject, message, first).await;
         metrics.published.inc();
         if ack.duplicate {
             metrics.duplicates.inc();
@@ -108,37 +227,64 @@ fn subject_of(dispatch: &Dispatch<'_>, subjects: &Subjects) -> String {
     subjects.gateway(&dispatch.event_type, dispatch.guild_id())
 }
 
-/// Retries a publish until JetStream acknowledges it. Retrying with the same
-/// `Nats-Msg-Id` is safe: if an earlier attempt did land, the server reports a duplicate.
-async fn publish_acked(
-    js: &jetstream::Context,
-    subject: String,
-    message: PublishMessage,
-    mut first: Option<PublishAckFuture>,
-    metrics: &IngestMetrics,
-) -> jetstream::publish::PublishAck {
-    let mut attempt: u32 = 0;
-    loop {
-        let result = match first.take() {
-            Some(ack) => ack.await.map_err(|e| e.to_string()),
-            None => match js.send_publish(subject.clone(), message.clone()).await {
-                Ok(ack) => ack.await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            },
-        };
-        match result {
-            Ok(ack) => return ack,
-            Err(error) => {
-                metrics.publish_errors.inc();
-                let delay = retry_delay(attempt);
-                if attempt == 0 {
-                    tracing::warn!(%subject, %error, "publish not acknowledged; retrying until it is");
-                } else {
-                    tracing::debug!(%subject, %error, attempt, ?delay, "publish retry failed");
-                }
-                attempt = attempt.saturating_add(1);
-                tokio::time::sleep(delay).await;
-            }
+/// What one publish's retries need.
+struct Attempt {
+    js: jetstream::Context,
+    metrics: IngestMetrics,
+    alerts: Arc<Alerts>,
+    shard: u32,
+}
+
+impl Attempt {
+    /// Retries a publish until JetStream acknowledges it. Retrying with the same
+    /// `Nats-Msg-Id` is safe: if an earlier attempt did land, the server reports a
+    /// duplicate.
+    async fn acked(
+        &self,
+        subject: String,
+        message: PublishMessage,
+        first: Result<PublishAckFuture, PublishError>,
+    ) -> jetstream::publish::PublishAck {
+        let mut pending = Some(first);
+        let mut attempt: u32 = 0;
+        loop {
+            let sent = match pending.take() {
+                Some(sent) => sent,
+                None => self.js.send_publish(subject.clone(), message.clone()).await,
+            };
+            let error = match sent {
+                Ok(ack) => match ack.await {
+                    Ok(ack) => return ack,
+                    Err(error) => error,
+                },
+                Err(error) => error,
+            };
+            let failure = Failure::classify(&error, &subject, self.js.timeout());
+            self.report(failure, &subject, &error, attempt);
+            attempt = attempt.saturating_add(1);
+            tokio::time::sleep(retry_delay(attempt - 1)).await;
+        }
+    }
+
+    fn report(&self, failure: Failure, subject: &str, error: &PublishError, attempt: u32) {
+        self.metrics
+            .publish_errors
+            .with_label_values(&[failure.label()])
+            .inc();
+        let shard = self.shard;
+        let kind = failure.label();
+        let cause = std::error::Error::source(error).map(ToString::to_string);
+        match failure.fix() {
+            Some(fix) if self.alerts.due(shard, failure) => tracing::error!(
+                shard, %subject, kind, %error, cause, attempt,
+                "publish cannot succeed until fixed: {fix}; the shard keeps retrying and \
+                 stops reading once its window is full"
+            ),
+            _ if attempt == 0 => tracing::warn!(
+                shard, %subject, kind, %error, cause,
+                "publish not acknowledged; retrying until it is"
+            ),
+            _ => tracing::debug!(shard, %subject, kind, %error, attempt, "publish retry failed"),
         }
     }
 }
@@ -157,5 +303,53 @@ mod tests {
         assert_eq!(retry_delay(0), Duration::from_millis(100));
         assert_eq!(retry_delay(3), Duration::from_millis(800));
         assert_eq!(retry_delay(40), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn permanent_failures_are_told_from_passing_ones() {
+        let timeout = Duration::from_secs(10);
+        let classify =
+            |kind, subject: &str| Failure::classify(&PublishError::new(kind), subject, timeout);
+        assert_eq!(
+            classify(PublishErrorKind::StreamNotFound, "a.b"),
+            Failure::NoStream
+        );
+        assert_eq!(
+            classify(PublishErrorKind::TimedOut, "a.b"),
+            Failure::Timeout
+        );
+        relaycord_bus::denials::record(
+            r#"Permissions Violation for Publish to "ingest.test.denied""#,
+        );
+        assert_eq!(
+            classify(PublishErrorKind::TimedOut, "ingest.test.denied"),
+            Failure::Permission
+        );
+        assert_eq!(
+            classify(PublishErrorKind::BrokenPipe, "a.b"),
+            Failure::Unavailable
+        );
+        let api_error: async_nats::jetstream::Error = serde_json::from_str(
+            r#"{"code":503,"err_code":10077,"description":"maximum messages exceeded"}"#,
+        )
+        .unwrap();
+        let rejected = PublishError::with_source(PublishErrorKind::Other, api_error);
+        assert_eq!(
+            Failure::classify(&rejected, "a.b", timeout),
+            Failure::Rejected
+        );
+        for failure in [Failure::NoStream, Failure::Permission, Failure::Rejected] {
+            assert!(failure.fix().is_some());
+            assert!(ERROR_KINDS.contains(&failure.label()));
+        }
+    }
+
+    #[test]
+    fn one_alert_line_per_kind_and_shard_at_a_time() {
+        let alerts = Alerts::default();
+        assert!(alerts.due(0, Failure::NoStream));
+        assert!(!alerts.due(0, Failure::NoStream));
+        assert!(alerts.due(1, Failure::NoStream));
+        assert!(alerts.due(0, Failure::Permission));
     }
 }

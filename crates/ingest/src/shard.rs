@@ -25,7 +25,7 @@ use crate::checkpoint::{self, Checkpoint, SAVE_INTERVAL};
 use crate::error::{IngestError, IngestErrorKind};
 use crate::health::ShardHealth;
 use crate::metrics::IngestMetrics;
-use crate::publish::publish;
+use crate::publish::{Alerts, publish};
 use crate::queue::KvQueue;
 use crate::stop::Stop;
 use crate::window::AckWindow;
@@ -43,32 +43,46 @@ pub(crate) struct ShardContext {
     pub gateway_url: String,
     pub queue: KvQueue,
     pub shard_count: u32,
+    pub alerts: Arc<Alerts>,
 }
 
 impl ShardContext {
-    /// Records a shard as up, down, or (None) no longer owned here, for `/readyz` and
-    /// `relaycord_shard_up`.
-    fn mark(&self, id: u32, up: Option<bool>) {
+    /// Records an owned shard as up or down, for `/readyz` and `relaycord_shard_up`. A
+    /// shard that is not running but still owned here (waiting to be started again) is
+    /// down: only the coordinator, which knows when a shard stops being ours, forgets it.
+    pub(crate) fn mark(&self, id: u32, up: bool) {
         let label = id.to_string();
-        match up {
-            Some(true) => {
-                self.health.up(id);
-                self.metrics.shard_up.with_label_values(&[&label]).set(1);
-            }
-            Some(false) => {
-                self.health.down(id);
-                self.metrics.shard_up.with_label_values(&[&label]).set(0);
-            }
-            None => {
-                self.health.forget(id);
-                let _ = self.metrics.shard_up.remove_label_values(&[&label]);
-                let _ = self.metrics.inflight.remove_label_values(&[&label]);
-                let _ = self
-                    .metrics
-                    .heartbeat_latency
-                    .remove_label_values(&[&label]);
-            }
+        if up {
+            self.health.up(id);
+        } else {
+            self.health.down(id);
         }
+        self.metrics
+            .shard_up
+            .with_label_values(&[&label])
+            .set(i64::from(up));
+    }
+
+    /// The shard's loop has ended: it is down, and its loop's gauges go.
+    fn ended(&self, id: u32) {
+        self.mark(id, false);
+        self.health.unacked_since(id, None);
+        let label = id.to_string();
+        let _ = self.metrics.inflight.remove_label_values(&[&label]);
+        let _ = self.metrics.oldest_unacked.remove_label_values(&[&label]);
+        let _ = self
+            .metrics
+            .heartbeat_latency
+            .remove_label_values(&[&label]);
+    }
+
+    /// Shard `id` is no longer owned here.
+    pub(crate) fn forget(&self, id: u32) {
+        self.health.forget(id);
+        let _ = self
+            .metrics
+            .shard_up
+            .remove_label_values(&[&id.to_string()]);
     }
 }
 
@@ -76,7 +90,16 @@ impl ShardContext {
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs shard `id` until `stop` fires (Ok) or it closes fatally or loses ownership (Err).
+/// Whichever way it ends, it is left marked down; the coordinator decides whether it is
+/// still owned.
 pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(), IngestError> {
+    ctx.mark(id, false);
+    let result = run_session(id, &ctx, stop).await;
+    ctx.ended(id);
+    result
+}
+
+async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(), IngestError> {
     let (mut checkpoint, record) =
         Checkpoint::claim(ctx.sessions.clone(), id, ctx.shard_count).await?;
     let mut builder = ConfigBuilder::new(ctx.token.expose().to_owned(), ctx.intents)
@@ -105,12 +128,14 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
 
     let label = id.to_string();
     let inflight_gauge = ctx.metrics.inflight.with_label_values(&[&label]);
+    let oldest_gauge = ctx.metrics.oldest_unacked.with_label_values(&[&label]);
     let latency = ctx.metrics.heartbeat_latency.with_label_values(&[&label]);
     let mut last_close: Option<u16> = None;
     let mut save_tick = tokio::time::interval(SAVE_INTERVAL);
     // Set when a save finds another process's write: the record is no longer ours.
     let mut fenced = false;
-    ctx.mark(id, Some(false));
+    // Set when the gateway closed the shard for good (bad token, disallowed intents...).
+    let mut fatal = None;
 
     loop {
         inflight_gauge.set(window.len() as i64);
@@ -127,6 +152,9 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
             }
             _ = save_tick.tick() => {
                 ctx.health.beat(id);
+                let oldest = window.oldest_since();
+                ctx.health.unacked_since(id, oldest.map(tokio::time::Instant::into_std));
+                oldest_gauge.set(oldest.map_or(0.0, |at| at.elapsed().as_secs_f64()));
                 if let Some(average) = shard.latency().average() {
                     latency.set(average.as_secs_f64());
                 }
@@ -141,10 +169,10 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
             item = shard.next(), if window.len() < ctx.window => match item {
                 Some(Ok(Message::Text(frame))) => {
                     let session_id = shard.session().map(Session::id);
-                    handle_frame(id, &frame, &ctx, session_id, &mut checkpoint, &mut window).await;
+                    handle_frame(id, &frame, ctx, session_id, &mut checkpoint, &mut window).await;
                 }
                 Some(Ok(Message::Close(frame))) => {
-                    ctx.mark(id, Some(false));
+                    ctx.mark(id, false);
                     last_close = frame.as_ref().map(|f| f.code);
                     tracing::info!(shard = id, code = ?last_close, acked_seq = window.acked_seq(), "gateway connection closed");
                 }
@@ -156,13 +184,13 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
                     _ => {
                         // A failed or zombie connection: no session until twilight has
                         // reconnected and READY or RESUMED arrives.
-                        ctx.mark(id, Some(false));
+                        ctx.mark(id, false);
                         tracing::warn!(shard = id, %error, "gateway connection failed; reconnecting");
                     }
                 },
                 None => {
-                    ctx.mark(id, None);
-                    return Err(fatal_close(id, last_close));
+                    fatal = Some(fatal_close(id, last_close));
+                    break;
                 }
             },
         }
@@ -171,7 +199,9 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
     // A clean stop publishes everything it read, records the position, then closes with
     // the RESUME code so that Discord keeps the session for whoever resumes it next. A
     // shard that is no longer the owner (lease lost, or fenced) drains and closes the same
-    // way — its publishes are deduped — but leaves the record to the new owner.
+    // way — its publishes are deduped — but leaves the record to the new owner. A fatal
+    // close drains and records too (there is no connection left to close): once the cause
+    // is fixed, the next start resumes right after what reached the bus.
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while window.next().await.is_some() {}
     })
@@ -186,13 +216,19 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
     }
     let acked_seq = window.acked_seq();
     drop(window);
-    inflight_gauge.set(0);
     let owner = !fenced && !stop.is_lost();
     if owner {
         let _ = checkpoint.save(acked_seq, shard.resume_url()).await;
     }
+    if let Some(error) = fatal {
+        tracing::info!(
+            shard = id,
+            acked_seq,
+            "shard closed by the gateway for good"
+        );
+        return Err(error);
+    }
     close(&mut shard).await;
-    ctx.mark(id, None);
     tracing::info!(shard = id, acked_seq, owner, "shard stopped");
     if fenced {
         return Err(IngestError::new(
@@ -247,12 +283,12 @@ async fn handle_frame(
             // A new session: acks of the previous one no longer move the resume point.
             window.new_session();
             checkpoint.new_session(session_id);
-            ctx.mark(shard_id, Some(true));
+            ctx.mark(shard_id, true);
             ctx.metrics.sessions.with_label_values(&["identify"]).inc();
             window.push_done(seq);
         }
         "RESUMED" => {
-            ctx.mark(shard_id, Some(true));
+            ctx.mark(shard_id, true);
             ctx.metrics.sessions.with_label_values(&["resume"]).inc();
             window.push_done(seq);
         }

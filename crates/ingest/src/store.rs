@@ -79,6 +79,32 @@ pub struct SessionRecord {
     pub resume_url: Option<String>,
 }
 
+/// A record as stored: with the claim of the [`SessionStore`] that wrote it, so that a
+/// writer finding the revision moved can tell its own earlier write (whose reply was lost)
+/// from another owner's. Records written before claims existed have none.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    record: SessionRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claim: Option<String>,
+}
+
+/// A token naming one claim of one shard by one process: the process id, the time and a
+/// counter, so two claims never share one even on different hosts or in one process.
+fn new_claim() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{}-{nanos:x}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Why a session could not be saved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaveError {
@@ -98,6 +124,8 @@ pub struct SessionStore {
     kv: kv::Store,
     key: String,
     revision: Option<u64>,
+    /// Written into every record this store saves.
+    claim: String,
 }
 
 impl SessionStore {
@@ -117,17 +145,27 @@ impl SessionStore {
         let (revision, record) = match entry {
             // An empty value is a claim placeholder (see `claim`): owned, no session yet.
             Some(entry) if entry.operation == kv::Operation::Put && !entry.value.is_empty() => {
-                let record = serde_json::from_slice(&entry.value)
+                let record = serde_json::from_slice::<Stored>(&entry.value)
                     .inspect_err(
                         |e| tracing::warn!(%key, error = %e, "ignoring unreadable session record"),
                     )
-                    .ok();
+                    .ok()
+                    .map(|stored| stored.record);
                 (Some(entry.revision), record)
             }
             Some(entry) => (Some(entry.revision), None),
             None => (None, None),
         };
-        Ok((Self { kv, key, revision }, record))
+        let claim = new_claim();
+        Ok((
+            Self {
+                kv,
+                key,
+                revision,
+                claim,
+            },
+            record,
+        ))
     }
 
     /// Loads the record and takes it over for this process: rewrites it (or, when there
@@ -143,9 +181,7 @@ impl SessionStore {
         for _ in 0..CLAIM_ATTEMPTS {
             let (mut store, record) = Self::load(kv.clone(), id, count).await?;
             let value = match &record {
-                Some(record) => {
-                    Bytes::from(serde_json::to_vec(record).expect("session record serializes"))
-                }
+                Some(record) => store.encode(record),
                 None => Bytes::new(),
             };
             // Revision 0 expects no entry at all: a create.
@@ -177,8 +213,28 @@ impl SessionStore {
         ))
     }
 
+    /// Writes `record` if the KV entry is still at the revision this store last wrote or
+    /// read. When it is not, the entry is read back: if it holds this store's own claim,
+    /// the move was this store's earlier write whose reply was lost (a timeout, a leader
+    /// election) and the save goes on from there; anything else is another owner.
     pub async fn save(&mut self, record: &SessionRecord) -> Result<(), SaveError> {
-        let value = Bytes::from(serde_json::to_vec(record).expect("session record serializes"));
+        let value = self.encode(record);
+        match self.write(value.clone()).await {
+            Err(SaveError::Fenced) => {
+                if !self.adopt_own_write().await? {
+                    return Err(SaveError::Fenced);
+                }
+                tracing::info!(
+                    key = %self.key,
+                    "session record moved by this process's own earlier save (its reply was lost)"
+                );
+                self.write(value).await
+            }
+            result => result,
+        }
+    }
+
+    async fn write(&mut self, value: Bytes) -> Result<(), SaveError> {
         let result = match self.revision {
             Some(revision) => self
                 .kv
@@ -201,5 +257,32 @@ impl SessionStore {
         };
         self.revision = Some(result?);
         Ok(())
+    }
+
+    /// Reads the entry back; when its record carries this store's claim, takes its
+    /// revision as ours and returns true.
+    async fn adopt_own_write(&mut self) -> Result<bool, SaveError> {
+        let entry = self
+            .kv
+            .entry(self.key.clone())
+            .await
+            .map_err(|_| SaveError::Unavailable)?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(false);
+        };
+        let own = serde_json::from_slice::<Stored>(&entry.value)
+            .is_ok_and(|stored| stored.claim.as_deref() == Some(self.claim.as_str()));
+        if own {
+            self.revision = Some(entry.revision);
+        }
+        Ok(own)
+    }
+
+    fn encode(&self, record: &SessionRecord) -> Bytes {
+        let stored = Stored {
+            record: record.clone(),
+            claim: Some(self.claim.clone()),
+        };
+        Bytes::from(serde_json::to_vec(&stored).expect("session record serializes"))
     }
 }

@@ -12,9 +12,11 @@
 //! generation, and acks of the previous session still in the window are taken out
 //! without moving the resume point.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 
 use futures::stream::{FuturesOrdered, StreamExt};
+use tokio::time::Instant;
 
 /// An ack resolves to the session generation and seq it belongs to.
 type AckFuture = Pin<Box<dyn Future<Output = (u64, u64)> + Send>>;
@@ -23,6 +25,8 @@ pub(crate) struct AckWindow {
     generation: u64,
     acked_seq: u64,
     inflight: FuturesOrdered<AckFuture>,
+    /// When each entry of `inflight` was pushed, in the same order.
+    pushed_at: VecDeque<Instant>,
 }
 
 impl AckWindow {
@@ -32,7 +36,14 @@ impl AckWindow {
             generation: 0,
             acked_seq,
             inflight: FuturesOrdered::new(),
+            pushed_at: VecDeque::new(),
         }
+    }
+
+    /// When the oldest entry still in the window was read: how long the resume point has
+    /// been held back. `None` when the window is empty.
+    pub fn oldest_since(&self) -> Option<Instant> {
+        self.pushed_at.front().copied()
     }
 
     /// The contiguous acked seq of the current session.
@@ -62,6 +73,7 @@ impl AckWindow {
             ack.await;
             (generation, seq)
         }));
+        self.pushed_at.push_back(Instant::now());
     }
 
     /// Adds `seq` as already done (READY, RESUMED): it takes part in the order, so it
@@ -70,6 +82,7 @@ impl AckWindow {
         let generation = self.generation;
         self.inflight
             .push_back(Box::pin(std::future::ready((generation, seq))));
+        self.pushed_at.push_back(Instant::now());
     }
 
     /// Waits for the oldest entry's ack, takes it out and returns its seq; `None` when
@@ -77,6 +90,7 @@ impl AckWindow {
     /// poll that sees it complete.
     pub async fn next(&mut self) -> Option<u64> {
         let (generation, seq) = self.inflight.next().await?;
+        self.pushed_at.pop_front();
         if generation == self.generation {
             self.acked_seq = seq;
         }
@@ -161,6 +175,23 @@ mod tests {
         assert_eq!(w.acked_seq(), 1);
         assert_eq!(drain_ready(&mut w), (2..=50).collect::<Vec<_>>());
         assert_eq!(w.acked_seq(), 50);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_oldest_entry_dates_from_when_it_was_read() {
+        let mut w = AckWindow::new(0);
+        assert_eq!(w.oldest_since(), None);
+        let start = Instant::now();
+        let a1 = pending(&mut w, 1);
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        let a2 = pending(&mut w, 2);
+        assert_eq!(w.oldest_since(), Some(start), "seq 1 is still unacked");
+        a2.send(()).unwrap();
+        assert!(drain_ready(&mut w).is_empty());
+        assert_eq!(w.oldest_since(), Some(start));
+        a1.send(()).unwrap();
+        assert_eq!(drain_ready(&mut w), vec![1, 2]);
+        assert_eq!(w.oldest_since(), None);
     }
 
     #[tokio::test]

@@ -17,7 +17,8 @@
 //! Every wait is bounded by time, not by [`MAX_DELIVER`], which is only a backstop: the
 //! tests below check that each wait ends before the deliveries run out.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, consumer::pull};
@@ -93,14 +94,38 @@ impl LateWorker {
 
     /// Consumes until `shutdown`. NATS outages and a deleted consumer are waited out:
     /// replies stay on the stream meanwhile.
+    ///
+    /// A reply is posted at most once while its message is handled, even when the
+    /// follow-up is slow or the slots are busy: messages are pulled only for free slots
+    /// (a message waiting in a prefetch buffer past `ack_wait` would be delivered again
+    /// and could be posted twice), the message is kept in progress while it is handled,
+    /// and a second delivery of a message this replica is still handling waits for it.
     pub async fn run(self, mut consumer: PullConsumer, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(this.concurrency.max(1)));
+        let handling = Arc::new(Mutex::new(HashSet::new()));
         while !shutdown.is_cancelled() {
-            let mut messages = match consumer.messages().await {
+            let first = tokio::select! {
+                () = shutdown.cancelled() => return,
+                permit = Arc::clone(&slots).acquire_owned() => permit,
+            };
+            let Ok(first) = first else { return };
+            let mut permits = vec![first];
+            while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
+                permits.push(permit);
+            }
+            let progress = progress_interval(consumer.cached_info().config.ack_wait);
+            let batch = consumer
+                .batch()
+                .max_messages(permits.len())
+                .expires(PULL_WAIT)
+                .messages()
+                .await;
+            let mut messages = match batch {
                 Ok(messages) => messages,
                 Err(error) => {
                     tracing::warn!(%error, "late-reply consumer unavailable; retrying");
+                    drop(permits);
                     pause(&shutdown).await;
                     if let Ok(again) = this.consumer().await {
                         consumer = again;
@@ -108,6 +133,7 @@ impl LateWorker {
                     continue;
                 }
             };
+            let mut failed = false;
             loop {
                 let message = tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -117,27 +143,50 @@ impl LateWorker {
                     Some(Ok(message)) => message,
                     Some(Err(error)) => {
                         tracing::debug!(%error, "late-reply pull interrupted");
-                        continue;
+                        failed = true;
+                        break;
                     }
                     None => break,
                 };
-                let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-                    return;
-                };
-                let this = Arc::clone(&this);
+                // One permit per requested message, so there is one for each that comes.
+                let Some(permit) = permits.pop() else { break };
+                let (this, handling) = (Arc::clone(&this), Arc::clone(&handling));
                 // Continues the trace of whoever stored the reply (HTTP handlers' late
                 // replies, and NATS handlers that pass `traceparent` on).
                 let span = relaycord_bus::span!("interaction.follow_up", otel.kind = "consumer");
                 relaycord_bus::trace::continue_from(&span, message.headers.as_ref());
                 tokio::spawn(async move {
-                    let ack = this.handle(&message).instrument(span).await;
+                    let sequence = message.info().map(|i| i.stream_sequence).ok();
+                    let ack = match sequence {
+                        Some(seq) if !handling.lock().expect("handling lock").insert(seq) => {
+                            // Delivered again while this replica still handles it (its
+                            // progress came late): the first delivery settles it.
+                            AckKind::Nak(Some(progress * 3))
+                        }
+                        _ => {
+                            let ack = in_progress(&message, progress, this.handle(&message))
+                                .instrument(span)
+                                .await;
+                            if let Some(seq) = sequence {
+                                handling.lock().expect("handling lock").remove(&seq);
+                            }
+                            ack
+                        }
+                    };
                     if let Err(error) = message.ack_with(ack).await {
                         tracing::debug!(%error, "late-reply ack failed; it will be redelivered");
                     }
                     drop(permit);
                 });
             }
-            pause(&shutdown).await;
+            if failed {
+                // E.g. the consumer was deleted: wait, then find or make it again.
+                drop(permits);
+                pause(&shutdown).await;
+                if let Ok(again) = this.consumer().await {
+                    consumer = again;
+                }
+            }
         }
     }
 
@@ -283,6 +332,36 @@ const BACKOFF: Exponential = Exponential::new(Duration::from_millis(500), Durati
 
 fn backoff(delivered: i64) -> Duration {
     BACKOFF.delay(u32::try_from(delivered.max(1)).unwrap_or(u32::MAX))
+}
+
+/// How long one pull waits for replies (the server holds the request meanwhile).
+const PULL_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a message being handled is marked in progress: three times per `ack_wait`,
+/// so one late mark does not let the deadline pass.
+fn progress_interval(ack_wait: Duration) -> Duration {
+    (ack_wait / 3).max(MIN_NAK)
+}
+
+/// Runs `work`, telling the server every `every` that `message` is still being handled
+/// (AckKind::Progress resets its ack deadline), so it is not delivered again meanwhile.
+async fn in_progress(
+    message: &jetstream::Message,
+    every: Duration,
+    work: impl std::future::Future<Output = AckKind>,
+) -> AckKind {
+    tokio::pin!(work);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            ack = &mut work => return ack,
+            _ = ticks.tick() => {
+                if let Err(error) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(%error, "late-reply progress not sent");
+                }
+            }
+        }
+    }
 }
 
 async fn pause(shutdown: &CancellationToken) {

@@ -30,6 +30,14 @@ pub struct InteractionMetrics {
     pub connections_rejected: IntCounter,
 }
 
+/// Doubling buckets up to 1.6 s, then boundaries around Discord's 3 s limit: the
+/// RelaycordInteractionsNearDeadline alert counts responses above `le="2.75"`.
+fn response_buckets() -> prometheus::Result<Vec<f64>> {
+    let mut buckets = exponential_buckets(0.0001, 2.0, 15)?;
+    buckets.extend([2.0, 2.5, 2.75, 3.0, 5.0]);
+    Ok(buckets)
+}
+
 impl InteractionMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
         let m = Self {
@@ -45,7 +53,7 @@ impl InteractionMetrics {
                     "relaycord_interactions_response_seconds",
                     "From a request's arrival to its HTTP response.",
                 )
-                .buckets(exponential_buckets(0.0001, 2.0, 16)?),
+                .buckets(response_buckets()?),
                 &["outcome"],
             )?,
             handler_latency: HistogramVec::new(
@@ -86,6 +94,8 @@ impl InteractionMetrics {
         registry.register(Box::new(m.handler_latency.clone()))?;
         registry.register(Box::new(m.late_replies.clone()))?;
         registry.register(Box::new(m.publish_latency.clone()))?;
+        // Follow-ups count toward Discord's invalid-request limit like the sink's posts.
+        relaycord_bus::InvalidRequests::register(registry)?;
         Ok(m)
     }
 
@@ -95,5 +105,39 @@ impl InteractionMetrics {
 
     pub(crate) fn late(&self, outcome: &str) {
         self.late_replies.with_label_values(&[outcome]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The alert rule and the dashboards read these boundaries by their `le` label.
+    #[test]
+    fn response_time_has_buckets_at_the_deadline() {
+        let registry = Registry::new();
+        let m = InteractionMetrics::new(&registry).unwrap();
+        m.response_latency
+            .with_label_values(&["deferred"])
+            .observe(2.8);
+        let mut text = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut text,
+        )
+        .unwrap();
+        let text = String::from_utf8(text).unwrap();
+        let bucket = |le: &str| {
+            let prefix = format!(
+                "relaycord_interactions_response_seconds_bucket{{outcome=\"deferred\",le=\"{le}\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no le={le} bucket in\n{text}"))
+                .to_owned()
+        };
+        assert_eq!(bucket("2.75"), "0");
+        assert_eq!(bucket("3"), "1");
     }
 }

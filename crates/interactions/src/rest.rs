@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use relaycord_bus::InvalidRequests;
 use reqwest::StatusCode;
 
 use crate::response::FollowUp;
@@ -63,6 +64,9 @@ impl DiscordRest {
                 .body(body.clone()),
             FollowUp::Create(body) => self.http.post(webhook).body(body.clone()),
         };
+        // Held only when the process nears Discord's invalid-request ban, which would
+        // stop every Discord caller on this address.
+        InvalidRequests::process().admit().await;
         let response = request
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             // A hung call would hold a worker slot while the 15-minute token runs out.
@@ -73,6 +77,8 @@ impl DiscordRest {
             .await
             .map_err(|_| RestError::Retry(None))?;
         let status = response.status();
+        let scope = response.headers().get("x-ratelimit-scope");
+        InvalidRequests::process().observe(status.as_u16(), scope.map(|v| v.as_bytes()));
         if status.is_success() {
             return Ok(());
         }

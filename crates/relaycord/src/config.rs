@@ -143,7 +143,12 @@ impl Config {
         }
         let env = Env::prefixed("RELAYCORD_").ignore(&["CONFIG"]).split("__");
         let is_secret = |key: &str| SECRET_KEYS.iter().any(|s| key.eq_ignore_ascii_case(s));
-        figment = figment.merge(env.clone().filter(move |key| !is_secret(key.as_str())));
+        // Keys reach filters with their case as written (lowercased only later).
+        let is_sink = |key: &str| key.to_ascii_lowercase().starts_with("sinks.");
+        figment = figment.merge(
+            env.clone()
+                .filter(move |key| !is_secret(key.as_str()) && !is_sink(key.as_str())),
+        );
         let discord_token = Env::raw()
             .only(&["DISCORD_TOKEN"])
             .map(|_| "discord.token".into());
@@ -153,6 +158,10 @@ impl Config {
         for (key, value) in discord_token.iter() {
             figment = figment.merge(Serialized::default(key.as_str(), value));
         }
+        let sink_overrides = env.iter().filter_map(|(key, value)| {
+            Some((key.as_str().strip_prefix("sinks.")?.to_owned(), value))
+        });
+        figment = sink_env::apply(figment, sink_overrides)?;
         let config: Config = figment.extract().map_err(|e| load_error(&e))?;
         config.validate()?;
         Ok(config)
@@ -176,6 +185,8 @@ impl Config {
         }
     }
 }
+
+mod sink_env;
 
 #[cfg(test)]
 mod docs;
@@ -330,6 +341,64 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("987654321"), "{e}");
+    }
+
+    #[test]
+    fn sink_keys_from_the_environment_override_one_entry() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "relaycord.toml",
+                r#"
+                [[sinks]]
+                name = "first"
+                type = "http"
+                url = "http://127.0.0.1:1/a"
+                [[sinks]]
+                name = "second"
+                type = "http"
+                url = "http://127.0.0.1:1/b"
+                headers = { "x-team" = "from-file" }
+                "#,
+            )?;
+            // The Helm chart passes sink secrets this way, from Kubernetes Secrets.
+            jail.set_env(
+                "RELAYCORD_SINKS__1__SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            );
+            jail.set_env("RELAYCORD_SINKS__1__HEADERS__X-API-KEY", "0123");
+            jail.set_env("RELAYCORD_SINKS__0__URL", "http://127.0.0.1:2/env");
+            jail.set_env("RELAYCORD_SINKS__0__MAX_ATTEMPTS", "3");
+            let c = Config::load(Some(Path::new("relaycord.toml"))).unwrap();
+            assert_eq!(c.sinks.len(), 2);
+            assert_eq!(c.sinks[0].max_attempts, 3);
+            let relaycord_sinks::SinkKind::Http(first) = &c.sinks[0].kind else {
+                panic!("{:?}", c.sinks[0].kind)
+            };
+            assert_eq!(first.url, "http://127.0.0.1:2/env");
+            let relaycord_sinks::SinkKind::Http(second) = &c.sinks[1].kind else {
+                panic!("{:?}", c.sinks[1].kind)
+            };
+            assert!(second.secret.is_some());
+            assert_eq!(second.headers["x-api-key"].expose(), "0123");
+            assert_eq!(second.headers["x-team"].expose(), "from-file");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "r.toml",
+                "[[sinks]]\nname = \"a\"\ntype = \"http\"\nurl = \"http://127.0.0.1:1/\"",
+            )?;
+            jail.set_env("RELAYCORD_SINKS__4__SECRET", "whsec_x");
+            let e = Config::load(Some(Path::new("r.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("RELAYCORD_SINKS__4__SECRET:") && e.contains("no sinks[4]"),
+                "{e}"
+            );
+            assert!(!e.contains("whsec_x"), "{e}");
+            Ok(())
+        });
     }
 
     #[test]

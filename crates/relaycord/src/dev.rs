@@ -121,7 +121,7 @@ pub async fn run(
     let mut sinks = tokio::spawn({
         let (config, js, registry, stop) =
             (config.clone(), js.clone(), registry.clone(), stop.clone());
-        async move { roles::run_sinks(&config, &[], js, &registry, stop).await }
+        async move { roles::run_sinks(&config, &[], js, &registry, &Default::default(), stop).await }
     });
 
     let work = async {

@@ -88,6 +88,7 @@ pub async fn run(config_path: Option<&Path>, args: DlqArgs) -> anyhow::Result<Ex
                 match outcome {
                     Replayed::Delivered => println!("{seq}\tdelivered"),
                     Replayed::AlreadyDelivered => println!("{seq}\talready delivered (removed)"),
+                    Replayed::Skipped(reason) => println!("{seq}\tskipped (removed): {reason}"),
                     Replayed::Failed(reason) => {
                         failed += 1;
                         println!("{seq}\tfailed: {reason}");

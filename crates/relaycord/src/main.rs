@@ -276,7 +276,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             };
             health.set_ready(true);
-            roles::run_sinks(&config, &names, js, &registry, shutdown).await?;
+            roles::run_sinks(&config, &names, js, &registry, &health, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Interactions { listen } => {

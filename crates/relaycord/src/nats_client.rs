@@ -15,7 +15,8 @@ pub async fn connect(nats: &NatsConfig, role: &str) -> anyhow::Result<async_nats
     nats.validate()?;
     let mut options = ConnectOptions::new()
         .name(format!("relaycord-{role}"))
-        .connection_timeout(Duration::from_secs(10));
+        .connection_timeout(Duration::from_secs(10))
+        .event_callback(|event| async move { on_event(event) });
     if let Some(path) = &nats.creds_file {
         options = options
             .credentials_file(path)
@@ -46,4 +47,23 @@ pub async fn connect(nats: &NatsConfig, role: &str) -> anyhow::Result<async_nats
             relaycord_bus::redact::userinfo(&format!("{e:#}"))
         )
     })
+}
+
+/// Server errors are otherwise invisible: a publish the server's permissions forbid is
+/// dropped with nothing but this asynchronous error, and its JetStream ack just times out.
+fn on_event(event: async_nats::Event) {
+    match event {
+        async_nats::Event::ServerError(error) => {
+            let text = error.to_string();
+            match relaycord_bus::denials::record(&text) {
+                Some(subject) => tracing::error!(
+                    %subject,
+                    "NATS refused a publish: this user has no permission to publish to \
+                     {subject}; allow it in the user's `permissions.publish`"
+                ),
+                None => tracing::warn!(error = %text, "NATS server error"),
+            }
+        }
+        other => tracing::debug!(event = %other, "NATS connection event"),
+    }
 }

@@ -38,10 +38,10 @@ pub async fn run_ingest(
 ) -> anyhow::Result<()> {
     let section = &config.ingest;
     let shards = ShardHealth::default();
-    let threshold = section.unhealthy_after;
+    let (threshold, max_unacked_age) = (section.unhealthy_after, section.max_unacked_age);
     health.add_check({
         let shards = shards.clone();
-        move || shards.readiness(threshold)
+        move || shards.readiness(threshold, max_unacked_age)
     });
     let stall = section.stall_after();
     health.add_liveness_check({
@@ -88,16 +88,22 @@ pub fn select_sinks<'a>(
     Ok(selected)
 }
 
-/// Runs the named sinks (all configured sinks when `names` is empty) until `shutdown`.
+/// Runs the named sinks (all configured sinks when `names` is empty) until `shutdown`,
+/// with `/readyz` failing while a sink is paused.
 pub async fn run_sinks(
     config: &Config,
     names: &[String],
     js: jetstream::Context,
     registry: &Registry,
+    health: &Health,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let selected = select_sinks(config, names)?;
     let metrics = SinkMetrics::new(registry)?;
+    health.add_check({
+        let paused = metrics.paused_sinks.clone();
+        move || paused.readiness()
+    });
     let subjects = config.nats.subjects();
     let mut tasks = JoinSet::new();
     for sink in selected {

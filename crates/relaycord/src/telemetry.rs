@@ -12,12 +12,15 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// `RUST_LOG` wins; otherwise `default` (e.g. "info").
+/// `RUST_LOG` wins; otherwise `default` (e.g. "info"). Colours only on a terminal: a
+/// pod's log or a file gets plain lines that grep and log shippers read as written.
 pub fn init_logging(default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

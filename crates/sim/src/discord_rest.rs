@@ -30,6 +30,8 @@ use tokio::net::TcpListener;
 use crate::Simulator;
 use crate::state::Shared;
 
+mod echo;
+
 /// Per-route and global limits. Defaults are Discord's documented-in-practice values.
 #[derive(Clone, Copy, Debug)]
 pub struct RestLimits {
@@ -73,8 +75,12 @@ pub struct RestCounts {
     pub global_rate_limited: u64,
     /// Requests answered with an existing message because of `enforce_nonce`.
     pub nonce_duplicates: u64,
-    /// 401, 403 and 429 answers: what Discord counts toward its invalid-request ban.
+    /// 401, 403 and 429 answers: what Discord counts toward its invalid-request ban
+    /// (429s of `shared` scope excepted, as at Discord).
     pub invalid: u64,
+    /// Requests that came before the `retry_after` of a 429 injected with
+    /// [`DiscordRest::rate_limit_next`] had passed (on its route, or anywhere when global).
+    pub early: u64,
 }
 
 /// Handle on the REST side; cheap to clone.
@@ -87,6 +93,7 @@ pub struct DiscordRest {
 struct Inner {
     token: String,
     state: Mutex<RestState>,
+    echo: echo::Echo,
 }
 
 #[derive(Debug, Default)]
@@ -100,6 +107,7 @@ struct RestState {
     posted: Vec<PostedMessage>,
     counts: RestCounts,
     next_id: u64,
+    injected: Injected,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -138,6 +146,7 @@ impl DiscordRest {
             inner: Arc::new(Inner {
                 token: token.to_owned(),
                 state: Mutex::default(),
+                echo: echo::Echo::default(),
             }),
         }
     }
@@ -169,6 +178,27 @@ impl DiscordRest {
     /// Requests to this channel answer 403 (Missing Access).
     pub fn set_forbidden(&self, id: &str) {
         lock(&self.inner.state).forbidden.insert(id.to_owned());
+    }
+
+    /// Messages created from now on come back as MESSAGE_CREATE on this gateway.
+    pub(crate) fn attach_gateway(&self, shared: &Arc<Shared>) {
+        self.inner.echo.attach(shared);
+    }
+
+    /// The channel this webhook's messages appear in (default: the first simulated
+    /// guild's first channel).
+    pub fn set_webhook_channel(&self, webhook: &str, channel: &str) {
+        self.inner.echo.set_webhook_channel(webhook, channel);
+    }
+
+    /// The next `count` message requests (any route) answer 429 with this
+    /// `retry_after`, in the body and in `Retry-After`, and this `X-RateLimit-Scope`;
+    /// a request before the wait is over is counted in [`RestCounts::early`].
+    pub fn rate_limit_next(&self, count: u32, retry_after: Duration, scope: RateLimitScope) {
+        let injected = &mut lock(&self.inner.state).injected;
+        injected
+            .next
+            .extend(std::iter::repeat_n((retry_after, scope), count as usize));
     }
 
     pub fn posted(&self) -> Vec<PostedMessage> {
@@ -224,9 +254,13 @@ async fn channel_message(
         }
         let created = state.create(&id, &route, message);
         state.nonces.insert(key, created.clone());
+        drop(state);
+        rest.inner.echo.message_created(&created, None);
         return with_headers(Json(created).into_response(), &rl);
     }
     let created = state.create(&id, &route, message);
+    drop(state);
+    rest.inner.echo.message_created(&created, None);
     with_headers(Json(created).into_response(), &rl)
 }
 
@@ -236,6 +270,7 @@ pub(crate) async fn execute_webhook(
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
+    let channel = rest.inner.echo.webhook_channel(&id);
     let mut state = lock(&rest.inner.state);
     state.counts.requests += 1;
     let route = format!("webhook:{id}");
@@ -247,7 +282,12 @@ pub(crate) async fn execute_webhook(
         Ok(admitted) => admitted,
         Err(refused) => return *refused,
     };
-    let created = state.create(&id, &route, message);
+    let name = message["username"].as_str().map(str::to_owned);
+    let created = state.create(&channel, &route, message);
+    drop(state);
+    rest.inner
+        .echo
+        .message_created(&created, Some((&id, name.as_deref())));
     if query.get("wait").is_some_and(|w| w == "true") {
         with_headers(Json(created).into_response(), &rl)
     } else {
@@ -345,6 +385,9 @@ impl RestState {
         (limit, per): (u32, Duration),
     ) -> Result<RateHeaders, Box<Response>> {
         let now = Instant::now();
+        if let Some(refused) = self.injected.check(route, now, &mut self.counts) {
+            return Err(refused);
+        }
         let w = self.windows.entry(route.to_owned()).or_default();
         if w.start.is_none_or(|s| now.duration_since(s) >= per) {
             *w = Window {
@@ -506,6 +549,65 @@ fn has_tag(text: &str, prefix: &str) -> bool {
         let digits = rest.chars().take_while(char::is_ascii_digit).count();
         digits > 0 && rest[digits..].starts_with('>')
     })
+}
+
+/// `X-RateLimit-Scope` of an injected 429.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateLimitScope {
+    /// The bot's own per-route limit.
+    User,
+    /// The bot's global limit: every route waits.
+    Global,
+    /// A limit shared by everyone on the resource; Discord does not count it as invalid.
+    Shared,
+}
+
+/// 429s answered on purpose, and the waits they asked for.
+#[derive(Debug, Default)]
+struct Injected {
+    next: std::collections::VecDeque<(Duration, RateLimitScope)>,
+    until: HashMap<String, Instant>,
+    global_until: Option<Instant>,
+}
+
+impl Injected {
+    fn check(
+        &mut self,
+        route: &str,
+        now: Instant,
+        counts: &mut RestCounts,
+    ) -> Option<Box<Response>> {
+        let waiting = self.until.get(route).is_some_and(|t| now < *t)
+            || self.global_until.is_some_and(|t| now < t);
+        if waiting {
+            counts.early += 1;
+        }
+        let (retry_after, scope) = self.next.pop_front()?;
+        counts.rate_limited += 1;
+        if scope != RateLimitScope::Shared {
+            counts.invalid += 1;
+        }
+        let global = scope == RateLimitScope::Global;
+        if global {
+            counts.global_rate_limited += 1;
+            self.global_until = Some(now + retry_after);
+        } else {
+            self.until.insert(route.to_owned(), now + retry_after);
+        }
+        let rl = RateHeaders {
+            limit: 5,
+            remaining: 0,
+            reset_after: retry_after,
+            bucket: format!("{:016x}", fxhash(route)),
+        };
+        let mut response = too_many(retry_after, global, (!global).then_some(&rl));
+        if scope == RateLimitScope::Shared {
+            response
+                .headers_mut()
+                .insert("x-ratelimit-scope", HeaderValue::from_static("shared"));
+        }
+        Some(Box::new(response))
+    }
 }
 
 fn fxhash(s: &str) -> u64 {

@@ -63,6 +63,8 @@ struct Desk {
     calls: Mutex<Vec<RestCall>>,
     changed: Notify,
     next_id: AtomicU64,
+    /// How long an edit of `@original` or a follow-up takes to be answered.
+    follow_up_delay: Mutex<Duration>,
 }
 
 struct TokenState {
@@ -336,6 +338,12 @@ impl Interactions {
         }
     }
 
+    /// Edits of `@original` and follow-ups are answered (and recorded) only after
+    /// `delay`: a slow Discord, for callers that must not give up or retry too soon.
+    pub fn set_follow_up_delay(&self, delay: Duration) {
+        *lock(&self.desk.follow_up_delay) = delay;
+    }
+
     /// Every REST call received so far, in order.
     pub fn calls(&self) -> Vec<RestCall> {
         lock(&self.desk.calls).clone()
@@ -378,6 +386,7 @@ impl Interactions {
                 calls: Mutex::default(),
                 changed: Notify::new(),
                 next_id: AtomicU64::new(0),
+                follow_up_delay: Mutex::default(),
             }),
         }
     }
@@ -508,6 +517,10 @@ async fn webhook(
     Path((app, token)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
+    let delay = *lock(&desk.follow_up_delay);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let kind = if method == Method::PATCH {
         RestCallKind::EditOriginal
     } else {

@@ -17,7 +17,7 @@ mod world;
 
 pub use compression::Compression;
 pub use config::SimConfig;
-pub use discord_rest::{DiscordRest, PostedMessage, RestCounts, RestLimits};
+pub use discord_rest::{DiscordRest, PostedMessage, RateLimitScope, RestCounts, RestLimits};
 pub use generator::{EventMix, GenerateSpec, GeneratorHandle};
 pub use interactions::{
     APPLICATION_ID, Forgery, Interactions, RestCall, RestCallKind, SignedRequest, SimInteraction,

@@ -17,6 +17,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v10/gateway", get(gateway_info))
         .route("/api/gateway/bot", get(gateway_bot))
         .route("/api/v10/gateway/bot", get(gateway_bot))
+        .route("/api/users/@me", get(current_user))
+        .route("/api/v10/users/@me", get(current_user))
         .merge(crate::interactions::routes(&shared))
         .merge(crate::discord_rest::routes(&shared))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "404: Not Found") })
@@ -49,6 +51,18 @@ async fn gateway_bot(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
         },
     }))
     .into_response()
+}
+
+/// `GET /users/@me`: the bot user, as READY's `user`.
+async fn current_user(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let expected = format!("Bot {}", shared.config.token);
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .is_some_and(|value| value.as_bytes() == expected.as_bytes());
+    if !authorized {
+        return error(StatusCode::UNAUTHORIZED, "401: Unauthorized");
+    }
+    Json(shared.world.bot_user()).into_response()
 }
 
 /// Discord's error body: `{"message": "...", "code": 0}`.

@@ -46,6 +46,7 @@ impl Simulator {
         }
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(config, connectable(local_addr)));
+        shared.rest.attach_gateway(&shared);
         let app = rest::router(Arc::clone(&shared));
         let shutdown = shared.shutdown.clone();
         tokio::spawn(async move {

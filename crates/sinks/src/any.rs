@@ -38,7 +38,8 @@ pub enum AnySink {
     Http(HttpSink),
     Amqp(AmqpSink),
     Nats(NatsSink),
-    Discord(DiscordSink),
+    /// Boxed: by far the largest (templates, limiter, identity).
+    Discord(Box<DiscordSink>),
 }
 
 impl SinkKind {
@@ -49,7 +50,7 @@ impl SinkKind {
             Self::Http(c) => AnySink::Http(HttpSink::build(name, c)?),
             Self::Amqp(c) => AnySink::Amqp(AmqpSink::build(name, c)?),
             Self::Nats(c) => AnySink::Nats(NatsSink::build(name, c, context)?),
-            Self::Discord(c) => AnySink::Discord(DiscordSink::build(name, c)?),
+            Self::Discord(c) => AnySink::Discord(Box::new(DiscordSink::build(name, c)?)),
         })
     }
 }

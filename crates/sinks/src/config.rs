@@ -13,9 +13,10 @@ use crate::discord::DiscordSinkConfig;
 use crate::dlq::{self, DeadLetter, Replayed};
 use crate::driver::{Driver, DriverSettings};
 use crate::error::SinkError;
-use crate::filter::Filter;
+use crate::filter::{Exclude, Filter};
 use crate::http::HttpSinkConfig;
 use crate::nats::NatsSinkConfig;
+use crate::pause::PauseConfig;
 use crate::retry::Backoff;
 use crate::{BuildContext, SinkMetrics};
 
@@ -34,6 +35,9 @@ pub struct SinkConfig {
     /// channel are skipped when this is set.
     #[serde(default)]
     pub channels: Vec<String>,
+    /// Events never delivered: types, authors, bots; see [`Exclude`].
+    #[serde(default)]
+    pub exclude: Exclude,
     /// Sink-side dedupe: remember delivered ids so a redelivery after a lost ack does not
     /// reach the destination twice. Costs a KV lookup and write per delivery.
     #[serde(default = "default_true")]
@@ -53,6 +57,10 @@ pub struct SinkConfig {
     pub concurrency: usize,
     #[serde(default)]
     pub backoff: Backoff,
+    /// Pause the sink after a run of failed events instead of dead-lettering the
+    /// stream; see [`PauseConfig`].
+    #[serde(default)]
+    pub pause: PauseConfig,
     #[serde(flatten)]
     pub kind: SinkKind,
 }
@@ -77,12 +85,14 @@ impl SinkConfig {
             events: Vec::new(),
             guilds: Vec::new(),
             channels: Vec::new(),
+            exclude: Exclude::default(),
             dedupe: true,
             dedupe_window: default_dedupe_window(),
             ack_wait: default_ack_wait(),
             max_attempts: default_max_attempts(),
             concurrency: default_concurrency(),
             backoff: Backoff::default(),
+            pause: PauseConfig::default(),
             kind,
         }
     }
@@ -105,7 +115,11 @@ impl SinkConfig {
                 format!("sinks.{}.{key}: {msg}", self.name),
             )
         };
-        for (key, ids) in [("guilds", &self.guilds), ("channels", &self.channels)] {
+        for (key, ids) in [
+            ("guilds", &self.guilds),
+            ("channels", &self.channels),
+            ("exclude.authors", &self.exclude.authors),
+        ] {
             if let Some(id) = ids
                 .iter()
                 .find(|id| !relaycord_bus::subject::is_snowflake(id))
@@ -143,6 +157,9 @@ impl SinkConfig {
             event_types: self.events.iter().cloned().collect(),
             guilds: self.guilds.iter().cloned().collect(),
             channels: self.channels.iter().cloned().collect(),
+            exclude_events: self.exclude.events.iter().cloned().collect(),
+            exclude_authors: self.exclude.authors.iter().cloned().collect(),
+            exclude_bots: self.exclude.bots,
         };
         DriverSettings {
             name: self.name.clone(),
@@ -154,6 +171,7 @@ impl SinkConfig {
             ack_wait: self.ack_wait,
             backoff: self.backoff,
             dedupe_window: self.dedupe.then_some(self.dedupe_window),
+            pause: self.pause,
         }
     }
 

@@ -345,6 +345,8 @@ pub enum Replayed {
     AlreadyDelivered,
     /// Still failing; it stays in the DLQ.
     Failed(String),
+    /// The sink would not send it (e.g. its own message): removed without sending.
+    Skipped(String),
 }
 
 /// Delivers `letters` through `sink` one by one (in DLQ order), deleting each that the
@@ -379,6 +381,7 @@ pub async fn replay<S: Sink>(
                     }
                     Replayed::Delivered
                 }
+                Outcome::Skipped { reason } => Replayed::Skipped(reason),
                 Outcome::Retry { reason, .. } | Outcome::Permanent { reason, .. } => {
                     Replayed::Failed(reason)
                 }

@@ -31,6 +31,7 @@ use tracing::Instrument;
 use crate::dedupe::Dedupe;
 use crate::error::{SinkError, SinkErrorKind};
 use crate::filter::Filter;
+use crate::pause::{Breaker, PauseConfig};
 use crate::retry::Backoff;
 use crate::worker::Worker;
 use crate::{Sink, SinkMetrics};
@@ -66,6 +67,8 @@ pub struct DriverSettings {
     pub backoff: Backoff,
     /// Sink-side dedupe window; `None` disables dedupe.
     pub dedupe_window: Option<Duration>,
+    /// When to pause after a run of failures, and how to probe.
+    pub pause: PauseConfig,
 }
 
 pub struct Driver<S> {
@@ -157,6 +160,14 @@ impl<S: Sink> Driver<S> {
             metrics: self.metrics.clone(),
             dedupe: self.open_dedupe().await?,
             shutdown: shutdown.clone(),
+            breaker: Breaker::new(
+                &self.settings.name,
+                self.settings.pause,
+                self.metrics
+                    .paused
+                    .with_label_values(&[&self.settings.name]),
+                self.metrics.paused_sinks.clone(),
+            ),
         });
         let s = Arc::clone(&self.settings);
         tracing::info!(sink = %s.name, stream = %s.stream, subjects = ?s.subjects, dedupe = s.dedupe_window.is_some(), "sink started");
@@ -172,8 +183,18 @@ impl<S: Sink> Driver<S> {
         let mut leftover = None;
         'pull: loop {
             while tasks.try_join_next().is_some() {}
+            if worker.breaker.is_paused() {
+                // Paused: one event at a time, held by the probe until the receiver
+                // takes it; the rest stays in the stream.
+                probe(&consumer, &worker, &shutdown).await;
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                continue;
+            }
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
+                () = worker.breaker.until_paused() => continue,
                 permit = Arc::clone(&permits).acquire_owned() => permit.expect("semaphore is never closed"),
             };
             let mut slots: Vec<OwnedSemaphorePermit> = vec![first];
@@ -201,6 +222,11 @@ impl<S: Sink> Driver<S> {
                     () = shutdown.cancelled() => {
                         leftover = Some(batch);
                         break 'pull;
+                    }
+                    // Paused while waiting: the rest of this pull is nak'd by the workers.
+                    () = worker.breaker.until_paused() => {
+                        leftover_paused(&mut batch, &worker).await;
+                        break;
                     }
                     next = batch.next() => next,
                 };
@@ -270,6 +296,58 @@ pub(crate) fn max_deliver(max_attempts: u32) -> i64 {
     i64::from(max_attempts) + i64::from(DEAD_LETTER_DELIVERIES)
 }
 
+/// Pulls one message for a paused sink and probes with it until it is delivered or the
+/// worker stops.
+async fn probe<S: Sink>(
+    consumer: &jetstream::consumer::PullConsumer,
+    worker: &Worker<S>,
+    shutdown: &CancellationToken,
+) {
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        () = worker.breaker.until_probe() => {}
+    }
+    if !worker.breaker.is_paused() {
+        return;
+    }
+    let batch = consumer
+        .batch()
+        .max_messages(1)
+        .expires(PULL_EXPIRES)
+        .messages()
+        .await;
+    let mut batch = match batch {
+        Ok(batch) => batch,
+        Err(error) => {
+            tracing::warn!(sink = %worker.settings.name, %error, "pull request failed");
+            pause(shutdown).await;
+            return;
+        }
+    };
+    let next = tokio::select! {
+        () = shutdown.cancelled() => {
+            leftover_paused(&mut batch, worker).await;
+            return;
+        }
+        next = batch.next() => next,
+    };
+    match next {
+        Some(Ok(message)) => worker.probe(message).await,
+        Some(Err(error)) => {
+            tracing::warn!(sink = %worker.settings.name, %error, "pulling messages failed");
+            pause(shutdown).await;
+        }
+        None => {}
+    }
+}
+
+/// Gives back, untried, what the rest of a pull brings after the sink paused.
+async fn leftover_paused<S: Sink>(batch: &mut pull::Batch, worker: &Worker<S>) {
+    while let Some(Ok(message)) = batch.next().await {
+        worker.release(&message).await;
+    }
+}
+
 /// A short wait before pulling again after an error, cut short by shutdown.
 async fn pause(shutdown: &CancellationToken) {
     tokio::select! {
@@ -305,6 +383,15 @@ async fn refresh_gauges(
                 .dead_letters
                 .with_label_values(&label)
                 .set(count as i64);
+        }
+        if let Ok(mut dlq) = js.get_stream(relaycord_bus::streams::DLQ_STREAM).await
+            && let Ok(info) = dlq.info().await
+        {
+            metrics.dlq_bytes.set(info.state.bytes as i64);
+            metrics.dlq_max_bytes.set(info.config.max_bytes);
+            metrics
+                .dead_letters_max
+                .set(info.config.max_messages_per_subject);
         }
     }
 }

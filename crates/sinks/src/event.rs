@@ -31,6 +31,17 @@ pub struct Body<'a> {
     pub bytes: &'a Bytes,
     envelope: OnceLock<Result<Envelope<'a>, serde_json::Error>>,
     channel_id: OnceLock<Option<Cow<'a, str>>>,
+    author: OnceLock<Author<'a>>,
+}
+
+/// Who caused an event, as far as its `data` says: the message's `author`, the reacting
+/// or typing `user_id`, the member's or presence's `user`, and a webhook's `webhook_id`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Author<'a> {
+    /// Every id found; a webhook message lists the webhook's id (author and webhook_id).
+    pub ids: Vec<Cow<'a, str>>,
+    /// A bot user (`bot: true`) or a webhook posted it.
+    pub bot: bool,
 }
 
 impl<'a> Body<'a> {
@@ -40,6 +51,7 @@ impl<'a> Body<'a> {
             bytes,
             envelope: OnceLock::new(),
             channel_id: OnceLock::new(),
+            author: OnceLock::new(),
         }
     }
 
@@ -54,15 +66,70 @@ impl<'a> Body<'a> {
     /// a `data` object, as the channel filter always has.
     pub fn channel_id(&self) -> Option<&str> {
         self.channel_id
-            .get_or_init(|| {
-                let data = match self.envelope() {
-                    Ok(envelope) => envelope.data,
-                    Err(_) => data_only(self.bytes)?,
-                };
-                channel_id(data)
-            })
+            .get_or_init(|| channel_id(self.data()?))
             .as_deref()
     }
+}
+
+impl<'a> Body<'a> {
+    /// The envelope's `data`, or that of a payload shaped like one.
+    fn data(&self) -> Option<&'a RawValue> {
+        match self.envelope() {
+            Ok(envelope) => Some(envelope.data),
+            Err(_) => data_only(self.bytes),
+        }
+    }
+
+    /// Who caused the event; empty when `data` names nobody (or is not JSON).
+    pub fn author(&self) -> &Author<'a> {
+        self.author
+            .get_or_init(|| self.data().map(author).unwrap_or_default())
+    }
+}
+
+fn author(data: &RawValue) -> Author<'_> {
+    #[derive(Deserialize)]
+    struct User<'a> {
+        #[serde(borrow, default)]
+        id: Option<Cow<'a, str>>,
+        #[serde(default)]
+        bot: Option<bool>,
+    }
+    #[derive(Deserialize)]
+    struct Member<'a> {
+        #[serde(borrow, default)]
+        user: Option<User<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow, default)]
+        author: Option<User<'a>>,
+        #[serde(borrow, default)]
+        user: Option<User<'a>>,
+        #[serde(borrow, default)]
+        member: Option<Member<'a>>,
+        #[serde(borrow, default)]
+        user_id: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        webhook_id: Option<Cow<'a, str>>,
+    }
+    let Ok(data) = serde_json::from_str::<Data<'_>>(data.get()) else {
+        return Author::default();
+    };
+    let users = [data.author, data.user, data.member.and_then(|m| m.user)];
+    let mut found = Author {
+        bot: data.webhook_id.is_some(),
+        ..Author::default()
+    };
+    for user in users.into_iter().flatten() {
+        found.bot |= user.bot == Some(true);
+        found.ids.extend(user.id);
+    }
+    found.ids.extend(data.user_id);
+    found.ids.extend(data.webhook_id);
+    found.ids.sort();
+    found.ids.dedup();
+    found
 }
 
 /// `data` of something shaped like an envelope; every other field is skipped unparsed.
@@ -108,5 +175,42 @@ mod tests {
 
         let not_json = Bytes::from_static(b"not json");
         assert_eq!(Body::new(&not_json).channel_id(), None);
+    }
+
+    #[test]
+    fn authors_are_read_wherever_discord_puts_them() {
+        let ids = |json: &'static str| {
+            let bytes = Bytes::from_static(json.as_bytes());
+            let body = Body::new(&bytes);
+            let a = body.author();
+            (
+                a.ids.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                a.bot,
+            )
+        };
+        assert_eq!(
+            ids(r#"{"data":{"author":{"id":"1","username":"Mason"},"content":"x"}}"#),
+            (vec!["1".to_owned()], false)
+        );
+        assert_eq!(
+            ids(r#"{"data":{"author":{"id":"2","bot":true}}}"#),
+            (vec!["2".to_owned()], true)
+        );
+        assert_eq!(
+            ids(r#"{"data":{"author":{"id":"3","bot":true},"webhook_id":"3"}}"#),
+            (vec!["3".to_owned()], true),
+            "a webhook message"
+        );
+        assert_eq!(
+            ids(r#"{"data":{"user_id":"4","member":{"user":{"id":"4","bot":false}}}}"#),
+            (vec!["4".to_owned()], false),
+            "a reaction"
+        );
+        assert_eq!(
+            ids(r#"{"data":{"user":{"id":"5","bot":true}}}"#),
+            (vec!["5".to_owned()], true)
+        );
+        assert_eq!(ids(r#"{"data":{"guild_id":"1"}}"#), (vec![], false));
+        assert_eq!(ids("not json"), (vec![], false));
     }
 }

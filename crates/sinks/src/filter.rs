@@ -1,4 +1,5 @@
-//! Which events a sink wants: event types, guild ids, channel ids.
+//! Which events a sink wants: event types, guild ids, channel ids, and what it never
+//! wants ([`Exclude`]: event types, authors, bots).
 //!
 //! Types and guilds are tokens of the subject (`<prefix>.gateway.<TYPE>.<guild>`), so they
 //! are checked without reading the body, and are also pushed down to the consumer's filter
@@ -9,8 +10,26 @@
 use std::collections::BTreeSet;
 
 use relaycord_bus::Subjects;
+use serde::Deserialize;
 
 use crate::Body;
+
+/// `exclude = { ... }` of every sink: events it never delivers, checked in process
+/// after the include filters (`events`, `guilds`, `channels`) and counted `skipped`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exclude {
+    /// Event types never delivered (e.g. `TYPING_START`), whatever `events` says.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Ids of users, bots or webhooks whose events are never delivered: the message's
+    /// `author.id`, `webhook_id`, a reaction's `user_id`, a member's `user.id`.
+    #[serde(default)]
+    pub authors: Vec<String>,
+    /// Skip events caused by any bot (`bot: true`) or webhook.
+    #[serde(default)]
+    pub bots: bool,
+}
 
 /// Above this many subject combinations the consumer reads the whole stream and filters
 /// in process: very long filter lists cost the server more than skipping does.
@@ -21,6 +40,9 @@ pub struct Filter {
     pub event_types: BTreeSet<String>,
     pub guilds: BTreeSet<String>,
     pub channels: BTreeSet<String>,
+    pub exclude_events: BTreeSet<String>,
+    pub exclude_authors: BTreeSet<String>,
+    pub exclude_bots: bool,
 }
 
 impl Filter {
@@ -59,9 +81,25 @@ impl Filter {
     pub fn accepts(&self, subject: &str, body: &Body<'_>) -> bool {
         let (event_type, guild) = type_and_guild(subject);
         wanted(&self.event_types, event_type)
+            && !self.exclude_events.contains(event_type)
             && wanted(&self.guilds, guild)
             && (self.channels.is_empty()
                 || body.channel_id().is_some_and(|c| self.channels.contains(c)))
+            && self.author_wanted(body)
+    }
+
+    /// The body is read only when an author or bot exclusion is set.
+    fn author_wanted(&self, body: &Body<'_>) -> bool {
+        if self.exclude_authors.is_empty() && !self.exclude_bots {
+            return true;
+        }
+        let author = body.author();
+        let excluded = (self.exclude_bots && author.bot)
+            || author
+                .ids
+                .iter()
+                .any(|id| self.exclude_authors.contains(id.as_ref()));
+        !excluded
     }
 }
 
@@ -162,5 +200,38 @@ mod tests {
         );
         let not_json = Bytes::from_static(b"not json");
         assert!(!channels.accepts(subject, &Body::new(&not_json)));
+    }
+
+    #[test]
+    fn exclusions_win() {
+        let by = |author: &str| {
+            Bytes::from(format!(
+                r#"{{"id":"msg:1","type":"MESSAGE_CREATE","data":{{"content":"x","author":{author}}}}}"#
+            ))
+        };
+        let person = by(r#"{"id":"1"}"#);
+        let bot = by(r#"{"id":"2","bot":true}"#);
+        let subject = "discord.gateway.MESSAGE_CREATE.1";
+        let accepts = |f: &Filter, b: &Bytes, subject: &str| f.accepts(subject, &Body::new(b));
+        let types = Filter {
+            exclude_events: set(&["MESSAGE_CREATE"]),
+            ..Filter::default()
+        };
+        assert!(!accepts(&types, &person, subject));
+        assert!(accepts(&types, &person, "discord.gateway.TYPING_START.1"));
+        let authors = Filter {
+            exclude_authors: set(&["1"]),
+            ..Filter::default()
+        };
+        assert!(!accepts(&authors, &person, subject));
+        assert!(accepts(&authors, &bot, subject));
+        let bots = Filter {
+            exclude_bots: true,
+            ..Filter::default()
+        };
+        assert!(accepts(&bots, &person, subject));
+        assert!(!accepts(&bots, &bot, subject));
+        let hook = Bytes::from_static(br#"{"data":{"webhook_id":"9","author":{"id":"9"}}}"#);
+        assert!(!accepts(&bots, &hook, subject), "webhooks count as bots");
     }
 }

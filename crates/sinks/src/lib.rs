@@ -13,6 +13,7 @@ pub mod filter;
 pub mod http;
 pub mod metrics;
 pub mod nats;
+pub mod pause;
 pub mod retry;
 pub mod template;
 pub mod validate;
@@ -24,7 +25,7 @@ pub use any::{AnySink, BuildContext};
 pub use config::{SinkConfig, SinkKind};
 pub use driver::{Driver, DriverSettings};
 pub use error::{SinkError, SinkErrorKind};
-pub use event::{Body, Event};
+pub use event::{Author, Body, Event};
 pub use metrics::SinkMetrics;
 
 /// What a sink reports about one delivery attempt. The driver turns it into an ack, a
@@ -42,6 +43,11 @@ pub enum Outcome {
     Permanent {
         reason: String,
         status: Option<u16>,
+    },
+    /// Not for this destination after all (e.g. the discord sink's own message coming
+    /// back): acked without sending, counted `skipped`.
+    Skipped {
+        reason: String,
     },
 }
 

@@ -1,12 +1,16 @@
 //! Sink metrics, labelled by sink name and outcome only (bounded).
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, exponential_buckets,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    exponential_buckets,
 };
+
+use crate::pause::PausedSinks;
 
 #[derive(Clone)]
 pub struct SinkMetrics {
-    /// outcome: delivered | retried | dead_lettered | skipped | duplicate | released
+    /// outcome: delivered | retried | dead_lettered | skipped | duplicate | released |
+    /// held | probe_failed | ...
     pub deliveries: IntCounterVec,
     pub attempt_latency: HistogramVec,
     pub end_to_end_latency: HistogramVec,
@@ -16,6 +20,15 @@ pub struct SinkMetrics {
     pub consumer_ack_pending: IntGaugeVec,
     /// Dead letters currently stored for the sink.
     pub dead_letters: IntGaugeVec,
+    /// The most dead letters kept per sink (the DLQ's `max_msgs_per_subject`).
+    pub dead_letters_max: IntGauge,
+    /// Bytes stored in the DLQ, and its cap: the oldest letters are dropped at the cap.
+    pub dlq_bytes: IntGauge,
+    pub dlq_max_bytes: IntGauge,
+    /// 1 while the sink is paused after a run of failures (see [`crate::pause`]).
+    pub paused: IntGaugeVec,
+    /// The paused sinks and why, for `/readyz`.
+    pub paused_sinks: PausedSinks,
 }
 
 impl SinkMetrics {
@@ -25,7 +38,7 @@ impl SinkMetrics {
             deliveries: IntCounterVec::new(
                 Opts::new(
                     "relaycord_sink_deliveries_total",
-                    "Events handled by sink and outcome (delivered, retried, dead_lettered, skipped by a filter, duplicate skipped by dedupe, released at shutdown).",
+                    "Events handled by sink and outcome (delivered, retried, dead_lettered, skipped by a filter, duplicate skipped by dedupe, released at shutdown, held by a paused sink, probe_failed).",
                 ),
                 &["sink", "outcome"],
             )?,
@@ -57,6 +70,23 @@ impl SinkMetrics {
                 "relaycord_sink_dead_letters",
                 "Dead letters stored for the sink (relaycord.dlq.<sink>).",
             )?,
+            dead_letters_max: IntGauge::new(
+                "relaycord_sink_dead_letters_max",
+                "Dead letters kept per sink (nats.dlq_max_msgs_per_sink); beyond it the oldest are dropped.",
+            )?,
+            dlq_bytes: IntGauge::new(
+                "relaycord_dlq_bytes",
+                "Bytes stored in the RELAYCORD_DLQ stream.",
+            )?,
+            dlq_max_bytes: IntGauge::new(
+                "relaycord_dlq_max_bytes",
+                "Size cap of the RELAYCORD_DLQ stream (nats.dlq_max_bytes); beyond it the oldest letters are dropped.",
+            )?,
+            paused: gauge(
+                "relaycord_sink_paused",
+                "1 while the sink is paused after a run of failed events (see /readyz for why).",
+            )?,
+            paused_sinks: PausedSinks::default(),
         };
         registry.register(Box::new(m.deliveries.clone()))?;
         registry.register(Box::new(m.attempt_latency.clone()))?;
@@ -64,6 +94,12 @@ impl SinkMetrics {
         registry.register(Box::new(m.consumer_pending.clone()))?;
         registry.register(Box::new(m.consumer_ack_pending.clone()))?;
         registry.register(Box::new(m.dead_letters.clone()))?;
+        registry.register(Box::new(m.dead_letters_max.clone()))?;
+        registry.register(Box::new(m.dlq_bytes.clone()))?;
+        registry.register(Box::new(m.dlq_max_bytes.clone()))?;
+        registry.register(Box::new(m.paused.clone()))?;
+        // The discord sink's answers, process-wide (shared with the interactions role).
+        relaycord_bus::InvalidRequests::register(registry)?;
         Ok(m)
     }
 }

@@ -39,15 +39,34 @@ pub fn common(sink: &SinkConfig) -> Result<(), ConfigError> {
     if sink.concurrency == 0 {
         return Err(ConfigError::new(key("concurrency"), "must be at least 1"));
     }
-    if let Some(event) = sink
-        .events
-        .iter()
-        .find(|e| !relaycord_bus::subject::is_event_type(e))
-    {
+    if sink.pause.probe_interval.is_zero() {
         return Err(ConfigError::new(
-            key("events"),
-            format!("{event:?} is not a gateway event type (e.g. MESSAGE_CREATE)"),
+            key("pause.probe_interval"),
+            "must be more than 0 (e.g. \"5s\")",
         ));
+    }
+    if sink.pause.probe_max_interval < sink.pause.probe_interval {
+        return Err(ConfigError::new(
+            key("pause.probe_max_interval"),
+            format!(
+                "must be at least pause.probe_interval ({:?})",
+                sink.pause.probe_interval
+            ),
+        ));
+    }
+    for (name, events) in [
+        ("events", &sink.events),
+        ("exclude.events", &sink.exclude.events),
+    ] {
+        if let Some(event) = events
+            .iter()
+            .find(|e| !relaycord_bus::subject::is_event_type(e))
+        {
+            return Err(ConfigError::new(
+                key(name),
+                format!("{event:?} is not a gateway event type (e.g. MESSAGE_CREATE)"),
+            ));
+        }
     }
     Ok(())
 }
@@ -86,5 +105,14 @@ mod tests {
         let mut a = sink("a");
         a.concurrency = 0;
         assert_eq!(common(&a).unwrap_err().key, "sinks.a.concurrency");
+        let mut a = sink("a");
+        a.pause.probe_max_interval = std::time::Duration::from_millis(1);
+        assert_eq!(
+            common(&a).unwrap_err().key,
+            "sinks.a.pause.probe_max_interval"
+        );
+        let mut a = sink("a");
+        a.pause.probe_interval = std::time::Duration::ZERO;
+        assert_eq!(common(&a).unwrap_err().key, "sinks.a.pause.probe_interval");
     }
 }

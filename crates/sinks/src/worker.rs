@@ -1,5 +1,5 @@
 //! One message's trip through the driver: filter, dedupe, deliver, then ack, nak with a
-//! delay, or dead-letter. The message's body is read once ([`Body`]) and lent to each
+//! delay, hold (a paused sink, see [`crate::pause`]) or dead-letter. The message's body is read once ([`Body`]) and lent to each
 //! step.
 
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use crate::dedupe::Dedupe;
 use crate::dlq::{self, DeadLetterInfo};
 use crate::driver::{DriverSettings, ack, max_deliver};
 use crate::filter::type_and_guild;
+use crate::pause::{Breaker, Verdict};
 use crate::{Body, Event, Outcome, Sink, SinkMetrics};
 
 pub(crate) struct Worker<S> {
@@ -23,29 +24,95 @@ pub(crate) struct Worker<S> {
     pub dedupe: Option<Dedupe>,
     /// Cuts short what may wait indefinitely: storing a dead letter while the DLQ is down.
     pub shutdown: CancellationToken,
+    pub breaker: Breaker,
 }
 
 impl<S: Sink> Worker<S> {
     pub async fn handle(&self, message: Message) {
-        let s = &self.settings;
-        let attempt = message.info().map_or(1, |i| i.delivered.max(1) as u32);
         let body = Body::new(&message.payload);
-        if !s.filter.accepts(&message.subject, &body) {
-            self.count("skipped");
-            self.ack(&message, AckKind::Ack).await;
+        let Some((event, copy)) = self.prepare(&message, &body).await else {
+            return;
+        };
+        if self.breaker.is_paused() {
+            // Pulled just before the pause: back to the stream, untried.
+            let delay = self.settings.pause.probe_interval;
+            self.ack(&message, AckKind::Nak(Some(delay))).await;
+            self.count("held");
             return;
         }
-        let Some(id) = event_id(&message, &body) else {
+        let outcome = self.attempt(&event, &message).await;
+        self.settle(&message, &event, &copy, &body, outcome).await;
+    }
+
+    /// Delivers one event to a paused sink, holding it (in-progress acks, no nak, so no
+    /// delivery is spent) and trying again at each probe time until the receiver takes
+    /// it or the worker stops.
+    pub async fn probe(&self, message: Message) {
+        let body = Body::new(&message.payload);
+        let Some((event, copy)) = self.prepare(&message, &body).await else {
+            return;
+        };
+        loop {
+            let stopping = self.with_progress(
+                async {
+                    tokio::select! {
+                        () = self.breaker.until_probe() => false,
+                        () = self.shutdown.cancelled() => true,
+                    }
+                },
+                &message,
+            );
+            if stopping.await {
+                self.release(&message).await;
+                return;
+            }
+            if !self.breaker.is_paused() {
+                // Resumed meanwhile (another event got through): the normal path.
+                let outcome = self.attempt(&event, &message).await;
+                self.settle(&message, &event, &copy, &body, outcome).await;
+                return;
+            }
+            match self.attempt(&event, &message).await {
+                outcome @ (Outcome::Delivered | Outcome::Skipped { .. }) => {
+                    self.settle(&message, &event, &copy, &body, outcome).await;
+                    return;
+                }
+                Outcome::Retry { reason, after, .. } => {
+                    self.breaker.probe_failed(&reason, after);
+                }
+                Outcome::Permanent { reason, .. } => {
+                    self.breaker.probe_failed(&reason, None);
+                }
+            }
+            self.count("probe_failed");
+        }
+    }
+
+    /// The checks before any attempt: filter, envelope, dedupe, attempts left. `None`
+    /// when they settled the message; else the event and which stored copy it is.
+    async fn prepare<'m>(
+        &self,
+        message: &'m Message,
+        body: &'m Body<'m>,
+    ) -> Option<(Event<'m>, String)> {
+        let s = &self.settings;
+        let attempt = message.info().map_or(1, |i| i.delivered.max(1) as u32);
+        if !s.filter.accepts(&message.subject, body) {
+            self.count("skipped");
+            self.ack(message, AckKind::Ack).await;
+            return None;
+        }
+        let Some(id) = event_id(message, body) else {
             // Not an envelope: no receiver could use it, and retrying cannot fix it.
             let reason = "message on the bus is not a Relaycord envelope";
-            self.dead_letter(&message, "", attempt, reason, None).await;
-            return;
+            self.dead_letter(message, "", attempt, reason, None).await;
+            return None;
         };
         let event = Event {
             id,
             event_type: type_and_guild(&message.subject).0,
             attempt,
-            body: &body,
+            body,
         };
         // Which stored copy this is: redeliveries of it share the stream sequence.
         let copy = match (&self.dedupe, message.info()) {
@@ -58,36 +125,61 @@ impl<S: Sink> Worker<S> {
             // Before the attempts check: a delivered event whose ack was lost on its
             // last attempt is done, not dead.
             self.count("duplicate");
-            self.ack(&message, AckKind::Ack).await;
-            return;
+            self.ack(message, AckKind::Ack).await;
+            return None;
         }
         if attempt > s.max_attempts {
             let reason = "attempts exhausted (the worker stopped during the last attempt)";
-            self.dead_letter(&message, event.id, attempt - 1, reason, None)
+            self.dead_letter(message, event.id, attempt - 1, reason, None)
                 .await;
-            return;
+            return None;
         }
+        Some((event, copy))
+    }
 
+    /// One delivery attempt, timed.
+    async fn attempt(&self, event: &Event<'_>, message: &Message) -> Outcome {
         let started = Instant::now();
-        let outcome = self.deliver_with_progress(&event, &message).await;
+        let outcome = self.deliver_with_progress(event, message).await;
         self.metrics
             .attempt_latency
-            .with_label_values(&[&s.name])
+            .with_label_values(&[&self.settings.name])
             .observe(started.elapsed().as_secs_f64());
+        outcome
+    }
 
-        match outcome {
+    /// Acks, naks with a delay, holds (paused sink) or dead-letters after an attempt.
+    async fn settle(
+        &self,
+        message: &Message,
+        event: &Event<'_>,
+        copy: &str,
+        body: &Body<'_>,
+        outcome: Outcome,
+    ) {
+        let s = &self.settings;
+        let attempt = event.attempt;
+        let (reason, status) = match outcome {
             Outcome::Delivered => {
                 if let Some(dedupe) = &self.dedupe {
-                    dedupe.record(event.id, &copy).await;
+                    dedupe.record(event.id, copy).await;
                 }
-                self.ack(&message, AckKind::Ack).await;
+                self.ack(message, AckKind::Ack).await;
+                self.breaker.delivered();
                 self.count("delivered");
-                if let Some(age) = end_to_end(&body) {
+                if let Some(age) = end_to_end(body) {
                     self.metrics
                         .end_to_end_latency
                         .with_label_values(&[&s.name])
                         .observe(age.as_secs_f64());
                 }
+                return;
+            }
+            Outcome::Skipped { reason } => {
+                tracing::debug!(sink = %s.name, id = %event.id, %reason, "skipped");
+                self.ack(message, AckKind::Ack).await;
+                self.count("skipped");
+                return;
             }
             Outcome::Retry {
                 reason,
@@ -96,17 +188,23 @@ impl<S: Sink> Worker<S> {
             } if attempt < s.max_attempts => {
                 let delay = s.backoff.next_delay(attempt, after);
                 tracing::debug!(sink = %s.name, id = %event.id, attempt, ?status, %reason, ?delay, "delivery failed; retrying");
-                self.ack(&message, AckKind::Nak(Some(delay))).await;
+                self.ack(message, AckKind::Nak(Some(delay))).await;
                 self.count("retried");
+                return;
             }
             Outcome::Retry { reason, status, .. } => {
-                let reason = format!("attempts exhausted: {reason}");
-                self.dead_letter(&message, event.id, attempt, &reason, status)
+                (format!("attempts exhausted: {reason}"), status)
+            }
+            Outcome::Permanent { reason, status } => (reason, status),
+        };
+        match self.breaker.failed(&reason) {
+            Verdict::DeadLetter => {
+                self.dead_letter(message, event.id, attempt, &reason, status)
                     .await;
             }
-            Outcome::Permanent { reason, status } => {
-                self.dead_letter(&message, event.id, attempt, &reason, status)
-                    .await;
+            Verdict::Hold(delay) => {
+                self.ack(message, AckKind::Nak(Some(delay))).await;
+                self.count("held");
             }
         }
     }

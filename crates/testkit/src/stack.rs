@@ -167,12 +167,15 @@ impl StackBuilder {
 
         let js = connect(&config, self.cluster.is_some()).await;
         let registry = Registry::new();
+        let health = Health::default();
+        health.set_ready(true);
         let spawn_role = |run: bool, role: fn(RoleArgs) -> Role| {
             run.then(|| {
                 role(RoleArgs {
                     config: config.clone(),
                     js: js.clone(),
                     registry: registry.clone(),
+                    health: health.clone(),
                     shutdown: shutdown.clone(),
                 })
             })
@@ -185,7 +188,7 @@ impl StackBuilder {
         });
         let sinks = spawn_role(self.sinks, |a| {
             tokio::spawn(async move {
-                roles::run_sinks(&a.config, &[], a.js, &a.registry, a.shutdown).await
+                roles::run_sinks(&a.config, &[], a.js, &a.registry, &a.health, a.shutdown).await
             })
         });
         let mut stack = Stack {
@@ -196,6 +199,7 @@ impl StackBuilder {
             receiver,
             js,
             registry,
+            health,
             shutdown,
             config,
             url: String::new(),
@@ -223,6 +227,7 @@ struct RoleArgs {
     config: Config,
     js: jetstream::Context,
     registry: Registry,
+    health: Health,
     shutdown: CancellationToken,
 }
 
@@ -261,6 +266,8 @@ pub struct Stack {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub registry: Registry,
+    /// What `/readyz` would answer for the sinks role.
+    pub health: Health,
     pub shutdown: CancellationToken,
     /// The validated config the roles run with.
     pub config: Config,

@@ -1,5 +1,5 @@
-//! A webhook receiver for the sink tests, with failure injection: some ids always fail,
-//! half of all requests fail (500, a hang past the sink's timeout, 429 with
+//! A webhook receiver for the sink tests, with failure injection: every request refused
+//! (400), some ids always fail, half of all requests fail (500, a hang past the sink's timeout, 429 with
 //! Retry-After), or every request is parked until released and then refused. It counts
 //! only what it accepted (2xx), per id and per `x-replica` header, and when each signed
 //! request arrived. It can also answer each id's first request 429 with a Retry-After.
@@ -35,6 +35,8 @@ struct Inner {
     bad_signatures: AtomicU64,
     /// Fail half the requests (and always those of `doomed`).
     flaky: AtomicBool,
+    /// Answer 400 to every signed request.
+    refusing: AtomicBool,
     doomed: Mutex<HashSet<String>>,
     /// While true, requests wait here; when it turns false they are answered 503.
     hold: watch::Sender<bool>,
@@ -58,6 +60,7 @@ impl TestReceiver {
             requests: AtomicU64::new(0),
             bad_signatures: AtomicU64::new(0),
             flaky: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
             doomed: Mutex::default(),
             hold: watch::channel(false).0,
             held: AtomicUsize::new(0),
@@ -77,6 +80,12 @@ impl TestReceiver {
 
     pub fn set_flaky(&self, flaky: bool) {
         self.inner.flaky.store(flaky, Ordering::SeqCst);
+    }
+
+    /// While refusing, every request is answered 400, as by a receiver whose route or
+    /// secret changed.
+    pub fn set_refusing(&self, refusing: bool) {
+        self.inner.refusing.store(refusing, Ordering::SeqCst);
     }
 
     /// While flaky, these ids fail every time (they end up dead-lettered).
@@ -167,6 +176,9 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         seen.push(Instant::now());
         seen.len() - 1
     };
+    if inner.refusing.load(Ordering::SeqCst) {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
     let retry_after = inner.retry_after_first.load(Ordering::SeqCst);
     if retry_after > 0 && earlier == 0 {
         let value = retry_after.to_string();

@@ -46,6 +46,15 @@ pub struct DiscordSinkConfig {
     /// Time allowed for one request.
     #[serde(with = "humantime_serde", default = "default_timeout")]
     pub timeout: Duration,
+    /// Skip events caused by this sink's own bot user or webhook, so that relaying
+    /// MESSAGE_CREATE into a channel the bot can see does not post its own posts again,
+    /// forever. `false` relays them too.
+    #[serde(default = "default_true")]
+    pub skip_own_messages: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A message's parts; each string is a minijinja template.
@@ -122,6 +131,7 @@ impl DiscordSinkConfig {
             allowed_mentions: AllowedMentions::default(),
             global_rate: default_global_rate(),
             timeout: default_timeout(),
+            skip_own_messages: true,
         }
     }
 }

@@ -6,9 +6,11 @@
 //! `allowed_mentions` (default `{"parse": []}`: relayed text never pings anyone).
 //! Rate limits are honoured before sending ([`ratelimit`]); 401 stops the sink and
 //! 403/404 stop the route, each after one request, because every rejected request
-//! counts toward Discord's invalid-request ban.
+//! counts toward Discord's invalid-request ban, which is also counted for the whole
+//! process ([`relaycord_bus::invalid_requests`]) and holds requests when it nears.
 
 mod config;
+mod own;
 mod ratelimit;
 mod service;
 pub mod templates;
@@ -16,7 +18,7 @@ pub mod templates;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use relaycord_bus::Secret;
+use relaycord_bus::{InvalidRequests, Secret};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -27,6 +29,7 @@ pub use service::{Verdict, classify};
 use crate::error::{SinkError, SinkErrorKind};
 use crate::template::KeyTemplate;
 use crate::{Event, Outcome, Sink};
+use own::Own;
 use ratelimit::Limiter;
 use templates::Templates;
 
@@ -51,13 +54,16 @@ pub struct DiscordSink {
     username: Option<String>,
     avatar_url: Option<String>,
     global_rate: u32,
-    limiter: Limiter,
+    /// Boxed: its maps would make this the one large variant of `AnySink`.
+    limiter: Box<Limiter>,
     /// Set after a 401: the token is bad, nothing more is sent.
     stopped: Mutex<Option<String>>,
     /// Until Discord first accepts the token, bot requests go one at a time, so a bad
     /// token costs one refused request, not one per route in flight.
     verified: AtomicBool,
     probe: tokio::sync::Mutex<()>,
+    /// Who the sink posts as, to skip its own messages; `None` relays them too.
+    own: Option<Own>,
 }
 
 impl DiscordSink {
@@ -124,6 +130,12 @@ impl DiscordSink {
                 ));
             }
         };
+        let own = config.skip_own_messages.then(|| match &target {
+            Target::Webhook { route, .. } => Own::webhook(route.trim_start_matches("webhook:")),
+            Target::Channel {
+                api_base, token, ..
+            } => Own::bot(api_base, token),
+        });
         let templates =
             Templates::compile(&config.templates).map_err(|(key, reason)| bad(&key, reason))?;
         if let Some(p) = config
@@ -165,10 +177,11 @@ impl DiscordSink {
             username: config.username.clone(),
             avatar_url: config.avatar_url.clone(),
             global_rate: config.global_rate,
-            limiter: Limiter::default(),
+            limiter: Box::default(),
             stopped: Mutex::new(None),
             verified: AtomicBool::new(false),
             probe: tokio::sync::Mutex::new(()),
+            own,
         })
     }
 }
@@ -211,6 +224,19 @@ pub fn nonce(id: &str) -> String {
 
 impl Sink for DiscordSink {
     async fn deliver(&self, event: &Event<'_>) -> Outcome {
+        if let Some(own) = &self.own {
+            match own.posted(&self.client, event.body).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    return Outcome::Skipped {
+                        reason:
+                            "posted by this sink (its bot user or webhook): relaying it would loop"
+                                .to_owned(),
+                    };
+                }
+                Err(outcome) => return outcome,
+            }
+        }
         if let Some(reason) = self.stopped.lock().expect("discord sink lock").clone() {
             return Outcome::Permanent {
                 reason: format!("not sent: the sink stopped after {reason}"),
@@ -279,6 +305,8 @@ impl Sink for DiscordSink {
             Some(_) if !self.verified.load(Ordering::Acquire) => Some(self.probe.lock().await),
             _ => None,
         };
+        // Held only when the process nears Discord's invalid-request ban.
+        InvalidRequests::process().admit().await;
         if token.is_some() {
             self.limiter.global_slot(self.global_rate).await;
         }
@@ -312,7 +340,9 @@ impl Sink for DiscordSink {
             self.verified.store(true, Ordering::Release);
         }
         let headers = response.headers().clone();
-        state.update(&headers);
+        let scope = headers.get("x-ratelimit-scope").map(|v| v.as_bytes());
+        InvalidRequests::process().observe(status.as_u16(), scope);
+        self.limiter.update(&mut state, &headers);
         let bytes = response.bytes().await.unwrap_or_default();
         let verdict = classify(status, &headers, &bytes);
         match &verdict {

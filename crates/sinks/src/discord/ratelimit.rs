@@ -1,12 +1,16 @@
 //! Discord rate limits, honoured before sending rather than discovered by 429s.
 //!
 //! Per route (a channel or a webhook) one request is in flight at a time, and when the
-//! last answer said `X-RateLimit-Remaining: 0` the next waits for `Reset-After`. Bot
-//! requests also stay under the global rate (50/s per bot token), with a margin: at most
-//! 45 in any second, at least 22 ms apart. A 429 sets the route's (or, when global, every
-//! route's) next allowed time from `retry_after`.
+//! last answer said `X-RateLimit-Remaining: 0` the next waits for `Reset-After`. Once
+//! an answer names the route's `X-RateLimit-Bucket`, the route uses the bucket's state:
+//! routes whose answers name the same bucket for the same top-level resource (the
+//! channel or webhook id, Discord's "major parameter") share one limiter, as Discord
+//! counts them together. Bot requests also stay under the global rate (50/s per bot
+//! token), with a margin: at most 45 in any second, at least 22 ms apart. A 429 sets
+//! the route's (or, when global, every route's) next allowed time from `retry_after`.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -52,9 +56,37 @@ impl RouteState {
     }
 }
 
+/// A route's turn: its (or its bucket's) state, locked until the answer is in.
+pub struct Route {
+    guard: OwnedMutexGuard<RouteState>,
+    /// The map key the state was found under.
+    key: String,
+    /// `kind:major`, as asked for.
+    route: String,
+}
+
+impl Deref for Route {
+    type Target = RouteState;
+    fn deref(&self) -> &RouteState {
+        &self.guard
+    }
+}
+
+impl DerefMut for Route {
+    fn deref_mut(&mut self) -> &mut RouteState {
+        &mut self.guard
+    }
+}
+
 #[derive(Default)]
 pub struct Limiter {
+    /// States by key: a route (`channel:<id>`) until its bucket is known, then
+    /// `bucket:<bucket>:<id>`.
     routes: StdMutex<HashMap<String, Arc<Mutex<RouteState>>>>,
+    /// Route (`channel:<id>`) → the bucket Discord named for it. Learned per route, not
+    /// per kind of route: a bucket id that differed between channels must not make one
+    /// channel's route forget what its own answers said.
+    buckets: StdMutex<HashMap<String, String>>,
     /// Bot requests granted lately, and a global 429's pause.
     global: Mutex<Global>,
     /// Set by a global 429, read by whoever waits for a slot: kept apart from `global`
@@ -92,25 +124,109 @@ fn prune(routes: &mut HashMap<String, Arc<Mutex<RouteState>>>) {
     }
 }
 
+/// The state key of `bucket` for `route`'s top-level resource (`channel:<id>` → `<id>`).
+fn bucket_key(bucket: &str, route: &str) -> String {
+    let major = route.split_once(':').map_or("", |(_, major)| major);
+    format!("bucket:{bucket}:{major}")
+}
+
+/// A bucket id as Discord sends them (a short hash); anything else is ignored, so an
+/// odd header cannot grow the maps with junk keys.
+fn valid_bucket(bucket: &str) -> bool {
+    (1..=64).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// The window Discord counts the global limit over.
 const WINDOW: Duration = Duration::from_secs(1);
 
 impl Limiter {
-    /// Waits for the route's turn and its bucket; the guard is the route's state, held
-    /// until the answer is in.
-    pub async fn route(&self, key: &str) -> OwnedMutexGuard<RouteState> {
-        let state = {
+    /// Waits for the route's turn and its bucket; the guard is the route's (or its
+    /// bucket's) state, held until the answer is in.
+    pub async fn route(&self, route: &str) -> Route {
+        // The key (`kind:major`, or its bucket's once Discord named it) and the state
+        // under it are read under both locks, in `update`'s order: were the key read
+        // first, an answer moving the state to a new bucket key in between would leave
+        // this request a fresh state that knows nothing of a 429 just received, and it
+        // would go at once (seen as a request before `retry_after` in the simulator).
+        let (key, state) = {
+            let buckets = self.buckets.lock().expect("limiter lock");
+            let key = match buckets.get(route) {
+                Some(bucket) => bucket_key(bucket, route),
+                None => route.to_owned(),
+            };
             let mut routes = self.routes.lock().expect("limiter lock");
-            if routes.len() >= MAX_ROUTES && !routes.contains_key(key) {
+            if routes.len() >= MAX_ROUTES && !routes.contains_key(&key) {
                 prune(&mut routes);
             }
-            Arc::clone(routes.entry(key.to_owned()).or_default())
+            let state = Arc::clone(routes.entry(key.clone()).or_default());
+            (key, state)
         };
         let guard = state.lock_owned().await;
         if let Some(wait) = guard.wait() {
             tokio::time::sleep(wait).await;
         }
-        guard
+        Route {
+            guard,
+            key,
+            route: route.to_owned(),
+        }
+    }
+
+    /// Reads an answer's `X-RateLimit-*` headers into the route's state, and learns its
+    /// bucket: later requests of the route use the bucket's state, which this one
+    /// becomes unless another route of the bucket got there first.
+    pub fn update(&self, route: &mut Route, headers: &HeaderMap) {
+        route.update(headers);
+        let Some(bucket) = headers
+            .get("x-ratelimit-bucket")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|b| valid_bucket(b))
+        else {
+            return;
+        };
+        let key = bucket_key(bucket, &route.route);
+        if key == route.key {
+            return;
+        }
+        // Lock order: buckets, then routes (`route` takes them one at a time).
+        let mut buckets = self.buckets.lock().expect("limiter lock");
+        let mut routes = self.routes.lock().expect("limiter lock");
+        if buckets.len() >= MAX_ROUTES && !buckets.contains_key(&route.route) {
+            // Forget what leads nowhere any more (its state was pruned), else everything:
+            // a forgotten bucket costs at most one request sent on a fresh state.
+            buckets.retain(|r, b| routes.contains_key(&bucket_key(b, r)));
+            if buckets.len() >= MAX_ROUTES {
+                buckets.clear();
+            }
+        }
+        buckets.insert(route.route.clone(), bucket.to_owned());
+        drop(buckets);
+        let mine = OwnedMutexGuard::mutex(&route.guard);
+        // Only the map may hold a state when the request is done (see `prune`): the old
+        // key goes, and the bucket's key gets this state unless it has one already.
+        if routes.get(&route.key).is_some_and(|s| Arc::ptr_eq(s, mine)) {
+            routes.remove(&route.key);
+        }
+        match routes.get(&key) {
+            Some(shared) => {
+                // This answer is the bucket's latest word. A state locked by a request in
+                // flight is left alone: its own answer will be later still.
+                if let Ok(mut shared) = shared.try_lock() {
+                    shared.remaining = route.remaining;
+                    shared.reset_at = route.reset_at;
+                }
+            }
+            None => {
+                if routes.len() >= MAX_ROUTES {
+                    prune(&mut routes);
+                }
+                routes.insert(key, Arc::clone(mine));
+            }
+        }
     }
 
     /// The most bot requests granted in any one-second window: 90% of `rate`. The
@@ -194,6 +310,78 @@ mod tests {
         let before = Instant::now();
         drop(limiter.route("channel:2").await);
         assert_eq!(before.elapsed(), Duration::ZERO);
+    }
+
+    /// Two routes whose answers name one bucket for the same channel share its limit;
+    /// the same bucket on another channel is a limit of its own (Discord counts buckets
+    /// per top-level resource).
+    #[tokio::test(start_paused = true)]
+    async fn routes_of_one_bucket_share_its_limit() {
+        let limiter = Limiter::default();
+        let headers = |remaining: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-ratelimit-bucket", HeaderValue::from_static("abcd1234"));
+            h.insert("x-ratelimit-remaining", HeaderValue::from_static(remaining));
+            h.insert("x-ratelimit-reset-after", HeaderValue::from_static("2"));
+            h
+        };
+        // The second kind's first answer names the bucket; its first request could not
+        // know it yet, so it went at once.
+        let mut other = limiter.route("pins:1").await;
+        limiter.update(&mut other, &headers("4"));
+        drop(other);
+        let mut first = limiter.route("channel:1").await;
+        limiter.update(&mut first, &headers("0"));
+        drop(first);
+        let before = Instant::now();
+        drop(limiter.route("pins:1").await);
+        assert_eq!(
+            before.elapsed(),
+            Duration::from_secs(2),
+            "waited for the shared bucket"
+        );
+        let before = Instant::now();
+        drop(limiter.route("channel:2").await);
+        drop(limiter.route("pins:2").await);
+        assert_eq!(before.elapsed(), Duration::ZERO, "another channel's limit");
+        let routes = limiter.routes.lock().unwrap();
+        assert!(
+            routes.contains_key("bucket:abcd1234:1"),
+            "{:?}",
+            routes.keys()
+        );
+        assert!(!routes.contains_key("channel:1") && !routes.contains_key("pins:1"));
+    }
+
+    /// Bucket ids that differ from channel to channel (a server that includes the
+    /// channel in them) do not make a channel forget its own exhausted bucket.
+    #[tokio::test(start_paused = true)]
+    async fn a_channels_bucket_is_its_own_whatever_other_channels_say() {
+        let limiter = Limiter::default();
+        let answer = |bucket: &'static str, remaining: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-ratelimit-bucket", HeaderValue::from_static(bucket));
+            h.insert("x-ratelimit-remaining", HeaderValue::from_static(remaining));
+            h.insert("x-ratelimit-reset-after", HeaderValue::from_static("2"));
+            h
+        };
+        let mut one = limiter.route("channel:1").await;
+        limiter.update(&mut one, &answer("aaaa", "0"));
+        drop(one);
+        let mut two = limiter.route("channel:2").await;
+        limiter.update(&mut two, &answer("bbbb", "4"));
+        drop(two);
+        let before = Instant::now();
+        drop(limiter.route("channel:1").await);
+        assert_eq!(before.elapsed(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn only_plausible_bucket_ids_are_learned() {
+        assert!(valid_bucket("41f9cd5d28af77da04563bcb1d67fdfd"));
+        for bad in ["", "a b", "x".repeat(65).as_str(), "é", "a:b"] {
+            assert!(!valid_bucket(bad), "{bad:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

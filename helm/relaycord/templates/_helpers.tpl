@@ -1,0 +1,294 @@
+{{/* Names and labels. */}}
+{{- define "relaycord.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "relaycord.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "relaycord.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "relaycord.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "relaycord.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "relaycord.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Labels of one component: (dict "root" $ "component" "ingest" "sink" "name"). */}}
+{{- define "relaycord.componentSelector" -}}
+{{ include "relaycord.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- with .sink }}
+relaycord.dev/sink: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "relaycord.componentLabels" -}}
+{{ include "relaycord.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- with .sink }}
+relaycord.dev/sink: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "relaycord.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "relaycord.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "relaycord.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+TOML. Helm's own toToml writes every number as a float (256.0), which Relaycord rejects
+for integer keys, so the config is written here: sections as tables, [[sinks]] as an
+array of tables, anything nested inline. Strings are JSON-quoted, which is valid TOML.
+*/}}
+{{- define "relaycord.toml.key" -}}
+{{- if regexMatch "^[A-Za-z0-9_-]+$" . -}}{{ . }}{{- else -}}{{ toJson . }}{{- end -}}
+{{- end -}}
+
+{{- define "relaycord.toml.value" -}}
+{{- $kind := kindOf . -}}
+{{- if eq $kind "string" -}}{{ toJson . }}
+{{- else if eq $kind "bool" -}}{{ . }}
+{{- else if or (eq $kind "float64") (eq $kind "float32") -}}
+{{- if eq (floor .) (float64 .) -}}{{ int64 . }}{{- else -}}{{ . }}{{- end -}}
+{{- else if or (hasPrefix "int" $kind) (hasPrefix "uint" $kind) -}}{{ . }}
+{{- else if eq $kind "slice" -}}
+[{{- range $i, $v := . -}}{{- if $i -}}, {{ end -}}{{ include "relaycord.toml.value" $v }}{{- end -}}]
+{{- else if eq $kind "map" -}}
+{{- $map := . -}}
+{ {{- range $i, $key := keys $map | sortAlpha -}}{{- if $i -}}, {{ end -}}{{ include "relaycord.toml.key" $key }} = {{ include "relaycord.toml.value" (get $map $key) }}{{- end -}} }
+{{- else -}}{{ fail (printf "config: cannot write a %s value as TOML (null values are not allowed)" $kind) }}
+{{- end -}}
+{{- end -}}
+
+{{/* The body of a table: one `key = value` line per non-null key. */}}
+{{- define "relaycord.toml.table" -}}
+{{- $map := . -}}
+{{- range $key := keys $map | sortAlpha }}
+{{- $value := get $map $key }}
+{{- if ne (kindOf $value) "invalid" }}
+{{ include "relaycord.toml.key" $key }} = {{ include "relaycord.toml.value" $value }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* A whole file: (dict "config" MAP "sinks" LIST). */}}
+{{- define "relaycord.toml" -}}
+# Rendered by the relaycord Helm chart from its values; secrets come from the environment.
+{{- $config := .config -}}
+{{- range $section := keys $config | sortAlpha }}
+{{- $body := get $config $section }}
+{{- if ne (kindOf $body) "map" }}
+{{- fail (printf "config.%s must be a table (a map)" $section) }}
+{{- end }}
+
+[{{ include "relaycord.toml.key" $section }}]
+{{- include "relaycord.toml.table" $body }}
+{{- end }}
+{{- range $sink := .sinks }}
+
+[[sinks]]
+{{- include "relaycord.toml.table" $sink }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The [nats], [ingest] and [interactions] keys the chart owns (listen addresses that the
+probes and Services use, the NATS URL, paths of the files it mounts), laid over config.
+*/}}
+{{- define "relaycord.config" -}}
+{{- $nats := dict "url" .Values.nats.url "tls_required" .Values.nats.tls.required -}}
+{{- with .Values.nats.auth.user }}{{ $_ := set $nats "user" . }}{{ end -}}
+{{- if .Values.nats.auth.creds.key }}{{ $_ := set $nats "creds_file" "/etc/relaycord/nats-creds/nats.creds" }}{{ end -}}
+{{- if .Values.nats.tls.secretName -}}
+{{- with .Values.nats.tls.caKey }}{{ $_ := set $nats "tls_ca_file" (printf "/etc/relaycord/nats-tls/%s" .) }}{{ end -}}
+{{- if .Values.nats.tls.certKey -}}
+{{- $_ := set $nats "tls_cert_file" (printf "/etc/relaycord/nats-tls/%s" .Values.nats.tls.certKey) -}}
+{{- $_ := set $nats "tls_key_file" (printf "/etc/relaycord/nats-tls/%s" (required "nats.tls.keyKey is needed with nats.tls.certKey" .Values.nats.tls.keyKey)) -}}
+{{- end -}}
+{{- end -}}
+{{- $managed := dict
+  "nats" $nats
+  "ingest" (dict "metrics_listen" (printf "0.0.0.0:%d" (int .Values.ingest.metricsPort)))
+  "interactions" (dict
+    "listen" (printf "0.0.0.0:%d" (int .Values.interactions.port))
+    "metrics_listen" (printf "0.0.0.0:%d" (int .Values.interactions.metricsPort)))
+-}}
+{{- toJson (mustMergeOverwrite (dict "discord" (dict)) (deepCopy .Values.config) $managed) -}}
+{{- end -}}
+
+{{/* One sink's [[sinks]] table: name and type over its config. */}}
+{{- define "relaycord.sinkTable" -}}
+{{- toJson (mustMergeOverwrite (deepCopy (default (dict) .config)) (dict "name" .name "type" .type)) -}}
+{{- end -}}
+
+{{- define "relaycord.sinkFullname" -}}
+{{- printf "%s-sink-%s" (include "relaycord.fullname" .root) .sink.name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "relaycord.secretName" -}}
+{{- include "relaycord.fullname" . -}}
+{{- end -}}
+
+{{/*
+One environment variable from a Secret: (dict "root" $ "env" NAME "ref" {name, key} "what" KEY).
+An empty ref.name is the chart's own Secret, which must then hold the key.
+*/}}
+{{- define "relaycord.secretEnv" -}}
+{{- $ref := .ref -}}
+{{- if not $ref.key -}}
+{{- fail (printf "%s: a Secret reference needs a key ({name: SECRET, key: KEY})" .what) -}}
+{{- end -}}
+{{- $name := $ref.name -}}
+{{- if not $name -}}
+{{- if not .root.Values.secret.create -}}
+{{- fail (printf "%s: name an existing Secret, or set secret.create=true and secret.data.%s" .what $ref.key) -}}
+{{- end -}}
+{{- if not (hasKey .root.Values.secret.data $ref.key) -}}
+{{- fail (printf "%s: secret.data has no key %q" .what $ref.key) -}}
+{{- end -}}
+{{- $name = include "relaycord.secretName" .root -}}
+{{- end -}}
+- name: {{ .env }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $name }}
+      key: {{ $ref.key }}
+{{- end -}}
+
+{{/* NATS credentials as environment (token, password, nkey seed). */}}
+{{- define "relaycord.natsEnv" -}}
+{{- $auth := .Values.nats.auth -}}
+{{- if $auth.password.key }}
+{{- include "relaycord.secretEnv" (dict "root" . "env" "RELAYCORD_NATS__PASSWORD" "ref" $auth.password "what" "nats.auth.password") | nindent 0 }}
+{{- end }}
+{{- if $auth.token.key }}
+{{- include "relaycord.secretEnv" (dict "root" . "env" "RELAYCORD_NATS__TOKEN" "ref" $auth.token "what" "nats.auth.token") | nindent 0 }}
+{{- end }}
+{{- if $auth.nkeySeed.key }}
+{{- include "relaycord.secretEnv" (dict "root" . "env" "RELAYCORD_NATS__NKEY_SEED" "ref" $auth.nkeySeed "what" "nats.auth.nkeySeed") | nindent 0 }}
+{{- end }}
+{{- end -}}
+
+{{/* Environment every container gets. */}}
+{{- define "relaycord.commonEnv" -}}
+- name: RELAYCORD_CONFIG
+  value: /etc/relaycord/relaycord.toml
+- name: RUST_LOG
+  value: {{ .Values.logLevel | quote }}
+{{- include "relaycord.natsEnv" . }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes every pod gets: its config file, NATS creds/TLS, a small /tmp. */}}
+{{- define "relaycord.volumes" -}}
+- name: config
+  configMap:
+    name: {{ include "relaycord.fullname" .root }}
+    items:
+      - key: {{ .configKey }}
+        path: relaycord.toml
+- name: tmp
+  emptyDir:
+    sizeLimit: 16Mi
+{{- with .root.Values.nats.auth.creds }}
+{{- if .key }}
+- name: nats-creds
+  secret:
+    secretName: {{ required "nats.auth.creds.name: the Secret holding the .creds file" .name }}
+    items:
+      - key: {{ .key }}
+        path: nats.creds
+{{- end }}
+{{- end }}
+{{- with .root.Values.nats.tls.secretName }}
+- name: nats-tls
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "relaycord.volumeMounts" -}}
+- name: config
+  mountPath: /etc/relaycord/relaycord.toml
+  subPath: relaycord.toml
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- if .Values.nats.auth.creds.key }}
+- name: nats-creds
+  mountPath: /etc/relaycord/nats-creds
+  readOnly: true
+{{- end }}
+{{- if .Values.nats.tls.secretName }}
+- name: nats-tls
+  mountPath: /etc/relaycord/nats-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* Pod-level settings shared by every Deployment: (dict "root" $ "role" ROLE-VALUES). */}}
+{{- define "relaycord.podSpecCommon" -}}
+{{- $root := .root -}}
+serviceAccountName: {{ include "relaycord.serviceAccountName" $root }}
+automountServiceAccountToken: false
+securityContext:
+  {{- toYaml $root.Values.podSecurityContext | nindent 2 }}
+{{- with $root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with (default $root.Values.nodeSelector .role.nodeSelector) }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with (default $root.Values.tolerations .role.tolerations) }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with (default $root.Values.affinity .role.affinity) }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* The config file's checksum, so a values change rolls the pods. */}}
+{{- define "relaycord.podAnnotations" -}}
+checksum/config: {{ include (print .root.Template.BasePath "/configmap.yaml") .root | sha256sum }}
+{{- if .root.Values.secret.create }}
+checksum/secret: {{ include (print .root.Template.BasePath "/secret.yaml") .root | sha256sum }}
+{{- end }}
+{{- with .root.Values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- with .extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}

@@ -201,6 +201,22 @@ def test_everything_on_renders_every_optional_object():
     assert "max_bytes = 10737418240" in cm["data"]["relaycord.toml"]
 
 
+def test_tracing_sets_the_standard_variables_on_every_container_and_is_off_by_default():
+    for _, container in containers(render(load_values("minimal.yaml"))):
+        assert not [v for v in container["env"] if v["name"].startswith("OTEL_")], container["name"]
+    traced = containers(render(load_values("full.yaml")))
+    assert traced
+    for _, container in traced:
+        env = {v["name"]: v.get("value") for v in container["env"]}
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.monitoring:4318"
+        assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+        assert env["OTEL_TRACES_SAMPLER_ARG"] == "0.05"
+        assert env["OTEL_RESOURCE_ATTRIBUTES"] == (
+            "k8s.namespace.name=relay,deployment.environment=prod"
+        )
+        assert env["TZ"] == "UTC"
+
+
 def test_the_config_file_is_the_values_config_as_toml(rendered):
     """The chart writes TOML itself (Helm's toToml turns 256 into 256.0); an independent
     parser must read back exactly the values' config, integers as integers."""
@@ -319,8 +335,13 @@ def test_relaycord_accepts_every_rendered_config(rendered, relaycord_bin, tmp_pa
         {"ingest": {"replicas": "two"}},
         {"sinks": [{"name": "a", "type": "http", "config": {"secret": "whsec_inline"}}]},
         {"config": {"nats": {"password": "inline"}}},
+        {"tracing": {"endpoint": "http://collector:4318", "sampleRatio": 2}},
+        {"tracing": {"endpoint": "collector:4318"}},
     ],
-    ids=["sink-without-name", "sink-replicas-two", "ingest-replicas-two", "sink-secret-inline", "nats-password-inline"],
+    ids=[
+        "sink-without-name", "sink-replicas-two", "ingest-replicas-two", "sink-secret-inline",
+        "nats-password-inline", "tracing-ratio-over-one", "tracing-endpoint-not-a-url",
+    ],
 )
 def test_bad_values_are_refused_by_the_schema(bad):
     values = load_values("minimal.yaml") | bad

@@ -1,26 +1,12 @@
 //! No secret reaches a terminal or a log: startup errors of the real binary, given
 //! distinctive secret values, must name the key and never the value.
 
-use std::process::Stdio;
-
-use relaycord_testkit::relaycord_bin;
+use relaycord_testkit::relaycord_with_env;
 
 /// Runs `relaycord ARGS` with `env`; returns (success, stdout + stderr).
 async fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let out = tokio::process::Command::new(relaycord_bin())
-        .args(args)
-        .env_remove("DISCORD_TOKEN")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run relaycord");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let (ok, out, err) = relaycord_with_env(args, env).await;
+    (ok, out + &err)
 }
 
 /// A numeric password used to be read as a number by the environment layer: the load

@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use futures::StreamExt;
 use relaycord_sim::{GenerateSpec, SimConfig};
-use relaycord_testkit::{NatsServer, eventually, relaycord_bin, start_sim};
+use relaycord_testkit::{NatsServer, eventually, relaycord_bin, relaycord_with_env, start_sim};
 use tokio::process::{Child, Command};
 
 const NATS_PASSWORD: &str = "natspw-Q7x2-leakcheck";
@@ -166,21 +166,10 @@ fn secret_env() -> [(&'static str, &'static str); 3] {
 
 /// Runs a CLI command to completion; returns (success, stdout + stderr).
 async fn cli(config: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(relaycord_bin())
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .envs(secret_env())
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run relaycord");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let config = config.to_str().expect("a UTF-8 temp path");
+    let args: Vec<&str> = ["--config", config].iter().chain(args).copied().collect();
+    let (ok, out, err) = relaycord_with_env(&args, &secret_env()).await;
+    (ok, out + &err)
 }
 
 /// The end of a child's log, for failure messages.

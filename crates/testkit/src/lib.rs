@@ -22,7 +22,8 @@ pub use metrics::{metric, metric_with, scrape, sum_metric, sum_metric_with};
 pub use relaycord_devkit::{GENERATED_TYPES, NatsCluster, NatsServer, Receiver, expected_ids};
 pub use sinks::{
     RecordingSink, RefusingSink, Running, http_config, http_config_with, http_sink, outcome_count,
-    relaycord, run_driver, run_driver_on, run_sink, spawn_sink, test_config, write_config,
+    relaycord, relaycord_with_env, run_driver, run_driver_on, run_sink, spawn_sink, test_config,
+    write_config,
 };
 pub use stack::{Stack, StackBuilder, assert_sim_clean, start_sim};
 pub use test_receiver::{TestReceiver, wait_accepted};

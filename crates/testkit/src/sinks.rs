@@ -186,10 +186,16 @@ pub fn write_config(
 
 /// Runs the `relaycord` binary to completion; returns (success, stdout, stderr).
 pub async fn relaycord(args: &[&str]) -> (bool, String, String) {
+    relaycord_with_env(args, &[]).await
+}
+
+/// [`relaycord`] with these environment variables set (the test's own `DISCORD_TOKEN`
+/// is never inherited: configs under test hold every secret they mean to).
+pub async fn relaycord_with_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = tokio::process::Command::new(crate::relaycord_bin())
         .args(args)
-        // Configs under test hold every secret they mean to.
         .env_remove("DISCORD_TOKEN")
+        .envs(env.iter().copied())
         .output()
         .await
         .expect("run relaycord");

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use relaycord_bus::{Subjects, streams};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +22,7 @@ use crate::retry::Backoff;
 use crate::{BuildContext, SinkMetrics};
 
 /// One configured sink: the fields every sink has, then its type's own.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct SinkConfig {
     /// Unique name; the durable consumer and the DLQ subject derive from it.
     pub name: String,
@@ -43,10 +44,12 @@ pub struct SinkConfig {
     #[serde(default = "default_true")]
     pub dedupe: bool,
     /// How long delivered ids are remembered; must exceed `ack_wait`.
+    #[schemars(with = "String")]
     #[serde(with = "humantime_serde", default = "default_dedupe_window")]
     pub dedupe_window: Duration,
     /// JetStream redelivers an unacked message after this; in-progress acks are sent every
     /// half of it during slow deliveries.
+    #[schemars(with = "String")]
     #[serde(with = "humantime_serde", default = "default_ack_wait")]
     pub ack_wait: Duration,
     /// Attempts before an event is dead-lettered.
@@ -68,7 +71,7 @@ pub struct SinkConfig {
 /// The type-specific part, selected by `type = "..."`. Unknown keys are rejected here,
 /// so a typo in a sink's config fails at start instead of being ignored.
 /// [`SinkKind::build`] turns it into a running sink.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkKind {
     Http(HttpSinkConfig),

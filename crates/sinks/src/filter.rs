@@ -10,13 +10,14 @@
 use std::collections::BTreeSet;
 
 use relaycord_bus::Subjects;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::Body;
 
 /// `exclude = { ... }` of every sink: events it never delivers, checked in process
 /// after the include filters (`events`, `guilds`, `channels`) and counted `skipped`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Exclude {
     /// Event types never delivered (e.g. `TYPING_START`), whatever `events` says.

@@ -14,12 +14,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus::IntGauge;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// `pause = { ... }` of a sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PauseConfig {
     /// Consecutive failed events (permanent refusals or exhausted retries) that pause the
@@ -27,9 +28,11 @@ pub struct PauseConfig {
     #[serde(default = "default_after")]
     pub after: u32,
     /// Wait before the first probe of a paused sink.
+    #[schemars(with = "String")]
     #[serde(with = "humantime_serde", default = "default_probe_interval")]
     pub probe_interval: Duration,
     /// The wait doubles after each failed probe, up to this.
+    #[schemars(with = "String")]
     #[serde(with = "humantime_serde", default = "default_probe_max_interval")]
     pub probe_max_interval: Duration,
 }

@@ -5,18 +5,21 @@
 use std::time::Duration;
 
 use relaycord_bus::backoff::Exponential;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// Capped exponential backoff with full jitter (AWS architecture blog, "Exponential
 /// Backoff And Jitter"): the wait is uniform in `[0, min(max, initial * 2^(attempt-1))]`,
 /// which spreads the retries of many failed deliveries instead of synchronizing them.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
     /// Upper bound of the first retry's wait.
+    #[schemars(with = "String")]
     #[serde(with = "humantime_serde", default = "default_initial")]
     pub initial: Duration,
     /// Upper bound of any wait.
+    #[schemars(with = "String")]
     #[serde(with = "humantime_serde", default = "default_max")]
     pub max: Duration,
 }

@@ -5,9 +5,10 @@
 //! attributes (`rename`, `skip`, `flatten`) as the loader and the doc comments as
 //! descriptions; `serde-reflection` would give the field names too, but not the doc
 //! comments, and the schema can later become the Helm chart's `values.schema.json`.
-//! `[[sinks]]` is not covered yet: sink types are documented in docs/sinks.md.
+//! `[[sinks]]` keys are checked the same way against docs/sinks.md: the keys every sink
+//! has, and each type's own in the block of that type.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use schemars::generate::SchemaSettings;
 use serde_json::Value;
@@ -15,19 +16,29 @@ use serde_json::Value;
 use super::Config;
 
 const DOCS: &str = include_str!("../../../../docs/configuration.md");
+const SINK_DOCS: &str = include_str!("../../../../docs/sinks.md");
 
-/// Sections documented elsewhere, skipped in the doc file too.
+/// Sections documented elsewhere (`[[sinks]]`: docs/sinks.md), skipped in the doc file too.
 const NOT_IN_SCHEMA: &[&str] = &["sinks"];
+
+fn schema() -> Value {
+    SchemaSettings::draft2020_12()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator()
+        .into_root_schema_for::<Config>()
+        .to_value()
+}
 
 /// Every key of the config structs (`section.key`, `section.list[].key`) with its doc
 /// comment, if any.
 fn schema_keys() -> BTreeMap<String, Option<String>> {
-    let schema = SchemaSettings::draft2020_12()
-        .with(|s| s.inline_subschemas = true)
-        .into_generator()
-        .into_root_schema_for::<Config>();
     let mut keys = BTreeMap::new();
-    collect(schema.as_value(), "", &mut keys);
+    collect(&schema(), "", &mut keys);
+    keys.retain(|key, _| {
+        !NOT_IN_SCHEMA
+            .iter()
+            .any(|s| key.starts_with(&format!("{s}[")))
+    });
     keys
 }
 
@@ -159,4 +170,171 @@ fn the_check_names_a_missing_and_a_stale_key() {
         "{keys:?}"
     );
     assert!(keys.contains_key("discord.intents"), "{keys:?}");
+}
+
+/// A sink's keys by scope: `""` for those every sink has, else the `type` they belong to.
+type SinkKeys = BTreeMap<String, BTreeSet<String>>;
+
+/// The `[[sinks]]` keys of the structs, and the fields (at any depth) without a doc comment.
+fn sink_schema() -> (SinkKeys, Vec<String>) {
+    let schema = schema();
+    let item = &schema["properties"]["sinks"]["items"];
+    let mut keys = SinkKeys::new();
+    let names = |v: &Value| -> BTreeSet<String> {
+        v.get("properties")
+            .and_then(Value::as_object)
+            .map(|p| p.keys().filter(|k| *k != "type").cloned().collect())
+            .unwrap_or_default()
+    };
+    keys.insert(String::new(), names(item));
+    for variant in item["oneOf"].as_array().into_iter().flatten() {
+        let kind = variant["properties"]["type"]["const"]
+            .as_str()
+            .expect("a sink variant names its type");
+        keys.insert(kind.to_owned(), names(variant));
+    }
+    let mut undocumented = Vec::new();
+    undocumented_fields(item, "sinks[]", &mut undocumented);
+    (keys, undocumented)
+}
+
+/// Fields without a description below `schema`, named by their path.
+fn undocumented_fields(schema: &Value, path: &str, out: &mut Vec<String>) {
+    if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+        for (name, field) in properties {
+            let key = format!("{path}.{name}");
+            // The variant tag: documented as the sink types themselves.
+            if name != "type" && field.get("description").is_none() {
+                out.push(format!("`{key}` has no doc comment on its field"));
+            }
+            undocumented_fields(field, &key, out);
+        }
+    }
+    for nested in ["items", "additionalProperties"] {
+        if let Some(inner) = schema.get(nested).filter(|v| v.is_object()) {
+            undocumented_fields(inner, &format!("{path}[]"), out);
+        }
+    }
+    for variant in schema
+        .get("oneOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        undocumented_fields(variant, path, out);
+    }
+}
+
+/// Keys written in docs/sinks.md's TOML blocks: a block under `[[sinks]]` (or with no
+/// `type` line) documents keys every sink has; a block with `type = "x"` documents that
+/// type's. Sub-tables (`[sinks.templates.X]`) are the values of a key, not keys.
+fn documented_sink_keys(doc: &str) -> SinkKeys {
+    let mut keys = SinkKeys::new();
+    let mut blocks = Vec::new();
+    let mut block: Option<Vec<&str>> = None;
+    for line in doc.lines() {
+        match (&mut block, line.trim_start().starts_with("```")) {
+            (None, true) if line.trim() == "```toml" => block = Some(Vec::new()),
+            (Some(_), true) => blocks.extend(block.take()),
+            (Some(lines), false) => lines.push(line.trim()),
+            _ => {}
+        }
+    }
+    for lines in blocks {
+        let assignments: Vec<(String, &str)> = lines
+            .iter()
+            .take_while(|l| !l.starts_with('[') || **l == "[[sinks]]")
+            .filter_map(|l| {
+                let (name, value) = l.strip_prefix('#').unwrap_or(l).split_once('=')?;
+                let name = name.trim();
+                let is_key = !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                is_key.then(|| {
+                    (
+                        name.to_owned(),
+                        value.split(" #").next().unwrap_or("").trim(),
+                    )
+                })
+            })
+            .collect();
+        // `[sinks.templates.X]` and `[[sinks.templates.X.embeds]]` document `templates`.
+        let tables = lines.iter().filter_map(|l| {
+            let header = l.split(" #").next()?.trim();
+            let path = header.trim_start_matches('[').trim_end_matches(']');
+            let key = path.strip_prefix("sinks.")?.split('.').next()?;
+            header.starts_with('[').then(|| (key.to_owned(), ""))
+        });
+        let assignments: Vec<(String, &str)> = assignments.into_iter().chain(tables).collect();
+        let kind = if lines.contains(&"[[sinks]]") {
+            None
+        } else {
+            assignments
+                .iter()
+                .find(|(name, _)| name == "type")
+                .map(|(_, value)| value.trim_matches('"').to_owned())
+        };
+        let scope = keys.entry(kind.unwrap_or_default()).or_default();
+        scope.extend(
+            assignments
+                .into_iter()
+                .map(|(name, _)| name)
+                .filter(|name| name != "type"),
+        );
+    }
+    keys
+}
+
+/// What is wrong between the sink structs and docs/sinks.md, one line per key.
+fn sink_problems(doc: &str) -> Vec<String> {
+    let (schema, mut problems) = sink_schema();
+    let documented = documented_sink_keys(doc);
+    let scope_name = |scope: &str| match scope {
+        "" => "the keys every sink has (the `[[sinks]]` block)".to_owned(),
+        kind => format!("the `type = \"{kind}\"` block"),
+    };
+    for (scope, keys) in &schema {
+        let written = documented.get(scope).cloned().unwrap_or_default();
+        for key in keys.difference(&written) {
+            problems.push(format!(
+                "docs/sinks.md does not document `{key}` in {}",
+                scope_name(scope)
+            ));
+        }
+        for key in written.difference(keys) {
+            problems.push(format!(
+                "docs/sinks.md documents `{key}` in {}, which is not a key there; remove it",
+                scope_name(scope)
+            ));
+        }
+    }
+    for scope in documented.keys().filter(|s| !schema.contains_key(*s)) {
+        problems.push(format!(
+            "docs/sinks.md documents a sink type `{scope}` that does not exist"
+        ));
+    }
+    problems
+}
+
+#[test]
+fn every_sink_key_is_documented_and_no_documented_sink_key_is_stale() {
+    let problems = sink_problems(SINK_DOCS);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_sink_check_names_a_missing_and_a_stale_key() {
+    let doc = SINK_DOCS
+        .replacen("max_attempts = 10", "max_attempt = 10", 1)
+        .replacen("exchange_type = \"topic\"", "exchange_kind = \"topic\"", 1);
+    let problems = sink_problems(&doc).join("\n");
+    for expected in [
+        "does not document `max_attempts` in the keys every sink has",
+        "documents `max_attempt` in the keys every sink has",
+        "does not document `exchange_type` in the `type = \"amqp\"` block",
+        "documents `exchange_kind` in the `type = \"amqp\"` block",
+    ] {
+        assert!(problems.contains(expected), "{expected:?} in:\n{problems}");
+    }
 }

@@ -3,11 +3,12 @@
 use std::time::Duration;
 
 use relaycord_bus::Secret;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// Publishes each envelope to a RabbitMQ (AMQP 0-9-1) exchange, persistent, with
 /// publisher confirms and `message_id` = the event id.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSinkConfig {
     /// `amqp://user:password@host:5672/vhost` (`%2f` is the default vhost) or `amqps://`.
@@ -31,6 +32,7 @@ pub struct AmqpSinkConfig {
     #[serde(default)]
     pub mandatory: bool,
     /// Time allowed for connecting, publishing and the broker's confirm.
+    #[schemars(with = "String")]
     #[serde(with = "humantime_serde", default = "default_timeout")]
     pub timeout: Duration,
 }

@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use relaycord_bus::Secret;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Posts a message per event: to an incoming webhook, or to a channel as the bot.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiscordSinkConfig {
     /// Incoming webhook, `https://discord.com/api/webhooks/<id>/<token>` (a secret).
@@ -33,6 +34,7 @@ pub struct DiscordSinkConfig {
     /// Webhook mode: name and avatar shown for the messages.
     #[serde(default)]
     pub username: Option<String>,
+    /// Webhook mode: avatar image URL shown for the messages.
     #[serde(default)]
     pub avatar_url: Option<String>,
     /// Who relayed text may ping. Default: nobody (`{"parse": []}`), so a relayed
@@ -44,6 +46,7 @@ pub struct DiscordSinkConfig {
     #[serde(default = "default_global_rate")]
     pub global_rate: u32,
     /// Time allowed for one request.
+    #[schemars(with = "String")]
     #[serde(with = "humantime_serde", default = "default_timeout")]
     pub timeout: Duration,
     /// Skip events caused by this sink's own bot user or webhook, so that relaying
@@ -58,24 +61,31 @@ fn default_true() -> bool {
 }
 
 /// A message's parts; each string is a minijinja template.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageTemplate {
+    /// The message text (Discord takes up to 2,000 characters).
     #[serde(default)]
     pub content: Option<String>,
+    /// Embeds (Discord takes up to 10 per message).
     #[serde(default)]
     pub embeds: Vec<EmbedTemplate>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// One embed's parts; each string is a minijinja template.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmbedTemplate {
+    /// Bold heading of the embed.
     #[serde(default)]
     pub title: Option<String>,
+    /// Body text.
     #[serde(default)]
     pub description: Option<String>,
+    /// Link the title points to.
     #[serde(default)]
     pub url: Option<String>,
+    /// Small text at the bottom.
     #[serde(default)]
     pub footer: Option<String>,
     /// RGB as a number, e.g. `0x5865F2`.
@@ -84,14 +94,16 @@ pub struct EmbedTemplate {
 }
 
 /// Discord's `allowed_mentions` object.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AllowedMentions {
     /// Any of `users`, `roles`, `everyone`.
     #[serde(default)]
     pub parse: Vec<String>,
+    /// User ids that may be pinged (without `users` in `parse`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<String>,
+    /// Role ids that may be pinged (without `roles` in `parse`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
 }

@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use relaycord_bus::Secret;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// POSTs each envelope to a URL with Standard Webhooks headers.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkConfig {
     /// Endpoint receiving `POST`s of the envelope (http or https).
@@ -20,6 +21,7 @@ pub struct HttpSinkConfig {
     #[serde(default)]
     pub headers: BTreeMap<String, Secret>,
     /// Time allowed for one request, connection included.
+    #[schemars(with = "String")]
     #[serde(with = "humantime_serde", default = "default_timeout")]
     pub timeout: Duration,
 }

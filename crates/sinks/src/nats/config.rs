@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use relaycord_bus::Secret;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// Republishes each envelope to a subject template, on the bus's own NATS or another.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSinkConfig {
     /// `nats://[user:password@]host:4222` of another server or cluster; empty: the
@@ -22,6 +23,7 @@ pub struct NatsSinkConfig {
     #[serde(default = "default_true")]
     pub jetstream: bool,
     /// Time allowed for one publish (and its ack).
+    #[schemars(with = "String")]
     #[serde(with = "humantime_serde", default = "default_timeout")]
     pub timeout: Duration,
 }

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use futures::StreamExt;
 use prometheus::Registry;
 use relaycord::config::Config;
 use relaycord::roles;
@@ -15,7 +14,7 @@ use relaycord_bus::Secret;
 use relaycord_ingest::ShardCount;
 use relaycord_sim::SimConfig;
 use relaycord_testkit::{
-    GENERATED_TYPES, Stack, eventually, expected_ids, metric_with, stream_ids,
+    GENERATED_TYPES, Stack, eventually, expected_ids, metric_with, stored_in, stream_ids,
 };
 use serde_json::value::RawValue;
 use tokio::task::JoinHandle;
@@ -321,33 +320,13 @@ async fn a_publish_the_user_may_not_make_is_named_and_fails_readiness() {
 
 /// The highest seq of shard `shard`'s envelopes in the gateway stream.
 async fn max_seq_on_bus(js: &jetstream::Context, shard: u64) -> u64 {
-    let stream = js.get_stream("DISCORD_GATEWAY").await.unwrap();
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            ack_policy: jetstream::consumer::AckPolicy::None,
-            ..Default::default()
-        })
+    stored_in(js, "DISCORD_GATEWAY")
         .await
-        .unwrap();
-    let mut pending = consumer.cached_info().num_pending;
-    let mut max = 0;
-    while pending > 0 {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(10_000)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await
-            .unwrap();
-        while let Some(Ok(message)) = batch.next().await {
-            let envelope: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
-            if envelope["shard"].as_u64() == Some(shard) {
-                max = max.max(envelope["seq"].as_u64().unwrap());
-            }
-            pending = pending.saturating_sub(1);
-        }
-    }
-    max
+        .iter()
+        .filter(|s| s.envelope["shard"].as_u64() == Some(shard))
+        .filter_map(|s| s.envelope["seq"].as_u64())
+        .max()
+        .unwrap_or(0)
 }
 
 /// A fatal close (4004) mid-stream ends ingest, but first the shard drains its window and

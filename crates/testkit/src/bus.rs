@@ -122,7 +122,12 @@ pub struct Stored {
 
 /// Envelopes stored in the interactions stream, in order.
 pub async fn stored(js: &jetstream::Context) -> Vec<Stored> {
-    let mut stream = js.get_stream("DISCORD_INTERACTIONS").await.unwrap();
+    stored_in(js, "DISCORD_INTERACTIONS").await
+}
+
+/// Envelopes stored in `stream`, in order.
+pub async fn stored_in(js: &jetstream::Context, stream: &str) -> Vec<Stored> {
+    let mut stream = js.get_stream(stream).await.unwrap();
     let count = stream.info().await.unwrap().state.messages;
     let mut out = Vec::new();
     if count == 0 {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
 use relaycord_bus::{Envelope, OutgoingMessage, Source};
-use relaycord_sim::{GenerateSpec, SentDispatch};
+use relaycord_sim::SentDispatch;
 use serde_json::value::RawValue;
 
 use relaycord_testkit::Stack;
@@ -99,15 +99,7 @@ async fn ingest_bench() {
         let before_log = stack.sim.sent().len();
         let before = stack.stream_messages().await;
         let started = Instant::now();
-        let generated = stack
-            .sim
-            .generate(GenerateSpec {
-                count: Some(EVENTS),
-                rate_per_sec: 0.0,
-                ..GenerateSpec::default()
-            })
-            .finished()
-            .await;
+        let generated = stack.burst(EVENTS).finished().await;
         assert_eq!(generated, EVENTS);
         wait_stream(&js, "DISCORD_GATEWAY", before + EVENTS).await;
         ingest.push(EVENTS as f64 / started.elapsed().as_secs_f64());

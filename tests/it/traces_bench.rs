@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::routing::post;
-use relaycord_sim::{GenerateSpec, SimConfig};
+use relaycord_sim::SimConfig;
 use relaycord_testkit::Stack;
 use tokio::net::TcpListener;
 use tokio::process::Command;
@@ -100,15 +100,7 @@ async fn run(sampled: Option<&str>, otlp: &str) -> f64 {
         settled = now;
     }
     let started = Instant::now();
-    let generated = stack
-        .sim
-        .generate(GenerateSpec {
-            count: Some(EVENTS),
-            rate_per_sec: 0.0,
-            ..GenerateSpec::default()
-        })
-        .finished()
-        .await;
+    let generated = stack.burst(EVENTS).finished().await;
     assert_eq!(generated, EVENTS);
     let deadline = Instant::now() + Duration::from_secs(600);
     while stack.stream_messages().await < settled + EVENTS {

@@ -267,3 +267,69 @@ async fn a_receiver_refusing_everything_pauses_the_sink() {
         AFTER as u64
     );
 }
+
+/// The probe of a paused sink is refused for good (this one event is bad, not the
+/// receiver): the probe lets it go and tries another event, the sink resumes and delivers
+/// the rest, and the bad event ends in the dead letters. A probe that kept retrying it
+/// would hold the sink paused forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_refused_for_good_lets_its_event_go_and_the_sink_resumes() {
+    const N: u64 = 30;
+    const AFTER: u32 = 3;
+    const WAIT: Duration = Duration::from_secs(60);
+    let rx = TestReceiver::start(Duration::ZERO).await;
+    rx.set_refusing(true);
+    let url = rx.url.clone();
+    let bus = Stack::builder()
+        .sinks()
+        .config(move |c| {
+            c.sinks = vec![SinkConfig {
+                concurrency: 2,
+                pause: PauseConfig {
+                    after: AFTER,
+                    probe_interval: Duration::from_millis(200),
+                    probe_max_interval: Duration::from_secs(1),
+                },
+                ..http_config("picky", &url)
+            }];
+        })
+        .start()
+        .await;
+    let ids = bus.messages(0, N).await;
+    let paused = || bus.metric_with("relaycord_sink_paused", &["sink=\"picky\""]);
+    assert!(
+        eventually(WAIT, async || paused() == 1.0).await,
+        "not paused"
+    );
+    // The receiver recovers, except for the next event it sees: the probe's.
+    rx.refuse_next_for_good();
+    rx.set_refusing(false);
+    let settled = async || {
+        let dead = dlq::count(&bus.js, "relaycord.dlq.picky").await.unwrap() as usize;
+        rx.accepted().len() + dead == N as usize
+    };
+    assert!(
+        eventually(WAIT, settled).await,
+        "stuck: {} delivered, paused {}, refused for good {:?}",
+        rx.accepted().len(),
+        paused(),
+        rx.refused_for_good()
+    );
+    let refused = rx.refused_for_good();
+    assert_eq!(refused.len(), 1);
+    let dead: HashSet<String> = dlq::list(&bus.js, "picky")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    assert!(refused.is_subset(&dead), "{refused:?} not in {dead:?}");
+    let accepted = rx.accepted();
+    for id in &ids {
+        assert!(
+            accepted.get(id) == Some(&1) || dead.contains(id),
+            "{id}: neither delivered once nor dead-lettered"
+        );
+    }
+    assert_eq!(paused(), 0.0);
+}

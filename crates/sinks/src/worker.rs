@@ -46,7 +46,8 @@ impl<S: Sink> Worker<S> {
 
     /// Delivers one event to a paused sink, holding it (in-progress acks, no nak, so no
     /// delivery is spent) and trying again at each probe time until the receiver takes
-    /// it or the worker stops.
+    /// it or the worker stops. An event refused for good is let go after one try (a
+    /// nak, delayed by `probe_max_interval`), so the next probe tries another.
     pub async fn probe(&self, message: Message) {
         let body = Body::new(&message.payload);
         let Some((event, copy)) = self.prepare(&message, &body).await else {
@@ -81,7 +82,15 @@ impl<S: Sink> Worker<S> {
                     self.breaker.probe_failed(&reason, after);
                 }
                 Outcome::Permanent { reason, .. } => {
+                    // Maybe the receiver, maybe this one event (too large, a channel the
+                    // bot may not post in): held, it would keep the sink paused forever.
+                    // It goes back to the stream for later, and the next probe is another
+                    // event; a resumed sink settles it as usual.
                     self.breaker.probe_failed(&reason, None);
+                    self.count("probe_failed");
+                    let later = self.settings.pause.probe_max_interval;
+                    self.ack(&message, AckKind::Nak(Some(later))).await;
+                    return;
                 }
             }
             self.count("probe_failed");

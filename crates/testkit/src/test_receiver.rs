@@ -37,6 +37,10 @@ struct Inner {
     flaky: AtomicBool,
     /// Answer 400 to every signed request.
     refusing: AtomicBool,
+    /// The next id seen goes into `refused_for_good`.
+    refuse_next: AtomicBool,
+    /// Ids answered 400 every time: events no receiver fix will make acceptable.
+    refused_for_good: Mutex<HashSet<String>>,
     doomed: Mutex<HashSet<String>>,
     /// While true, requests wait here; when it turns false they are answered 503.
     hold: watch::Sender<bool>,
@@ -61,6 +65,8 @@ impl TestReceiver {
             bad_signatures: AtomicU64::new(0),
             flaky: AtomicBool::new(false),
             refusing: AtomicBool::new(false),
+            refuse_next: AtomicBool::new(false),
+            refused_for_good: Mutex::default(),
             doomed: Mutex::default(),
             hold: watch::channel(false).0,
             held: AtomicUsize::new(0),
@@ -86,6 +92,17 @@ impl TestReceiver {
     /// secret changed.
     pub fn set_refusing(&self, refusing: bool) {
         self.inner.refusing.store(refusing, Ordering::SeqCst);
+    }
+
+    /// The next event to arrive, and every later attempt of it, is answered 400: one event
+    /// the receiver will never accept. Returns nothing; see [`Self::refused_for_good`].
+    pub fn refuse_next_for_good(&self) {
+        self.inner.refuse_next.store(true, Ordering::SeqCst);
+    }
+
+    /// The ids [`Self::refuse_next_for_good`] picked.
+    pub fn refused_for_good(&self) -> HashSet<String> {
+        self.inner.refused_for_good.lock().unwrap().clone()
     }
 
     /// While flaky, these ids fail every time (they end up dead-lettered).
@@ -178,6 +195,15 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
     };
     if inner.refusing.load(Ordering::SeqCst) {
         return StatusCode::BAD_REQUEST.into_response();
+    }
+    {
+        let mut refused = inner.refused_for_good.lock().unwrap();
+        if inner.refuse_next.swap(false, Ordering::SeqCst) {
+            refused.insert(id.to_owned());
+        }
+        if refused.contains(id) {
+            return StatusCode::BAD_REQUEST.into_response();
+        }
     }
     let retry_after = inner.retry_after_first.load(Ordering::SeqCst);
     if retry_after > 0 && earlier == 0 {

@@ -313,7 +313,18 @@ async fn a_full_run_of_every_role_prints_no_secret_anywhere() {
 
     // A NATS outage: every role logs its reconnects.
     nats.stop();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        eventually(WAIT, async || [
+            "ingest",
+            "interactions",
+            "sink-web",
+            "sink-relay"
+        ]
+        .iter()
+        .all(|name| log_of(dir.path(), name).contains("NATS connection lost")))
+        .await,
+        "every role saw the outage"
+    );
     nats.restart().unwrap();
     let before = outcomes(&web_page, "delivered").await;
     sim.generate(GenerateSpec {

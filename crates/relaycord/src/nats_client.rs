@@ -64,6 +64,10 @@ fn on_event(event: async_nats::Event) {
                 None => tracing::warn!(error = %text, "NATS server error"),
             }
         }
-        other => tracing::debug!(event = %other, "NATS connection event"),
+        // async-nats logs these itself only when no callback is set: keep them at the
+        // level an operator watching a pod's log sees.
+        async_nats::Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
+        async_nats::Event::Connected => tracing::info!("NATS connected"),
+        other => tracing::info!(event = %other, "NATS connection event"),
     }
 }

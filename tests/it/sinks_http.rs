@@ -192,6 +192,34 @@ async fn retry_after_delays_the_redelivery() {
     }
 }
 
+/// A receiver answering 400 to everything, and an HTTP sink `name` into it that pauses
+/// after `after` failed events and probes every 200 ms to 1 s.
+async fn refusing_receiver_and_pausing_sink(
+    name: &'static str,
+    concurrency: usize,
+    after: u32,
+) -> (TestReceiver, Stack) {
+    let rx = TestReceiver::start(Duration::ZERO).await;
+    rx.set_refusing(true);
+    let url = rx.url.clone();
+    let bus = Stack::builder()
+        .sinks()
+        .config(move |c| {
+            c.sinks = vec![SinkConfig {
+                concurrency,
+                pause: PauseConfig {
+                    after,
+                    probe_interval: Duration::from_millis(200),
+                    probe_max_interval: Duration::from_secs(1),
+                },
+                ..http_config(name, &url)
+            }];
+        })
+        .start()
+        .await;
+    (rx, bus)
+}
+
 /// A receiver answering 400 to everything (a route removed, a secret rotated) no longer
 /// dead-letters the whole stream: after `pause.after` failed events in a row the sink
 /// pauses with no more dead letters than that, `/readyz` and `relaycord_sink_paused`
@@ -202,24 +230,7 @@ async fn a_receiver_refusing_everything_pauses_the_sink() {
     const N: u64 = 60;
     const AFTER: u32 = 5;
     const WAIT: Duration = Duration::from_secs(60);
-    let rx = TestReceiver::start(Duration::ZERO).await;
-    rx.set_refusing(true);
-    let url = rx.url.clone();
-    let bus = Stack::builder()
-        .sinks()
-        .config(move |c| {
-            c.sinks = vec![SinkConfig {
-                concurrency: 4,
-                pause: PauseConfig {
-                    after: AFTER,
-                    probe_interval: Duration::from_millis(200),
-                    probe_max_interval: Duration::from_secs(1),
-                },
-                ..http_config("refused", &url)
-            }];
-        })
-        .start()
-        .await;
+    let (rx, bus) = refusing_receiver_and_pausing_sink("refused", 4, AFTER).await;
     let ids = bus.messages(0, N).await;
     let paused = || bus.metric_with("relaycord_sink_paused", &["sink=\"refused\""]);
     assert!(
@@ -277,24 +288,7 @@ async fn a_probe_refused_for_good_lets_its_event_go_and_the_sink_resumes() {
     const N: u64 = 30;
     const AFTER: u32 = 3;
     const WAIT: Duration = Duration::from_secs(60);
-    let rx = TestReceiver::start(Duration::ZERO).await;
-    rx.set_refusing(true);
-    let url = rx.url.clone();
-    let bus = Stack::builder()
-        .sinks()
-        .config(move |c| {
-            c.sinks = vec![SinkConfig {
-                concurrency: 2,
-                pause: PauseConfig {
-                    after: AFTER,
-                    probe_interval: Duration::from_millis(200),
-                    probe_max_interval: Duration::from_secs(1),
-                },
-                ..http_config("picky", &url)
-            }];
-        })
-        .start()
-        .await;
+    let (rx, bus) = refusing_receiver_and_pausing_sink("picky", 2, AFTER).await;
     let ids = bus.messages(0, N).await;
     let paused = || bus.metric_with("relaycord_sink_paused", &["sink=\"picky\""]);
     assert!(

@@ -1,12 +1,18 @@
 //! `relaycord-bench`: benchmarks run by hand (not part of the test suite), each reported as
 //! a ratio or difference against a baseline measured in the same invocation. Results and the
-//! commands that produced them are recorded in docs/benchmarks.md.
+//! commands that produced them are recorded in docs/benchmarks.md. Every process measured
+//! (nats-server, `relaycord` roles, the receiver, wrk, node) is a child on loopback.
 //!
 //! Build the `relaycord` binary first, in the same profile:
 //! `cargo build --release -p relaycord -p relaycord-bench`.
 
+mod discordhooks;
+mod http_sink;
+mod latency;
 mod procs;
+mod receiver;
 mod shards;
+mod stack;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,13 +33,29 @@ struct Cli {
 enum Command {
     /// Shard density: resident memory of one `relaycord ingest` process per gateway shard.
     Shards(shards::Options),
+    /// HTTP sink deliveries/s (signed, dedupe on and off) vs the receiver's ceiling under wrk.
+    HttpSink(http_sink::Options),
+    /// End-to-end latency simulator → ingest → NATS → HTTP sink → receiver at fixed rates.
+    Latency(latency::Options),
+    /// Gateway → HTTP receiver events/s, Relaycord vs discordhooks (bench/discordhooks).
+    VsDiscordhooks(discordhooks::Options),
+    /// The benchmarks' webhook receiver (started by them; answers 200, counts, measures).
+    Receiver(receiver::Options),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = procs::relaycord_binary(cli.relaycord).and_then(|binary| match cli.command {
-        Command::Shards(options) => shards::run(&binary, &options),
-    });
+    let result = match cli.command {
+        // The receiver is a child of the other benchmarks and needs no relaycord binary.
+        Command::Receiver(options) => receiver::run(&options),
+        command => procs::relaycord_binary(cli.relaycord).and_then(|binary| match command {
+            Command::Shards(options) => shards::run(&binary, &options),
+            Command::HttpSink(options) => http_sink::run(&binary, &options),
+            Command::Latency(options) => latency::run(&binary, &options),
+            Command::VsDiscordhooks(options) => discordhooks::run(&binary, &options),
+            Command::Receiver(_) => unreachable!("handled above"),
+        }),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -68,27 +68,70 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 
 /// `GET /metrics` over a plain loopback socket (no client library needed for one page).
 pub fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
+    let (status, body) = http(addr, "GET", "/metrics")?;
+    if status != 200 {
+        bail!("GET /metrics: status {status}");
+    }
+    Ok(body)
+}
+
+/// One bodiless HTTP/1.1 request on a fresh loopback connection: `(status, body)`.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response
         .split_once("\r\n\r\n")
         .context("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("GET /metrics: {}", head.lines().next().unwrap_or(""));
-    }
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status in the HTTP response")?;
     if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        return Ok(dechunk(body));
+        return Ok((status, dechunk(body)));
     }
-    Ok(body.to_owned())
+    Ok((status, body.to_owned()))
+}
+
+/// Wall-clock time (CLOCK_REALTIME) in µs since the Unix epoch: comparable across the
+/// processes of one host, which is what the latency benchmark relies on.
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Kills the child (and reaps it) when dropped, so an error leaves no process behind.
+pub struct Reaped(pub Child);
+
+impl Reaped {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Fails if the child has exited (it should still be running).
+    pub fn check_running(&mut self, what: &str) -> anyhow::Result<()> {
+        if let Some(status) = self.0.try_wait()? {
+            bail!("{what} exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Joins the chunks of a chunked body (the sizes are hex lines between them).

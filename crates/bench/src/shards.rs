@@ -8,13 +8,13 @@
 //! cost (runtime, NATS client, buffers) from the figure.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use relaycord_devkit::NatsServer;
 
 use crate::procs;
+use crate::stack::{self, Logs, Sim};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -46,21 +46,17 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
     if options.shards.iter().any(|&n| n < 2) {
         bail!("--shards: counts must be at least 2 (1 is the baseline, always measured)");
     }
-    let log_dir = match &options.log_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::temp_dir().join(format!("relaycord-bench-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&log_dir)?;
+    let logs = Logs::new(options.log_dir.clone())?;
     eprintln!(
         "relaycord: {}; logs in {}",
         binary.display(),
-        log_dir.display()
+        logs.0.display()
     );
 
-    let baseline = measure(binary, 1, options, &log_dir)?;
+    let baseline = measure(binary, 1, options, &logs)?;
     let mut runs = Vec::new();
     for &n in &options.shards {
-        runs.push(measure(binary, n, options, &log_dir)?);
+        runs.push(measure(binary, n, options, &logs)?);
     }
 
     println!("| shards | all up after | ingest RSS | RSS per shard above the 1-shard baseline |");
@@ -87,65 +83,23 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// Kills the child (and reaps it) when dropped, so an error leaves no process behind.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn measure(binary: &Path, shards: u32, options: &Options, log_dir: &Path) -> anyhow::Result<Run> {
+fn measure(binary: &Path, shards: u32, options: &Options, logs: &Logs) -> anyhow::Result<Run> {
     eprintln!("== {shards} shard(s)");
     let nats = NatsServer::start()?;
-    let log = |name: &str| std::fs::File::create(log_dir.join(format!("{name}-{shards}.log")));
-
-    let sim_addr = procs::free_port()?;
-    let mut sim = Reaped(
-        Command::new(binary)
-            .arg("sim")
-            .args(["--listen", &sim_addr.to_string()])
-            .args(["--shards", &shards.to_string()])
-            // Every shard its own identify bucket: startup is not paced, so the run measures
-            // memory, not Discord's identify rate.
-            .args([
-                "--max-concurrency",
-                &shards.min(u32::from(u16::MAX)).to_string(),
-            ])
-            .args(["--session-start-limit", &(shards * 2 + 10).to_string()])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log("sim")?)
-            .spawn()
-            .context("spawn relaycord sim")?,
-    );
-    procs::wait_listening(&mut sim.0, sim_addr, Duration::from_secs(20))?;
-
-    let metrics_addr = procs::free_port()?;
+    let sim = Sim {
+        shards,
+        rate: 0.0,
+        events: None,
+        stamp: false,
+    };
+    let (sim, sim_addr) = sim.spawn(binary, logs.file(&format!("sim-{shards}"))?)?;
     let started = Instant::now();
-    let mut ingest = Reaped(
-        Command::new(binary)
-            .arg("ingest")
-            .env_remove("RELAYCORD_CONFIG")
-            .env("RELAYCORD_NATS__URL", nats.url())
-            .env("DISCORD_TOKEN", "sim-token")
-            .env(
-                "RELAYCORD_DISCORD__API_BASE",
-                format!("http://{sim_addr}/api"),
-            )
-            .env("RELAYCORD_INGEST__METRICS_LISTEN", metrics_addr.to_string())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log("ingest")?)
-            .spawn()
-            .context("spawn relaycord ingest")?,
-    );
-    procs::wait_listening(&mut ingest.0, metrics_addr, Duration::from_secs(20))?;
-
+    let (mut ingest, metrics_addr) = stack::spawn_ingest(
+        binary,
+        &nats.url(),
+        sim_addr,
+        logs.file(&format!("ingest-{shards}"))?,
+    )?;
     let deadline = started + Duration::from_secs(options.timeout);
     let up_after = loop {
         let up = procs::scrape(metrics_addr).map(|t| procs::metric_sum(&t, "relaycord_shard_up"));
@@ -153,7 +107,7 @@ fn measure(binary: &Path, shards: u32, options: &Options, log_dir: &Path) -> any
             break started.elapsed();
         }
         if let Some(status) = ingest.0.try_wait()? {
-            bail!("ingest exited with {status}; see {}", log_dir.display());
+            bail!("ingest exited with {status}; see {}", logs.0.display());
         }
         if Instant::now() > deadline {
             bail!(
@@ -166,7 +120,7 @@ fn measure(binary: &Path, shards: u32, options: &Options, log_dir: &Path) -> any
     eprintln!("   all {shards} up after {:.1} s", up_after.as_secs_f64());
 
     std::thread::sleep(Duration::from_secs(options.settle));
-    let pid = ingest.0.id();
+    let pid = ingest.pid();
     let mut samples = Vec::with_capacity(options.samples.max(1));
     for i in 0..options.samples.max(1) {
         if i > 0 {
@@ -183,7 +137,7 @@ fn measure(binary: &Path, shards: u32, options: &Options, log_dir: &Path) -> any
     let rss = samples[samples.len() / 2];
     eprintln!("   ingest RSS {:.1} MiB (samples {samples:?})", mib(rss));
     // For information: the simulator's own cost (one compression context per connection).
-    if let Ok(sim_rss) = procs::rss_bytes(sim.0.id()) {
+    if let Ok(sim_rss) = procs::rss_bytes(sim.pid()) {
         eprintln!("   simulator RSS {:.1} MiB", mib(sim_rss));
     }
     drop(ingest);

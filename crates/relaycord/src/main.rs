@@ -112,6 +112,10 @@ enum Command {
         /// Stop generating after this many events (default: until stopped).
         #[arg(long)]
         events: Option<u64>,
+        /// Add `"relaycord_sim":{"n":…,"sent_unix_us":…}` to every generated payload, for
+        /// latency benchmarks (relaycord-bench's receiver reads it).
+        #[arg(long)]
+        stamp: bool,
     },
     /// Dead letters of a sink: list, show, replay through the sink, purge.
     Dlq(dlq::DlqArgs),
@@ -317,6 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             session_start_limit,
             rate,
             events,
+            stamp,
         } => {
             telemetry::init_logging("info");
             let listener = TcpListener::bind(listen)
@@ -334,7 +339,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let addr = sim.local_addr();
             eprintln!("simulator: api_base = http://{addr}/api, gateway = ws://{addr}");
             if rate > 0.0 || events.is_some() {
-                generate_when_ready(&sim, rate, events, &shutdown).await;
+                generate_when_ready(&sim, rate, events, stamp, &shutdown).await;
             }
             shutdown.cancelled().await;
             sim.shutdown();
@@ -367,6 +372,7 @@ async fn generate_when_ready(
     sim: &Simulator,
     rate: f64,
     events: Option<u64>,
+    stamp: bool,
     shutdown: &CancellationToken,
 ) {
     eprintln!("waiting for a client to connect every shard…");
@@ -381,6 +387,7 @@ async fn generate_when_ready(
     let generator = sim.generate(GenerateSpec {
         count: events,
         rate_per_sec: rate,
+        stamp,
         ..GenerateSpec::default()
     });
     let stop = shutdown.clone();

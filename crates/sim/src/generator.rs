@@ -22,6 +22,10 @@ pub struct GenerateSpec {
     /// Events per second; `0`, negative, NaN or infinite means as fast as possible.
     pub rate_per_sec: f64,
     pub mix: EventMix,
+    /// Adds [`STAMP_FIELD`] to every generated payload: the event's number and the wall-clock
+    /// time it was made, so a receiver downstream can measure end-to-end latency and count
+    /// distinct events without knowing how they were wrapped on the way. Off by default.
+    pub stamp: bool,
 }
 
 impl Default for GenerateSpec {
@@ -31,6 +35,7 @@ impl Default for GenerateSpec {
             count: None,
             rate_per_sec: 100.0,
             mix: EventMix::default(),
+            stamp: false,
         }
     }
 }
@@ -177,7 +182,12 @@ async fn run(
             // Round-robin over guilds: every shard gets its share, even for small counts.
             let guild = &shared.world.guilds[(made % shared.world.guilds.len() as u64) as usize];
             let kind = pick(&weights, &mut rng);
-            let data = payloads::event(kind, &shared.world, guild, &shared.uniques, &mut rng);
+            let mut data = payloads::event(kind, &shared.world, guild, &shared.uniques, &mut rng);
+            if spec.stamp {
+                // Taken just before the frame is queued for the connection's writer, so
+                // the measured latency includes the simulator's own queueing and compression.
+                stamp(&mut data, made, unix_micros());
+            }
             let shard = shared.shard_of_guild(guild.id);
             if !deliver(&shared, &stop, shard, kind.event_type(), data, guild.id).await {
                 return made;
@@ -188,6 +198,33 @@ async fn run(
         tokio::task::yield_now().await;
     }
     made
+}
+
+/// Key of the stamp [`GenerateSpec::stamp`] adds as the last field of `d`:
+/// `"relaycord_sim":{"n":<event number from 0>,"sent_unix_us":<CLOCK_REALTIME µs>}`. Clients
+/// ignore unknown fields, as they must for Discord's own additions; consumers that forward
+/// `d` unchanged (ingest, discordhooks) carry it through, and a receiver finds it with a byte
+/// search for this key.
+pub const STAMP_FIELD: &str = "relaycord_sim";
+
+/// Appends the stamp to a JSON object.
+fn stamp(data: &mut String, n: u64, sent_unix_us: u64) {
+    debug_assert!(data.ends_with('}'), "payloads are JSON objects");
+    data.pop();
+    if !data.ends_with('{') {
+        data.push(',');
+    }
+    use std::fmt::Write;
+    let _ = write!(
+        data,
+        r#""{STAMP_FIELD}":{{"n":{n},"sent_unix_us":{sent_unix_us}}}}}"#
+    );
+}
+
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Dispatches one event, waiting for the shard to have a session if it has none (after a
@@ -235,6 +272,23 @@ mod tests {
                 .all(|k| matches!(k, EventKind::MessageCreate | EventKind::MemberAdd))
         );
         assert!((2800..3200).contains(&members), "{members}");
+    }
+
+    #[test]
+    fn stamp_is_the_last_field_and_keeps_the_rest() {
+        let mut data = r#"{"id":"1","content":"a } brace"}"#.to_owned();
+        stamp(&mut data, 7, 1_700_000_000_123_456);
+        let value: serde_json::Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(value["id"], "1");
+        assert_eq!(value["content"], "a } brace");
+        assert_eq!(value[STAMP_FIELD]["n"], 7);
+        assert_eq!(
+            value[STAMP_FIELD]["sent_unix_us"],
+            1_700_000_000_123_456_u64
+        );
+        let mut empty = "{}".to_owned();
+        stamp(&mut empty, 0, 1);
+        assert_eq!(empty, r#"{"relaycord_sim":{"n":0,"sent_unix_us":1}}"#);
     }
 
     #[test]

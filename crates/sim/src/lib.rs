@@ -18,7 +18,7 @@ mod world;
 pub use compression::Compression;
 pub use config::SimConfig;
 pub use discord_rest::{DiscordRest, PostedMessage, RateLimitScope, RestCounts, RestLimits};
-pub use generator::{EventMix, GenerateSpec, GeneratorHandle};
+pub use generator::{EventMix, GenerateSpec, GeneratorHandle, STAMP_FIELD};
 pub use interactions::{
     APPLICATION_ID, Forgery, Interactions, RestCall, RestCallKind, SignedRequest, SimInteraction,
 };

@@ -6,7 +6,7 @@ use common::{
     Client, PATIENCE, Received, assert_received_everything, poll_once, sent_on, shard,
     shard_with_queue, start,
 };
-use relaycord_sim::{GenerateSpec, SimConfig, SimError};
+use relaycord_sim::{GenerateSpec, STAMP_FIELD, SimConfig, SimError};
 use std::collections::HashSet;
 use std::time::Duration;
 use twilight_gateway::ShardId;
@@ -84,6 +84,47 @@ async fn twilight_identifies_receives_and_resumes_after_reconnect_without_gaps()
     assert_eq!(stats.connections, 2);
     assert_eq!(stats.dispatches, logged.len() as u64);
     assert_eq!(stats.session_start_remaining, 999);
+}
+
+/// With `stamp`, every generated event carries its number and send time through a real
+/// client (which still parses it); connection-level and guild dispatches carry none.
+#[tokio::test]
+async fn stamped_events_carry_their_number_and_send_time() {
+    let sim = start(SimConfig::default()).await;
+    let mut client = Client::spawn(shard(&sim, ShardId::ONE, TOKEN));
+    let now_us = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64
+    };
+    let before = now_us();
+    let generator = sim.generate(GenerateSpec {
+        count: Some(100),
+        rate_per_sec: 0.0,
+        stamp: true,
+        ..GenerateSpec::default()
+    });
+    assert_eq!(generator.finished().await, 100);
+    client.until("every event", |r| generated(r) >= 100).await;
+    let after = now_us();
+
+    let mut numbers = Vec::new();
+    for dispatch in &client.received.dispatches {
+        let d: serde_json::Value = serde_json::from_str(&dispatch.data).unwrap();
+        match dispatch.event_type.as_str() {
+            "READY" | "GUILD_CREATE" => assert!(d.get(STAMP_FIELD).is_none(), "{d}"),
+            _ => {
+                let sent = d[STAMP_FIELD]["sent_unix_us"].as_u64().unwrap();
+                assert!(
+                    (before..=after).contains(&sent),
+                    "{sent} not in {before}..={after}"
+                );
+                numbers.push(d[STAMP_FIELD]["n"].as_u64().unwrap());
+            }
+        }
+    }
+    assert_eq!(numbers, (0..100).collect::<Vec<_>>());
 }
 
 #[tokio::test]

@@ -1,0 +1,256 @@
+//! HTTP sink deliveries/s against the receiver's own ceiling, in one run.
+//!
+//! A stream is pre-filled with N stamped events (`relaycord sim` → `relaycord ingest`, both
+//! stopped once the stream holds them all). Then, in alternating rounds:
+//! - ceiling: `wrk` POSTs a request the sink really sent (headers, signature and body as
+//!   captured by the receiver) to the receiver, with the sink's concurrency;
+//! - `relaycord sink` (HTTP, signed, dedupe on, then off) delivers the stream into the same
+//!   receiver under a new consumer name; deliveries/s = N / (time from the first request
+//!   reaching the receiver to the N-th distinct event).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use relaycord_devkit::NatsServer;
+
+use crate::procs;
+use crate::receiver::{ReceiverProc, Sample, Stats};
+use crate::stack::{self, HttpSink, Logs, Sim};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Events in the pre-filled stream, delivered by every sink round.
+    #[arg(long, default_value_t = 30_000)]
+    events: u64,
+    /// The sink's `concurrency`, and wrk's connection count.
+    #[arg(long, default_value_t = 64)]
+    concurrency: u32,
+    /// Rounds of (ceiling, dedupe on, dedupe off); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds of each wrk run.
+    #[arg(long, default_value_t = 10)]
+    wrk_seconds: u64,
+    /// wrk's threads.
+    #[arg(long, default_value_t = 2)]
+    wrk_threads: u32,
+    /// Where the children's logs go (default: a new directory under the system temp dir).
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+}
+
+pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
+    let logs = Logs::new(options.log_dir.clone())?;
+    eprintln!("logs in {}", logs.0.display());
+    let nats = NatsServer::start()?;
+    let receiver = ReceiverProc::spawn(&logs)?;
+    prefill(binary, &nats, options.events, &logs)?;
+
+    // A warm-up delivery, not counted: it fills the page cache and gives wrk a request
+    // exactly as the sink sends it.
+    let warm = deliver(binary, &nats, &receiver, options, "warm", true, &logs)?;
+    eprintln!("warm-up (dedupe on, not counted): {warm:.0} deliveries/s");
+    let sample = receiver
+        .sample()?
+        .context("the receiver saw no stamped request")?;
+    let script = logs.0.join("post.lua");
+    std::fs::write(&script, wrk_script(&sample))?;
+
+    let (mut ceiling, mut on, mut off) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..options.rounds {
+        receiver.reset(0)?;
+        ceiling.push(wrk(&receiver.url(), &script, options)?);
+        let requests = receiver.stats()?.requests;
+        eprintln!(
+            "round {round}: receiver ceiling (wrk) {:.0} req/s ({requests} requests counted by the receiver)",
+            ceiling[round]
+        );
+        on.push(deliver(
+            binary,
+            &nats,
+            &receiver,
+            options,
+            &format!("on{round}"),
+            true,
+            &logs,
+        )?);
+        off.push(deliver(
+            binary,
+            &nats,
+            &receiver,
+            options,
+            &format!("off{round}"),
+            false,
+            &logs,
+        )?);
+        eprintln!(
+            "round {round}: sink dedupe on {:.0}/s, dedupe off {:.0}/s",
+            on[round], off[round]
+        );
+    }
+    let (ceiling, on, off) = (median(ceiling), median(on), median(off));
+    println!();
+    println!(
+        "HTTP sink vs receiver ceiling: {} events, concurrency {}, signed, median of {} rounds",
+        options.events, options.concurrency, options.rounds
+    );
+    println!("| what | per second | ratio to the ceiling |");
+    println!("|---|---:|---:|");
+    println!(
+        "| receiver ceiling (wrk, {} connections) | {ceiling:.0} req/s | 1.00 |",
+        options.concurrency
+    );
+    println!(
+        "| relaycord sink, dedupe on | {on:.0} deliveries/s | {:.2} |",
+        on / ceiling
+    );
+    println!(
+        "| relaycord sink, dedupe off | {off:.0} deliveries/s | {:.2} |",
+        off / ceiling
+    );
+    Ok(())
+}
+
+/// Fills the stream through the real gateway path, then stops ingest and the simulator so
+/// they take no CPU from the rounds.
+fn prefill(binary: &Path, nats: &NatsServer, events: u64, logs: &Logs) -> anyhow::Result<()> {
+    let sim = Sim {
+        shards: 1,
+        rate: 0.0,
+        events: Some(events),
+        stamp: true,
+    };
+    let (mut sim, sim_addr) = sim.spawn(binary, logs.file("prefill-sim")?)?;
+    let (mut ingest, metrics) =
+        stack::spawn_ingest(binary, &nats.url(), sim_addr, logs.file("prefill-ingest")?)?;
+    // Published = acked by JetStream; the guilds' GUILD_CREATEs come on top of the events,
+    // so wait for the count to reach N and then stop moving.
+    let mut last = (0.0, std::time::Instant::now());
+    stack::wait_for(
+        "ingest to publish every event",
+        Duration::from_secs(600),
+        || {
+            sim.check_running("relaycord sim")?;
+            ingest.check_running("relaycord ingest")
+        },
+        || {
+            let text = procs::scrape(metrics)?;
+            let published = procs::metric_sum(&text, "relaycord_publish_total")
+                - procs::metric_sum(&text, "relaycord_publish_duplicates_total");
+            if published != last.0 {
+                last = (published, std::time::Instant::now());
+            }
+            let settled = last.1.elapsed() > Duration::from_secs(1);
+            Ok((published >= events as f64 && settled).then_some(published))
+        },
+    )
+    .map(|published| eprintln!("stream pre-filled: {published} messages"))
+}
+
+/// One sink round under consumer `name`: deliveries/s of the N stamped events.
+fn deliver(
+    binary: &Path,
+    nats: &NatsServer,
+    receiver: &ReceiverProc,
+    options: &Options,
+    name: &str,
+    dedupe: bool,
+    logs: &Logs,
+) -> anyhow::Result<f64> {
+    receiver.reset(0)?;
+    let url = receiver.url();
+    let mut sink = HttpSink {
+        name,
+        url: &url,
+        dedupe,
+        concurrency: options.concurrency,
+    }
+    .spawn(binary, &nats.url(), logs)?;
+    let stats: Stats = stack::wait_for(
+        "the sink to deliver every event",
+        Duration::from_secs(900),
+        || sink.check_running("relaycord sink"),
+        || {
+            let stats = receiver.stats()?;
+            Ok((stats.distinct >= options.events).then_some(stats))
+        },
+    )?;
+    let (Some(first), Some(last)) = (stats.first_arrival_unix_us, stats.last_new_unix_us) else {
+        bail!("the receiver recorded no arrival times");
+    };
+    Ok(options.events as f64 / ((last - first) as f64 / 1e6))
+}
+
+/// wrk's `Requests/sec` against the receiver, failing on any non-2xx answer.
+fn wrk(url: &str, script: &Path, options: &Options) -> anyhow::Result<f64> {
+    let output = Command::new("wrk")
+        .args(["-t", &options.wrk_threads.to_string()])
+        .args(["-c", &options.concurrency.to_string()])
+        .args(["-d", &format!("{}s", options.wrk_seconds)])
+        .arg("-s")
+        .arg(script)
+        .arg(url)
+        .output()
+        .context("run wrk (apt-get install wrk; scripts/bench.sh installs it)")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() || text.contains("Non-2xx") || text.contains("Socket errors") {
+        bail!(
+            "wrk failed or saw errors:\n{text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    text.lines()
+        .find_map(|line| line.strip_prefix("Requests/sec:"))
+        .and_then(|value| value.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))
+}
+
+/// A wrk Lua script POSTing `sample` as it was received.
+fn wrk_script(sample: &Sample) -> String {
+    let mut script = String::from("wrk.method = \"POST\"\n");
+    script.push_str(&format!("wrk.body = {}\n", lua_string(&sample.body)));
+    for (name, value) in &sample.headers {
+        script.push_str(&format!(
+            "wrk.headers[{}] = {}\n",
+            lua_string(name),
+            lua_string(value)
+        ));
+    }
+    script
+}
+
+/// A Lua long string holding `text` verbatim (no escape is interpreted inside one).
+fn lua_string(text: &str) -> String {
+    let mut level = String::new();
+    while text.contains(&format!("]{level}]")) {
+        level.push('=');
+    }
+    // Lua drops a newline right after the opening bracket: give it one to drop.
+    let skipped = if text.starts_with('\n') { "\n" } else { "" };
+    format!("[{level}[{skipped}{text}]{level}]")
+}
+
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lua_strings_hold_any_text() {
+        assert_eq!(lua_string("a\"b"), "[[a\"b]]");
+        assert_eq!(lua_string("x]]y"), "[=[x]]y]=]");
+        assert_eq!(lua_string("]]]=]"), "[==[]]]=]]==]");
+        assert_eq!(lua_string("\nx"), "[[\n\nx]]");
+    }
+
+    #[test]
+    fn median_of_three_is_the_middle() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+    }
+}

@@ -213,7 +213,7 @@ fn wrk_script(sample: &Sample) -> String {
     script.push_str(&format!("wrk.body = {}\n", lua_string(&sample.body)));
     for (name, value) in &sample.headers {
         script.push_str(&format!(
-            "wrk.headers[{}] = {}\n",
+            "wrk.headers[ {} ] = {}\n",
             lua_string(name),
             lua_string(value)
         ));

@@ -2,7 +2,20 @@
 # Installs what Relaycord's demo and tests need on Debian/Ubuntu, when missing:
 # nats-server (Debian package) and the Python clients the compatibility tests use.
 # Safe to run again: it only installs what is absent.
+#   scripts/setup.sh                  the demo
+#   scripts/setup.sh --tests          the test suite's tools too
+#   scripts/setup.sh --tests --bench  and the benchmarks' (wrk, node/npm): scripts/bench.sh
 set -euo pipefail
+
+tests=""
+bench=""
+for arg in "$@"; do
+    case "$arg" in
+        --tests) tests=1 ;;
+        --bench) bench=1 ;;
+        *) echo "unknown option $arg (--tests, --bench)" >&2; exit 2 ;;
+    esac
+done
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -25,7 +38,19 @@ if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; t
     apt_install nats-server
 fi
 
-if [ "${1:-}" = "--tests" ]; then
+if [ -n "$bench" ]; then
+    # The HTTP benchmarks' load generator, and node for the discordhooks baseline.
+    if ! command -v wrk >/dev/null 2>&1; then
+        echo "installing wrk (apt)…" >&2
+        apt_install wrk
+    fi
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        echo "installing node and npm (apt)…" >&2
+        apt_install nodejs npm
+    fi
+fi
+
+if [ -n "$tests" ]; then
     if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
         echo "installing python3 and pip (apt)…" >&2
         apt_install python3 python3-pip

@@ -31,8 +31,11 @@ pub struct TestReceiver {
     pub url: String,
     addr: SocketAddr,
     /// The server while up: stopping it closes the listener, so connections are refused.
-    serving: Arc<Mutex<Option<(CancellationToken, JoinHandle<()>)>>>,
+    serving: Arc<Mutex<Option<Serving>>>,
 }
+
+/// A running server: cancel, then await, to stop it.
+type Serving = (CancellationToken, JoinHandle<()>);
 
 struct Inner {
     key: SigningKey,

@@ -328,6 +328,23 @@ pub async fn run(options: &Options) -> Report {
     };
     let fault_thread = std::thread::spawn(move || faults::run(&world, schedule, &bounds));
 
+    // One line every 30 s, so a long run shows how far it is.
+    let progress = tokio::spawn({
+        let (receiver, sim) = (receiver.clone(), sim.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                eprintln!(
+                    "soak: {:>7.0}s dispatched {} delivered to web {}",
+                    started.elapsed().as_secs_f64(),
+                    sim.stats().dispatches,
+                    receiver.distinct()
+                );
+            }
+        }
+    });
     let made = generator.finished().await;
     let generation = generating.elapsed();
     eprintln!("soak: {made} events generated in {generation:.0?}");
@@ -370,6 +387,7 @@ pub async fn run(options: &Options) -> Report {
         },
     )
     .await;
+    progress.abort();
     let settle_time = faults_done.elapsed();
     eprintln!("soak: counting ({sinks_done:?} settled after {settle_time:.0?})");
 

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use relaycord_sim::{Interactions, RestCallKind};
 use tokio::task::JoinSet;
 
+use crate::interactions::interaction_id;
 use crate::send_to;
 
 /// The handler's view: what it received and what it answered (the reply stored in the
@@ -43,12 +44,7 @@ pub async fn start_handler(
         let mut n = 0u64;
         while let Some(request) = requests.next().await {
             n += 1;
-            let id = request
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(relaycord_interactions::handler_headers::INTERACTION_ID))
-                .map(|v| v.to_string())
-                .unwrap_or_default();
+            let id = interaction_id(&request);
             state.received.lock().unwrap().insert(id.clone());
             let Some(reply_to) = request.reply else {
                 continue;

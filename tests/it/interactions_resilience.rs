@@ -387,3 +387,44 @@ async fn follow_ups_slower_than_ack_wait_are_posted_once() {
     }
     stack.stop().await;
 }
+
+/// Found by the soak (docs/reliability.md): while a killed node's stream leader is being
+/// replaced, publishes get "no responders" for a few seconds, and every interaction then
+/// was answered 503 at once although its deadline left time to try again. Here the stream
+/// is gone for half a second of the 2.5 s deadline: the publish is retried under the same
+/// id, the interaction is recorded once and the handler's answer goes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interaction_is_recorded_when_its_stream_returns_within_the_deadline() {
+    let stack = Stack::builder()
+        .interactions(vec![nats_route("ping", "relaycord.handlers.ping")])
+        .start()
+        .await;
+    let _routed = nats_handler(
+        &stack.client,
+        "relaycord.handlers.ping",
+        Duration::ZERO,
+        PONG,
+    )
+    .await;
+    let mut stream = stack.js.get_stream("DISCORD_INTERACTIONS").await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    stack
+        .js
+        .delete_stream("DISCORD_INTERACTIONS")
+        .await
+        .unwrap();
+    let js = stack.js.clone();
+    let restore = tokio::spawn(async move {
+        // The outage the request meets, not a synchronisation.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        js.create_stream(config).await.unwrap();
+    });
+    let command = stack.discord.command("ping");
+    let (status, body) = stack.send(&stack.discord.signed(&command)).await;
+    restore.await.unwrap();
+    assert_eq!((status, &body[..]), (200, PONG.as_bytes()));
+    let stored = stack.stored().await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].msg_id, format!("ix:{}", command.id));
+    stack.stop().await;
+}

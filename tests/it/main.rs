@@ -31,5 +31,6 @@ mod sinks_nats;
 mod sinks_process;
 mod sinks_tail;
 mod skeleton;
+mod soak;
 mod traces;
 mod traces_bench;

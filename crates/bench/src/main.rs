@@ -1,7 +1,8 @@
 //! `relaycord-bench`: benchmarks run by hand (not part of the test suite), each reported as
 //! a ratio or difference against a baseline measured in the same invocation. Results and the
 //! commands that produced them are recorded in docs/benchmarks.md. Every process measured
-//! (nats-server, `relaycord` roles, the receiver, wrk, node) is a child on loopback.
+//! (nats-server, `relaycord` roles, the receiver, wrk, node) is a child on loopback. Also the
+//! full soak (`soak`, docs/reliability.md), which needs the same release build of every role.
 //!
 //! Build the `relaycord` binary first, in the same profile:
 //! `cargo build --release -p relaycord -p relaycord-bench`.
@@ -12,6 +13,7 @@ mod latency;
 mod procs;
 mod receiver;
 mod shards;
+mod soak;
 mod stack;
 
 use std::path::PathBuf;
@@ -41,6 +43,9 @@ enum Command {
     VsDiscordhooks(discordhooks::Options),
     /// The benchmarks' webhook receiver (started by them; answers 200, counts, measures).
     Receiver(receiver::Options),
+    /// The soak: every role as a process under random faults, every event counted
+    /// (docs/reliability.md).
+    Soak(soak::Options),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
             Command::HttpSink(options) => http_sink::run(&binary, &options),
             Command::Latency(options) => latency::run(&binary, &options),
             Command::VsDiscordhooks(options) => discordhooks::run(&binary, &options),
+            Command::Soak(options) => soak::run(&binary, &options),
             Command::Receiver(_) => unreachable!("handled above"),
         }),
     };

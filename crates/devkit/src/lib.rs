@@ -9,4 +9,4 @@ mod sim;
 
 pub use nats_server::{INSTALL_HINT, NatsCluster, NatsServer, NatsServerError};
 pub use receiver::Receiver;
-pub use sim::{GENERATED_TYPES, expected_ids};
+pub use sim::{GENERATED_TYPES, dedupe_id, expected_ids, is_published};

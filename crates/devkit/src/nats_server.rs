@@ -131,15 +131,21 @@ impl NatsServer {
         }
     }
 
-    /// Starts the server again on the same ports and store (after a kill or stop).
+    /// Starts the server again on the same ports and store (after a kill or stop). It
+    /// listens only once JetStream has recovered its store, which takes a while for a big
+    /// one (a soak's node holds gigabytes), so this waits up to two minutes.
     pub fn restart(&mut self) -> Result<(), NatsServerError> {
         if self.child.is_some() {
             self.kill();
         }
-        self.spawn()
+        self.spawn_within(Duration::from_secs(120))
     }
 
     fn spawn(&mut self) -> Result<(), NatsServerError> {
+        self.spawn_within(Duration::from_secs(15))
+    }
+
+    fn spawn_within(&mut self, timeout: Duration) -> Result<(), NatsServerError> {
         let log = std::fs::File::create(self.log_path()).map_err(io("cannot create the log"))?;
         let port = self.port.map_or("-1".to_owned(), |p| p.to_string());
         let mut command = Command::new(&self.binary);
@@ -173,7 +179,7 @@ impl NatsServer {
             .spawn()
             .map_err(io(format!("cannot start {}", self.binary.display())))?;
         self.child = Some(child);
-        self.wait_listening(Duration::from_secs(15))
+        self.wait_listening(timeout)
     }
 
     fn log_path(&self) -> PathBuf {

@@ -17,17 +17,25 @@ pub const GENERATED_TYPES: [&str; 4] = [
 /// connection-level READY and RESUMED), restricted to `types` when given.
 pub fn expected_ids(sent: &[SentDispatch], types: Option<&[&str]>) -> HashSet<String> {
     sent.iter()
-        .filter(|d| !matches!(d.event_type.as_str(), "READY" | "RESUMED"))
+        .filter(|d| is_published(d))
         .filter(|d| types.is_none_or(|t| t.contains(&d.event_type.as_str())))
-        .map(|d| {
-            let frame = format!(
-                r#"{{"op":0,"t":"{}","s":{},"d":{}}}"#,
-                d.event_type, d.seq, d.data
-            );
-            let dispatch = Dispatch::parse(&frame)
-                .expect("the simulator logs well-formed dispatches")
-                .expect("a logged dispatch is op 0");
-            dedupe::gateway_key(&dispatch)
-        })
+        .map(dedupe_id)
         .collect()
+}
+
+/// Whether ingest publishes this dispatch (READY and RESUMED are connection events).
+pub fn is_published(dispatch: &SentDispatch) -> bool {
+    !matches!(dispatch.event_type.as_str(), "READY" | "RESUMED")
+}
+
+/// The id a logged dispatch is published under.
+pub fn dedupe_id(d: &SentDispatch) -> String {
+    let frame = format!(
+        r#"{{"op":0,"t":"{}","s":{},"d":{}}}"#,
+        d.event_type, d.seq, d.data
+    );
+    let dispatch = Dispatch::parse(&frame)
+        .expect("the simulator logs well-formed dispatches")
+        .expect("a logged dispatch is op 0");
+    dedupe::gateway_key(&dispatch)
 }

@@ -74,6 +74,19 @@ impl Failure {
             PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
                 Self::Rejected
             }
+            // "duplicate message id is in process" (409/10158): the first publish of this id
+            // is still being stored (a clustered stream mid-failover); the retry gets its
+            // ack once it is. Nothing for an operator to fix (found by the soak).
+            PublishErrorKind::Other
+                if std::error::Error::source(error)
+                    .and_then(|e| e.downcast_ref::<async_nats::jetstream::Error>())
+                    .is_some_and(|e| {
+                        e.error_code()
+                            == async_nats::jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
+                    }) =>
+            {
+                Self::Timeout
+            }
             PublishErrorKind::Other
                 if std::error::Error::source(error)
                     .is_some_and(|e| e.is::<async_nats::jetstream::Error>()) =>
@@ -337,6 +350,16 @@ mod tests {
         assert_eq!(
             Failure::classify(&rejected, "a.b", timeout),
             Failure::Rejected
+        );
+        let in_process: async_nats::jetstream::Error = serde_json::from_str(
+            r#"{"code":409,"err_code":10158,"description":"duplicate message id is in process"}"#,
+        )
+        .unwrap();
+        let in_process = PublishError::with_source(PublishErrorKind::Other, in_process);
+        assert_eq!(
+            Failure::classify(&in_process, "a.b", timeout),
+            Failure::Timeout,
+            "a retry racing its first publish passes by itself"
         );
         for failure in [Failure::NoStream, Failure::Permission, Failure::Rejected] {
             assert!(failure.fix().is_some());

@@ -19,6 +19,12 @@ use tokio::time::Instant as TokioInstant;
 use tracing::Instrument;
 
 use crate::Settings;
+
+/// Waits between publish attempts of one interaction: short, as its deadline is.
+const PUBLISH_RETRY: relaycord_bus::backoff::Exponential = relaycord_bus::backoff::Exponential::new(
+    std::time::Duration::from_millis(25),
+    std::time::Duration::from_millis(200),
+);
 use crate::decisions::Decisions;
 use crate::metrics::InteractionMetrics;
 use crate::replies::ReplyMux;
@@ -251,10 +257,27 @@ impl Endpoint {
             data,
         };
         let span = relaycord_bus::span!("publish", otel.kind = "producer", %id);
-        span.in_scope(|| OutgoingMessage::event(keys.subject(&self.subjects), &envelope))
-            .publish(&self.js)
-            .instrument(span)
-            .await?;
+        let message =
+            span.in_scope(|| OutgoingMessage::event(keys.subject(&self.subjects), &envelope));
+        // Retried under the same id (JetStream keeps one copy) until the caller's deadline
+        // cuts it off: while a dead node's stream leader is replaced, publishes get no
+        // responders for a few seconds, and a retry inside Discord's 3 s beats a 503.
+        let mut attempt = 0;
+        loop {
+            match message
+                .clone()
+                .publish(&self.js)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(_) => break,
+                Err(error) => {
+                    attempt += 1;
+                    tracing::debug!(%error, attempt, "publish failed; retrying");
+                    tokio::time::sleep(PUBLISH_RETRY.delay(attempt)).await;
+                }
+            }
+        }
         self.metrics
             .publish_latency
             .observe(started.elapsed().as_secs_f64());

@@ -24,6 +24,7 @@ use session::IdentifyLimits;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +67,7 @@ struct Entry {
     event_type: Box<str>,
     data: Box<str>,
     guild_id: Option<u64>,
+    created_at: SystemTime,
 }
 
 impl Entry {
@@ -247,6 +249,7 @@ impl Shared {
             event_type,
             data,
             guild_id,
+            created_at: SystemTime::now(),
         });
         if let Some(conn) = &slot.conn {
             conn.send(entry.frame());
@@ -419,6 +422,7 @@ impl Shared {
                 event_type: e.event_type.to_string(),
                 data: e.data.to_string(),
                 guild_id: e.guild_id,
+                created_at: e.created_at,
             })
             .collect()
     }

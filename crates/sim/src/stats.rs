@@ -13,6 +13,8 @@ pub struct SentDispatch {
     /// The raw `d` JSON, byte for byte as sent.
     pub data: String,
     pub guild_id: Option<u64>,
+    /// When the simulator created it: where an end-to-end latency starts.
+    pub created_at: std::time::SystemTime,
 }
 
 /// Counters since the simulator started.

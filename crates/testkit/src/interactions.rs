@@ -53,13 +53,7 @@ pub async fn nats_handler(
     let client = client.clone();
     tokio::spawn(async move {
         while let Some(request) = sub.next().await {
-            let id = request
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(relaycord_interactions::handler_headers::INTERACTION_ID))
-                .map(|v| v.to_string())
-                .unwrap_or_default();
-            let _ = tx.send(id);
+            let _ = tx.send(interaction_id(&request));
             let client = client.clone();
             tokio::spawn(async move {
                 // A zero sleep still waits for the next timer tick (about 1 ms).
@@ -77,6 +71,16 @@ pub async fn nats_handler(
         }
     });
     rx
+}
+
+/// The `Relaycord-Interaction-Id` header of a handler request (empty without one).
+pub fn interaction_id(request: &async_nats::Message) -> String {
+    request
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(relaycord_interactions::handler_headers::INTERACTION_ID))
+        .map(|v| v.to_string())
+        .unwrap_or_default()
 }
 
 pub fn nats_route(command: &str, subject: &str) -> RouteConfig {

@@ -10,6 +10,7 @@ mod bus;
 mod interactions;
 mod metrics;
 mod sinks;
+pub mod soak;
 mod stack;
 mod test_receiver;
 

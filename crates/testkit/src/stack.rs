@@ -233,7 +233,7 @@ struct RoleArgs {
 
 /// Connects and sets up the streams. A cluster answers JetStream requests only once it
 /// has elected a meta leader, so there the first failures are retried.
-async fn connect(config: &Config, cluster: bool) -> jetstream::Context {
+pub(crate) async fn connect(config: &Config, cluster: bool) -> jetstream::Context {
     if !cluster {
         return roles::connect(config, "test").await.unwrap();
     }

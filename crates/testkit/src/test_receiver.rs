@@ -2,12 +2,14 @@
 //! (400), some ids always fail, half of all requests fail (500, a hang past the sink's timeout, 429 with
 //! Retry-After), or every request is parked until released and then refused. It counts
 //! only what it accepted (2xx), per id and per `x-replica` header, and when each signed
-//! request arrived. It can also answer each id's first request 429 with a Retry-After.
+//! request arrived. It can also answer each id's first request 429 with a Retry-After, fail
+//! a smaller share of requests, and go down (connections refused) and come back on its port.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -18,6 +20,8 @@ use axum::routing::post;
 use relaycord_sinks::http::SigningKey;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::SECRET;
 
@@ -25,16 +29,24 @@ use crate::SECRET;
 pub struct TestReceiver {
     inner: Arc<Inner>,
     pub url: String,
+    addr: SocketAddr,
+    /// The server while up: stopping it closes the listener, so connections are refused.
+    serving: Arc<Mutex<Option<Serving>>>,
 }
+
+/// A running server: cancel, then await, to stop it.
+type Serving = (CancellationToken, JoinHandle<()>);
 
 struct Inner {
     key: SigningKey,
-    accepted: Mutex<HashMap<String, u32>>,
+    /// When each id was accepted, in order: its count and its duplicates' times.
+    accepted: Mutex<HashMap<String, Vec<SystemTime>>>,
     by_replica: Mutex<HashMap<String, u64>>,
     requests: AtomicU64,
     bad_signatures: AtomicU64,
-    /// Fail half the requests (and always those of `doomed`).
-    flaky: AtomicBool,
+    /// Non-zero: of every `flaky` requests, three fail (500, a hang, 429), and `doomed`
+    /// ids always fail. 6 fails half of them.
+    flaky: AtomicU64,
     /// Answer 400 to every signed request.
     refusing: AtomicBool,
     /// The next id seen goes into `refused_for_good`.
@@ -56,14 +68,15 @@ impl TestReceiver {
     /// Accepts everything (after `delay`). `hang` is how long a "timeout" request stalls.
     pub async fn start(delay: Duration) -> TestReceiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/events", listener.local_addr().unwrap());
+        let addr = listener.local_addr().unwrap();
+        let url = format!("http://{addr}/events");
         let inner = Arc::new(Inner {
             key: SigningKey::parse(SECRET).unwrap(),
             accepted: Mutex::default(),
             by_replica: Mutex::default(),
             requests: AtomicU64::new(0),
             bad_signatures: AtomicU64::new(0),
-            flaky: AtomicBool::new(false),
+            flaky: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
             refuse_next: AtomicBool::new(false),
             refused_for_good: Mutex::default(),
@@ -75,17 +88,68 @@ impl TestReceiver {
             retry_after_first: AtomicU64::new(0),
             arrivals: Mutex::default(),
         });
+        let receiver = TestReceiver {
+            inner,
+            url,
+            addr,
+            serving: Arc::default(),
+        };
+        receiver.serve(listener);
+        receiver
+    }
+
+    fn serve(&self, listener: TcpListener) {
         let app = Router::new()
             .route("/events", post(receive))
-            .with_state(Arc::clone(&inner));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            .with_state(Arc::clone(&self.inner));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+            }
         });
-        TestReceiver { inner, url }
+        *self.serving.lock().unwrap() = Some((stop, task));
+    }
+
+    /// Down: the listener is closed (new connections refused) and open connections are
+    /// closed once their request is answered. Up: it listens on the same port again.
+    pub async fn set_down(&self, down: bool) {
+        let serving = self.serving.lock().unwrap().take();
+        match (down, serving) {
+            (true, Some((stop, task))) => {
+                stop.cancel();
+                let _ = task.await;
+            }
+            (false, None) => {
+                // The port was ours a moment ago; only a race with another process
+                // binding it could fail this, and the next attempt would see it.
+                let listener = loop {
+                    match TcpListener::bind(self.addr).await {
+                        Ok(listener) => break listener,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                };
+                self.serve(listener);
+            }
+            (_, serving) => *self.serving.lock().unwrap() = serving,
+        }
     }
 
     pub fn set_flaky(&self, flaky: bool) {
-        self.inner.flaky.store(flaky, Ordering::SeqCst);
+        self.set_flaky_period(if flaky { 6 } else { 0 });
+    }
+
+    /// Of every `period` requests, three fail: a 500, a hang past the sink's timeout and a
+    /// 429 with `Retry-After: 1`. 0 turns it off; at least 4.
+    pub fn set_flaky_period(&self, period: u64) {
+        assert!(
+            period == 0 || period > 3,
+            "three of every period requests fail"
+        );
+        self.inner.flaky.store(period, Ordering::SeqCst);
     }
 
     /// While refusing, every request is answered 400, as by a receiver whose route or
@@ -135,7 +199,21 @@ impl TestReceiver {
     }
 
     pub fn accepted(&self) -> HashMap<String, u32> {
+        let accepted = self.inner.accepted.lock().unwrap();
+        accepted
+            .iter()
+            .map(|(id, times)| (id.clone(), times.len() as u32))
+            .collect()
+    }
+
+    /// When each id was accepted, every time it was.
+    pub fn accepted_at(&self) -> HashMap<String, Vec<SystemTime>> {
         self.inner.accepted.lock().unwrap().clone()
+    }
+
+    /// Distinct ids accepted.
+    pub fn distinct(&self) -> usize {
+        self.inner.accepted.lock().unwrap().len()
     }
 
     pub fn by_replica(&self) -> HashMap<String, u64> {
@@ -217,11 +295,12 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         let _ = hold.wait_for(|h| !*h).await;
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
-    if inner.flaky.load(Ordering::SeqCst) {
+    let period = inner.flaky.load(Ordering::SeqCst);
+    if period > 0 {
         if inner.doomed.lock().unwrap().contains(id) {
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
-        match n % 6 {
+        match n % period {
             0 => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
             1 => {
                 // Past the sink's timeout; refused anyway in case the sink waited.
@@ -237,12 +316,13 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
     if !inner.delay.is_zero() {
         tokio::time::sleep(inner.delay).await;
     }
-    *inner
+    inner
         .accepted
         .lock()
         .unwrap()
         .entry(id.to_owned())
-        .or_default() += 1;
+        .or_default()
+        .push(SystemTime::now());
     let replica = header("x-replica").unwrap_or("-").to_owned();
     *inner.by_replica.lock().unwrap().entry(replica).or_default() += 1;
     StatusCode::NO_CONTENT.into_response()

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::Settings;
 use crate::decisions::Decisions;
 use crate::metrics::InteractionMetrics;
+use crate::owned::Owned;
 use crate::replies::ReplyMux;
 use crate::response::{self, InvalidReply};
 use crate::routes::{Action, Route, Routes};
@@ -44,6 +45,7 @@ pub(crate) struct Endpoint {
     pub client: async_nats::Client,
     pub http: reqwest::Client,
     pub mux: ReplyMux,
+    pub owned: Owned,
     pub decisions: Decisions,
     pub metrics: InteractionMetrics,
 }

@@ -22,7 +22,7 @@
 //! median round, so that a burst of the machine's other work does not decide a ratio.
 //! Besides req/s and p50/p99 it prints each row's CPU seconds per process and the requests
 //! per CPU-second of the server: the per-core figure of the scale notes (docs/benchmarks.md).
-//! `RELAYCORD_BIN=path/to/relaycord` measures another build of the binary (a commit before
+//! `BENCH_RELAYCORD_BIN=path/to/relaycord` measures another build of the binary (a commit before
 //! a change) under the same load generator.
 
 use std::net::SocketAddr;
@@ -237,7 +237,11 @@ impl Server {
 /// This test binary again, serving the baseline in its own process.
 async fn spawn_baseline() -> Server {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["interactions_bench::baseline_server", "--exact", "--ignored"])
+        .args([
+            "interactions_bench::baseline_server",
+            "--exact",
+            "--ignored",
+        ])
         .args(["--nocapture", "--test-threads", "1"])
         .env(BASELINE_ENV, "1")
         .stdin(Stdio::null())
@@ -247,7 +251,8 @@ async fn spawn_baseline() -> Server {
         .expect("re-run this test binary");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     while let Some(line) = lines.next_line().await.unwrap() {
-        if let Some(addr) = line.strip_prefix("baseline listening on ") {
+        // libtest may print the test's name first on the same line.
+        if let Some((_, addr)) = line.split_once("baseline listening on ") {
             let addr = addr.parse().unwrap();
             return Server { child, addr };
         }
@@ -302,8 +307,8 @@ handler = {{ nats = "relaycord.handlers.ping" }}
         api = stack.config.discord.api_base,
     );
     std::fs::write(&path, toml).unwrap();
-    // Another build of the binary (e.g. the commit before a change) with RELAYCORD_BIN.
-    let binary = std::env::var_os("RELAYCORD_BIN")
+    // Another build of the binary (e.g. the commit before a change) with BENCH_RELAYCORD_BIN (not RELAYCORD_…: that prefix is the config's).
+    let binary = std::env::var_os("BENCH_RELAYCORD_BIN")
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_relaycord").into());
     let child = Command::new(binary)
         .arg("--config")
@@ -318,7 +323,10 @@ handler = {{ nats = "relaycord.handlers.ping" }}
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !http.get(&url).send().await.is_ok_and(|r| r.status() == 405) {
-        assert!(Instant::now() < deadline, "relaycord interactions did not start");
+        assert!(
+            Instant::now() < deadline,
+            "relaycord interactions did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Server { child, addr }
@@ -389,7 +397,12 @@ async fn interactions_bench() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    row("baseline: bare axum, constant answer", baseline, baseline, n);
+    row(
+        "baseline: bare axum, constant answer",
+        baseline,
+        baseline,
+        n,
+    );
     row(
         "verify + publish + configured response",
         median(&mut fixed),
@@ -406,7 +419,9 @@ async fn interactions_bench() {
     // read the reply before the owner's `answered` record and put it back (nak).
     let js = async_nats::jetstream::new(handler_client.clone());
     let replies = js
-        .get_stream(relaycord_interactions::replies::replies_stream(&relaycord_bus::Subjects::default()))
+        .get_stream(relaycord_interactions::replies::replies_stream(
+            &relaycord_bus::Subjects::default(),
+        ))
         .await
         .unwrap();
     let mut consumer = replies

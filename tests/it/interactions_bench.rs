@@ -5,68 +5,195 @@
 //! cargo test --release -p relaycord --test it interactions_bench -- --ignored --nocapture
 //! ```
 //!
-//! Three servers get the same load (pre-signed requests, each a distinct interaction,
-//! over keep-alive HTTP/1.1 connections from a fixed number of concurrent clients):
-//! 1. baseline: a bare axum handler answering a constant body (the HTTP stack's ceiling);
-//! 2. Relaycord, route with a configured response: verify + publish (JetStream ack) + answer;
-//! 3. Relaycord, route to a NATS handler (another connection, queue group): verify +
-//!    publish + request/reply round trip + decision record.
+//! Every server measured is its own process, as deployed, so that the load generator (this
+//! process) and the server share the 2 CPUs through the OS scheduler only, not one tokio
+//! runtime; and so that each one's CPU time can be read from `/proc`:
+//! 1. baseline: a bare axum handler answering a constant body (the HTTP stack's ceiling),
+//!    served by this test binary re-run as a child (`baseline_server` below);
+//! 2. `relaycord interactions` (the release binary as a child), route with a configured
+//!    response: verify + publish (JetStream ack) + answer;
+//! 3. the same process, route to a NATS handler (in this process, on its own connection,
+//!    queue group): verify + publish + claim + request/reply round trip + `answered` record.
 //!
-//! `BENCH_REQUESTS` (default 20000) and `BENCH_CONCURRENCY` (64) tune it.
+//! The load is the same for all three: pre-signed requests, each a distinct interaction,
+//! sent over keep-alive HTTP/1.1 connections (bare hyper, one request in flight per
+//! connection) by `BENCH_CONCURRENCY` clients (default 64), `BENCH_REQUESTS` (default
+//! 20000) per row. `BENCH_ROUNDS` (default 3) alternates the rows and keeps each row's
+//! median round, so that a burst of the machine's other work does not decide a ratio.
+//! Besides req/s and p50/p99 it prints each row's CPU seconds per process and the requests
+//! per CPU-second of the server: the per-core figure of the scale notes (docs/benchmarks.md).
+//! `BENCH_RELAYCORD_BIN=path/to/relaycord` measures another build of the binary (a commit before
+//! a change) under the same load generator.
 
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use relaycord_interactions::RouteConfig;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, Request};
+use hyper_util::rt::TokioIo;
 use relaycord_sim::{SignedRequest, SimConfig};
-use relaycord_testkit::{Stack, nats_handler, nats_route, send_to, start_sim};
-use serde_json::json;
-use tokio::net::TcpListener;
+use relaycord_testkit::{Stack, nats_handler, start_sim};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
 
 const PONG: &str = r#"{"type":4,"data":{"content":"pong"}}"#;
+const PATH: &str = "/interactions";
+/// Set in the environment of this binary re-run as the baseline server.
+const BASELINE_ENV: &str = "RELAYCORD_BENCH_BASELINE";
 
 struct Run {
     rps: f64,
     p50: Duration,
     p99: Duration,
+    /// CPU seconds used during the row by the server, nats-server and the load generator.
+    cpu: [f64; 3],
 }
 
-/// Sends `requests`; each must be answered 200 with `expected` (so that a row measures
-/// the path it names: a deferral or an apology in the handler row would not).
+/// A request as sent: the body and Discord's two signature headers.
+struct Prepared {
+    body: Bytes,
+    signature: HeaderValue,
+    timestamp: HeaderValue,
+}
+
+fn prepare(request: SignedRequest) -> Prepared {
+    let header = |v: Option<String>| HeaderValue::from_str(&v.expect("signed")).unwrap();
+    Prepared {
+        body: Bytes::from(request.body),
+        signature: header(request.signature),
+        timestamp: header(request.timestamp),
+    }
+}
+
+/// One keep-alive connection sending requests (taken from `next`) one at a time until
+/// none are left; returns each one's latency.
+async fn client(
+    addr: SocketAddr,
+    requests: Arc<Vec<Prepared>>,
+    next: Arc<AtomicUsize>,
+    expected: Arc<serde_json::Value>,
+) -> Vec<Duration> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(connection);
+    let expected_bytes = expected.to_string();
+    let mut latencies = Vec::new();
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(request) = requests.get(i) else {
+            return latencies;
+        };
+        let http = Request::post(PATH)
+            .header("host", addr.to_string())
+            .header("content-type", "application/json")
+            .header("x-signature-ed25519", request.signature.clone())
+            .header("x-signature-timestamp", request.timestamp.clone())
+            .body(Body::from(request.body.clone()))
+            .unwrap();
+        let sent = Instant::now();
+        sender.ready().await.expect("connection open");
+        let response = sender.send_request(http).await.expect("response");
+        let status = response.status();
+        let body = axum::body::to_bytes(Body::new(response.into_body()), 1 << 20)
+            .await
+            .expect("body");
+        latencies.push(sent.elapsed());
+        assert_eq!(status, 200, "{body:?}");
+        // So that a row measures the path it names: a deferral or an apology would not.
+        if body != expected_bytes.as_bytes() {
+            let got: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            assert_eq!(&got, &*expected, "not the answer this row measures");
+        }
+    }
+}
+
+/// Sends every request with `concurrency` connections; each must be answered 200 with
+/// `expected`.
 async fn load(
-    url: &str,
+    addr: SocketAddr,
     requests: Vec<SignedRequest>,
     concurrency: usize,
     expected: &serde_json::Value,
+    pids: [u32; 3],
 ) -> Run {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()
-        .unwrap();
     let count = requests.len();
+    let requests = Arc::new(requests.into_iter().map(prepare).collect::<Vec<_>>());
+    let next = Arc::new(AtomicUsize::new(0));
+    let expected = Arc::new(expected.clone());
+    let cpu_before = pids.map(cpu_seconds);
     let started = Instant::now();
-    let mut latencies: Vec<Duration> = futures::stream::iter(requests)
-        .map(|request| {
-            let http = http.clone();
-            async move {
-                let sent = Instant::now();
-                let (status, body) = send_to(&http, url, &request).await.expect("response");
-                assert_eq!(status, 200);
-                let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
-                assert_eq!(&body, expected, "not the answer this row measures");
-                sent.elapsed()
-            }
+    let clients: Vec<_> = (0..concurrency)
+        .map(|_| {
+            tokio::spawn(client(
+                addr,
+                Arc::clone(&requests),
+                Arc::clone(&next),
+                Arc::clone(&expected),
+            ))
         })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+        .collect();
+    let mut latencies = Vec::with_capacity(count);
+    for c in clients {
+        latencies.extend(c.await.expect("client"));
+    }
     let elapsed = started.elapsed();
+    let cpu_after = pids.map(cpu_seconds);
     latencies.sort();
     Run {
         rps: count as f64 / elapsed.as_secs_f64(),
         p50: latencies[count / 2],
         p99: latencies[count * 99 / 100],
+        cpu: [0, 1, 2].map(|i| cpu_after[i] - cpu_before[i]),
     }
+}
+
+/// User + system CPU seconds of a process so far (`/proc/<pid>/stat`, fields 14 and 15).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) / clock_ticks(),
+        _ => f64::NAN,
+    }
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// The nats-server child of this process (the stack's).
+fn nats_server_pid() -> u32 {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            stat.contains("(nats-server)") && parent == Some(me.as_str())
+        })
+        .expect("the stack's nats-server is a child of this process")
 }
 
 fn env(name: &str, default: usize) -> usize {
@@ -76,14 +203,133 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn row(label: &str, run: &Run, baseline: &Run) {
+fn median(runs: &mut [Run]) -> &Run {
+    runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    &runs[runs.len() / 2]
+}
+
+fn row(label: &str, run: &Run, baseline: &Run, requests: usize) {
+    let [server, nats, generator] = run.cpu;
     println!(
-        "{label:<44} {:>9.0} req/s  ({:>5.2} of baseline)  p50 {:>7.2} ms  p99 {:>7.2} ms",
+        "{label:<44} {:>7.0} req/s ({:>4.2} of baseline)  p50 {:>6.2} ms  p99 {:>6.2} ms  \
+         CPU s: server {server:.2}, nats {nats:.2}, load {generator:.2}  \
+         server {:.0} req per CPU-s",
         run.rps,
         run.rps / baseline.rps,
         run.p50.as_secs_f64() * 1e3,
-        run.p99.as_secs_f64() * 1e3
+        run.p99.as_secs_f64() * 1e3,
+        requests as f64 / server,
     );
+}
+
+/// A child process killed when dropped, with where it listens.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+}
+
+/// This test binary again, serving the baseline in its own process.
+async fn spawn_baseline() -> Server {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "interactions_bench::baseline_server",
+            "--exact",
+            "--ignored",
+        ])
+        .args(["--nocapture", "--test-threads", "1"])
+        .env(BASELINE_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("re-run this test binary");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        // libtest may print the test's name first on the same line.
+        if let Some((_, addr)) = line.split_once("baseline listening on ") {
+            let addr = addr.parse().unwrap();
+            return Server { child, addr };
+        }
+    }
+    panic!("the baseline server did not start");
+}
+
+/// Not a test: the baseline server when run by [`spawn_baseline`] (returns at once
+/// otherwise). A multi-thread runtime with one worker per CPU, as `relaycord` has.
+#[test]
+#[ignore = "the baseline of interactions_bench, run as its child process"]
+fn baseline_server() {
+    if std::env::var_os(BASELINE_ENV).is_none() {
+        return;
+    }
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let echo = axum::Router::new().route(PATH, axum::routing::post(|| async { PONG }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("baseline listening on {}", listener.local_addr().unwrap());
+        axum::serve(listener, echo).await.unwrap();
+    });
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// `relaycord interactions` with the two routes measured, against the stack's NATS.
+async fn spawn_relaycord(stack: &Stack, dir: &tempfile::TempDir) -> Server {
+    let (addr, metrics) = (free_addr(), free_addr());
+    let path = dir.path().join("relaycord.toml");
+    let toml = format!(
+        r#"
+[nats]
+url = "{nats}"
+[discord]
+public_key = "{key}"
+api_base = "{api}"
+[interactions]
+listen = "{addr}"
+metrics_listen = "{metrics}"
+[[interactions.routes]]
+command = "fixed"
+response = {{ type = 4, data = {{ content = "pong" }} }}
+[[interactions.routes]]
+command = "ping"
+handler = {{ nats = "relaycord.handlers.ping" }}
+"#,
+        nats = stack.config.nats.url,
+        key = stack.config.discord.public_key,
+        api = stack.config.discord.api_base,
+    );
+    std::fs::write(&path, toml).unwrap();
+    // Another build of the binary (e.g. the commit before a change) with BENCH_RELAYCORD_BIN (not RELAYCORD_…: that prefix is the config's).
+    let binary = std::env::var_os("BENCH_RELAYCORD_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_relaycord").into());
+    let child = Command::new(binary)
+        .arg("--config")
+        .arg(&path)
+        .arg("interactions")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the relaycord binary");
+    let url = format!("http://{addr}{PATH}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http.get(&url).send().await.is_ok_and(|r| r.status() == 405) {
+        assert!(
+            Instant::now() < deadline,
+            "relaycord interactions did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Server { child, addr }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -91,13 +337,9 @@ fn row(label: &str, run: &Run, baseline: &Run) {
 async fn interactions_bench() {
     let n = env("BENCH_REQUESTS", 20_000);
     let concurrency = env("BENCH_CONCURRENCY", 64);
+    let rounds = env("BENCH_ROUNDS", 3).max(1);
 
-    // 1. Baseline: bare axum, constant answer, same client and load.
-    let echo = axum::Router::new().route("/interactions", axum::routing::post(|| async { PONG }));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_url = format!("http://{}/interactions", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, echo).await });
-
+    let baseline_server = spawn_baseline().await;
     let sim = start_sim(SimConfig::default()).await;
     let discord = sim.interactions();
     let sign = |name: &str, n: usize| -> Vec<SignedRequest> {
@@ -105,23 +347,13 @@ async fn interactions_bench() {
             .map(|_| discord.signed(&discord.command(name)))
             .collect()
     };
-    let routes = vec![
-        RouteConfig {
-            command: Some("fixed".into()),
-            response: Some(json!({"type": 4, "data": {"content": "pong"}})),
-            ..RouteConfig::default()
-        },
-        nats_route("ping", "relaycord.handlers.ping"),
-    ];
-    let stack = Stack::builder()
-        .simulator(sim)
-        .interactions(routes)
-        .start()
-        .await;
+    let stack = Stack::builder().simulator(sim).start().await;
     let version = {
         let client = async_nats::connect(stack.nats_url()).await.unwrap();
         client.server_info().version
     };
+    let dir = tempfile::tempdir().unwrap();
+    let relaycord = spawn_relaycord(&stack, &dir).await;
     // The handler runs on its own connection, as a separate service would.
     let handler_client = async_nats::connect(stack.nats_url()).await.unwrap();
     let _handler = nats_handler(
@@ -132,28 +364,81 @@ async fn interactions_bench() {
     )
     .await;
 
+    let me = std::process::id();
+    let nats = nats_server_pid();
+    let on_baseline = [baseline_server.pid(), nats, me];
+    let on_relaycord = [relaycord.pid(), nats, me];
     // Every row answers the same message: the constant, the route's response, the handler's.
     let pong: serde_json::Value = serde_json::from_str(PONG).unwrap();
-    // Warm up every path (connections, JIT-free but caches and pools).
-    load(&echo_url, sign("fixed", 500), concurrency, &pong).await;
-    load(&stack.url, sign("fixed", 500), concurrency, &pong).await;
-    load(&stack.url, sign("ping", 500), concurrency, &pong).await;
+    // Warm up every path (connections, caches, pools, the streams' first blocks).
+    let (base, ix) = (baseline_server.addr, relaycord.addr);
+    load(base, sign("fixed", 1000), concurrency, &pong, on_baseline).await;
+    load(ix, sign("fixed", 1000), concurrency, &pong, on_relaycord).await;
+    load(ix, sign("ping", 1000), concurrency, &pong, on_relaycord).await;
 
-    let baseline = load(&echo_url, sign("fixed", n), concurrency, &pong).await;
-    let fixed = load(&stack.url, sign("fixed", n), concurrency, &pong).await;
-    let handled = load(&stack.url, sign("ping", n), concurrency, &pong).await;
+    let (mut baseline, mut fixed, mut handled) = (vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        let requests = sign("fixed", n);
+        baseline.push(load(base, requests, concurrency, &pong, on_baseline).await);
+        fixed.push(load(ix, sign("fixed", n), concurrency, &pong, on_relaycord).await);
+        handled.push(load(ix, sign("ping", n), concurrency, &pong, on_relaycord).await);
+    }
+    let baseline = median(&mut baseline);
 
     println!();
     println!(
-        "interactions bench: {n} requests per row, {concurrency} concurrent keep-alive clients, nats-server {version}, {} CPUs",
-        std::thread::available_parallelism().map_or(0, |p| p.get())
+        "interactions bench: {n} requests per row, {concurrency} keep-alive clients, median of \
+         {rounds} rounds, nats-server {version}, {} CPUs, load average {}",
+        std::thread::available_parallelism().map_or(0, |p| p.get()),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
-    row("baseline: bare axum, constant answer", &baseline, &baseline);
-    row("verify + publish + configured response", &fixed, &baseline);
+    row(
+        "baseline: bare axum, constant answer",
+        baseline,
+        baseline,
+        n,
+    );
+    row(
+        "verify + publish + configured response",
+        median(&mut fixed),
+        baseline,
+        n,
+    );
     row(
         "verify + publish + NATS handler round trip",
-        &handled,
-        &baseline,
+        median(&mut handled),
+        baseline,
+        n,
     );
+    // How often the late-reply worker read each handler reply: more than once means it
+    // read the reply before the owner's `answered` record and put it back (nak).
+    let js = async_nats::jetstream::new(handler_client.clone());
+    let replies = js
+        .get_stream(relaycord_interactions::replies::replies_stream(
+            &relaycord_bus::Subjects::default(),
+        ))
+        .await
+        .unwrap();
+    let mut consumer = replies
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+            relaycord_interactions::LATE_REPLIES_CONSUMER,
+        )
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    println!(
+        "late-reply worker: {} deliveries of {} stored replies ({} redelivered, {} pending)",
+        info.delivered.consumer_sequence,
+        info.delivered.stream_sequence,
+        info.num_redelivered,
+        info.num_ack_pending + info.num_pending as usize,
+    );
+    drop(relaycord);
+    drop(baseline_server);
     stack.stop().await;
 }

@@ -79,6 +79,59 @@ async fn a_handler_replying_in_100ms_is_the_response_and_handlers_scale_in_a_que
     stack.stop().await;
 }
 
+/// Every in-time reply is also stored on the replies stream and read by the late-reply
+/// worker, which must drop it: with the owner's word (owned.rs), at its first delivery,
+/// not put back for seconds because it read the record before the owner wrote `answered`.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_time_replies_are_dropped_by_the_late_worker_at_their_first_delivery() {
+    let stack = Stack::builder()
+        .interactions(vec![nats_route("ping", "relaycord.handlers.ping")])
+        .start()
+        .await;
+    let _handler = nats_handler(
+        &stack.client,
+        "relaycord.handlers.ping",
+        Duration::ZERO,
+        PONG,
+    )
+    .await;
+    const N: u64 = 200;
+    let requests: Vec<_> = (0..N)
+        .map(|_| stack.discord.signed(&stack.discord.command("ping")))
+        .collect();
+    // At once, so that the worker reads replies while their owners record `answered`.
+    let answers = futures::future::join_all(requests.iter().map(|r| stack.send(r))).await;
+    for (status, body) in answers {
+        assert_eq!((status, std::str::from_utf8(&body).unwrap()), (200, PONG));
+    }
+    let replies = stack
+        .js
+        .get_stream(relaycord_interactions::replies::replies_stream(
+            &relaycord_bus::Subjects::default(),
+        ))
+        .await
+        .unwrap();
+    let mut consumer = replies
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+            relaycord_interactions::LATE_REPLIES_CONSUMER,
+        )
+        .await
+        .unwrap();
+    let settled = relaycord_testkit::eventually(Duration::from_secs(20), async || {
+        consumer.info().await.unwrap().ack_floor.stream_sequence >= N
+    })
+    .await;
+    let info = consumer.info().await.unwrap();
+    assert!(settled, "every reply acked: {info:?}");
+    assert_eq!(
+        (info.delivered.consumer_sequence, info.num_redelivered),
+        (N, 0),
+        "each reply delivered once"
+    );
+    assert!(stack.discord.calls().is_empty(), "no follow-up");
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_handler_replying_in_5s_is_deferred_for_then_patched_in() {
     let stack = Stack::builder()

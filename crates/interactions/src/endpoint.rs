@@ -27,6 +27,7 @@ const PUBLISH_RETRY: relaycord_bus::backoff::Exponential = relaycord_bus::backof
 );
 use crate::decisions::Decisions;
 use crate::metrics::InteractionMetrics;
+use crate::owned::Owned;
 use crate::replies::ReplyMux;
 use crate::response::{self, InvalidReply};
 use crate::routes::{Action, Route, Routes};
@@ -50,6 +51,7 @@ pub(crate) struct Endpoint {
     pub client: async_nats::Client,
     pub http: reqwest::Client,
     pub mux: ReplyMux,
+    pub owned: Owned,
     pub decisions: Decisions,
     pub metrics: InteractionMetrics,
 }

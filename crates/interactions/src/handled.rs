@@ -68,6 +68,9 @@ impl Endpoint {
                 return Answer::unrecorded("claim");
             }
         };
+        // From here until the outcome is recorded, this replica's late-reply worker asks
+        // this request rather than the bucket (owned.rs).
+        let owner = self.owned.own(&keys.id);
         let (headers, body) = request;
         // The handler's request carries this span's context (`traceparent`).
         let span = relaycord_bus::span!(
@@ -109,7 +112,7 @@ impl Endpoint {
         let written =
             tokio::time::timeout_at(by, self.decisions.settle(&keys.id, revision, &answered));
         match written.await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => owner.answered(),
             // Still the right answer to send: without the record, the worker will deliver
             // the reply a second time — an edit with the same content, except for a
             // component's type-4 reply, which becomes a second message (docs/interactions.md).

@@ -35,6 +35,7 @@ use crate::decisions::{
 use crate::endpoint::handler_headers;
 use crate::error::{InteractionsError, InteractionsErrorKind};
 use crate::metrics::InteractionMetrics;
+use crate::owned::Owned;
 use crate::replies::{interaction_id, replies_all, replies_stream};
 use crate::response::{FollowUp, follow_up};
 use crate::rest::{DiscordRest, RestError};
@@ -55,6 +56,8 @@ pub const UNDECIDED_GRACE: Duration = Duration::from_secs(60);
 const MIN_NAK: Duration = Duration::from_millis(100);
 
 pub(crate) struct LateWorker {
+    /// What this replica's own requests decided (see owned.rs).
+    pub owned: Owned,
     pub js: jetstream::Context,
     pub subjects: Subjects,
     pub decisions: Decisions,
@@ -205,6 +208,11 @@ impl LateWorker {
         let published_ms = info
             .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as u64)
             .unwrap_or_default();
+        // A reply this replica's own request answered with: the `answered` record is
+        // stored, so there is nothing to read (nor to wait for until DECISION_WAIT).
+        if self.owned.answered(id, DECISION_WAIT).await {
+            return AckKind::Ack;
+        }
         let now_ms = unix_ms(SystemTime::now());
         let decision = match self.decisions.get(id).await {
             Ok(decision) => decision,

@@ -25,6 +25,7 @@ pub mod error;
 mod handled;
 mod late;
 mod metrics;
+mod owned;
 pub mod replies;
 pub mod response;
 pub mod rest;
@@ -104,7 +105,9 @@ impl Service {
         let http = reqwest::Client::builder().build().map_err(|e| {
             InteractionsError::with_source(InteractionsErrorKind::Setup, "HTTP client", e)
         })?;
+        let owned = owned::Owned::default();
         let late = LateWorker {
+            owned: owned.clone(),
             js: js.clone(),
             subjects: subjects.clone(),
             decisions: decisions.clone(),
@@ -122,6 +125,7 @@ impl Service {
             client,
             http,
             mux,
+            owned,
             decisions,
             metrics,
             settings,

@@ -141,6 +141,7 @@ pub(crate) async fn publish(
     shard_id: u32,
     dispatch: &Dispatch<'_>,
     ctx: &ShardContext,
+    js: &jetstream::Context,
     window: &mut AckWindow,
 ) {
     let received = Instant::now();
@@ -173,7 +174,7 @@ pub(crate) async fn publish(
 
     // Sending here, in read order, keeps a shard's events in gateway order on the
     // stream whenever no publish has to be retried.
-    let first = ctx.js.send_publish(subject.clone(), message.clone()).await;
+    let first = js.send_publish(subject.clone(), message.clone()).await;
     // The client refuses a message over the server's max_payload before sending it, and
     // would on every retry: retrying would wedge the shard's window for good. Skipping
     // it loses one event, loudly.
@@ -193,7 +194,7 @@ pub(crate) async fn publish(
         return;
     }
     let attempt = Attempt {
-        js: ctx.js.clone(),
+        js: js.clone(),
         metrics: ctx.metrics.clone(),
         alerts: Arc::clone(&ctx.alerts),
         shard: shard_id,

@@ -105,11 +105,12 @@ enum Command {
         /// Identifies allowed per day (session_start_limit.total).
         #[arg(long, default_value_t = 1000)]
         session_start_limit: u32,
-        /// Generate events at this rate once every shard is connected (0: none; then
-        /// only what a test or tool injects is sent).
+        /// Generate events at this rate once every shard is connected (0: none, unless
+        /// --events is given; then only what a test or tool injects is sent).
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
-        /// Stop generating after this many events (default: until stopped).
+        /// Stop generating after this many events (default: until stopped); with
+        /// --rate 0, as fast as possible. Prints `generated N events in S s` when done.
         #[arg(long)]
         events: Option<u64>,
     },
@@ -362,7 +363,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 #[cfg(feature = "dev")]
 /// `relaycord sim --rate`: waits for every shard's session, then generates in the
-/// background until `--events` are sent or the simulator stops.
+/// background until `--events` are sent or the simulator stops, and says so on stderr.
 async fn generate_when_ready(
     sim: &Simulator,
     rate: f64,
@@ -378,14 +379,17 @@ async fn generate_when_ready(
     }
     let what = events.map_or("events until stopped".to_owned(), |n| format!("{n} events"));
     eprintln!("all shards ready: generating {what} at {rate}/s");
+    let started = std::time::Instant::now();
     let generator = sim.generate(GenerateSpec {
         count: events,
         rate_per_sec: rate,
         ..GenerateSpec::default()
     });
-    let stop = shutdown.clone();
+    // The generator also stops with the simulator (on shutdown); the line tells a
+    // benchmark driving this process when the last event was handed to the connections.
     tokio::spawn(async move {
-        stop.cancelled().await;
-        generator.stop();
+        let generated = generator.finished().await;
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!("generated {generated} events in {seconds:.3} s");
     });
 }

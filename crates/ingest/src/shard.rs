@@ -26,7 +26,7 @@ use crate::checkpoint::{self, Checkpoint, SAVE_INTERVAL};
 use crate::error::{IngestError, IngestErrorKind};
 use crate::health::ShardHealth;
 use crate::metrics::IngestMetrics;
-use crate::publish::{Alerts, publish};
+use crate::publish::{Alerts, Publisher};
 use crate::queue::KvQueue;
 use crate::stop::Stop;
 use crate::window::AckWindow;
@@ -84,7 +84,7 @@ impl ShardContext {
     /// of other shards' windows — which nobody polls while those shards wait too. A shard
     /// never holds more than its window of permits (one per entry, retries included, and
     /// reads stop when it is full), so its own bound is never what it waits for.
-    fn shard_js(&self) -> jetstream::Context {
+    pub(crate) fn shard_js(&self) -> jetstream::Context {
         jetstream::ContextBuilder::new()
             .timeout(self.js.timeout())
             .max_ack_inflight(self.window + 1)
@@ -140,7 +140,7 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
         stop.set_resumable();
     }
     let mut shard = Shard::with_config(ShardId::new(id, ctx.shard_count), builder.build());
-    let js = ctx.shard_js();
+    let mut publisher = Publisher::new(id, ctx);
 
     let label = id.to_string();
     let inflight_gauge = ctx.metrics.inflight.with_label_values(&[&label]);
@@ -185,7 +185,7 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
             item = shard.next(), if window.len() < ctx.window => match item {
                 Some(Ok(Message::Text(frame))) => {
                     let session_id = shard.session().map(Session::id);
-                    handle_frame(id, &frame, ctx, &js, session_id, &mut checkpoint, &mut window).await;
+                    handle_frame(id, &frame, ctx, &mut publisher, session_id, &mut checkpoint, &mut window).await;
                 }
                 Some(Ok(Message::Close(frame))) => {
                     ctx.mark(id, false);
@@ -274,7 +274,7 @@ async fn handle_frame(
     shard_id: u32,
     frame: &str,
     ctx: &ShardContext,
-    js: &jetstream::Context,
+    publisher: &mut Publisher,
     session_id: Option<&str>,
     checkpoint: &mut Checkpoint,
     window: &mut AckWindow,
@@ -289,10 +289,7 @@ async fn handle_frame(
         }
     };
     let seq = dispatch.seq;
-    ctx.metrics
-        .events
-        .with_label_values(&[dispatch.event_type.as_ref()])
-        .inc();
+    publisher.count(&dispatch.event_type);
     // Session lifecycle events describe the connection, not the guilds: not published,
     // but they take part in the seq order, so they pass through the window as done.
     match dispatch.event_type.as_ref() {
@@ -309,7 +306,7 @@ async fn handle_frame(
             ctx.metrics.sessions.with_label_values(&["resume"]).inc();
             window.push_done(seq);
         }
-        _ => publish(shard_id, &dispatch, ctx, js, window).await,
+        _ => publisher.publish(&dispatch, window).await,
     }
 }
 

@@ -25,6 +25,13 @@ use tokio_util::sync::CancellationToken;
 mod dlq;
 mod tail;
 
+/// mimalloc rather than glibc's malloc: ingest allocates and frees several buffers per
+/// gateway event (the inflated frame, envelope, headers, ack) on whichever worker thread
+/// runs the shard, and glibc's malloc (with its free-list consolidation) was the largest
+/// item of ingest's profile under load (docs/benchmarks.md, "Ingest throughput").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "relaycord",

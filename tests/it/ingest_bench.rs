@@ -149,7 +149,7 @@ async fn ingest_round(nats: &NatsServer, js: &jetstream::Context, ticks: f64) ->
         .and_then(|rest| rest.split(',').next())
         .unwrap()
         .to_owned();
-    let mut ingest = Process::spawn(
+    let ingest = Process::spawn(
         Command::new(ingest_bin)
             .args(["ingest", "--shards", &format!("0-{}", SHARDS - 1)])
             .args(["--shard-count", &SHARDS.to_string()])

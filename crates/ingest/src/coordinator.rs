@@ -326,9 +326,16 @@ impl Coordinator {
     /// Renews every lease. A lease someone else now holds means this process was cut
     /// off long enough to lose it: the shard stops without touching the session record
     /// (the new owner's claim also fences any save that slips out before this check).
+    ///
+    /// A shard already stopping because its lease was lost is skipped: the lease is not
+    /// ours, and once its new owner releases it, taking it back here would hold it with
+    /// nobody running the shard (the draining shard never releases it) until the TTL.
     async fn renew(&mut self) {
         let mut lost = Vec::new();
         for (id, running) in &mut self.running {
+            if running.stopping == Some(false) {
+                continue;
+            }
             let key = shard_key(*id, self.ctx.shard_count);
             let value = Bytes::from(self.replica.clone());
             let renewed = match running.lease {
@@ -435,5 +442,118 @@ impl Coordinator {
                 self.start(id, Some(revision));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_nats::jetstream;
+    use prometheus::Registry;
+    use relaycord_bus::{Secret, Subjects};
+    use relaycord_devkit::NatsServer;
+    use twilight_gateway::Intents;
+
+    use super::*;
+    use crate::budget::StartBudget;
+    use crate::health::ShardHealth;
+    use crate::metrics::IngestMetrics;
+    use crate::queue::KvQueue;
+
+    const COUNT: u32 = 2;
+
+    fn context(js: &jetstream::Context, buckets: &Buckets) -> Arc<ShardContext> {
+        relaycord_bus::install_crypto_provider();
+        let metrics = IngestMetrics::new(&Registry::new()).unwrap();
+        let budget = StartBudget {
+            kv: buckets.sessions.clone(),
+            http: reqwest::Client::new(),
+            api_base: "http://127.0.0.1:9/api".into(),
+            token: Secret::new("t"),
+            metrics: metrics.clone(),
+        };
+        Arc::new(ShardContext {
+            js: js.clone(),
+            sessions: buckets.sessions.clone(),
+            subjects: Subjects::default(),
+            window: 8,
+            metrics,
+            health: ShardHealth::default(),
+            token: Secret::new("t"),
+            intents: Intents::empty(),
+            gateway_url: "ws://127.0.0.1:9".into(),
+            queue: KvQueue::new(buckets.identify.clone(), "a".into(), 1, budget),
+            shard_count: COUNT,
+            alerts: Arc::default(),
+        })
+    }
+
+    /// A shard entry as `start` makes it, whose task runs until the test ends.
+    fn running(lease: u64) -> Running {
+        Running {
+            stop: Stop::default(),
+            task: tokio::spawn(std::future::pending()),
+            lease: Some(lease),
+            stopping: None,
+            started: Instant::now(),
+            restarts: 0,
+        }
+    }
+
+    async fn holder(buckets: &Buckets, id: u32) -> Option<String> {
+        let value = buckets.leases.get(shard_key(id, COUNT)).await.unwrap()?;
+        Some(String::from_utf8(value.to_vec()).unwrap())
+    }
+
+    /// Shard 0's lease is lost to replica b while this process was cut off; b then hands
+    /// the shard over (deletes its lease) while shard 0 is still draining here. Renewing
+    /// must not take that lease back: the draining shard ends without releasing it, and
+    /// the shard would sit unowned until the TTL. Shard 1, being handed over cleanly,
+    /// keeps its lease renewed until it has drained.
+    #[tokio::test]
+    async fn renew_leaves_a_lost_shards_lease_alone() {
+        let nats = NatsServer::start().unwrap();
+        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let ttl = Duration::from_secs(60);
+        let buckets = Buckets::ensure(&js, &Subjects::default(), 1, ttl)
+            .await
+            .unwrap();
+        let mut coordinator = Coordinator::new(
+            context(&js, &buckets),
+            buckets.clone(),
+            "a".into(),
+            0..COUNT,
+            ttl,
+        );
+        for id in 0..COUNT {
+            let revision = buckets
+                .leases
+                .create(shard_key(id, COUNT), "a".into())
+                .await
+                .unwrap();
+            coordinator.running.insert(id, running(revision));
+        }
+        coordinator.stop(1, true);
+
+        let key = shard_key(0, COUNT);
+        buckets.leases.purge(&key).await.unwrap();
+        buckets.leases.create(&key, "b".into()).await.unwrap();
+        coordinator.renew().await;
+        let lost = &coordinator.running[&0];
+        assert_eq!(lost.stopping, Some(false));
+        assert!(lost.stop.is_lost());
+
+        buckets.leases.delete(&key).await.unwrap();
+        let handing_over = coordinator.running[&1].lease;
+        coordinator.renew().await;
+        assert_eq!(
+            holder(&buckets, 0).await,
+            None,
+            "the released lease of a shard lost and draining here was taken back"
+        );
+        assert_eq!(holder(&buckets, 1).await.as_deref(), Some("a"));
+        assert_ne!(
+            coordinator.running[&1].lease, handing_over,
+            "a shard handed over keeps its lease renewed while it drains"
+        );
     }
 }

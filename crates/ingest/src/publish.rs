@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::context::traits::TimeoutProvider;
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, message::PublishMessage};
+use prometheus::{IntCounter, IntCounterVec};
 use relaycord_bus::backoff::Exponential;
 use relaycord_bus::interaction::InteractionKeys;
 use relaycord_bus::{
@@ -148,81 +149,124 @@ impl Alerts {
     }
 }
 
-/// Sends the publish of `dispatch` (read as `seq` on shard `shard_id`) and puts its ack in
-/// the window.
-pub(crate) async fn publish(
-    shard_id: u32,
-    dispatch: &Dispatch<'_>,
-    ctx: &ShardContext,
-    window: &mut AckWindow,
-) {
-    let received = Instant::now();
-    let event_type = dispatch.event_type.as_ref();
-    let seq = dispatch.seq;
-    let id = dedupe::gateway_key(dispatch);
-    let envelope = Envelope {
-        id: id.as_str().into(),
-        source: Source::Gateway,
-        event_type: event_type.into(),
-        shard: Some(shard_id),
-        seq: Some(seq),
-        guild_id: dispatch.guild_id().map(Into::into),
-        received_at: now_rfc3339().into(),
-        data: dispatch.data,
-    };
-    // Traces (when on): the dispatch read from the gateway, and its publish until the ack,
-    // whose context the message carries to every consumer.
-    let receive = relaycord_bus::span!(
-        "gateway.receive",
-        otel.kind = "consumer",
-        shard = shard_id,
-        seq,
-        event_type
-    );
-    let publishing = relaycord_bus::span!(parent: &receive, "publish", otel.kind = "producer", %id);
-    let (subject, message) = publishing.in_scope(|| {
-        OutgoingMessage::event(subject_of(dispatch, &ctx.subjects), &envelope).into_parts()
-    });
+/// A shard's side of publishing, built once per session: its JetStream context, with a
+/// bound on unacknowledged publishes of its own (see [`ShardContext::shard_js`]), and its
+/// metric handles resolved once, so that an event costs no label lookup and its ack
+/// future one reference count.
+pub(crate) struct Publisher {
+    lane: Arc<Lane>,
+    subjects: Subjects,
+    /// `relaycord_gateway_events_total` by type: Discord's fixed set of event types.
+    events: HashMap<String, IntCounter>,
+    events_vec: IntCounterVec,
+}
 
-    // Sending here, in read order, keeps a shard's events in gateway order on the
-    // stream whenever no publish has to be retried.
-    let first = ctx.js.send_publish(subject.clone(), message.clone()).await;
-    // The client refuses a message over the server's max_payload before sending it, and
-    // would on every retry: retrying would wedge the shard's window for good. Skipping
-    // it loses one event, loudly.
-    if let Err(error) = &first
-        && error.kind() == PublishErrorKind::MaxPayloadExceeded
-    {
-        ctx.metrics.oversized.inc();
-        tracing::error!(
-            shard = shard_id,
-            %id,
-            event_type,
-            %error,
-            "event larger than the NATS server's max_payload: skipped; raise max_payload in \
-             the nats-server config (e.g. `max_payload: 8MB`) to carry it"
-        );
-        window.push_done(seq);
-        return;
-    }
-    let attempt = Attempt {
-        js: ctx.js.clone(),
-        metrics: ctx.metrics.clone(),
-        alerts: Arc::clone(&ctx.alerts),
-        shard: shard_id,
-    };
-    let metrics = ctx.metrics.clone();
-    let acked = async move {
-        let ack = attempt.acked(subject, message, first).await;
-        metrics.published.inc();
-        if ack.duplicate {
-            metrics.duplicates.inc();
+/// What a publish needs until its ack, shared by the shard's publishes in flight.
+struct Lane {
+    shard: u32,
+    js: jetstream::Context,
+    metrics: IngestMetrics,
+    alerts: Arc<Alerts>,
+}
+
+impl Publisher {
+    pub fn new(shard: u32, ctx: &ShardContext) -> Self {
+        Self {
+            lane: Arc::new(Lane {
+                shard,
+                js: ctx.shard_js(),
+                metrics: ctx.metrics.clone(),
+                alerts: Arc::clone(&ctx.alerts),
+            }),
+            subjects: ctx.subjects.clone(),
+            events: HashMap::new(),
+            events_vec: ctx.metrics.events.clone(),
         }
-        metrics
-            .publish_latency
-            .observe(received.elapsed().as_secs_f64());
-    };
-    window.push(seq, acked.instrument(publishing));
+    }
+
+    /// Counts a dispatch of `event_type` received.
+    pub fn count(&mut self, event_type: &str) {
+        match self.events.get(event_type) {
+            Some(counter) => counter.inc(),
+            None => {
+                let counter = self.events_vec.with_label_values(&[event_type]);
+                counter.inc();
+                self.events.insert(event_type.to_owned(), counter);
+            }
+        }
+    }
+
+    /// Sends the publish of `dispatch` and puts its ack in the window.
+    pub async fn publish(&self, dispatch: &Dispatch<'_>, window: &mut AckWindow) {
+        let received = Instant::now();
+        let shard_id = self.lane.shard;
+        let event_type = dispatch.event_type.as_ref();
+        let seq = dispatch.seq;
+        let id = dedupe::gateway_key(dispatch);
+        let envelope = Envelope {
+            id: id.as_str().into(),
+            source: Source::Gateway,
+            event_type: event_type.into(),
+            shard: Some(shard_id),
+            seq: Some(seq),
+            guild_id: dispatch.guild_id().map(Into::into),
+            received_at: now_rfc3339().into(),
+            data: dispatch.data,
+        };
+        // Traces (when on): the dispatch read from the gateway, and its publish until the
+        // ack, whose context the message carries to every consumer.
+        let receive = relaycord_bus::span!(
+            "gateway.receive",
+            otel.kind = "consumer",
+            shard = shard_id,
+            seq,
+            event_type
+        );
+        let publishing =
+            relaycord_bus::span!(parent: &receive, "publish", otel.kind = "producer", %id);
+        let (subject, message) = publishing.in_scope(|| {
+            OutgoingMessage::event(subject_of(dispatch, &self.subjects), &envelope).into_parts()
+        });
+
+        // Sending here, in read order, keeps a shard's events in gateway order on the
+        // stream whenever no publish has to be retried.
+        let first = self
+            .lane
+            .js
+            .send_publish(subject.clone(), message.clone())
+            .await;
+        // The client refuses a message over the server's max_payload before sending it,
+        // and would on every retry: retrying would wedge the shard's window for good.
+        // Skipping it loses one event, loudly.
+        if let Err(error) = &first
+            && error.kind() == PublishErrorKind::MaxPayloadExceeded
+        {
+            self.lane.metrics.oversized.inc();
+            tracing::error!(
+                shard = shard_id,
+                %id,
+                event_type,
+                %error,
+                "event larger than the NATS server's max_payload: skipped; raise max_payload \
+                 in the nats-server config (e.g. `max_payload: 8MB`) to carry it"
+            );
+            window.push_done(seq);
+            return;
+        }
+        let lane = Arc::clone(&self.lane);
+        let acked = async move {
+            let ack = lane.acked(subject, message, first).await;
+            let metrics = &lane.metrics;
+            metrics.published.inc();
+            if ack.duplicate {
+                metrics.duplicates.inc();
+            }
+            metrics
+                .publish_latency
+                .observe(received.elapsed().as_secs_f64());
+        };
+        window.push(seq, acked.instrument(publishing));
+    }
 }
 
 /// Gateway events go to `<prefix>.gateway.<TYPE>.<guild>`. Interactions delivered over
@@ -240,15 +284,7 @@ fn subject_of(dispatch: &Dispatch<'_>, subjects: &Subjects) -> String {
     subjects.gateway(&dispatch.event_type, dispatch.guild_id())
 }
 
-/// What one publish's retries need.
-struct Attempt {
-    js: jetstream::Context,
-    metrics: IngestMetrics,
-    alerts: Arc<Alerts>,
-    shard: u32,
-}
-
-impl Attempt {
+impl Lane {
     /// Retries a publish until JetStream acknowledges it. Retrying with the same
     /// `Nats-Msg-Id` is safe: if an earlier attempt did land, the server reports a
     /// duplicate.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use async_nats::jetstream::context::traits::TimeoutProvider;
 use futures::stream::StreamExt;
 use relaycord_bus::{Dispatch, Secret, Subjects};
 use twilight_gateway::{
@@ -25,7 +26,7 @@ use crate::checkpoint::{self, Checkpoint, SAVE_INTERVAL};
 use crate::error::{IngestError, IngestErrorKind};
 use crate::health::ShardHealth;
 use crate::metrics::IngestMetrics;
-use crate::publish::{Alerts, publish};
+use crate::publish::{Alerts, Publisher};
 use crate::queue::KvQueue;
 use crate::stop::Stop;
 use crate::window::AckWindow;
@@ -74,6 +75,20 @@ impl ShardContext {
             .metrics
             .heartbeat_latency
             .remove_label_values(&[&label]);
+    }
+
+    /// The JetStream context a shard publishes through: the shared client, with a bound
+    /// on unacknowledged publishes of the shard's own. async-nats waits in `send_publish`
+    /// for a permit of its context; shared by every shard (5,000 by default), more shards
+    /// × window than that let a shard wait, inside its loop, for permits held by the acks
+    /// of other shards' windows — which nobody polls while those shards wait too. A shard
+    /// never holds more than its window of permits (one per entry, retries included, and
+    /// reads stop when it is full), so its own bound is never what it waits for.
+    pub(crate) fn shard_js(&self) -> jetstream::Context {
+        jetstream::ContextBuilder::new()
+            .timeout(self.js.timeout())
+            .max_ack_inflight(self.window + 1)
+            .build(self.js.client())
     }
 
     /// Shard `id` is no longer owned here.
@@ -125,6 +140,7 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
         stop.set_resumable();
     }
     let mut shard = Shard::with_config(ShardId::new(id, ctx.shard_count), builder.build());
+    let mut publisher = Publisher::new(id, ctx);
 
     let label = id.to_string();
     let inflight_gauge = ctx.metrics.inflight.with_label_values(&[&label]);
@@ -169,7 +185,7 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
             item = shard.next(), if window.len() < ctx.window => match item {
                 Some(Ok(Message::Text(frame))) => {
                     let session_id = shard.session().map(Session::id);
-                    handle_frame(id, &frame, ctx, session_id, &mut checkpoint, &mut window).await;
+                    handle_frame(id, &frame, ctx, &mut publisher, session_id, &mut checkpoint, &mut window).await;
                 }
                 Some(Ok(Message::Close(frame))) => {
                     ctx.mark(id, false);
@@ -258,6 +274,7 @@ async fn handle_frame(
     shard_id: u32,
     frame: &str,
     ctx: &ShardContext,
+    publisher: &mut Publisher,
     session_id: Option<&str>,
     checkpoint: &mut Checkpoint,
     window: &mut AckWindow,
@@ -272,10 +289,7 @@ async fn handle_frame(
         }
     };
     let seq = dispatch.seq;
-    ctx.metrics
-        .events
-        .with_label_values(&[dispatch.event_type.as_ref()])
-        .inc();
+    publisher.count(&dispatch.event_type);
     // Session lifecycle events describe the connection, not the guilds: not published,
     // but they take part in the seq order, so they pass through the window as done.
     match dispatch.event_type.as_ref() {
@@ -292,7 +306,7 @@ async fn handle_frame(
             ctx.metrics.sessions.with_label_values(&["resume"]).inc();
             window.push_done(seq);
         }
-        _ => publish(shard_id, &dispatch, ctx, window).await,
+        _ => publisher.publish(&dispatch, window).await,
     }
 }
 

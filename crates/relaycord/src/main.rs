@@ -25,6 +25,13 @@ use tokio_util::sync::CancellationToken;
 mod dlq;
 mod tail;
 
+/// mimalloc rather than glibc's malloc: ingest allocates and frees several buffers per
+/// gateway event (the inflated frame, envelope, headers, ack) on whichever worker thread
+/// runs the shard, and glibc's malloc (with its free-list consolidation) was the largest
+/// item of ingest's profile under load (docs/benchmarks.md, "Ingest throughput").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "relaycord",
@@ -105,11 +112,12 @@ enum Command {
         /// Identifies allowed per day (session_start_limit.total).
         #[arg(long, default_value_t = 1000)]
         session_start_limit: u32,
-        /// Generate events at this rate once every shard is connected (0: none; then
-        /// only what a test or tool injects is sent).
+        /// Generate events at this rate once every shard is connected (0: none, unless
+        /// --events is given; then only what a test or tool injects is sent).
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
-        /// Stop generating after this many events (default: until stopped).
+        /// Stop generating after this many events (default: until stopped); with
+        /// --rate 0, as fast as possible. Prints `generated N events in S s` when done.
         #[arg(long)]
         events: Option<u64>,
         /// Add `"relaycord_sim":{"n":…,"sent_unix_us":…}` to every generated payload, for
@@ -367,7 +375,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 #[cfg(feature = "dev")]
 /// `relaycord sim --rate`: waits for every shard's session, then generates in the
-/// background until `--events` are sent or the simulator stops.
+/// background until `--events` are sent or the simulator stops, and says so on stderr.
 async fn generate_when_ready(
     sim: &Simulator,
     rate: f64,
@@ -384,15 +392,18 @@ async fn generate_when_ready(
     }
     let what = events.map_or("events until stopped".to_owned(), |n| format!("{n} events"));
     eprintln!("all shards ready: generating {what} at {rate}/s");
+    let started = std::time::Instant::now();
     let generator = sim.generate(GenerateSpec {
         count: events,
         rate_per_sec: rate,
         stamp,
         ..GenerateSpec::default()
     });
-    let stop = shutdown.clone();
+    // The generator also stops with the simulator (on shutdown); the line tells a
+    // benchmark driving this process when the last event was handed to the connections.
     tokio::spawn(async move {
-        stop.cancelled().await;
-        generator.stop();
+        let generated = generator.finished().await;
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!("generated {generated} events in {seconds:.3} s");
     });
 }

@@ -252,15 +252,22 @@ async fn a_full_run_of_every_role_prints_no_secret_anywhere() {
             ],
         ),
     ];
-    let ingest_ready = format!("http://{}/readyz", ports.ingest_metrics);
-    assert!(
-        eventually(WAIT, async || reqwest::get(&ingest_ready)
-            .await
-            .is_ok_and(|r| r.status().is_success()))
-        .await,
-        "ingest never became ready; logs in {}",
-        dir.path().display()
-    );
+    // Every role that the test talks to directly must be ready first: on a
+    // loaded machine interactions can bind its port well after ingest is ready.
+    for (role, metrics) in [
+        ("ingest", &ports.ingest_metrics),
+        ("interactions", &ports.interactions_metrics),
+    ] {
+        let ready = format!("http://{metrics}/readyz");
+        assert!(
+            eventually(WAIT, async || reqwest::get(&ready)
+                .await
+                .is_ok_and(|r| r.status().is_success()))
+            .await,
+            "{role} never became ready; logs in {}",
+            dir.path().display()
+        );
+    }
 
     sim.generate(GenerateSpec {
         count: Some(150),

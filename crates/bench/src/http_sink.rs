@@ -51,7 +51,10 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
     // A warm-up delivery, not counted: it fills the page cache and gives wrk a request
     // exactly as the sink sends it.
     let warm = deliver(binary, &nats, &receiver, options, "warm", true, &logs)?;
-    eprintln!("warm-up (dedupe on, not counted): {warm:.0} deliveries/s");
+    eprintln!(
+        "warm-up (dedupe on, not counted): {:.0} deliveries/s",
+        warm.per_second
+    );
     let sample = receiver
         .sample()?
         .context("the receiver saw no stamped request")?;
@@ -59,6 +62,7 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
     std::fs::write(&script, wrk_script(&sample))?;
 
     let (mut ceiling, mut on, mut off) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut on_cpu, mut off_cpu) = (Vec::new(), Vec::new());
     for round in 0..options.rounds {
         receiver.reset(0)?;
         ceiling.push(wrk(&receiver.url(), &script, options)?);
@@ -67,7 +71,7 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
             "round {round}: receiver ceiling (wrk) {:.0} req/s ({requests} requests counted by the receiver)",
             ceiling[round]
         );
-        on.push(deliver(
+        let round_on = deliver(
             binary,
             &nats,
             &receiver,
@@ -75,8 +79,8 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
             &format!("on{round}"),
             true,
             &logs,
-        )?);
-        off.push(deliver(
+        )?;
+        let round_off = deliver(
             binary,
             &nats,
             &receiver,
@@ -84,30 +88,35 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
             &format!("off{round}"),
             false,
             &logs,
-        )?);
+        )?;
+        on.push(round_on.per_second);
+        on_cpu.push(round_on.per_cpu_second);
+        off.push(round_off.per_second);
+        off_cpu.push(round_off.per_cpu_second);
         eprintln!(
             "round {round}: sink dedupe on {:.0}/s, dedupe off {:.0}/s",
             on[round], off[round]
         );
     }
     let (ceiling, on, off) = (median(ceiling), median(on), median(off));
+    let (on_cpu, off_cpu) = (median(on_cpu), median(off_cpu));
     println!();
     println!(
         "HTTP sink vs receiver ceiling: {} events, concurrency {}, signed, median of {} rounds",
         options.events, options.concurrency, options.rounds
     );
-    println!("| what | per second | ratio to the ceiling |");
-    println!("|---|---:|---:|");
+    println!("| what | per second | ratio to the ceiling | per sink CPU-second |");
+    println!("|---|---:|---:|---:|");
     println!(
-        "| receiver ceiling (wrk, {} connections) | {ceiling:.0} req/s | 1.00 |",
+        "| receiver ceiling (wrk, {} connections) | {ceiling:.0} req/s | 1.00 | |",
         options.concurrency
     );
     println!(
-        "| relaycord sink, dedupe on | {on:.0} deliveries/s | {:.2} |",
+        "| relaycord sink, dedupe on | {on:.0} deliveries/s | {:.2} | {on_cpu:.0} |",
         on / ceiling
     );
     println!(
-        "| relaycord sink, dedupe off | {off:.0} deliveries/s | {:.2} |",
+        "| relaycord sink, dedupe off | {off:.0} deliveries/s | {:.2} | {off_cpu:.0} |",
         off / ceiling
     );
     Ok(())
@@ -149,6 +158,14 @@ fn prefill(binary: &Path, nats: &NatsServer, events: u64, logs: &Logs) -> anyhow
     .map(|published| eprintln!("stream pre-filled: {published} messages"))
 }
 
+/// What one sink round measured.
+struct Round {
+    /// Of the N stamped events, first request at the receiver → N-th distinct event.
+    per_second: f64,
+    /// N over the sink process's whole CPU time (its start included).
+    per_cpu_second: f64,
+}
+
 /// One sink round under consumer `name`: deliveries/s of the N stamped events.
 fn deliver(
     binary: &Path,
@@ -158,7 +175,7 @@ fn deliver(
     name: &str,
     dedupe: bool,
     logs: &Logs,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Round> {
     receiver.reset(0)?;
     let url = receiver.url();
     let mut sink = HttpSink {
@@ -177,10 +194,15 @@ fn deliver(
             Ok((stats.distinct >= options.events).then_some(stats))
         },
     )?;
+    let cpu = procs::cpu_seconds(sink.pid())?;
     let (Some(first), Some(last)) = (stats.first_arrival_unix_us, stats.last_new_unix_us) else {
         bail!("the receiver recorded no arrival times");
     };
-    Ok(options.events as f64 / ((last - first) as f64 / 1e6))
+    let events = options.events as f64;
+    Ok(Round {
+        per_second: events / ((last - first) as f64 / 1e6),
+        per_cpu_second: events / cpu,
+    })
 }
 
 /// wrk's `Requests/sec` against the receiver, failing on any non-2xx answer.

@@ -45,6 +45,13 @@ pub(crate) const ERROR_KINDS: [&str; 5] = [
 /// waiting in the window fails the same way, and one line names the cause.
 const ALERT_EVERY: Duration = Duration::from_secs(10);
 
+/// "No responders" also answers a publish to a replicated stream that is electing a
+/// leader after a node died, for a few seconds (3–7 s seen in the soak, longer on a
+/// loaded host): only when it lasts longer is a missing stream the likely cause, worth an
+/// operator's attention (an error line, `kind="no_stream"` and its alert). Until then it
+/// counts as `unavailable`, like any other NATS failover.
+const NO_STREAM_GRACE: Duration = Duration::from_secs(15);
+
 /// Why a publish failed, as far as the client can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Failure {
@@ -108,13 +115,22 @@ impl Failure {
         }
     }
 
+    /// What a failure counts as once the publish has been failing for `failing`.
+    fn after(self, failing: Duration) -> Self {
+        match self {
+            Self::NoStream if failing < NO_STREAM_GRACE => Self::Unavailable,
+            failure => failure,
+        }
+    }
+
     /// What an operator must do; `None` when it passes by itself.
     fn fix(self) -> Option<&'static str> {
         match self {
             Self::NoStream => Some(
                 "no JetStream stream covers this subject: restore the stream (relaycord creates \
                  it at start, covering `<prefix>.gateway.>` and `<prefix>.interactions.>`) or \
-                 its subjects",
+                 its subjects; if it exists and is replicated, it has had no leader all this \
+                 time (see the nats-server logs for lost quorum)",
             ),
             Self::Permission => Some(
                 "the NATS user may not publish to this subject: allow `<prefix>.gateway.>` and \
@@ -296,6 +312,7 @@ impl Lane {
     ) -> jetstream::publish::PublishAck {
         let mut pending = Some(first);
         let mut attempt: u32 = 0;
+        let mut failing_since = None;
         loop {
             let sent = match pending.take() {
                 Some(sent) => sent,
@@ -308,7 +325,8 @@ impl Lane {
                 },
                 Err(error) => error,
             };
-            let failure = Failure::classify(&error, &subject, self.js.timeout());
+            let failing = failing_since.get_or_insert_with(Instant::now).elapsed();
+            let failure = Failure::classify(&error, &subject, self.js.timeout()).after(failing);
             self.report(failure, &subject, &error, attempt);
             attempt = attempt.saturating_add(1);
             tokio::time::sleep(retry_delay(attempt - 1)).await;
@@ -401,6 +419,16 @@ mod tests {
             assert!(failure.fix().is_some());
             assert!(ERROR_KINDS.contains(&failure.label()));
         }
+    }
+
+    #[test]
+    fn no_responders_need_an_operator_only_past_a_leader_election() {
+        let soon = Duration::from_secs(2);
+        assert_eq!(Failure::NoStream.after(soon), Failure::Unavailable);
+        assert_eq!(Failure::NoStream.after(NO_STREAM_GRACE), Failure::NoStream);
+        assert_eq!(Failure::Permission.after(soon), Failure::Permission);
+        assert_eq!(Failure::Rejected.after(soon), Failure::Rejected);
+        assert_eq!(Failure::Unavailable.after(soon).fix(), None);
     }
 
     #[test]

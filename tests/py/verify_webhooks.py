@@ -2,7 +2,8 @@
 library (pip install standardwebhooks), independent of Relaycord's own signing code.
 
 Prints "listening URL" once ready, then one JSON line per request:
-{"ok": bool, "id": webhook-id, "envelope_id": body id, "error": str}. Answers 204 when the
+{"ok": bool, "path": request path, "id": webhook-id, "envelope_id": body id, "error": str}.
+Answers 204 when the
 signature verifies and 401 otherwise.
 """
 
@@ -27,7 +28,7 @@ def main() -> None:
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             headers = {k.lower(): v for k, v in self.headers.items()}
-            result = {"id": headers.get("webhook-id")}
+            result = {"path": self.path, "id": headers.get("webhook-id")}
             try:
                 envelope = hook.verify(body, headers)
                 result.update(ok=True, envelope_id=envelope.get("id"))

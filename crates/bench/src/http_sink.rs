@@ -7,6 +7,11 @@
 //! - `relaycord sink` (HTTP, signed, dedupe on, then off) delivers the stream into the same
 //!   receiver under a new consumer name; deliveries/s = N / (time from the first request
 //!   reaching the receiver to the N-th distinct event).
+//!
+//! Each phase also reports its CPU time per request, process by process (`/proc/<pid>/stat`
+//! of the sink, nats-server and the receiver; wrk's from the shell's `times`): on a machine
+//! where every process shares the same cores, the ratio of the two totals is the most the
+//! sink path could reach against the ceiling, whatever its concurrency.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -63,10 +68,22 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
 
     let (mut ceiling, mut on, mut off) = (Vec::new(), Vec::new(), Vec::new());
     let (mut on_cpu, mut off_cpu) = (Vec::new(), Vec::new());
+    let (mut ceiling_us, mut on_us, mut off_us) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..options.rounds {
         receiver.reset(0)?;
-        ceiling.push(wrk(&receiver.url(), &script, options)?);
+        let receiver_before = procs::cpu_seconds(receiver.pid())?;
+        let (per_second, wrk_cpu) = wrk(&receiver.url(), &script, options)?;
+        let receiver_cpu = procs::cpu_seconds(receiver.pid())? - receiver_before;
+        ceiling.push(per_second);
         let requests = receiver.stats()?.requests;
+        ceiling_us.push(
+            Budget {
+                receiver: receiver_cpu,
+                load: wrk_cpu,
+                ..Budget::default()
+            }
+            .per_request_us(requests as f64),
+        );
         eprintln!(
             "round {round}: receiver ceiling (wrk) {:.0} req/s ({requests} requests counted by the receiver)",
             ceiling[round]
@@ -91,8 +108,10 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
         )?;
         on.push(round_on.per_second);
         on_cpu.push(round_on.per_cpu_second);
+        on_us.push(round_on.budget_us);
         off.push(round_off.per_second);
         off_cpu.push(round_off.per_cpu_second);
+        off_us.push(round_off.budget_us);
         eprintln!(
             "round {round}: sink dedupe on {:.0}/s, dedupe off {:.0}/s",
             on[round], off[round]
@@ -100,6 +119,11 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
     }
     let (ceiling, on, off) = (median(ceiling), median(on), median(off));
     let (on_cpu, off_cpu) = (median(on_cpu), median(off_cpu));
+    let (ceiling_us, on_us, off_us) = (
+        Budget::median(&ceiling_us),
+        Budget::median(&on_us),
+        Budget::median(&off_us),
+    );
     println!();
     println!(
         "HTTP sink vs receiver ceiling: {} events, concurrency {}, signed, median of {} rounds",
@@ -119,7 +143,65 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
         "| relaycord sink, dedupe off | {off:.0} deliveries/s | {:.2} | {off_cpu:.0} |",
         off / ceiling
     );
+    println!();
+    println!(
+        "CPU µs per request (medians), and the ratio the CPU alone allows (ceiling total / path total):"
+    );
+    println!("| what | sink | nats-server | receiver | wrk | total | CPU-bound ratio |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (what, b) in [
+        ("receiver ceiling (wrk)", ceiling_us),
+        ("relaycord sink, dedupe on", on_us),
+        ("relaycord sink, dedupe off", off_us),
+    ] {
+        println!(
+            "| {what} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |",
+            b.sink,
+            b.nats,
+            b.receiver,
+            b.load,
+            b.total(),
+            ceiling_us.total() / b.total()
+        );
+    }
     Ok(())
+}
+
+/// CPU time of each process in one phase: seconds, or µs per request once divided.
+#[derive(Clone, Copy, Default)]
+struct Budget {
+    sink: f64,
+    nats: f64,
+    receiver: f64,
+    /// The load generator (wrk), in the ceiling phase.
+    load: f64,
+}
+
+impl Budget {
+    fn per_request_us(self, requests: f64) -> Self {
+        let us = |seconds: f64| seconds * 1e6 / requests.max(1.0);
+        Self {
+            sink: us(self.sink),
+            nats: us(self.nats),
+            receiver: us(self.receiver),
+            load: us(self.load),
+        }
+    }
+
+    fn total(self) -> f64 {
+        self.sink + self.nats + self.receiver + self.load
+    }
+
+    /// Each process's median over the rounds.
+    fn median(rounds: &[Self]) -> Self {
+        let of = |f: fn(&Self) -> f64| median(rounds.iter().map(f).collect());
+        Self {
+            sink: of(|b| b.sink),
+            nats: of(|b| b.nats),
+            receiver: of(|b| b.receiver),
+            load: of(|b| b.load),
+        }
+    }
 }
 
 /// Fills the stream through the real gateway path, then stops ingest and the simulator so
@@ -164,6 +246,8 @@ struct Round {
     per_second: f64,
     /// N over the sink process's whole CPU time (its start included).
     per_cpu_second: f64,
+    /// CPU µs per delivery of the sink, nats-server and the receiver over the round.
+    budget_us: Budget,
 }
 
 /// One sink round under consumer `name`: deliveries/s of the N stamped events.
@@ -177,6 +261,11 @@ fn deliver(
     logs: &Logs,
 ) -> anyhow::Result<Round> {
     receiver.reset(0)?;
+    let nats_pid = nats.pid().context("nats-server is not running")?;
+    let (nats_before, receiver_before) = (
+        procs::cpu_seconds(nats_pid)?,
+        procs::cpu_seconds(receiver.pid())?,
+    );
     let url = receiver.url();
     let mut sink = HttpSink {
         name,
@@ -195,6 +284,12 @@ fn deliver(
         },
     )?;
     let cpu = procs::cpu_seconds(sink.pid())?;
+    let budget = Budget {
+        sink: cpu,
+        nats: procs::cpu_seconds(nats_pid)? - nats_before,
+        receiver: procs::cpu_seconds(receiver.pid())? - receiver_before,
+        load: 0.0,
+    };
     let (Some(first), Some(last)) = (stats.first_arrival_unix_us, stats.last_new_unix_us) else {
         bail!("the receiver recorded no arrival times");
     };
@@ -202,12 +297,16 @@ fn deliver(
     Ok(Round {
         per_second: events / ((last - first) as f64 / 1e6),
         per_cpu_second: events / cpu,
+        budget_us: budget.per_request_us(events),
     })
 }
 
-/// wrk's `Requests/sec` against the receiver, failing on any non-2xx answer.
-fn wrk(url: &str, script: &Path, options: &Options) -> anyhow::Result<f64> {
-    let output = Command::new("wrk")
+/// wrk's `Requests/sec` against the receiver and the CPU seconds wrk used, failing on any
+/// non-2xx answer. wrk runs under bash so that `times` can report its CPU time once it
+/// has been reaped.
+fn wrk(url: &str, script: &Path, options: &Options) -> anyhow::Result<(f64, f64)> {
+    let output = Command::new("bash")
+        .args(["-c", r#"wrk "$@"; rc=$?; times >&2; exit $rc"#, "wrk"])
         .args(["-t", &options.wrk_threads.to_string()])
         .args(["-c", &options.concurrency.to_string()])
         .args(["-d", &format!("{}s", options.wrk_seconds)])
@@ -223,10 +322,27 @@ fn wrk(url: &str, script: &Path, options: &Options) -> anyhow::Result<f64> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    text.lines()
+    let per_second = text
+        .lines()
         .find_map(|line| line.strip_prefix("Requests/sec:"))
         .and_then(|value| value.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))
+        .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))?;
+    let times = String::from_utf8_lossy(&output.stderr);
+    let cpu = children_cpu_seconds(&times)
+        .with_context(|| format!("no CPU times from bash's `times`:\n{times}"))?;
+    Ok((per_second, cpu))
+}
+
+/// User + system seconds of the shell's children, the second line of bash's `times`
+/// (`0m1.250s 0m0.500s`).
+fn children_cpu_seconds(times: &str) -> Option<f64> {
+    let seconds = |field: &str| -> Option<f64> {
+        let (minutes, rest) = field.split_once('m')?;
+        Some(minutes.parse::<f64>().ok()? * 60.0 + rest.strip_suffix('s')?.parse::<f64>().ok()?)
+    };
+    let line = times.lines().next_back()?;
+    let mut fields = line.split_whitespace();
+    Some(seconds(fields.next()?)? + seconds(fields.next()?)?)
 }
 
 /// A wrk Lua script POSTing `sample` as it was received.
@@ -269,6 +385,13 @@ mod tests {
         assert_eq!(lua_string("x]]y"), "[=[x]]y]=]");
         assert_eq!(lua_string("]]]=]"), "[==[]]]=]]==]");
         assert_eq!(lua_string("\nx"), "[[\n\nx]]");
+    }
+
+    #[test]
+    fn wrk_cpu_time_is_the_childrens_line_of_times() {
+        let times = "0m0.004s 0m0.002s\n1m2.500s 0m0.250s\n";
+        assert_eq!(children_cpu_seconds(times), Some(62.75));
+        assert_eq!(children_cpu_seconds("no times here"), None);
     }
 
     #[test]

@@ -230,6 +230,10 @@ impl ReceiverProc {
         Ok(Self { child, addr })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}/events", self.addr)
     }

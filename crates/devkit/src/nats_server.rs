@@ -99,6 +99,12 @@ impl NatsServer {
         self.store.path()
     }
 
+    /// The running server's process id (benchmarks read its CPU time); `None` once
+    /// killed or stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The URL other cluster nodes route to; `None` outside a cluster.
     pub fn route_url(&self) -> Option<String> {
         self.cluster_port.map(|p| format!("nats://127.0.0.1:{p}"))
@@ -176,6 +182,9 @@ impl NatsServer {
             // group, and the server must outlive the demo's drain of in-flight publishes.
             // Drop stops it afterwards.
             .process_group(0)
+            // nats-server 2.9 can write a recovering consumer's `meta.inf` relative to its
+            // working directory (seen after kill -9 in the soak): keep that in the store.
+            .current_dir(self.store.path())
             .spawn()
             .map_err(io(format!("cannot start {}", self.binary.display())))?;
         self.child = Some(child);
@@ -302,7 +311,9 @@ impl NatsCluster {
 
 fn find_binary() -> Result<PathBuf, NatsServerError> {
     if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
-        return Ok(PathBuf::from(path));
+        // Absolute: the server runs in its store directory, not ours.
+        let path = PathBuf::from(path);
+        return Ok(std::path::absolute(&path).unwrap_or(path));
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

@@ -12,6 +12,10 @@
 //! first), both CLOCK_REALTIME on this host. A bridge that stops delivering (nothing new for
 //! `--idle` seconds, or its process exits) ends its round; the events never counted are
 //! reported as lost.
+//!
+//! Each round also reports the bridge's CPU time per event: `relaycord ingest`, `relaycord
+//! sink` and nats-server together, against the node process (the simulator and the
+//! receiver are the same for both and left out).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -51,6 +55,8 @@ pub struct Options {
 struct Round {
     rate: f64,
     lost: u64,
+    /// The bridge's processes' CPU µs per distinct event delivered.
+    cpu_us: f64,
     note: String,
 }
 
@@ -69,19 +75,21 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
     for round in 0..options.rounds {
         let r = relaycord(binary, &mut receiver, options, round, &logs)?;
         eprintln!(
-            "round {round}: relaycord {:.0} events/s, {} lost{}",
-            r.rate, r.lost, r.note
+            "round {round}: relaycord {:.0} events/s, {} lost, {:.0} CPU µs per event{}",
+            r.rate, r.lost, r.cpu_us, r.note
         );
         ours.push(r);
         let d = discordhooks(binary, &mut receiver, options, round, &logs)?;
         eprintln!(
-            "round {round}: discordhooks {:.0} events/s, {} lost{}",
-            d.rate, d.lost, d.note
+            "round {round}: discordhooks {:.0} events/s, {} lost, {:.0} CPU µs per event{}",
+            d.rate, d.lost, d.cpu_us, d.note
         );
         theirs.push(d);
     }
     let ours_rate = median(ours.iter().map(|r| r.rate).collect());
     let theirs_rate = median(theirs.iter().map(|r| r.rate).collect());
+    let ours_cpu = median(ours.iter().map(|r| r.cpu_us).collect());
+    let theirs_cpu = median(theirs.iter().map(|r| r.cpu_us).collect());
     let lost = |rounds: &[Round]| {
         rounds
             .iter()
@@ -94,15 +102,17 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
         "Gateway → HTTP receiver, {} events per round, 1 shard, as fast as possible, median of {} rounds",
         options.events, options.rounds
     );
-    println!("| bridge | events/s | lost per round | ratio to discordhooks |");
-    println!("|---|---:|---|---:|");
     println!(
-        "| relaycord (sim → ingest → JetStream → HTTP sink, signed, dedupe on; zstd-stream) | {ours_rate:.0} | {} | {:.1}× |",
+        "| bridge | events/s | lost per round | ratio to discordhooks | bridge CPU µs per event |"
+    );
+    println!("|---|---:|---|---:|---:|");
+    println!(
+        "| relaycord (sim → ingest → JetStream → HTTP sink, signed, dedupe on; zstd-stream) | {ours_rate:.0} | {} | {:.1}× | {ours_cpu:.0} (ingest + sink + nats-server) |",
         lost(&ours),
         ours_rate / theirs_rate
     );
     println!(
-        "| discordhooks (@discordjs/ws 1.x, no transport compression) | {theirs_rate:.0} | {} | 1.0× |",
+        "| discordhooks (@discordjs/ws 1.x, no transport compression) | {theirs_rate:.0} | {} | 1.0× | {theirs_cpu:.0} (node) |",
         lost(&theirs)
     );
     Ok(())
@@ -158,6 +168,9 @@ fn relaycord(
         Duration::from_secs(900),
         &mut sink,
     )?;
+    let cpu = crate::procs::cpu_seconds(ingest.pid())?
+        + crate::procs::cpu_seconds(sink.pid())?
+        + crate::procs::cpu_seconds(nats.pid().context("nats-server is not running")?)?;
     let mut note = String::new();
     for (child, what) in [
         (&mut sink, "sink"),
@@ -168,7 +181,7 @@ fn relaycord(
             note.push_str(&format!("; {error}"));
         }
     }
-    Ok(outcome(&stats, options.events, note))
+    Ok(outcome(&stats, options.events, cpu, note))
 }
 
 fn discordhooks(
@@ -206,14 +219,17 @@ fn discordhooks(
         Duration::from_secs(900),
         &mut node,
     )?;
-    let note = match node.0.try_wait()? {
-        Some(status) => format!("; discordhooks exited with {status} (see its log)"),
-        None => String::new(),
+    let (cpu, note) = match node.0.try_wait()? {
+        Some(status) => (
+            f64::NAN,
+            format!("; discordhooks exited with {status} (see its log)"),
+        ),
+        None => (crate::procs::cpu_seconds(node.pid())?, String::new()),
     };
-    Ok(outcome(&stats, options.events, note))
+    Ok(outcome(&stats, options.events, cpu, note))
 }
 
-fn outcome(stats: &Stats, events: u64, note: String) -> Round {
+fn outcome(stats: &Stats, events: u64, cpu_seconds: f64, note: String) -> Round {
     let rate = match (stats.first_sent_unix_us, stats.last_new_unix_us) {
         (Some(first), Some(last)) if last > first => {
             stats.distinct as f64 / ((last - first) as f64 / 1e6)
@@ -223,6 +239,7 @@ fn outcome(stats: &Stats, events: u64, note: String) -> Round {
     Round {
         rate,
         lost: events - stats.distinct.min(events),
+        cpu_us: cpu_seconds * 1e6 / stats.distinct.max(1) as f64,
         note,
     }
 }

@@ -78,12 +78,10 @@ impl Process {
 
     /// utime + stime so far, in seconds.
     fn cpu_seconds(&self, ticks_per_second: f64) -> f64 {
-        let pid = self.child.id().expect("running");
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        // Fields after the command name (which may hold spaces) in parentheses.
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        ticks as f64 / ticks_per_second
+        cpu_seconds(
+            &self.child.id().expect("running").to_string(),
+            ticks_per_second,
+        )
     }
 
     /// SIGTERM (a clean stop, which also lets a profiler wrapping ingest write its
@@ -100,6 +98,23 @@ impl Process {
         }
     }
 }
+
+/// utime + stime of process `pid` (a number, or `self`) so far, in seconds.
+fn cpu_seconds(pid: &str, ticks_per_second: f64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / ticks_per_second
+}
+
+/// nats-server's CPU seconds so far.
+fn nats_cpu(nats: &NatsServer, ticks: f64) -> f64 {
+    cpu_seconds(&nats.pid().expect("nats-server runs").to_string(), ticks)
+}
+
+/// CPU µs per event over one phase: (producer side, nats-server).
+type Cpu = (f64, f64);
 
 fn ticks_per_second() -> f64 {
     let out = std::process::Command::new("getconf")
@@ -126,8 +141,9 @@ async fn wait_stream(js: &jetstream::Context, name: &str, messages: u64) {
     }
 }
 
-/// One round of ingest: (events/s, events per ingest CPU-second).
-async fn ingest_round(nats: &NatsServer, js: &jetstream::Context, ticks: f64) -> (f64, f64) {
+/// One round of ingest: (events/s, events per ingest CPU-second, CPU µs per event of
+/// ingest + simulator and of nats-server).
+async fn ingest_round(nats: &NatsServer, js: &jetstream::Context, ticks: f64) -> (f64, f64, Cpu) {
     let bin = relaycord_testkit::relaycord_bin();
     let ingest_bin = std::env::var_os("RELAYCORD_BENCH_INGEST").map_or(bin.clone(), Into::into);
     let mut sim = Process::spawn(
@@ -164,9 +180,13 @@ async fn ingest_round(nats: &NatsServer, js: &jetstream::Context, ticks: f64) ->
     );
     sim.line("all shards ready: generating").await;
     let (started, cpu) = (Instant::now(), ingest.cpu_seconds(ticks));
+    let (sim_cpu, server_cpu) = (sim.cpu_seconds(ticks), nats_cpu(nats, ticks));
     let expected = u64::from(GUILDS) + EVENTS;
     wait_stream(js, "DISCORD_GATEWAY", expected).await;
     let (elapsed, cpu) = (started.elapsed(), ingest.cpu_seconds(ticks) - cpu);
+    let sim_cpu = sim.cpu_seconds(ticks) - sim_cpu;
+    let server_cpu = nats_cpu(nats, ticks) - server_cpu;
+    let us = |seconds: f64| seconds * 1e6 / EVENTS as f64;
     sim.line("generated ").await;
     assert_eq!(
         stream_messages(js, "DISCORD_GATEWAY").await,
@@ -178,6 +198,7 @@ async fn ingest_round(nats: &NatsServer, js: &jetstream::Context, ticks: f64) ->
     (
         EVENTS as f64 / elapsed.as_secs_f64(),
         EVENTS as f64 / cpu.max(f64::EPSILON),
+        (us(cpu + sim_cpu), us(server_cpu)),
     )
 }
 
@@ -223,8 +244,9 @@ async fn publish_windowed(js: jetstream::Context, batch: Vec<(String, PublishMes
     }
 }
 
-/// The same envelopes straight from async-nats: events/s.
-async fn baseline_round(js: &jetstream::Context) -> f64 {
+/// The same envelopes straight from async-nats: events/s, and CPU µs per event of this
+/// (publishing) process and of nats-server.
+async fn baseline_round(nats: &NatsServer, js: &jetstream::Context, ticks: f64) -> (f64, Cpu) {
     js.create_stream(stream::Config {
         name: "BENCH".into(),
         subjects: vec!["bench.>".into()],
@@ -236,6 +258,7 @@ async fn baseline_round(js: &jetstream::Context) -> f64 {
     let batches = stored_by_shard(js).await;
     let total: usize = batches.iter().map(Vec::len).sum();
     let started = Instant::now();
+    let (own_cpu, server_cpu) = (cpu_seconds("self", ticks), nats_cpu(nats, ticks));
     let tasks: Vec<_> = batches
         .into_iter()
         .map(|batch| tokio::spawn(publish_windowed(js.clone(), batch)))
@@ -244,7 +267,13 @@ async fn baseline_round(js: &jetstream::Context) -> f64 {
         task.await.unwrap();
     }
     wait_stream(js, "BENCH", total as u64).await;
-    total as f64 / started.elapsed().as_secs_f64()
+    let elapsed = started.elapsed();
+    let us = |seconds: f64| seconds * 1e6 / total as f64;
+    let cpu = (
+        us(cpu_seconds("self", ticks) - own_cpu),
+        us(nats_cpu(nats, ticks) - server_cpu),
+    );
+    (total as f64 / elapsed.as_secs_f64(), cpu)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -258,15 +287,22 @@ async fn ingest_bench() {
     let ticks = ticks_per_second();
     let (mut ingest, mut per_cpu, mut baseline, mut ratios) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut path_cpu, mut bare_cpu): (Vec<Cpu>, Vec<Cpu>) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let nats = NatsServer::start().expect("start nats-server");
         let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-        let (rate, cpu) = ingest_round(&nats, &js, ticks).await;
-        let bare = baseline_round(&js).await;
+        let (rate, cpu, path) = ingest_round(&nats, &js, ticks).await;
+        let (bare, bare_us) = baseline_round(&nats, &js, ticks).await;
         println!(
-            "round {round}: ingest {rate:.0} events/s ({cpu:.0} per ingest CPU-second), bare publish {bare:.0}/s, ratio {:.2}",
-            rate / bare
+            "round {round}: ingest {rate:.0} events/s ({cpu:.0} per ingest CPU-second), bare publish {bare:.0}/s, ratio {:.2}; CPU µs per event: ingest + simulator {:.1}, nats-server {:.1}; bare publisher {:.1}, nats-server {:.1}",
+            rate / bare,
+            path.0,
+            path.1,
+            bare_us.0,
+            bare_us.1
         );
+        path_cpu.push(path);
+        bare_cpu.push(bare_us);
         ingest.push(rate);
         per_cpu.push(cpu);
         baseline.push(bare);
@@ -278,5 +314,13 @@ async fn ingest_bench() {
     println!(
         "ingest: {ingest:.0} events/s, bare JetStream publish: {baseline:.0} events/s (medians); ratio = {:.2} (median of the rounds' ratios); {per_cpu:.0} events per ingest CPU-second ({EVENTS} events, {SHARDS} shards, window {WINDOW} per shard, simulator and ingest in their own processes, {ROUNDS} rounds)",
         median(ratios)
+    );
+    // On one machine every process shares the same cores: the ratio of the CPU each
+    // path spends per event is the most the ingest path could reach against the baseline.
+    let total = |v: &[Cpu]| median(v.iter().map(|(a, b)| a + b).collect());
+    let (path, bare) = (total(&path_cpu), total(&bare_cpu));
+    println!(
+        "CPU µs per event (medians): ingest path (ingest + simulator + nats-server) {path:.1}, bare publish (publisher + nats-server) {bare:.1}; ratio the CPU allows {:.2}",
+        bare / path
     );
 }

@@ -127,13 +127,8 @@ async fn standardwebhooks_library_verifies_requests() {
     let good = run_sink(&bus, &http_config("verified", url));
     let mut verified = HashSet::new();
     while verified.len() < ids.len() {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("a request per event")
-            .unwrap()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["ok"], true, "{line}");
+        let v = next_request(&mut lines, "a request per event").await;
+        assert_eq!(v["ok"], true, "{v}");
         assert_eq!(v["id"], v["envelope_id"], "webhook-id is the envelope id");
         verified.insert(v["id"].as_str().unwrap().to_owned());
     }
@@ -154,19 +149,27 @@ async fn standardwebhooks_library_verifies_requests() {
     };
     let bad = run_sink(&bus, &wrong);
     let v = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("a request from the wrong-secret sink")
-            .unwrap()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let v = next_request(&mut lines, "a request from the wrong-secret sink").await;
         if v["path"] == "/events-wrong-secret" {
             break v;
         }
-        assert_eq!(v["path"], "/events", "{line}");
+        assert_eq!(v["path"], "/events", "{v}");
     };
     assert_eq!(v["ok"], false, "{v}");
     bad.stop().await;
+}
+
+/// The verifier's next line: one request it checked.
+async fn next_request(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    what: &str,
+) -> serde_json::Value {
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within 30 s"))
+        .unwrap()
+        .expect("the verifier is running");
+    serde_json::from_str(&line).unwrap()
 }
 
 /// A 429 with `Retry-After: 2` is nak'ed with that delay (the backoff drawn here is at

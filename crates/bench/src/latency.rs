@@ -30,6 +30,10 @@ pub struct Options {
     /// The sink's `concurrency`.
     #[arg(long, default_value_t = 64)]
     concurrency: u32,
+    /// Run the sink with `dedupe = false` (no KV lookup and write per delivery), to see
+    /// what dedupe adds to the latency.
+    #[arg(long)]
+    no_dedupe: bool,
     /// Where the children's logs go (default: a new directory under the system temp dir).
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -51,8 +55,10 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "End-to-end latency, simulator → ingest → NATS → HTTP sink (signed, dedupe on) → receiver, 1 shard, {} s per rate after {} s of warm-up",
-        options.seconds, options.warmup_seconds
+        "End-to-end latency, simulator → ingest → NATS → HTTP sink (signed, dedupe {}) → receiver, 1 shard, {} s per rate after {} s of warm-up",
+        if options.no_dedupe { "off" } else { "on" },
+        options.seconds,
+        options.warmup_seconds
     );
     println!(
         "| offered rate | events counted | generated at | delivered at | rate achieved | p50 | p99 | p99.9 | max |"
@@ -113,7 +119,7 @@ fn measure(
     let mut sink = HttpSink {
         name: &format!("latency{rate}"),
         url: &url,
-        dedupe: true,
+        dedupe: !options.no_dedupe,
         concurrency: options.concurrency,
     }
     .spawn(binary, &nats.url(), logs)?;

@@ -182,7 +182,7 @@ impl NatsServer {
             // group, and the server must outlive the demo's drain of in-flight publishes.
             // Drop stops it afterwards.
             .process_group(0)
-            // nats-server 2.9 can write a recovering consumer's `meta.inf` relative to its
+            // nats-server 2.9 wrote a consumer's `meta.inf` relative to its
             // working directory (seen after kill -9 in the soak): keep that in the store.
             .current_dir(self.store.path())
             .spawn()

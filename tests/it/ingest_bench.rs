@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage, stream};
 use futures::StreamExt;
-use relaycord_testkit::NatsServer;
+use relaycord_testkit::{NatsServer, proc};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -77,11 +77,8 @@ impl Process {
     }
 
     /// utime + stime so far, in seconds.
-    fn cpu_seconds(&self, ticks_per_second: f64) -> f64 {
-        cpu_seconds(
-            &self.child.id().expect("running").to_string(),
-            ticks_per_second,
-        )
+    fn cpu_seconds(&self) -> f64 {
+        proc::cpu_seconds(self.child.id().expect("running")).expect("the child runs")
     }
 
     /// SIGTERM (a clean stop, which also lets a profiler wrapping ingest write its
@@ -99,34 +96,18 @@ impl Process {
     }
 }
 
-/// utime + stime of process `pid` (a number, or `self`) so far, in seconds.
-fn cpu_seconds(pid: &str, ticks_per_second: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 / ticks_per_second
+/// nats-server's CPU seconds so far.
+fn nats_cpu(nats: &NatsServer) -> f64 {
+    proc::cpu_seconds(nats.pid().expect("nats-server runs")).expect("nats-server runs")
 }
 
-/// nats-server's CPU seconds so far.
-fn nats_cpu(nats: &NatsServer, ticks: f64) -> f64 {
-    cpu_seconds(&nats.pid().expect("nats-server runs").to_string(), ticks)
+/// This process's CPU seconds so far (the bare publisher's).
+fn own_cpu() -> f64 {
+    proc::own_cpu_seconds().expect("/proc/self/stat is readable")
 }
 
 /// CPU µs per event over one phase: (producer side, nats-server).
 type Cpu = (f64, f64);
-
-fn ticks_per_second() -> f64 {
-    let out = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .expect("getconf CLK_TCK");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 async fn stream_messages(js: &jetstream::Context, name: &str) -> Option<u64> {
     let mut stream = js.get_stream(name).await.ok()?;
@@ -143,7 +124,7 @@ async fn wait_stream(js: &jetstream::Context, name: &str, messages: u64) {
 
 /// One round of ingest: (events/s, events per ingest CPU-second, CPU µs per event of
 /// ingest + simulator and of nats-server).
-async fn ingest_round(nats: &NatsServer, js: &jetstream::Context, ticks: f64) -> (f64, f64, Cpu) {
+async fn ingest_round(nats: &NatsServer, js: &jetstream::Context) -> (f64, f64, Cpu) {
     let bin = relaycord_testkit::relaycord_bin();
     let ingest_bin = std::env::var_os("RELAYCORD_BENCH_INGEST").map_or(bin.clone(), Into::into);
     let mut sim = Process::spawn(
@@ -179,13 +160,13 @@ async fn ingest_round(nats: &NatsServer, js: &jetstream::Context, ticks: f64) ->
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT"),
     );
     sim.line("all shards ready: generating").await;
-    let (started, cpu) = (Instant::now(), ingest.cpu_seconds(ticks));
-    let (sim_cpu, server_cpu) = (sim.cpu_seconds(ticks), nats_cpu(nats, ticks));
+    let (started, cpu) = (Instant::now(), ingest.cpu_seconds());
+    let (sim_cpu, server_cpu) = (sim.cpu_seconds(), nats_cpu(nats));
     let expected = u64::from(GUILDS) + EVENTS;
     wait_stream(js, "DISCORD_GATEWAY", expected).await;
-    let (elapsed, cpu) = (started.elapsed(), ingest.cpu_seconds(ticks) - cpu);
-    let sim_cpu = sim.cpu_seconds(ticks) - sim_cpu;
-    let server_cpu = nats_cpu(nats, ticks) - server_cpu;
+    let (elapsed, cpu) = (started.elapsed(), ingest.cpu_seconds() - cpu);
+    let sim_cpu = sim.cpu_seconds() - sim_cpu;
+    let server_cpu = nats_cpu(nats) - server_cpu;
     let us = |seconds: f64| seconds * 1e6 / EVENTS as f64;
     sim.line("generated ").await;
     assert_eq!(
@@ -246,7 +227,7 @@ async fn publish_windowed(js: jetstream::Context, batch: Vec<(String, PublishMes
 
 /// The same envelopes straight from async-nats: events/s, and CPU µs per event of this
 /// (publishing) process and of nats-server.
-async fn baseline_round(nats: &NatsServer, js: &jetstream::Context, ticks: f64) -> (f64, Cpu) {
+async fn baseline_round(nats: &NatsServer, js: &jetstream::Context) -> (f64, Cpu) {
     js.create_stream(stream::Config {
         name: "BENCH".into(),
         subjects: vec!["bench.>".into()],
@@ -258,7 +239,7 @@ async fn baseline_round(nats: &NatsServer, js: &jetstream::Context, ticks: f64) 
     let batches = stored_by_shard(js).await;
     let total: usize = batches.iter().map(Vec::len).sum();
     let started = Instant::now();
-    let (own_cpu, server_cpu) = (cpu_seconds("self", ticks), nats_cpu(nats, ticks));
+    let (publisher_cpu, server_cpu) = (own_cpu(), nats_cpu(nats));
     let tasks: Vec<_> = batches
         .into_iter()
         .map(|batch| tokio::spawn(publish_windowed(js.clone(), batch)))
@@ -270,8 +251,8 @@ async fn baseline_round(nats: &NatsServer, js: &jetstream::Context, ticks: f64) 
     let elapsed = started.elapsed();
     let us = |seconds: f64| seconds * 1e6 / total as f64;
     let cpu = (
-        us(cpu_seconds("self", ticks) - own_cpu),
-        us(nats_cpu(nats, ticks) - server_cpu),
+        us(own_cpu() - publisher_cpu),
+        us(nats_cpu(nats) - server_cpu),
     );
     (total as f64 / elapsed.as_secs_f64(), cpu)
 }
@@ -284,15 +265,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --ignored --nocapture"]
 async fn ingest_bench() {
-    let ticks = ticks_per_second();
     let (mut ingest, mut per_cpu, mut baseline, mut ratios) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut path_cpu, mut bare_cpu): (Vec<Cpu>, Vec<Cpu>) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let nats = NatsServer::start().expect("start nats-server");
         let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-        let (rate, cpu, path) = ingest_round(&nats, &js, ticks).await;
-        let (bare, bare_us) = baseline_round(&nats, &js, ticks).await;
+        let (rate, cpu, path) = ingest_round(&nats, &js).await;
+        let (bare, bare_us) = baseline_round(&nats, &js).await;
         println!(
             "round {round}: ingest {rate:.0} events/s ({cpu:.0} per ingest CPU-second), bare publish {bare:.0}/s, ratio {:.2}; CPU µs per event: ingest + simulator {:.1}, nats-server {:.1}; bare publisher {:.1}, nats-server {:.1}",
             rate / bare,

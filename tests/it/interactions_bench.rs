@@ -154,30 +154,9 @@ async fn load(
     }
 }
 
-/// User + system CPU seconds of a process so far (`/proc/<pid>/stat`, fields 14 and 15).
+/// User + system CPU seconds of a process so far; NaN once it is gone.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    match (ticks(11), ticks(12)) {
-        (Some(user), Some(system)) => (user + system) / clock_ticks(),
-        _ => f64::NAN,
-    }
-}
-
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
+    relaycord_testkit::proc::cpu_seconds(pid).unwrap_or(f64::NAN)
 }
 
 /// The nats-server child of this process (the stack's).

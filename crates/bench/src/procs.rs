@@ -112,25 +112,8 @@ pub fn unix_micros() -> u64 {
 
 /// CPU time (user + system) the process `pid` has used so far, in seconds.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let ticks = parse_cpu_ticks(&stat).context("unreadable /proc/<pid>/stat")?;
-    Ok(ticks as f64 / clock_ticks_per_second()?)
-}
-
-/// utime + stime, fields 14 and 15 of `/proc/<pid>/stat`, counted after the command
-/// name (in parentheses, and it may hold spaces).
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let fields: Vec<&str> = rest.split(' ').collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-fn clock_ticks_per_second() -> anyhow::Result<f64> {
-    let out = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .context("getconf CLK_TCK")?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    relaycord_devkit::proc::cpu_seconds(pid)
+        .with_context(|| format!("cannot read /proc/{pid}/stat: has the process exited?"))
 }
 
 /// Kills the child (and reaps it) when dropped, so an error leaves no process behind.
@@ -208,14 +191,6 @@ mod tests {
             dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
             "hello world"
         );
-    }
-
-    #[test]
-    fn cpu_ticks_are_read_after_the_command_name() {
-        let stat = "42 (relay cord) S 1 42 42 0 -1 4194560 100 0 0 0 250 17 0 0 20 0 4 0";
-        assert_eq!(parse_cpu_ticks(stat), Some(267));
-        assert_eq!(parse_cpu_ticks("42 (x) S 1"), None);
-        assert!(cpu_seconds(std::process::id()).unwrap() >= 0.0);
     }
 
     #[test]

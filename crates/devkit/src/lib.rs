@@ -4,6 +4,7 @@
 //! without depending on the test kit, which depends on the binary's library.
 
 pub mod nats_server;
+pub mod proc;
 pub mod receiver;
 mod sim;
 

@@ -5,7 +5,10 @@ use std::time::Duration;
 /// What the simulated Discord looks like to a client.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
-    /// Shard count reported by `/gateway/bot` and required in IDENTIFY. Default 1.
+    /// The initial shard count: what `/gateway/bot` recommends until
+    /// [`crate::Simulator::set_recommended_shards`], and the count the shard-numbered control
+    /// methods and `wait_ready` refer to. IDENTIFY accepts any count from the required minimum
+    /// (see `max_guilds_per_shard`) up, as Discord does. Default 1.
     pub shards: u32,
     /// Identify buckets (`shard % max_concurrency`), reported by `/gateway/bot`. Default 16, so
     /// tests that honour it still start quickly.
@@ -23,6 +26,10 @@ pub struct SimConfig {
     /// When `session_start_limit.remaining` refills, from the simulator's start (and then
     /// every period). Default 24 h, like Discord; tests of the limit shorten it.
     pub session_start_reset_after: Duration,
+    /// Guilds one shard may hold: an IDENTIFY with fewer than `ceil(guilds / this)` shards is
+    /// closed with 4011 (sharding required). Default 2500, like Discord; changeable at run
+    /// time with [`crate::Simulator::set_max_guilds_per_shard`].
+    pub max_guilds_per_shard: u32,
 }
 
 impl Default for SimConfig {
@@ -35,6 +42,7 @@ impl Default for SimConfig {
             guilds: 8,
             session_start_limit: 1000,
             session_start_reset_after: Duration::from_secs(24 * 3600),
+            max_guilds_per_shard: 2500,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The scripted event generator: paced, weighted, routed by guild.
+//! The scripted event generator: paced, weighted, routed by guild to every session covering it.
 
 use crate::payloads::{self, EventKind};
 use crate::state::Shared;
@@ -188,8 +188,8 @@ async fn run(
                 // the measured latency includes the simulator's own queueing and compression.
                 stamp(&mut data, made, unix_micros());
             }
-            let shard = shared.shard_of_guild(guild.id);
-            if !deliver(&shared, &stop, shard, kind.event_type(), data, guild.id).await {
+            let event_type: Arc<str> = kind.event_type().into();
+            if !deliver(&shared, &stop, &event_type, data.into(), guild.id, made).await {
                 return made;
             }
             made += 1;
@@ -227,24 +227,26 @@ fn unix_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// Dispatches one event, waiting for the shard to have a session if it has none (after a
-/// non-resumable invalidation, until the client identifies again), so `count` stays exact.
-/// Returns false if stopped first.
+/// Dispatches event number `n` to every session covering its guild, waiting for one to
+/// exist if none does (after a non-resumable invalidation, until the client identifies again),
+/// so `count` stays exact. Returns false if stopped first.
 async fn deliver(
     shared: &Shared,
     stop: &CancellationToken,
-    shard: u32,
-    event_type: &str,
-    mut data: String,
+    event_type: &Arc<str>,
+    data: Arc<str>,
     guild_id: u64,
+    n: u64,
 ) -> bool {
     loop {
-        match shared.dispatch_or_return(shard, event_type, data, guild_id) {
-            Ok(_) => return true,
-            Err(unsent) => data = unsent,
+        if !shared
+            .dispatch_guild(event_type, &data, guild_id, Some(n))
+            .is_empty()
+        {
+            return true;
         }
         tokio::select! {
-            () = shared.wait_until(|s| s.has_session(shard)) => {}
+            () = shared.wait_until(|s| s.covers(guild_id)) => {}
             () = stop.cancelled() => return false,
         }
     }

@@ -23,7 +23,7 @@ pub use interactions::{
     APPLICATION_ID, Forgery, Interactions, RestCall, RestCallKind, SignedRequest, SimInteraction,
 };
 pub use simulator::Simulator;
-pub use stats::{CompressionCounts, SentDispatch, SimStats};
+pub use stats::{CompressionCounts, LiveSession, SentDispatch, SimStats};
 
 use std::time::Duration;
 
@@ -38,6 +38,8 @@ pub enum SimError {
     NotConnected(u32),
     #[error("shard {0} has no dispatch to duplicate")]
     NothingToDuplicate(u32),
+    #[error("no session covers guild {0}")]
+    NotCovered(u64),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
 }

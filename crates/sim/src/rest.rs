@@ -42,7 +42,7 @@ async fn gateway_bot(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
     let (remaining, reset_after) = shared.session_start_limit();
     Json(json!({
         "url": shared.gateway_url(),
-        "shards": shared.shards(),
+        "shards": shared.recommended_shards(),
         "session_start_limit": {
             "total": shared.config.session_start_limit,
             "remaining": remaining,

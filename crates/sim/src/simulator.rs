@@ -5,7 +5,7 @@ use crate::config::SimConfig;
 use crate::generator::{self, GenerateSpec, GeneratorHandle};
 use crate::rest;
 use crate::state::Shared;
-use crate::stats::{SentDispatch, SimStats};
+use crate::stats::{LiveSession, SentDispatch, SimStats};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::future::Future;
@@ -19,6 +19,9 @@ use tokio_util::sync::DropGuard;
 /// A running simulated Discord (REST and gateway on one port).
 ///
 /// Cheap to clone. The server stops when the last clone is dropped or on [`Simulator::shutdown`].
+///
+/// Methods taking a bare `shard` act on that shard of the initial count (`config.shards`);
+/// the `_in` variants take the shard count too, for sessions of a reshard.
 #[derive(Clone, Debug)]
 pub struct Simulator {
     inner: Arc<Inner>,
@@ -118,9 +121,45 @@ impl Simulator {
         &self.shared().config
     }
 
-    /// `(guild_id >> 22) % shards`.
+    /// `(guild_id >> 22) % shards`, for the initial shard count `config.shards`.
     pub fn shard_of_guild(&self, guild_id: u64) -> u32 {
         self.shared().shard_of_guild(guild_id)
+    }
+
+    /// The shard count `/gateway/bot` recommends: `config.shards` until changed.
+    pub fn recommended_shards(&self) -> u32 {
+        self.shared().recommended_shards()
+    }
+
+    /// Changes what `/gateway/bot` recommends (at least 1), as Discord does when a bot grows.
+    /// Sessions already running keep their count; IDENTIFY still accepts any count from
+    /// [`Simulator::min_shards`] up.
+    pub fn set_recommended_shards(&self, shards: u32) {
+        self.shared().set_recommended_shards(shards);
+    }
+
+    /// Guilds one shard may hold (`config.max_guilds_per_shard` until changed).
+    pub fn max_guilds_per_shard(&self) -> u32 {
+        self.shared().max_guilds_per_shard()
+    }
+
+    /// Changes the guilds one shard may hold (at least 1), so that a count that was enough
+    /// becomes too small: later IDENTIFYs with fewer than [`Simulator::min_shards`] shards are
+    /// closed with 4011. Running sessions are left alone and may still RESUME.
+    pub fn set_max_guilds_per_shard(&self, guilds: u32) {
+        self.shared().set_max_guilds_per_shard(guilds);
+    }
+
+    /// The fewest shards IDENTIFY accepts: `ceil(guilds / max_guilds_per_shard)`, at least 1.
+    pub fn min_shards(&self) -> u32 {
+        self.shared().min_shards()
+    }
+
+    /// Every slot that has a session, of every shard count, connected or not (a session
+    /// without a connection still logs its guilds' events for a RESUME). Sorted by shard
+    /// count, then shard.
+    pub fn live_sessions(&self) -> Vec<LiveSession> {
+        self.shared().live_sessions()
     }
 
     /// The simulated guilds' ids (deterministic for a given config).
@@ -139,7 +178,10 @@ impl Simulator {
             .map_err(|_| SimError::Timeout(timeout))
     }
 
-    /// Starts the event generator in a spawned task. It first waits until all shards are ready.
+    /// Starts the event generator in a spawned task. It first waits until all shards of the
+    /// initial count are ready. Each event goes to every session covering its guild, whatever
+    /// their shard counts, in the same order for all of them; an event whose guild no session
+    /// covers waits for one.
     pub fn generate(&self, spec: GenerateSpec) -> GeneratorHandle {
         generator::spawn(Arc::clone(&self.inner.shared), spec)
     }
@@ -155,6 +197,31 @@ impl Simulator {
     pub fn dispatch(&self, shard: u32, event_type: &str, d: &RawValue) -> Result<u64, SimError> {
         self.shared()
             .dispatch(shard, event_type, d.get().to_owned(), guild_id_of(d))
+    }
+
+    /// Injects one guild dispatch on every session covering `guild_id`, of every shard count,
+    /// routed as generated events are (and ordered with them). Logged with `event: None`: it
+    /// is scripted, not generated. Returns `(shard_count, shard, seq)` per session reached.
+    ///
+    /// # Errors
+    ///
+    /// [`SimError::NotCovered`] if no session covers the guild (nothing is sent).
+    pub fn dispatch_guild(
+        &self,
+        event_type: &str,
+        d: &RawValue,
+        guild_id: u64,
+    ) -> Result<Vec<(u32, u32, u64)>, SimError> {
+        let sent =
+            self.shared()
+                .dispatch_guild(&event_type.into(), &d.get().into(), guild_id, None);
+        if sent.is_empty() {
+            return Err(SimError::NotCovered(guild_id));
+        }
+        Ok(sent
+            .into_iter()
+            .map(|(key, seq)| (key.count, key.shard, seq))
+            .collect())
     }
 
     /// Sends an arbitrary text frame on the shard's live connection (malformed-input tests).
@@ -179,7 +246,13 @@ impl Simulator {
 
     /// Sends RECONNECT (op 7) and closes with 4000; the session stays resumable.
     pub fn request_reconnect(&self, shard: u32) {
-        self.shared().request_reconnect(shard);
+        self.shared()
+            .request_reconnect(self.shared().shards(), shard);
+    }
+
+    /// [`Simulator::request_reconnect`] for a shard of any shard count.
+    pub fn request_reconnect_in(&self, shard_count: u32, shard: u32) {
+        self.shared().request_reconnect(shard_count, shard);
     }
 
     /// Sends INVALID_SESSION (op 9) with `d = resumable`; if not resumable the session is
@@ -192,7 +265,12 @@ impl Simulator {
     /// which Discord requires a new session or forbids reconnecting (4004, 4007, 4009–4014)
     /// and kept resumable otherwise.
     pub fn close(&self, shard: u32, code: u16) {
-        self.shared().close(shard, code);
+        self.shared().close(self.shared().shards(), shard, code);
+    }
+
+    /// [`Simulator::close`] for a shard of any shard count.
+    pub fn close_in(&self, shard_count: u32, shard: u32, code: u16) {
+        self.shared().close(shard_count, shard, code);
     }
 
     /// Makes the shard's connection a zombie (`true`), as a half-dead TCP connection would
@@ -212,10 +290,16 @@ impl Simulator {
 
     /// Drops the shard's TCP connection without a close frame; the session stays resumable.
     pub fn drop_connection(&self, shard: u32) {
-        self.shared().drop_connection(shard);
+        self.shared().drop_connection(self.shared().shards(), shard);
     }
 
-    /// Every dispatch created, in order per shard: the proof log.
+    /// [`Simulator::drop_connection`] for a shard of any shard count.
+    pub fn drop_connection_in(&self, shard_count: u32, shard: u32) {
+        self.shared().drop_connection(shard_count, shard);
+    }
+
+    /// Every dispatch created, in order per session: the proof log. A guild event covered by
+    /// sessions of several shard counts appears once per session, with the same `event`.
     pub fn sent(&self) -> Vec<SentDispatch> {
         self.shared().sent()
     }

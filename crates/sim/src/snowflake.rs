@@ -69,25 +69,42 @@ impl Snowflakes {
     }
 }
 
-/// Deterministic guild ids for `count` guilds over `shards` shards.
+/// Deterministic guild ids for `count` guilds, spread over `shards` shards and also over any
+/// shard count a bot may reshard to.
 ///
 /// Guild `i` is created `i` steps after 2016-01-01 (spread over about five years, like a bot
-/// that grew) and its timestamp is nudged so that `(id >> 22) % shards == i % shards`: every
-/// shard owns at least one guild whenever `count >= shards`, and guilds spread evenly.
+/// that grew), the steps chosen so that `(id >> 22) % m == i % m` for `m` = `shards` and every
+/// `m` up to 16 (and whatever else divides their least common multiple): whichever of those
+/// counts a client identifies with, every shard owns a guild when `count` is at least the
+/// shard count, and guilds spread evenly.
 pub fn guild_ids(count: u32, shards: u32) -> Vec<u64> {
     /// 2016-01-01T00:00:00Z in Unix milliseconds.
     const START_MS: u64 = 1_451_606_400_000;
     const SPAN_MS: u64 = 5 * 365 * 24 * 3600 * 1000;
+    /// lcm(1..=16): the power-of-two counts bots reshard between, and the small ones.
+    const SMALL_COUNTS_LCM: u64 = 720_720;
     let shards = u64::from(shards.max(1));
-    let step = SPAN_MS / u64::from(count.max(1));
+    // A huge, odd `shards` would make the lcm outgrow the span; then only `shards` is honoured.
+    let modulus = Some(lcm(shards, SMALL_COUNTS_LCM))
+        .filter(|&m| m <= SPAN_MS / 4)
+        .unwrap_or(shards);
+    // `step % modulus == 1` keeps `(id >> 22) ≡ i`; more guilds than the span holds at that
+    // spacing are packed one millisecond apart, still unique.
+    let step = (SPAN_MS / u64::from(count.max(1)) / modulus) * modulus + 1;
+    let first = (START_MS - DISCORD_EPOCH_MS).next_multiple_of(modulus);
     (0..u64::from(count))
-        .map(|i| {
-            // `+ shards` keeps the rounding down from moving guild 0 before START_MS.
-            let ms = START_MS - DISCORD_EPOCH_MS + shards + i * step;
-            let ms = ms - ms % shards + i % shards;
-            compose(ms + DISCORD_EPOCH_MS, i)
-        })
+        .map(|i| compose(first + i * step + DISCORD_EPOCH_MS, i))
         .collect()
+}
+
+fn lcm(a: u64, b: u64) -> u64 {
+    let gcd = |mut a: u64, mut b: u64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    a / gcd(a, b) * b
 }
 
 #[cfg(test)]
@@ -129,23 +146,45 @@ mod tests {
 
     #[test]
     fn guild_ids_cover_every_shard() {
-        for shards in [1, 2, 3, 7, 16, 100] {
+        for shards in [1, 2, 3, 7, 16, 100, 99_991] {
             for count in [shards, shards + 1, 3 * shards + 2] {
                 let ids = guild_ids(count, shards);
-                assert_eq!(ids.len(), count as usize);
-                assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
-                let owned: HashSet<u64> = ids
-                    .iter()
-                    .map(|id| (id >> 22) % u64::from(shards))
-                    .collect();
-                assert_eq!(
-                    owned.len(),
-                    shards as usize,
-                    "shards={shards} count={count}"
-                );
-                // Real-looking: created after 2016, before 2022.
-                assert!(ids.iter().all(|&id| (1_451_606_400_000..1_640_995_200_000).contains(&unix_ms_of(id))));
+                assert_covered(&ids, count, shards);
             }
         }
+    }
+
+    /// A bot resharding from 1 to 2, 4 or 8 shards finds every shard of each count owning a
+    /// guild, whatever count the layout was made for.
+    #[test]
+    fn guild_ids_cover_every_shard_of_other_counts() {
+        for layout in [1, 2, 3, 8] {
+            let ids = guild_ids(8, layout);
+            for shards in [1, 2, 4, 8] {
+                assert_covered(&ids, 8, shards);
+            }
+        }
+        let ids = guild_ids(200_000, 2);
+        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
+        assert_covered(&ids[..16], 16, 16);
+    }
+
+    fn assert_covered(ids: &[u64], count: u32, shards: u32) {
+        assert_eq!(ids.len(), count as usize);
+        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
+        let owned: HashSet<u64> = ids
+            .iter()
+            .map(|id| (id >> 22) % u64::from(shards))
+            .collect();
+        assert_eq!(
+            owned.len(),
+            shards as usize,
+            "shards={shards} count={count}"
+        );
+        // Real-looking: created after 2016, before 2022.
+        assert!(
+            ids.iter()
+                .all(|&id| (1_451_606_400_000..1_640_995_200_000).contains(&unix_ms_of(id)))
+        );
     }
 }

@@ -1,11 +1,15 @@
-//! Shared simulator state: one slot per shard (its session and live connection), the proof
-//! log of every dispatch, identify limits and counters.
+//! Shared simulator state: one slot (session and live connection) per shard of every shard
+//! count a client identified with, the proof log of every dispatch, identify limits and
+//! counters.
 //!
-//! Every change to a shard happens under that shard's lock, and a dispatch is appended to the
+//! Every change to a slot happens under that slot's lock, and a dispatch is appended to the
 //! session log *and* queued on the live connection in the same critical section. That is what
 //! makes resume exact: a dispatch is either in the log before a RESUME replays it, or queued
 //! after the replay and the RESUMED that follows it, never lost in between.
+//!
+//! Lock order: `route`, then `generations`, then a slot, then the proof log.
 
+mod generations;
 mod session;
 
 pub(crate) use session::{Bound, ResumeRefused};
@@ -20,10 +24,12 @@ use crate::protocol::{self, close};
 use crate::snowflake;
 use crate::stats::{Counters, SentDispatch, SimStats};
 use crate::world::World;
+use generations::{Generation, ShardKey};
 use session::IdentifyLimits;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::SystemTime;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -61,12 +67,15 @@ impl ConnHandle {
 
 #[derive(Debug)]
 struct Entry {
-    shard: u32,
+    key: ShardKey,
     session_id: Arc<str>,
     seq: u64,
-    event_type: Box<str>,
-    data: Box<str>,
+    // Shared: one guild event goes to every session covering the guild.
+    event_type: Arc<str>,
+    data: Arc<str>,
     guild_id: Option<u64>,
+    /// The generator's event number.
+    event: Option<u64>,
     created_at: SystemTime,
 }
 
@@ -99,10 +108,18 @@ pub(crate) struct Shared {
     /// The REST sides beside the gateway: message posting, and interactions.
     pub rest: DiscordRest,
     pub interactions: Interactions,
-    /// Indices into `world.guilds` per shard.
-    guilds_by_shard: Vec<Vec<usize>>,
-    slots: Box<[Mutex<Slot>]>,
-    /// Shards whose connections get no HEARTBEAT_ACK ([`crate::Simulator::set_zombie`]).
+    /// The generation of `config.shards`, which the shard-numbered control methods act on.
+    initial: Arc<Generation>,
+    /// Every shard count a client identified with (and the initial one), never removed.
+    generations: RwLock<BTreeMap<u32, Arc<Generation>>>,
+    /// Held while one guild event is appended to every session covering the guild, so two
+    /// sessions sharing a guild see its events in the same order.
+    route: Mutex<()>,
+    /// What `/gateway/bot` reports as `shards`.
+    recommended_shards: AtomicU32,
+    max_guilds_per_shard: AtomicU32,
+    /// Initial-count shards whose connections get no HEARTBEAT_ACK
+    /// ([`crate::Simulator::set_zombie`]).
     zombies: Box<[AtomicBool]>,
     /// The proof log. Lock order: a slot, then this.
     log: Mutex<Vec<Arc<Entry>>>,
@@ -118,22 +135,26 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Shared {
     pub fn new(config: SimConfig, addr: SocketAddr) -> Self {
         let shards = config.shards.max(1);
         let world = World::new(&snowflake::guild_ids(config.guilds, shards));
-        let mut guilds_by_shard = vec![Vec::new(); shards as usize];
-        for (index, guild) in world.guilds.iter().enumerate() {
-            guilds_by_shard[shard_of(guild.id, shards) as usize].push(index);
-        }
+        let initial = Arc::new(Generation::new(shards, &world));
         let rest = DiscordRest::new(&config.token);
         Self {
             interactions: Interactions::new(rest.clone()),
             rest,
             limits: Mutex::new(IdentifyLimits::new(&config)),
-            slots: (0..shards).map(|_| Mutex::default()).collect(),
+            generations: RwLock::new(BTreeMap::from([(shards, Arc::clone(&initial))])),
+            initial,
+            route: Mutex::default(),
+            recommended_shards: AtomicU32::new(shards),
+            max_guilds_per_shard: AtomicU32::new(config.max_guilds_per_shard.max(1)),
             zombies: (0..shards).map(|_| AtomicBool::new(false)).collect(),
-            guilds_by_shard,
             world,
             uniques: Uniques::default(),
             config,
@@ -146,8 +167,9 @@ impl Shared {
         }
     }
 
+    /// The initial shard count, `config.shards`.
     pub fn shards(&self) -> u32 {
-        self.slots.len() as u32
+        self.initial.count
     }
 
     pub fn shard_of_guild(&self, guild_id: u64) -> u32 {
@@ -158,19 +180,32 @@ impl Shared {
         format!("ws://{}", self.addr)
     }
 
+    /// A slot of the initial shard count.
     fn slot(&self, shard: u32) -> Result<MutexGuard<'_, Slot>, SimError> {
-        let slot = self
-            .slots
-            .get(shard as usize)
-            .ok_or(SimError::NoSuchShard(shard))?;
-        Ok(lock(slot))
+        self.initial.slot(shard)
     }
 
-    /// Runs `f` on a shard's slot, then wakes waiters (the change may make something ready).
-    fn change<R>(&self, shard: u32, f: impl FnOnce(&mut Slot) -> R) -> Result<R, SimError> {
-        let result = f(&mut *self.slot(shard)?);
+    /// Runs `f` on a slot of any shard count.
+    fn with_slot<R>(&self, key: ShardKey, f: impl FnOnce(&mut Slot) -> R) -> Result<R, SimError> {
+        let generation = self
+            .generation(key.count)
+            .ok_or(SimError::NoSuchShard(key.shard))?;
+        let mut slot = generation.slot(key.shard)?;
+        Ok(f(&mut slot))
+    }
+
+    /// Runs `f` on a slot, then wakes waiters (the change may make something ready).
+    fn change<R>(&self, key: ShardKey, f: impl FnOnce(&mut Slot) -> R) -> Result<R, SimError> {
+        let result = self.with_slot(key, f);
         self.changed.notify_waiters();
-        Ok(result)
+        result
+    }
+
+    fn initial_key(&self, shard: u32) -> ShardKey {
+        ShardKey {
+            count: self.initial.count,
+            shard,
+        }
     }
 
     /// Discord accepts the token with or without the `Bot ` prefix in IDENTIFY/RESUME.
@@ -205,12 +240,14 @@ impl Shared {
         !zombie
     }
 
-    /// Whether connections binding to `shard` now become zombies. Read under the shard's
+    /// Whether connections binding to the slot now become zombies. Read under the slot's
     /// lock, so it cannot race with [`Self::set_zombie`].
-    fn is_zombie(&self, shard: u32) -> bool {
-        self.zombies
-            .get(shard as usize)
-            .is_some_and(|z| z.load(Relaxed))
+    fn is_zombie(&self, key: ShardKey) -> bool {
+        key.count == self.initial.count
+            && self
+                .zombies
+                .get(key.shard as usize)
+                .is_some_and(|z| z.load(Relaxed))
     }
 
     /// Turns the shard's live connection (and those binding to it until cleared) into a
@@ -221,7 +258,7 @@ impl Shared {
             .ok_or(SimError::NoSuchShard(shard))?
             .store(zombie, Relaxed);
         if zombie {
-            self.change(shard, |slot| {
+            self.change(self.initial_key(shard), |slot| {
                 if let Some(conn) = slot.conn.take() {
                     conn.zombie.store(true, Relaxed);
                 }
@@ -230,25 +267,30 @@ impl Shared {
         Ok(())
     }
 
-    /// Appends a dispatch to the shard's session (and the proof log) and queues it on the live
+    /// Appends a dispatch to the slot's session (and the proof log) and queues it on the live
     /// connection, if any.
     fn append(
         &self,
         slot: &mut Slot,
-        shard: u32,
-        event_type: Box<str>,
-        data: Box<str>,
+        key: ShardKey,
+        event_type: Arc<str>,
+        data: Arc<str>,
         guild_id: Option<u64>,
+        event: Option<u64>,
     ) -> Result<u64, SimError> {
-        let session = slot.session.as_mut().ok_or(SimError::NoSession(shard))?;
+        let session = slot
+            .session
+            .as_mut()
+            .ok_or(SimError::NoSession(key.shard))?;
         let seq = session.log.len() as u64 + 1;
         let entry = Arc::new(Entry {
-            shard,
+            key,
             session_id: Arc::clone(&session.id),
             seq,
             event_type,
             data,
             guild_id,
+            event,
             created_at: SystemTime::now(),
         });
         if let Some(conn) = &slot.conn {
@@ -260,6 +302,7 @@ impl Shared {
         Ok(seq)
     }
 
+    /// One dispatch on a slot of the initial shard count.
     pub fn dispatch(
         &self,
         shard: u32,
@@ -268,31 +311,15 @@ impl Shared {
         guild_id: Option<u64>,
     ) -> Result<u64, SimError> {
         let mut slot = self.slot(shard)?;
-        self.append(&mut slot, shard, event_type.into(), data.into(), guild_id)
-    }
-
-    /// Like [`Self::dispatch`], but hands `data` back if the shard has no session.
-    pub fn dispatch_or_return(
-        &self,
-        shard: u32,
-        event_type: &str,
-        data: String,
-        guild_id: u64,
-    ) -> Result<u64, String> {
-        let Ok(mut slot) = self.slot(shard) else {
-            return Err(data);
-        };
-        if slot.session.is_none() {
-            return Err(data);
-        }
-        let seq = self.append(
+        let key = self.initial_key(shard);
+        self.append(
             &mut slot,
-            shard,
+            key,
             event_type.into(),
             data.into(),
-            Some(guild_id),
-        );
-        Ok(seq.expect("the shard has a session"))
+            guild_id,
+            None,
+        )
     }
 
     pub fn duplicate_last(&self, shard: u32) -> Result<u64, SimError> {
@@ -305,9 +332,15 @@ impl Shared {
             .rev()
             .find(|e| !matches!(&*e.event_type, "READY" | "RESUMED"))
             .ok_or(SimError::NothingToDuplicate(shard))?;
-        let (event_type, data, guild_id) =
-            (last.event_type.clone(), last.data.clone(), last.guild_id);
-        self.append(&mut slot, shard, event_type, data, guild_id)
+        // Same event number too: a duplicate is the same event, sent twice.
+        let (event_type, data, guild_id, event) = (
+            Arc::clone(&last.event_type),
+            Arc::clone(&last.data),
+            last.guild_id,
+            last.event,
+        );
+        let key = self.initial_key(shard);
+        self.append(&mut slot, key, event_type, data, guild_id, event)
     }
 
     pub fn send_raw(&self, shard: u32, frame: String) -> Result<(), SimError> {
@@ -317,14 +350,14 @@ impl Shared {
         Ok(())
     }
 
-    /// Takes the live connection off the shard (later dispatches only go to the session log)
+    /// Takes the live connection off the slot (later dispatches only go to the session log)
     /// and hands it to `f`.
-    fn detach_with(&self, shard: u32, f: impl FnOnce(ConnHandle)) {
-        let _ = self.change(shard, |slot| slot.conn.take().map(f));
+    fn detach_with(&self, key: ShardKey, f: impl FnOnce(ConnHandle)) {
+        let _ = self.change(key, |slot| slot.conn.take().map(f));
     }
 
-    pub fn request_reconnect(&self, shard: u32) {
-        self.detach_with(shard, |conn| {
+    pub fn request_reconnect(&self, count: u32, shard: u32) {
+        self.detach_with(ShardKey { count, shard }, |conn| {
             conn.send(protocol::reconnect());
             // Twilight closes by itself on op 7; closing too covers clients that wait.
             conn.close(close::UNKNOWN_ERROR);
@@ -332,7 +365,7 @@ impl Shared {
     }
 
     pub fn invalidate_session(&self, shard: u32, resumable: bool) {
-        let _ = self.change(shard, |slot| {
+        let _ = self.change(self.initial_key(shard), |slot| {
             if !resumable {
                 slot.session = None;
             }
@@ -344,8 +377,8 @@ impl Shared {
         });
     }
 
-    pub fn close(&self, shard: u32, code: u16) {
-        let _ = self.change(shard, |slot| {
+    pub fn close(&self, count: u32, shard: u32, code: u16) {
+        let _ = self.change(ShardKey { count, shard }, |slot| {
             if protocol::close_invalidates_session(code) {
                 slot.session = None;
             }
@@ -355,13 +388,13 @@ impl Shared {
         });
     }
 
-    pub fn drop_connection(&self, shard: u32) {
-        self.detach_with(shard, |conn| conn.kill.cancel());
+    pub fn drop_connection(&self, count: u32, shard: u32) {
+        self.detach_with(ShardKey { count, shard }, |conn| conn.kill.cancel());
     }
 
-    /// Called by a connection that ends or stops serving its shard.
+    /// Called by a connection that ends or stops serving its slot.
     pub fn detach(&self, bound: &Bound, conn_id: u64) {
-        let _ = self.change(bound.shard, |slot| {
+        let _ = self.change(bound.key, |slot| {
             if slot.conn.as_ref().is_some_and(|c| c.id == conn_id) {
                 slot.conn = None;
             }
@@ -370,7 +403,7 @@ impl Shared {
 
     /// Forgets the session (the client closed with 1000/1001, which ends it on Discord).
     pub fn end_session(&self, bound: &Bound) {
-        let _ = self.change(bound.shard, |slot| {
+        let _ = self.change(bound.key, |slot| {
             if slot
                 .session
                 .as_ref()
@@ -382,17 +415,15 @@ impl Shared {
     }
 
     pub fn is_attached(&self, bound: &Bound, conn_id: u64) -> bool {
-        self.slot(bound.shard)
-            .is_ok_and(|slot| slot.conn.as_ref().is_some_and(|c| c.id == conn_id))
+        self.with_slot(bound.key, |slot| {
+            slot.conn.as_ref().is_some_and(|c| c.id == conn_id)
+        })
+        .unwrap_or(false)
     }
 
-    pub fn has_session(&self, shard: u32) -> bool {
-        self.slot(shard).is_ok_and(|slot| slot.session.is_some())
-    }
-
-    /// Every shard has a session and a live connection.
+    /// Every shard of the initial count has a session and a live connection.
     pub fn all_ready(&self) -> bool {
-        self.slots.iter().all(|slot| {
+        self.initial.slots.iter().all(|slot| {
             let slot = lock(slot);
             slot.session.is_some() && slot.conn.is_some()
         })
@@ -416,12 +447,14 @@ impl Shared {
         lock(&self.log)
             .iter()
             .map(|e| SentDispatch {
-                shard: e.shard,
+                shard: e.key.shard,
+                shard_count: e.key.count,
                 session_id: e.session_id.to_string(),
                 seq: e.seq,
                 event_type: e.event_type.to_string(),
                 data: e.data.to_string(),
                 guild_id: e.guild_id,
+                event: e.event,
                 created_at: e.created_at,
             })
             .collect()

@@ -13,8 +13,25 @@ pub struct SentDispatch {
     /// The raw `d` JSON, byte for byte as sent.
     pub data: String,
     pub guild_id: Option<u64>,
+    /// The generator's event number (from 0) for generated events: the same number on every
+    /// session the event went to, and on a [`crate::Simulator::duplicate_last`] of it. `None`
+    /// for READY, GUILD_CREATE, RESUMED and scripted dispatches.
+    pub event: Option<u64>,
+    /// The shard count of the session (`shard` is within it).
+    pub shard_count: u32,
     /// When the simulator created it: where an end-to-end latency starts.
     pub created_at: std::time::SystemTime,
+}
+
+/// A slot that has a session, as [`crate::Simulator::live_sessions`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveSession {
+    pub shard_count: u32,
+    pub shard: u32,
+    pub session_id: String,
+    /// Whether a connection currently serves the session (false between a disconnect and
+    /// the RESUME; its dispatches wait in the session log meanwhile).
+    pub connected: bool,
 }
 
 /// Counters since the simulator started.

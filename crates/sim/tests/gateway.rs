@@ -207,15 +207,6 @@ async fn bad_token_is_closed_with_4004() {
 }
 
 #[tokio::test]
-async fn wrong_shard_count_is_closed_with_4010() {
-    let sim = start(SimConfig::default()).await;
-    let mut client = Client::spawn(shard(&sim, ShardId::new(0, 2), TOKEN));
-    client.until("the stream to end", |r| r.ended).await;
-    assert_eq!(client.received.closes, [Some(4010)]);
-    assert_eq!(sim.stats().identifies, 0);
-}
-
-#[tokio::test]
 async fn shards_receive_only_their_guilds() {
     let sim = start(SimConfig {
         shards: 3,

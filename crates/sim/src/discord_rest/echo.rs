@@ -100,9 +100,23 @@ impl Echo {
         ] {
             d[key] = value;
         }
-        let shard = guild.map_or(0, |g| shared.shard_of_guild(g));
-        if let Err(error) = shared.dispatch(shard, "MESSAGE_CREATE", d.to_string(), guild) {
-            tracing::debug!(%error, "posted message not dispatched: the shard has no session");
+        let delivered = match guild {
+            // Every session covering the guild sees it, as the generator's events.
+            Some(guild) => {
+                let sent = shared.dispatch_guild(
+                    &"MESSAGE_CREATE".into(),
+                    &d.to_string().into(),
+                    guild,
+                    None,
+                );
+                !sent.is_empty()
+            }
+            None => shared
+                .dispatch(0, "MESSAGE_CREATE", d.to_string(), None)
+                .is_ok(),
+        };
+        if !delivered {
+            tracing::debug!("posted message not dispatched: no session to receive it");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! IDENTIFY and RESUME: the checks Discord makes, session creation, and replay.
 
-use super::{ConnHandle, Session, Shared, Slot, lock};
+use super::generations::{MAX_SHARD_COUNT, ShardKey};
+use super::{ConnHandle, Session, Shared, lock};
 use crate::config::SimConfig;
 use crate::payloads;
 use crate::protocol::close;
@@ -40,10 +41,10 @@ impl IdentifyLimits {
     }
 }
 
-/// The shard and session a connection identified or resumed into.
+/// The slot and session a connection identified or resumed into.
 #[derive(Clone, Debug)]
 pub(crate) struct Bound {
-    pub shard: u32,
+    pub key: ShardKey,
     pub session_id: Arc<str>,
 }
 
@@ -68,21 +69,23 @@ impl Shared {
         if !self.token_matches(token) {
             return Err(close::AUTHENTICATION_FAILED);
         }
-        let [shard, count] = match shard {
-            Some(shard) => shard,
-            // Like Discord, an unsharded bot may leave `shard` out.
-            None if self.shards() == 1 => [0, 1],
-            None => return Err(close::SHARDING_REQUIRED),
-        };
-        if count != self.shards() || shard >= count {
+        // Like Discord, an unsharded bot may leave `shard` out.
+        let [shard, count] = shard.unwrap_or([0, 1]);
+        if shard >= count || count > MAX_SHARD_COUNT {
             return Err(close::INVALID_SHARD);
+        }
+        // Any count the bot's size allows is accepted: during a reshard both counts run.
+        if count < self.min_shards() {
+            return Err(close::SHARDING_REQUIRED);
         }
         self.take_session_start(shard)?;
 
+        let key = ShardKey { count, shard };
         let session_id: Arc<str> = format!("{:032x}", rand::random::<u128>()).into();
-        let mut slot = self.slot(shard).expect("shard was checked");
+        let generation = self.generation_or_insert(count);
+        let mut slot = generation.slot(shard).expect("shard was checked");
         if let Some(old) = slot.conn.take().filter(|old| old.id != conn.id) {
-            // One live connection per shard: the newer one wins.
+            // One live connection per slot: the newer one wins.
             old.close(close::UNKNOWN_ERROR);
         }
         slot.session = Some(Session {
@@ -91,14 +94,14 @@ impl Shared {
         });
         // A zombie shard takes the identify but the connection hears nothing more: READY
         // and the rest wait in the session log for a RESUME on a healthy connection.
-        if self.is_zombie(shard) {
+        if self.is_zombie(key) {
             conn.zombie.store(true, Relaxed);
         } else {
             slot.conn = Some(conn.clone());
         }
         self.counters.identifies.fetch_add(1, Relaxed);
 
-        let guilds = &self.guilds_by_shard[shard as usize];
+        let guilds = &generation.guilds_by_shard[shard as usize];
         let guild_ids: Vec<u64> = guilds.iter().map(|&i| self.world.guilds[i].id).collect();
         let ready = payloads::ready(
             &self.world,
@@ -107,7 +110,7 @@ impl Shared {
             &self.gateway_url(),
             &guild_ids,
         );
-        self.append(&mut slot, shard, "READY".into(), ready.into(), None)
+        self.append(&mut slot, key, "READY".into(), ready.into(), None, None)
             .expect("session was just created");
         let now = snowflake::unix_ms();
         for &index in guilds {
@@ -115,16 +118,17 @@ impl Shared {
             let data = payloads::guild_create(&self.world, guild, now);
             self.append(
                 &mut slot,
-                shard,
+                key,
                 "GUILD_CREATE".into(),
                 data.into(),
                 Some(guild.id),
+                None,
             )
             .expect("session was just created");
         }
         drop(slot);
         self.changed.notify_waiters();
-        Ok(Bound { shard, session_id })
+        Ok(Bound { key, session_id })
     }
 
     /// Spends one session start; counts (but allows) identifies faster than the bucket's limit.
@@ -172,12 +176,22 @@ impl Shared {
         if !self.token_matches(token) {
             return Err(ResumeRefused::InvalidSession);
         }
-        // RESUME carries no shard: find the session (there are few shards; each lock is brief).
-        let owns = |slot: &Slot| slot.session.as_ref().is_some_and(|s| &*s.id == session_id);
-        let shard = (0..self.shards())
-            .find(|&shard| self.slot(shard).is_ok_and(|slot| owns(&slot)))
+        // RESUME carries no shard: find the session over every count (there are few shards;
+        // each lock is brief).
+        let generations = self.all_generations();
+        let (generation, shard) = generations
+            .iter()
+            .flat_map(|g| (0..g.count).map(move |shard| (g, shard)))
+            .find(|(g, shard)| {
+                g.slot(*shard)
+                    .is_ok_and(|slot| slot.session.as_ref().is_some_and(|s| &*s.id == session_id))
+            })
             .ok_or(ResumeRefused::InvalidSession)?;
-        let mut slot = self.slot(shard).expect("shard exists");
+        let key = ShardKey {
+            count: generation.count,
+            shard,
+        };
+        let mut slot = generation.slot(shard).expect("shard exists");
         // The session may have been replaced between the scan and this lock.
         let Some(session) = slot.session.as_ref().filter(|s| &*s.id == session_id) else {
             return Err(ResumeRefused::InvalidSession);
@@ -193,7 +207,7 @@ impl Shared {
             self.changed.notify_waiters();
             return Err(ResumeRefused::Close(close::INVALID_SEQ));
         };
-        let zombie = self.is_zombie(shard);
+        let zombie = self.is_zombie(key);
         if !zombie {
             for entry in missed {
                 conn.send(entry.frame());
@@ -212,12 +226,12 @@ impl Shared {
         } else {
             slot.conn = Some(conn.clone());
         }
-        self.append(&mut slot, shard, "RESUMED".into(), "{}".into(), None)
+        self.append(&mut slot, key, "RESUMED".into(), "{}".into(), None, None)
             .expect("session exists");
         self.counters.resumes.fetch_add(1, Relaxed);
         drop(slot);
         self.changed.notify_waiters();
-        Ok(Bound { shard, session_id })
+        Ok(Bound { key, session_id })
     }
 
     /// `(remaining, reset_after)`, as `/gateway/bot` reports them.
@@ -239,6 +253,49 @@ mod tests {
 
     fn shared(config: SimConfig) -> Shared {
         Shared::new(config, ([127, 0, 0, 1], 1).into())
+    }
+
+    fn identify(sim: &Shared, shard: Option<[u32; 2]>) -> Result<Bound, u16> {
+        let (conn, _rx) = sim.new_connection(crate::Compression::None);
+        sim.identify(&conn, "sim-token", shard)
+    }
+
+    #[test]
+    fn shard_outside_its_count_is_closed_with_4010() {
+        let sim = shared(SimConfig::default());
+        assert_eq!(
+            identify(&sim, Some([2, 2])).err(),
+            Some(close::INVALID_SHARD)
+        );
+        assert_eq!(
+            identify(&sim, Some([0, 0])).err(),
+            Some(close::INVALID_SHARD)
+        );
+        let too_many = Some([0, MAX_SHARD_COUNT + 1]);
+        assert_eq!(identify(&sim, too_many).err(), Some(close::INVALID_SHARD));
+        assert_eq!(sim.counters.identifies.load(Relaxed), 0);
+    }
+
+    /// Any count from the minimum up is a session of its own; fewer shards than the guilds
+    /// need is 4011, with or without `shard`.
+    #[test]
+    fn counts_from_the_minimum_up_are_accepted() {
+        let sim = shared(SimConfig {
+            guilds: 8,
+            ..SimConfig::default()
+        });
+        for shard in [None, Some([0, 1]), Some([1, 2]), Some([3, 4])] {
+            identify(&sim, shard).unwrap();
+        }
+        assert_eq!(sim.live_sessions().len(), 4 - 1); // [0, 1] replaced the unsharded one
+        sim.set_max_guilds_per_shard(3);
+        assert_eq!(sim.min_shards(), 3);
+        assert_eq!(identify(&sim, None).err(), Some(close::SHARDING_REQUIRED));
+        assert_eq!(
+            identify(&sim, Some([1, 2])).err(),
+            Some(close::SHARDING_REQUIRED)
+        );
+        assert!(identify(&sim, Some([2, 3])).is_ok());
     }
 
     #[test]

@@ -21,6 +21,25 @@ async fn get(sim: &Simulator, path: &str, authorization: Option<&str>) -> (u16, 
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
+/// Discord raises the recommended count as a bot grows; the simulator's tests do it by hand.
+#[tokio::test]
+async fn gateway_bot_reports_the_recommended_shard_count() {
+    let sim = common::start(SimConfig {
+        shards: 2,
+        ..SimConfig::default()
+    })
+    .await;
+    let shards = |body: Value| body["shards"].clone();
+    let (_, body) = get(&sim, "/api/v10/gateway/bot", Some("Bot sim-token")).await;
+    assert_eq!(shards(body), 2);
+    sim.set_recommended_shards(4);
+    assert_eq!(sim.recommended_shards(), 4);
+    let (_, body) = get(&sim, "/api/v10/gateway/bot", Some("Bot sim-token")).await;
+    assert_eq!(shards(body), 4);
+    // The initial count still names the shards of the control methods.
+    assert_eq!(sim.config().shards, 2);
+}
+
 #[tokio::test]
 async fn gateway_bot_requires_the_bot_token() {
     let sim = common::start(SimConfig {

@@ -112,6 +112,10 @@ enum Command {
         /// Identifies allowed per day (session_start_limit.total).
         #[arg(long, default_value_t = 1000)]
         session_start_limit: u32,
+        /// Guilds one shard may hold: IDENTIFY with fewer than ceil(guilds / this) shards is
+        /// closed with 4011 (sharding required).
+        #[arg(long, default_value_t = 2500)]
+        max_guilds_per_shard: u32,
         /// Generate events at this rate once every shard is connected (0: none, unless
         /// --events is given; then only what a test or tool injects is sent).
         #[arg(long, default_value_t = 0.0)]
@@ -327,6 +331,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_concurrency,
             guilds,
             session_start_limit,
+            max_guilds_per_shard,
             rate,
             events,
             stamp,
@@ -341,6 +346,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_concurrency,
                 guilds: guilds.unwrap_or(shards.max(8)),
                 session_start_limit,
+                max_guilds_per_shard,
                 ..SimConfig::default()
             };
             let sim = Simulator::start(listener, config).await?;

@@ -167,7 +167,8 @@ impl Simulator {
         self.shared().world.guilds.iter().map(|g| g.id).collect()
     }
 
-    /// Waits until every shard has an identified session with a live connection.
+    /// Waits until every shard of the initial count has an identified session with a live
+    /// connection.
     ///
     /// # Errors
     ///

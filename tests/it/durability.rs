@@ -149,7 +149,8 @@ impl Replicas for Stack {
         })
     }
 
-    /// Asserts that the stream holds every dispatch the simulator logged, each once.
+    /// Asserts that the stream holds every dispatch the simulator logged, each once, and
+    /// nothing else: a replay or a second owner added no message of its own.
     async fn assert_all_on_bus(&self, what: &str) {
         let (missing, ids) = wait_on_bus(&self.js, &self.sim, Duration::from_secs(90)).await;
         assert!(
@@ -159,6 +160,14 @@ impl Replicas for Stack {
             log_tail(self.dir())
         );
         assert!(ids.values().all(|n| *n == 1), "each event is stored once");
+        let expected = relaycord_testkit::expected_ids(&self.sim.sent(), None);
+        let extra: Vec<&String> = ids.keys().filter(|id| !expected.contains(*id)).collect();
+        assert!(
+            extra.is_empty(),
+            "{} messages on the bus {what} name no event the simulator sent, e.g. {:?}",
+            extra.len(),
+            &extra[..extra.len().min(5)]
+        );
     }
 }
 
@@ -262,6 +271,77 @@ async fn kill_9_and_restart_resumes_without_loss() {
         stats.replayed > 0,
         "events dispatched while no process was connected came back by replay: {stats:?}"
     );
+    assert_sim_clean(&fx.sim, 0);
+}
+
+/// A RESUME replays what the bus already has (the process died after publishing, before
+/// its last save): every replayed dispatch is recognised by its id and stored 0 times
+/// more, including the byte-identical reaction of a toggle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_replay_stores_nothing_twice() {
+    let fx = with_shards(1).await;
+    let mut ingest = fx.ingest("solo");
+    fx.children_ready().await;
+    let guild = fx.sim.guild_ids()[0];
+    let add = format!(
+        r#"{{"user_id":"53908099506183680","channel_id":"290926798999357250","message_id":"334385199974967042","guild_id":"{guild}","emoji":{{"id":null,"name":"🔥"}}}}"#
+    );
+    for t in [
+        "MESSAGE_REACTION_ADD",
+        "MESSAGE_REACTION_REMOVE",
+        "MESSAGE_REACTION_ADD",
+    ] {
+        let d = serde_json::value::RawValue::from_string(add.clone()).unwrap();
+        fx.sim.dispatch(0, t, &d).unwrap();
+    }
+    fx.stream(200, 0.0).finished().await;
+    fx.assert_all_on_bus("before the replay").await;
+    let stored = fx.stream_messages().await;
+
+    ingest.start_kill().unwrap();
+    ingest.wait().await.unwrap();
+    // As if the process had died right after READY's save: the next owner resumes from
+    // there and Discord replays every dispatch since.
+    let buckets = Buckets::ensure(&fx.js, &Subjects::default(), 1, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let (mut store, record) = SessionStore::claim(buckets.sessions.clone(), 0, 1)
+        .await
+        .unwrap();
+    let record = record.expect("the killed process saved its session");
+    store
+        .save(&SessionRecord { seq: 1, ..record })
+        .await
+        .unwrap();
+    let replayed_before = fx.sim.stats().replayed;
+
+    let _restarted = fx.ingest("again");
+    let port = fx.metrics_port("again").await;
+    fx.children_ready().await;
+    let sent = fx
+        .sim
+        .sent()
+        .iter()
+        .filter(|d| relaycord_testkit::is_published(d))
+        .count();
+    let deadline = Instant::now() + PATIENCE;
+    while scrape(port, "relaycord_publish_duplicates_total").await < Some(sent as f64) {
+        assert!(
+            Instant::now() < deadline,
+            "replay not published:\n{}",
+            log_tail(fx.dir())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = fx.sim.stats();
+    assert_eq!(stats.replayed - replayed_before, sent as u64, "{stats:?}");
+    assert_eq!(stats.identifies, 1, "resumed, not identified: {stats:?}");
+    assert_eq!(
+        fx.stream_messages().await,
+        stored,
+        "the replay stored nothing"
+    );
+    fx.assert_all_on_bus("after the replay").await;
     assert_sim_clean(&fx.sim, 0);
 }
 

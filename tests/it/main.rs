@@ -7,6 +7,7 @@ mod compression;
 mod dev;
 mod durability;
 mod faults;
+mod identity;
 mod ingest_backpressure;
 mod ingest_bench;
 mod ingest_health;

@@ -100,27 +100,9 @@ pub struct Keys<'a> {
     #[serde(borrow, default)]
     pub guild_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    pub channel_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub message_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub user_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub edited_timestamp: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     pub joined_at: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    pub emoji: Option<EmojiKey<'a>>,
-    #[serde(borrow, default)]
     pub user: Option<UserKey<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct EmojiKey<'a> {
-    #[serde(borrow, default)]
-    pub id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub name: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -37,5 +37,5 @@ pub fn dedupe_id(d: &SentDispatch) -> String {
     let dispatch = Dispatch::parse(&frame)
         .expect("the simulator logs well-formed dispatches")
         .expect("a logged dispatch is op 0");
-    dedupe::gateway_key(&dispatch)
+    dedupe::gateway_key(&dispatch, Some(&d.session_id))
 }

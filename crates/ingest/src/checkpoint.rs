@@ -4,7 +4,7 @@
 //! Kept apart from the connection loop because it is where ownership is decided: a save
 //! that finds another process's write means the shard is no longer ours.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 
@@ -17,6 +17,12 @@ use crate::store::{SaveError, SessionRecord, SessionStore};
 /// per event for a second of replay.
 pub(crate) const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often an unchanged position is written again. The sessions bucket forgets an entry
+/// a day after its last write; a shard with no events for that long would otherwise find
+/// its own record gone, take that for another owner's doing (fencing), stop and identify
+/// again. Rewriting it keeps the record as alive as the session.
+pub(crate) const REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// Another process wrote this shard's record: it owns the shard now.
 #[derive(Debug)]
 pub(crate) struct Fenced;
@@ -27,6 +33,9 @@ pub(crate) struct Checkpoint {
     shard: u32,
     session_id: Option<String>,
     saved: Option<(String, u64)>,
+    /// When the record was last written (or read, at the claim).
+    saved_at: Instant,
+    refresh: Duration,
 }
 
 impl Checkpoint {
@@ -42,6 +51,8 @@ impl Checkpoint {
             shard,
             session_id: record.as_ref().map(|r| r.session_id.clone()),
             saved: record.as_ref().map(|r| (r.session_id.clone(), r.seq)),
+            saved_at: Instant::now(),
+            refresh: REFRESH_INTERVAL,
         };
         Ok((checkpoint, record))
     }
@@ -90,7 +101,7 @@ impl Checkpoint {
             return Ok(());
         };
         let current = (session_id, acked_seq);
-        if self.saved.as_ref() == Some(&current) {
+        if self.saved.as_ref() == Some(&current) && self.saved_at.elapsed() < self.refresh {
             return Ok(());
         }
         let record = SessionRecord {
@@ -101,6 +112,7 @@ impl Checkpoint {
         match self.store.save(&record).await {
             Ok(()) => {
                 self.saved = Some(current);
+                self.saved_at = Instant::now();
                 Ok(())
             }
             Err(SaveError::Unavailable) => {
@@ -145,7 +157,36 @@ pub(crate) fn trusted_resume_url(resume_url: &str, gateway_url: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::trusted_resume_url;
+    use super::*;
+
+    /// A shard with no events keeps its record alive past the bucket's max_age (a day in
+    /// production, a second here), instead of finding it gone and fencing itself.
+    #[tokio::test]
+    async fn a_quiet_session_keeps_its_record() {
+        let nats = relaycord_devkit::NatsServer::start().unwrap();
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let kv = relaycord_bus::kv::ensure_bucket(&js, "QUIET_SESSIONS", Duration::from_secs(1), 1)
+            .await
+            .unwrap();
+        let (mut checkpoint, none) = Checkpoint::claim(kv.clone(), 0, 1).await.unwrap();
+        assert!(none.is_none());
+        checkpoint.refresh = Duration::from_millis(300);
+        checkpoint.new_session(Some("quiet"));
+        let stop = Stop::default();
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            checkpoint
+                .checkpoint(7, None, &stop)
+                .await
+                .expect("never fenced");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (_, record) = SessionStore::load(kv, 0, 1).await.unwrap();
+        assert_eq!(
+            record.map(|r| (r.session_id, r.seq)),
+            Some(("quiet".into(), 7))
+        );
+    }
 
     #[test]
     fn only_the_configured_gateway_or_discord_may_resume() {

@@ -30,6 +30,11 @@ pub struct IngestSection {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub lease_ttl: Duration,
+    /// With `shard_count = "auto"` (leased mode): how often Discord's recommended shard
+    /// count is read again; when it exceeds the running count, ingest reshards.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub reshard_check_interval: Duration,
     /// This replica's name among the others; empty: `$HOSTNAME-<pid>`.
     pub replica_id: String,
     /// `/readyz` fails when an owned shard has had no session for this long.
@@ -52,6 +57,7 @@ impl Default for IngestSection {
             window: 256,
             metrics_listen: ([127, 0, 0, 1], 9100).into(),
             lease_ttl: Duration::from_secs(10),
+            reshard_check_interval: Duration::from_secs(3600),
             replica_id: String::new(),
             unhealthy_after: Duration::from_secs(60),
             max_unacked_age: Duration::from_secs(60),
@@ -102,6 +108,12 @@ impl IngestSection {
                 "ingest.max_unacked_age",
                 "must be at least 1s; keep it above the NATS request timeout (10s) so that \
                  one slow ack does not fail readiness",
+            ));
+        }
+        if self.reshard_check_interval < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "ingest.reshard_check_interval",
+                "must be at least 1s (each check is a GET /gateway/bot); the default is 1h",
             ));
         }
         intents(shared.discord)?;

@@ -58,7 +58,18 @@ pub(crate) struct Coordinator {
     lease_ttl: Duration,
     running: HashMap<u32, Running>,
     restarts: HashMap<u32, Restart>,
+    /// Shards of a retiring generation that have ended their session: never claimed again.
+    retired: HashSet<u32>,
+    /// Shards closed with 4011 lately, left alone until then (leased mode): claiming them
+    /// again at once would spend an identify on every tick until the reshard is up.
+    cooling: HashMap<u32, Instant>,
+    /// What this coordinator last added to `relaycord_shard_leases_held`, which every
+    /// generation's coordinator in the process shares.
+    shown_leases: i64,
 }
+
+/// How long a shard closed with 4011 is left unclaimed by the replica that saw it.
+const SHARDING_REQUIRED_COOLDOWN: Duration = Duration::from_secs(30);
 
 impl Coordinator {
     pub fn new(
@@ -76,7 +87,17 @@ impl Coordinator {
             lease_ttl,
             running: HashMap::new(),
             restarts: HashMap::new(),
+            retired: HashSet::new(),
+            cooling: HashMap::new(),
+            shown_leases: 0,
         }
+    }
+
+    /// Sets this coordinator's part of `relaycord_shard_leases_held`.
+    fn show_leases(&mut self, held: usize) {
+        let held = held as i64;
+        self.ctx.metrics.leases.add(held - self.shown_leases);
+        self.shown_leases = held;
     }
 
     /// Runs a fixed set of shards until `shutdown` or a fatal error. A shard that ends by
@@ -129,15 +150,15 @@ impl Coordinator {
                 last_renewal = Instant::now();
             }
             self.rebalance().await;
-            self.ctx.metrics.leases.set(self.running.len() as i64);
+            self.show_leases(self.running.len());
             tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
                 () = tokio::time::sleep(tick) => {}
             }
         };
         self.stop_all(true).await;
-        let _ = self.buckets.members.delete(&self.replica).await;
-        self.ctx.metrics.leases.set(0);
+        // Membership is the supervisor's to withdraw: another generation may still run here.
+        self.show_leases(0);
         result
     }
 
@@ -163,10 +184,7 @@ impl Coordinator {
                 restarts,
             },
         );
-        self.ctx
-            .metrics
-            .leases
-            .set((self.running.len() + self.restarts.len()) as i64);
+        self.show_leases(self.running.len() + self.restarts.len());
     }
 
     /// Asks shard `id` to stop cleanly without waiting for it; [`Self::reap`] releases
@@ -246,7 +264,26 @@ impl Coordinator {
             // Fenced (someone else wrote the session record), or NATS failed while the
             // shard was starting. (A shard ends Ok only when asked to stop.)
             let cause = match result {
+                // A shard ends Ok by itself only when its generation retires.
+                Ok(Ok(())) if running.lease.is_some() => {
+                    tracing::info!(
+                        shard = id,
+                        shard_count = self.ctx.shard_count,
+                        "shard retired"
+                    );
+                    if let Some(revision) = running.lease {
+                        self.release(id, revision).await;
+                    }
+                    self.ctx.forget(id);
+                    self.retired.insert(id);
+                    continue;
+                }
                 Ok(Ok(())) => None,
+                Ok(Err(error)) if error.kind() == IngestErrorKind::ShardingRequired => {
+                    self.cooling
+                        .insert(id, Instant::now() + SHARDING_REQUIRED_COOLDOWN);
+                    Some(error)
+                }
                 Ok(Err(error))
                     if matches!(
                         error.kind(),
@@ -309,7 +346,7 @@ impl Coordinator {
             .collect();
         for id in self.restarts.keys() {
             // Waiting here is not a wedged loop: /healthz must not restart the process.
-            self.ctx.health.beat(*id);
+            self.ctx.health.beat(self.ctx.shard_ref(*id));
         }
         for id in due {
             let restart = self.restarts.remove(&id).expect("listed above");
@@ -387,10 +424,16 @@ impl Coordinator {
                 .unwrap_or(1),
             Err(_) => return,
         };
-        let total = self.scope.len();
-        let share = total.div_ceil(members.max(1));
+        let now = Instant::now();
+        self.cooling.retain(|_, until| *until > now);
+        let stopped = self.ctx.view.borrow().stopped.clone();
+        let retiring =
+            self.ctx.view.borrow().role(self.ctx.shard_count) == crate::generations::Role::Retire;
+        let share = self.scope.len().div_ceil(members.max(1));
         let active = self.active();
-        if active > share {
+        // A retiring generation only finishes: handing a shard over would resume it
+        // elsewhere just to end it there.
+        if active > share && !retiring {
             // Only shards whose session is saved: the others are handed over on a later
             // tick, once the next owner can resume them (see `Stop::set_resumable`).
             let mut ids: Vec<u32> = self
@@ -429,7 +472,12 @@ impl Coordinator {
             }
             let id = self.scope.start + (offset.wrapping_add(i) % len);
             let key = shard_key(id, self.ctx.shard_count);
-            if self.running.contains_key(&id) || taken.contains(&key) {
+            if self.running.contains_key(&id)
+                || taken.contains(&key)
+                || self.retired.contains(&id)
+                || (retiring && stopped.contains(&id))
+                || self.cooling.contains_key(&id)
+            {
                 continue;
             }
             if let Ok(revision) = self
@@ -484,6 +532,9 @@ mod tests {
             queue: KvQueue::new(buckets.identify.clone(), "a".into(), 1, budget),
             shard_count: COUNT,
             alerts: Arc::default(),
+            generations: None,
+            view: tokio::sync::watch::channel(crate::generations::View::default()).1,
+            notices: tokio::sync::mpsc::unbounded_channel().0,
         })
     }
 

@@ -29,6 +29,11 @@ impl SessionStartLimit {
     }
 }
 
+/// [`gateway_bot`] with a client of its own, for one-off callers (the reshard command).
+pub async fn discover(api_base: &str, token: &Secret) -> Result<GatewayBot, IngestError> {
+    gateway_bot(&reqwest::Client::new(), api_base, token).await
+}
+
 /// Asks Discord (or the simulator at `api_base`) how to connect.
 pub async fn gateway_bot(
     http: &reqwest::Client,

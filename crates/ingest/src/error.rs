@@ -15,6 +15,8 @@ pub enum IngestErrorKind {
     Bus,
     /// Another process took over a shard this one was running.
     LostOwnership,
+    /// Discord closed an identify with 4011: too few shards for the bot's guilds.
+    ShardingRequired,
 }
 
 pub type IngestError = relaycord_bus::error::Error<IngestErrorKind>;

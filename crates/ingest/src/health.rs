@@ -11,6 +11,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// One shard of one generation: during a reshard a process may run shard 1 of 2 and
+/// shard 1 of 4 side by side.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardRef {
+    pub count: u32,
+    pub id: u32,
+}
+
+impl ShardRef {
+    pub fn new(id: u32, count: u32) -> Self {
+        Self { count, id }
+    }
+}
+
+impl std::fmt::Debug for ShardRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.id, self.count)
+    }
+}
+
 /// What is known of one owned shard.
 #[derive(Clone, Copy)]
 struct Entry {
@@ -24,7 +44,7 @@ struct Entry {
 
 #[derive(Clone, Default)]
 pub struct ShardHealth {
-    shards: Arc<Mutex<HashMap<u32, Entry>>>,
+    shards: Arc<Mutex<HashMap<ShardRef, Entry>>>,
     /// Set once `relaycord_ingest::run` has returned (or was dropped).
     ended: Arc<AtomicBool>,
     /// The NATS client, to tell a wedged loop from one waiting for NATS to come back.
@@ -32,7 +52,7 @@ pub struct ShardHealth {
 }
 
 impl ShardHealth {
-    pub(crate) fn up(&self, id: u32) {
+    pub(crate) fn up(&self, id: ShardRef) {
         let now = Instant::now();
         self.lock()
             .entry(id)
@@ -48,7 +68,7 @@ impl ShardHealth {
     }
 
     /// Marks `id` down, keeping the earliest time it went down.
-    pub(crate) fn down(&self, id: u32) {
+    pub(crate) fn down(&self, id: ShardRef) {
         let now = Instant::now();
         self.lock()
             .entry(id)
@@ -64,21 +84,21 @@ impl ShardHealth {
     }
 
     /// When shard `id`'s oldest unacknowledged publish was read (`None`: all acked).
-    pub(crate) fn unacked_since(&self, id: u32, since: Option<Instant>) {
+    pub(crate) fn unacked_since(&self, id: ShardRef, since: Option<Instant>) {
         if let Some(entry) = self.lock().get_mut(&id) {
             entry.unacked_since = since;
         }
     }
 
     /// The shard's loop is turning.
-    pub(crate) fn beat(&self, id: u32) {
+    pub(crate) fn beat(&self, id: ShardRef) {
         if let Some(entry) = self.lock().get_mut(&id) {
             entry.beat = Instant::now();
         }
     }
 
     /// The shard is no longer owned here.
-    pub(crate) fn forget(&self, id: u32) {
+    pub(crate) fn forget(&self, id: ShardRef) {
         self.lock().remove(&id);
     }
 
@@ -91,7 +111,7 @@ impl ShardHealth {
     }
 
     /// Shards down for longer than `threshold`.
-    pub fn down_longer_than(&self, threshold: Duration) -> Vec<u32> {
+    pub fn down_longer_than(&self, threshold: Duration) -> Vec<ShardRef> {
         self.down_at(Instant::now(), threshold)
     }
 
@@ -139,26 +159,26 @@ impl ShardHealth {
         self.lock().len()
     }
 
-    fn down_at(&self, now: Instant, threshold: Duration) -> Vec<u32> {
+    fn down_at(&self, now: Instant, threshold: Duration) -> Vec<ShardRef> {
         self.select(|e| {
             e.down_since
                 .is_some_and(|s| now.duration_since(s) > threshold)
         })
     }
 
-    fn unacked_at(&self, now: Instant, threshold: Duration) -> Vec<u32> {
+    fn unacked_at(&self, now: Instant, threshold: Duration) -> Vec<ShardRef> {
         self.select(|e| {
             e.unacked_since
                 .is_some_and(|s| now.duration_since(s) > threshold)
         })
     }
 
-    fn stalled_at(&self, now: Instant, threshold: Duration) -> Vec<u32> {
+    fn stalled_at(&self, now: Instant, threshold: Duration) -> Vec<ShardRef> {
         self.select(|e| now.duration_since(e.beat) > threshold)
     }
 
-    fn select(&self, keep: impl Fn(&Entry) -> bool) -> Vec<u32> {
-        let mut ids: Vec<u32> = self
+    fn select(&self, keep: impl Fn(&Entry) -> bool) -> Vec<ShardRef> {
+        let mut ids: Vec<ShardRef> = self
             .lock()
             .iter()
             .filter(|(_, e)| keep(e))
@@ -168,7 +188,7 @@ impl ShardHealth {
         ids
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ShardRef, Entry>> {
         self.shards.lock().expect("health lock")
     }
 }
@@ -179,55 +199,59 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
+    fn s(id: u32) -> ShardRef {
+        ShardRef::new(id, 8)
+    }
+
     #[test]
     fn down_time_is_kept_from_the_first_failure() {
         let h = ShardHealth::default();
-        h.down(1);
-        h.up(2);
+        h.down(s(1));
+        h.up(s(2));
         let later = Instant::now() + 5 * S;
-        h.down(1);
-        assert_eq!(h.down_at(later, 2 * S), vec![1]);
-        h.up(1);
+        h.down(s(1));
+        assert_eq!(h.down_at(later, 2 * S), vec![s(1)]);
+        h.up(s(1));
         assert!(h.down_at(later, Duration::ZERO).is_empty());
-        h.forget(1);
+        h.forget(s(1));
         assert_eq!(h.owned(), 1);
     }
 
     #[test]
     fn an_old_unacked_publish_fails_readiness_and_up_keeps_it() {
         let h = ShardHealth::default();
-        h.up(3);
+        h.up(s(3));
         let read = Instant::now();
-        h.unacked_since(3, Some(read));
-        h.up(3);
+        h.unacked_since(s(3), Some(read));
+        h.up(s(3));
         let later = read + 5 * S;
-        assert_eq!(h.unacked_at(later, 2 * S), vec![3], "kept across up()");
+        assert_eq!(h.unacked_at(later, 2 * S), vec![s(3)], "kept across up()");
         assert!(h.unacked_at(later, 10 * S).is_empty());
-        h.unacked_since(3, None);
+        h.unacked_since(s(3), None);
         assert!(h.unacked_at(later, Duration::ZERO).is_empty());
-        h.unacked_since(3, read.checked_sub(120 * S));
+        h.unacked_since(s(3), read.checked_sub(120 * S));
         let e = h.readiness(Duration::from_secs(60), 60 * S).unwrap_err();
-        assert!(e.contains("[3]") && e.contains("unacknowledged"), "{e}");
+        assert!(e.contains("[3/8]") && e.contains("unacknowledged"), "{e}");
     }
 
     #[test]
     fn a_loop_that_stops_beating_is_stalled_and_a_down_shard_is_not() {
         let h = ShardHealth::default();
-        h.up(1);
-        h.down(2);
+        h.up(s(1));
+        h.down(s(2));
         let later = Instant::now() + 5 * S;
-        assert_eq!(h.stalled_at(later, 2 * S), vec![1, 2]);
-        h.beat(2);
+        assert_eq!(h.stalled_at(later, 2 * S), vec![s(1), s(2)]);
+        h.beat(s(2));
         assert_eq!(
             h.stalled_at(Instant::now() + S, 2 * S),
-            Vec::<u32>::new(),
+            Vec::<ShardRef>::new(),
             "beating: alive, even though shard 2 has no session"
         );
-        h.beat(7); // not owned: ignored
+        h.beat(s(7)); // not owned: ignored
         assert_eq!(h.owned(), 2);
         assert!(h.liveness(Duration::from_secs(3600)).is_ok());
-        h.forget(1);
-        h.forget(2);
+        h.forget(s(1));
+        h.forget(s(2));
         assert!(
             h.liveness(Duration::ZERO).is_ok(),
             "no shards, nothing stalled"

@@ -6,10 +6,12 @@ pub mod config;
 mod coordinator;
 mod discovery;
 pub mod error;
+mod generations;
 pub mod health;
 pub mod metrics;
 mod publish;
 mod queue;
+pub mod reshard;
 mod shard;
 mod stop;
 pub mod store;
@@ -22,9 +24,9 @@ use relaycord_bus::{ConfigError, Shared};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{IngestSection, ShardCount};
-pub use discovery::{GatewayBot, SessionStartLimit, gateway_bot};
+pub use discovery::{GatewayBot, SessionStartLimit, discover, gateway_bot};
 pub use error::{IngestError, IngestErrorKind};
-pub use health::ShardHealth;
+pub use health::{ShardHealth, ShardRef};
 pub use metrics::IngestMetrics;
 
 /// Runs shards until `shutdown` fires or one closes fatally.
@@ -61,13 +63,13 @@ pub async fn run(
     let http = reqwest::Client::new();
     let bot = gateway_bot(&http, &discord.api_base, &token).await?;
     let shard_count = config.shard_count.number().unwrap_or(bot.shards).max(1);
-    let scope = shards.clone().unwrap_or(0..shard_count);
-    if scope.is_empty() || scope.end > shard_count {
+    let configured_scope = shards.clone().unwrap_or(0..shard_count);
+    if configured_scope.is_empty() || configured_scope.end > shard_count {
         return Err(IngestError::new(
             IngestErrorKind::Config,
             format!(
                 "ingest.shards {}..{} does not fit in shard_count {shard_count}: use a range below the shard count",
-                scope.start, scope.end
+                configured_scope.start, configured_scope.end
             ),
         ));
     }
@@ -100,14 +102,40 @@ pub async fn run(
         budget,
     );
     let gateway_url = discord.gateway_url().map_or(bot.url, str::to_owned);
+    // Leased mode follows the generation plan in KV, which outlives any configuration:
+    // after a reshard it, not `ingest.shard_count`, says how many shards run.
+    let generations = match shards {
+        Some(_) => None,
+        None => {
+            Some(reshard::Generations::ensure(&js, &subjects, shared.nats.stream_replicas).await?)
+        }
+    };
+    let shard_count = match &generations {
+        Some(generations) => {
+            let (plan, _) = generations.plan_or_init(shard_count).await?;
+            if plan.count != shard_count {
+                tracing::info!(
+                    configured = shard_count,
+                    running = plan.count,
+                    "the generation plan in NATS KV sets the shard count (a reshard changed it; \
+                     `relaycord reshard --to N` to change it again)"
+                );
+            }
+            plan.count
+        }
+        None => shard_count,
+    };
+    let scope = shards.clone().unwrap_or(0..shard_count);
     tracing::info!(
         %replica, shards = ?scope, shard_count, max_concurrency = limit.max_concurrency,
         leased = shards.is_none(), %gateway_url, "starting ingest"
     );
+    let (view_tx, view) = tokio::sync::watch::channel(generations::View::default());
+    let (notices_tx, notices) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(shard::ShardContext {
         js,
         sessions: buckets.sessions.clone(),
-        subjects,
+        subjects: subjects.clone(),
         window: config.window.max(1),
         metrics,
         health,
@@ -117,12 +145,36 @@ pub async fn run(
         queue,
         shard_count,
         alerts: Arc::default(),
+        generations: generations.clone(),
+        view,
+        notices: notices_tx,
     });
-    let coordinator = coordinator::Coordinator::new(ctx, buckets, replica, scope, config.lease_ttl);
-    if shards.is_some() {
-        coordinator.run_static(shutdown).await
-    } else {
-        coordinator.run_leased(shutdown).await
+    match generations {
+        None => {
+            let coordinator =
+                coordinator::Coordinator::new(ctx, buckets, replica, scope, config.lease_ttl);
+            coordinator.run_static(shutdown).await
+        }
+        Some(generations) => {
+            let supervisor = generations::Supervisor {
+                template: ctx,
+                buckets,
+                generations,
+                replica,
+                lease_ttl: config.lease_ttl,
+                subjects,
+                auto_check: config
+                    .shard_count
+                    .number()
+                    .is_none()
+                    .then_some(config.reshard_check_interval),
+                view: view_tx,
+                notices,
+                http: reqwest::Client::new(),
+                api_base: discord.api_base.clone(),
+            };
+            supervisor.run(shutdown).await
+        }
     }
 }
 

@@ -21,6 +21,13 @@ pub struct IngestMetrics {
     pub sessions: IntCounterVec,
     pub heartbeat_latency: GaugeVec,
     pub leases: IntGauge,
+    /// The live generation's shard count, and the reshard in progress (see `reshard`).
+    pub shard_count: IntGauge,
+    pub reshard_in_progress: IntGauge,
+    pub reshard_target: IntGauge,
+    pub reshard_started: Gauge,
+    pub reshard_held: IntGauge,
+    pub reshard_skipped: IntCounter,
     /// Discord's session starts left today, as this replica last saw the shared budget.
     pub session_start_remaining: IntGauge,
     pub session_start_total: IntGauge,
@@ -75,14 +82,14 @@ impl IngestMetrics {
                     "relaycord_publish_inflight",
                     "Publishes awaiting acknowledgement, per shard.",
                 ),
-                &["shard"],
+                &["shard", "shard_count"],
             )?,
             oldest_unacked: GaugeVec::new(
                 Opts::new(
                     "relaycord_publish_oldest_unacked_seconds",
                     "Age of the shard's oldest publish awaiting acknowledgement (0: none).",
                 ),
-                &["shard"],
+                &["shard", "shard_count"],
             )?,
             window_size: IntGauge::new(
                 "relaycord_publish_window_size",
@@ -95,7 +102,7 @@ impl IngestMetrics {
                     "1 while the shard has an active gateway session; 0 while an owned \
                      shard has none or is not running.",
                 ),
-                &["shard"],
+                &["shard", "shard_count"],
             )?,
             sessions: IntCounterVec::new(
                 Opts::new(
@@ -109,11 +116,36 @@ impl IngestMetrics {
                     "relaycord_shard_heartbeat_latency_seconds",
                     "Average gateway heartbeat round trip, per shard.",
                 ),
-                &["shard"],
+                &["shard", "shard_count"],
             )?,
             leases: IntGauge::new(
                 "relaycord_shard_leases_held",
                 "Shards this process owns (leases held, or statically assigned).",
+            )?,
+            shard_count: IntGauge::new(
+                "relaycord_shard_count",
+                "Shards of the live generation (the old one while a reshard is in progress).",
+            )?,
+            reshard_in_progress: IntGauge::new(
+                "relaycord_reshard_in_progress",
+                "1 while a reshard is in progress (a new generation runs beside the old), else 0.",
+            )?,
+            reshard_target: IntGauge::new(
+                "relaycord_reshard_target_shards",
+                "Shard count of the generation being brought up (0: no reshard).",
+            )?,
+            reshard_started: Gauge::new(
+                "relaycord_reshard_started_timestamp_seconds",
+                "Unix time the reshard in progress began (0: none).",
+            )?,
+            reshard_held: IntGauge::new(
+                "relaycord_reshard_held_events",
+                "Events this process's new-generation shards hold back until the switch.",
+            )?,
+            reshard_skipped: IntCounter::new(
+                "relaycord_reshard_overlap_skipped_total",
+                "Held events the new generation did not publish at the switch because the old \
+                 generation had (matched by content and order).",
             )?,
             session_start_remaining: IntGauge::new(
                 "relaycord_session_start_remaining",
@@ -142,6 +174,12 @@ impl IngestMetrics {
         registry.register(Box::new(m.sessions.clone()))?;
         registry.register(Box::new(m.heartbeat_latency.clone()))?;
         registry.register(Box::new(m.leases.clone()))?;
+        registry.register(Box::new(m.shard_count.clone()))?;
+        registry.register(Box::new(m.reshard_in_progress.clone()))?;
+        registry.register(Box::new(m.reshard_target.clone()))?;
+        registry.register(Box::new(m.reshard_started.clone()))?;
+        registry.register(Box::new(m.reshard_held.clone()))?;
+        registry.register(Box::new(m.reshard_skipped.clone()))?;
         registry.register(Box::new(m.session_start_remaining.clone()))?;
         registry.register(Box::new(m.session_start_total.clone()))?;
         registry.register(Box::new(m.session_start_reset.clone()))?;

@@ -212,13 +212,19 @@ impl Publisher {
         }
     }
 
-    /// Sends the publish of `dispatch` and puts its ack in the window.
-    pub async fn publish(&self, dispatch: &Dispatch<'_>, window: &mut AckWindow) {
+    /// Sends the publish of `dispatch`, received on gateway session `session_id`, and puts
+    /// its ack in the window.
+    pub async fn publish(
+        &self,
+        dispatch: &Dispatch<'_>,
+        session_id: Option<&str>,
+        window: &mut AckWindow,
+    ) {
         let received = Instant::now();
         let shard_id = self.lane.shard;
         let event_type = dispatch.event_type.as_ref();
         let seq = dispatch.seq;
-        let id = dedupe::gateway_key(dispatch);
+        let id = dedupe::gateway_key(dispatch, session_id);
         let envelope = Envelope {
             id: id.as_str().into(),
             source: Source::Gateway,

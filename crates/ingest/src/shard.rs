@@ -22,16 +22,22 @@ use twilight_gateway::{
     error::ReceiveMessageErrorType,
 };
 
+use tokio::sync::{mpsc, watch};
+
 use crate::checkpoint::{self, Checkpoint, SAVE_INTERVAL};
 use crate::error::{IngestError, IngestErrorKind};
-use crate::health::ShardHealth;
+use crate::generations::{Notice, Role, View};
+use crate::health::{ShardHealth, ShardRef};
 use crate::metrics::IngestMetrics;
 use crate::publish::{Alerts, Publisher};
 use crate::queue::KvQueue;
+use crate::reshard::Generations;
+use crate::reshard::shard::{GatewaySession, Generation, Reshard, Sorted};
 use crate::stop::Stop;
 use crate::window::AckWindow;
 
-/// What every shard task shares.
+/// What every shard task of one generation shares.
+#[derive(Clone)]
 pub(crate) struct ShardContext {
     pub js: jetstream::Context,
     pub sessions: async_nats::jetstream::kv::Store,
@@ -45,6 +51,11 @@ pub(crate) struct ShardContext {
     pub queue: KvQueue,
     pub shard_count: u32,
     pub alerts: Arc<Alerts>,
+    /// The reshard bucket, the plan as the supervisor last read it (static mode: no plan,
+    /// every shard live), and the supervisor's ear.
+    pub generations: Option<Generations>,
+    pub view: watch::Receiver<View>,
+    pub notices: mpsc::UnboundedSender<Notice>,
 }
 
 impl ShardContext {
@@ -52,29 +63,35 @@ impl ShardContext {
     /// shard that is not running but still owned here (waiting to be started again) is
     /// down: only the coordinator, which knows when a shard stops being ours, forgets it.
     pub(crate) fn mark(&self, id: u32, up: bool) {
-        let label = id.to_string();
         if up {
-            self.health.up(id);
+            self.health.up(self.shard_ref(id));
         } else {
-            self.health.down(id);
+            self.health.down(self.shard_ref(id));
         }
         self.metrics
             .shard_up
-            .with_label_values(&[&label])
+            .with_label_values(&self.labels(id))
             .set(i64::from(up));
+    }
+
+    pub(crate) fn shard_ref(&self, id: u32) -> ShardRef {
+        ShardRef::new(id, self.shard_count)
+    }
+
+    /// The `shard` and `shard_count` labels of the per-shard gauges.
+    pub(crate) fn labels(&self, id: u32) -> [String; 2] {
+        [id.to_string(), self.shard_count.to_string()]
     }
 
     /// The shard's loop has ended: it is down, and its loop's gauges go.
     fn ended(&self, id: u32) {
         self.mark(id, false);
-        self.health.unacked_since(id, None);
-        let label = id.to_string();
-        let _ = self.metrics.inflight.remove_label_values(&[&label]);
-        let _ = self.metrics.oldest_unacked.remove_label_values(&[&label]);
-        let _ = self
-            .metrics
-            .heartbeat_latency
-            .remove_label_values(&[&label]);
+        self.health.unacked_since(self.shard_ref(id), None);
+        let labels = self.labels(id);
+        let labels = [labels[0].as_str(), labels[1].as_str()];
+        let _ = self.metrics.inflight.remove_label_values(&labels);
+        let _ = self.metrics.oldest_unacked.remove_label_values(&labels);
+        let _ = self.metrics.heartbeat_latency.remove_label_values(&labels);
     }
 
     /// The JetStream context a shard publishes through: the shared client, with a bound
@@ -93,11 +110,12 @@ impl ShardContext {
 
     /// Shard `id` is no longer owned here.
     pub(crate) fn forget(&self, id: u32) {
-        self.health.forget(id);
+        self.health.forget(self.shard_ref(id));
+        let labels = self.labels(id);
         let _ = self
             .metrics
             .shard_up
-            .remove_label_values(&[&id.to_string()]);
+            .remove_label_values(&[labels[0].as_str(), labels[1].as_str()]);
     }
 }
 
@@ -105,8 +123,9 @@ impl ShardContext {
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs shard `id` until `stop` fires (Ok) or it closes fatally or loses ownership (Err).
-/// Whichever way it ends, it is left marked down; the coordinator decides whether it is
-/// still owned.
+/// A shard of a generation that is retiring also ends Ok, by itself, once it has drained
+/// and ended its session. Whichever way it ends, it is left marked down; the coordinator
+/// decides whether it is still owned.
 pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(), IngestError> {
     ctx.mark(id, false);
     let result = run_session(id, &ctx, stop).await;
@@ -114,15 +133,44 @@ pub(crate) async fn run(id: u32, ctx: Arc<ShardContext>, stop: Stop) -> Result<(
     result
 }
 
+/// Why the loop ended.
+enum End {
+    /// Asked to stop (handover, shutdown, lease lost).
+    Stopped,
+    /// Another process wrote the session record.
+    Fenced,
+    /// The gateway closed the shard for good.
+    Fatal(IngestError),
+    /// The generation retires: end the session, report the shard stopped.
+    Retired,
+}
+
 async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(), IngestError> {
+    let mut view = ctx.view.clone();
+    let role = view.borrow_and_update().role(ctx.shard_count);
+    let reshard = Reshard::new(id, ctx);
+    if role == Role::Retire && reshard.is_stopped().await? {
+        return Ok(());
+    }
     let (mut checkpoint, record) =
         Checkpoint::claim(ctx.sessions.clone(), id, ctx.shard_count).await?;
+    if role == Role::Retire && record.is_none() {
+        // Nothing to resume, nothing left to publish: the new generation has it all.
+        reshard.report_stopped().await?;
+        return Ok(());
+    }
     let mut builder = ConfigBuilder::new(ctx.token.expose().to_owned(), ctx.intents)
         .queue(ctx.queue.clone())
         .proxy_url(ctx.gateway_url.clone());
     let mut window = AckWindow::new(0);
+    let resumed_session = record.as_ref().map(|r| r.session_id.clone());
     if let Some(record) = record {
-        tracing::info!(shard = id, seq = record.seq, "resuming stored session");
+        tracing::info!(
+            shard = id,
+            shard_count = ctx.shard_count,
+            seq = record.seq,
+            "resuming stored session"
+        );
         builder = builder.session(Session::new(record.seq, record.session_id));
         match record.resume_url {
             Some(url) if checkpoint::trusted_resume_url(&url, &ctx.gateway_url) => {
@@ -139,37 +187,51 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
         window = AckWindow::new(record.seq);
         stop.set_resumable();
     }
+    let mut generation = match role {
+        Role::Standby => reshard.standby_state(resumed_session.as_deref()).await?,
+        Role::Retire => Generation::Retiring,
+        Role::Live => Generation::Live,
+    };
     let mut shard = Shard::with_config(ShardId::new(id, ctx.shard_count), builder.build());
     let mut publisher = Publisher::new(id, ctx);
 
-    let label = id.to_string();
-    let inflight_gauge = ctx.metrics.inflight.with_label_values(&[&label]);
-    let oldest_gauge = ctx.metrics.oldest_unacked.with_label_values(&[&label]);
-    let latency = ctx.metrics.heartbeat_latency.with_label_values(&[&label]);
+    let labels = ctx.labels(id);
+    let labels = [labels[0].as_str(), labels[1].as_str()];
+    let inflight_gauge = ctx.metrics.inflight.with_label_values(&labels);
+    let oldest_gauge = ctx.metrics.oldest_unacked.with_label_values(&labels);
+    let latency = ctx.metrics.heartbeat_latency.with_label_values(&labels);
     let mut last_close: Option<u16> = None;
     let mut save_tick = tokio::time::interval(SAVE_INTERVAL);
-    // Set when a save finds another process's write: the record is no longer ours.
-    let mut fenced = false;
-    // Set when the gateway closed the shard for good (bad token, disallowed intents...).
-    let mut fatal = None;
 
-    loop {
+    let end = loop {
         inflight_gauge.set(window.len() as i64);
         tokio::select! {
             biased;
-            () = stop.cancelled() => break,
+            () = stop.cancelled() => break End::Stopped,
+            Ok(()) = view.changed() => {
+                let now = view.borrow_and_update().clone();
+                if now.role(ctx.shard_count) == Role::Retire && !matches!(generation, Generation::Retiring) {
+                    break End::Retired;
+                }
+                if now.may_align() && let Generation::Standby(standby) = &mut generation {
+                    match reshard.switch_over(standby, GatewaySession::of(&shard), &mut publisher, &mut window, &mut checkpoint).await {
+                        Ok(cut) => generation = Generation::Aligned { cut, mark_at: None },
+                        Err(error) => tracing::warn!(shard = id, %error, "cannot switch over yet; retrying"),
+                    }
+                }
+            }
             Some(_) = window.next(), if !window.is_empty() => {
+                let acked = generation.resume_point(window.acked_seq());
                 if checkpoint.is_unrecorded()
-                    && checkpoint.checkpoint(window.acked_seq(), shard.resume_url(), &stop).await.is_err()
+                    && checkpoint.checkpoint(acked, shard.resume_url(), &stop).await.is_err()
                 {
-                    fenced = true;
-                    break;
+                    break End::Fenced;
                 }
             }
             _ = save_tick.tick() => {
-                ctx.health.beat(id);
+                ctx.health.beat(ctx.shard_ref(id));
                 let oldest = window.oldest_since();
-                ctx.health.unacked_since(id, oldest.map(tokio::time::Instant::into_std));
+                ctx.health.unacked_since(ctx.shard_ref(id), oldest.map(tokio::time::Instant::into_std));
                 oldest_gauge.set(oldest.map_or(0.0, |at| at.elapsed().as_secs_f64()));
                 if let Some(average) = shard.latency().average() {
                     latency.set(average.as_secs_f64());
@@ -177,15 +239,30 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
                 if stop.is_lost() {
                     continue;
                 }
-                if checkpoint.checkpoint(window.acked_seq(), shard.resume_url(), &stop).await.is_err() {
-                    fenced = true;
-                    break;
+                let acked = generation.resume_point(window.acked_seq());
+                if checkpoint.checkpoint(acked, shard.resume_url(), &stop).await.is_err() {
+                    break End::Fenced;
+                }
+                if let Err(error) = reshard.progress(&mut generation, window.acked_seq()).await {
+                    tracing::warn!(shard = id, %error, "cannot record reshard progress; retrying");
+                }
+                // A switch that failed (NATS down) is tried again here.
+                let may_align = view.borrow().may_align();
+                if may_align
+                    && let Generation::Standby(standby) = &mut generation
+                    && let Ok(cut) = reshard.switch_over(standby, GatewaySession::of(&shard), &mut publisher, &mut window, &mut checkpoint).await
+                {
+                    generation = Generation::Aligned { cut, mark_at: None };
                 }
             }
-            item = shard.next(), if window.len() < ctx.window => match item {
+            item = shard.next(), if window.len() < ctx.window && !generation.is_full() => match item {
                 Some(Ok(Message::Text(frame))) => {
                     let session_id = shard.session().map(Session::id);
-                    handle_frame(id, &frame, ctx, &mut publisher, session_id, &mut checkpoint, &mut window).await;
+                    let frames = Frame { shard_id: id, ctx, session_id };
+                    match frames.handle(&frame, &mut publisher, &mut checkpoint, &mut window, &mut generation).await {
+                        Flow::Continue => {}
+                        Flow::Retire => break End::Retired,
+                    }
                 }
                 Some(Ok(Message::Close(frame))) => {
                     ctx.mark(id, false);
@@ -204,20 +281,19 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
                         tracing::warn!(shard = id, %error, "gateway connection failed; reconnecting");
                     }
                 },
-                None => {
-                    fatal = Some(fatal_close(id, last_close));
-                    break;
-                }
+                None => break End::Fatal(fatal_close(id, last_close)),
             },
         }
-    }
+    };
 
     // A clean stop publishes everything it read, records the position, then closes with
     // the RESUME code so that Discord keeps the session for whoever resumes it next. A
     // shard that is no longer the owner (lease lost, or fenced) drains and closes the same
     // way — its publishes are deduped — but leaves the record to the new owner. A fatal
     // close drains and records too (there is no connection left to close): once the cause
-    // is fixed, the next start resumes right after what reached the bus.
+    // is fixed, the next start resumes right after what reached the bus. A retiring shard
+    // drains, records, and ends its session for good (close 1000): Discord stops sending
+    // it anything, and the new generation publishes what follows.
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while window.next().await.is_some() {}
     })
@@ -230,21 +306,59 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
             "stopping with unacknowledged publishes; the next owner resumes before them"
         );
     }
-    let acked_seq = window.acked_seq();
+    let acked_seq = generation.resume_point(window.acked_seq());
     drop(window);
+    let fenced = matches!(end, End::Fenced);
     let owner = !fenced && !stop.is_lost();
-    if owner {
-        let _ = checkpoint.save(acked_seq, shard.resume_url()).await;
+    let saved = if owner {
+        checkpoint.save(acked_seq, shard.resume_url()).await.is_ok()
+    } else {
+        false
+    };
+    let retiring = matches!(generation, Generation::Retiring) || matches!(end, End::Retired);
+    match end {
+        End::Fatal(error) if retiring && owner => {
+            // The old generation's session is gone either way; the new one covers its guilds.
+            tracing::info!(shard = id, acked_seq, %error, "retiring shard closed by the gateway");
+            reshard.report_stopped().await?;
+            return Ok(());
+        }
+        End::Fatal(error) => {
+            tracing::info!(
+                shard = id,
+                acked_seq,
+                "shard closed by the gateway for good"
+            );
+            if error.kind() == IngestErrorKind::ShardingRequired {
+                let _ = ctx.notices.send(Notice::ShardingRequired {
+                    count: ctx.shard_count,
+                });
+            }
+            return Err(error);
+        }
+        End::Retired if owner && drained.is_ok() && saved => {
+            close(&mut shard, CloseFrame::NORMAL).await;
+            reshard.report_stopped().await?;
+            tracing::info!(
+                shard = id,
+                shard_count = ctx.shard_count,
+                acked_seq,
+                "shard retired: session ended"
+            );
+            return Ok(());
+        }
+        End::Retired => {
+            // Not everything is on the bus (or recorded): leave the session resumable; the
+            // next start of this shard resumes it and retires again.
+            close(&mut shard, CloseFrame::RESUME).await;
+            return Err(IngestError::new(
+                IngestErrorKind::Bus,
+                format!("shard {id}: could not drain before retiring; trying again"),
+            ));
+        }
+        End::Stopped | End::Fenced => {}
     }
-    if let Some(error) = fatal {
-        tracing::info!(
-            shard = id,
-            acked_seq,
-            "shard closed by the gateway for good"
-        );
-        return Err(error);
-    }
-    close(&mut shard).await;
+    close(&mut shard, CloseFrame::RESUME).await;
     tracing::info!(shard = id, acked_seq, owner, "shard stopped");
     if fenced {
         return Err(IngestError::new(
@@ -255,10 +369,10 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
     Ok(())
 }
 
-/// Sends the RESUME close frame and waits for the gateway's answer (up to 2 s), so the
-/// session is left resumable rather than cut.
-async fn close(shard: &mut Shard<KvQueue>) {
-    shard.close(CloseFrame::RESUME);
+/// Sends `frame` as the close frame and waits for the gateway's answer (up to 2 s): the
+/// RESUME code leaves the session resumable, NORMAL ends it.
+async fn close(shard: &mut Shard<KvQueue>, frame: CloseFrame<'static>) {
+    shard.close(frame);
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while let Some(item) = shard.next().await {
             if matches!(item, Ok(Message::Close(_))) {
@@ -269,44 +383,82 @@ async fn close(shard: &mut Shard<KvQueue>) {
     .await;
 }
 
-/// Parses one frame; for a dispatch, sends its publish and puts its ack in the window.
-async fn handle_frame(
+/// What the loop does after a frame.
+enum Flow {
+    Continue,
+    Retire,
+}
+
+/// One frame's handling: the shard, its context and its session at the time.
+struct Frame<'a> {
     shard_id: u32,
-    frame: &str,
-    ctx: &ShardContext,
-    publisher: &mut Publisher,
-    session_id: Option<&str>,
-    checkpoint: &mut Checkpoint,
-    window: &mut AckWindow,
-) {
-    let dispatch = match Dispatch::parse(frame) {
-        Ok(Some(dispatch)) => dispatch,
-        Ok(None) => return,
-        Err(error) => {
-            ctx.metrics.malformed.inc();
-            tracing::warn!(shard = shard_id, frame = %truncate(frame, 200), %error, "skipping malformed dispatch");
-            return;
+    ctx: &'a ShardContext,
+    session_id: Option<&'a str>,
+}
+
+impl Frame<'_> {
+    /// Parses one frame; for a dispatch, publishes it (or holds it, in standby) and puts
+    /// its ack in the window.
+    async fn handle(
+        &self,
+        frame: &str,
+        publisher: &mut Publisher,
+        checkpoint: &mut Checkpoint,
+        window: &mut AckWindow,
+        generation: &mut Generation,
+    ) -> Flow {
+        let (shard_id, ctx) = (self.shard_id, self.ctx);
+        let dispatch = match Dispatch::parse(frame) {
+            Ok(Some(dispatch)) => dispatch,
+            Ok(None) => return Flow::Continue,
+            Err(error) => {
+                ctx.metrics.malformed.inc();
+                tracing::warn!(shard = shard_id, frame = %truncate(frame, 200), %error, "skipping malformed dispatch");
+                return Flow::Continue;
+            }
+        };
+        let seq = dispatch.seq;
+        publisher.count(&dispatch.event_type);
+        // Session lifecycle events describe the connection, not the guilds: not published,
+        // but they take part in the seq order, so they pass through the window as done.
+        match dispatch.event_type.as_ref() {
+            "READY" => {
+                if matches!(generation, Generation::Retiring) {
+                    // The session to finish is gone; this new one has nothing to publish
+                    // that the new generation does not.
+                    return Flow::Retire;
+                }
+                // A new session: acks of the previous one no longer move the resume point.
+                window.new_session();
+                checkpoint.new_session(self.session_id);
+                generation.on_ready(&dispatch);
+                ctx.mark(shard_id, true);
+                ctx.metrics.sessions.with_label_values(&["identify"]).inc();
+                window.push_done(seq);
+            }
+            "RESUMED" => {
+                ctx.mark(shard_id, true);
+                ctx.metrics.sessions.with_label_values(&["resume"]).inc();
+                window.push_done(seq);
+                generation.on_resumed(seq);
+                if matches!(generation, Generation::Retiring) {
+                    // The replay before RESUMED is in the window: drain it, then retire.
+                    return Flow::Retire;
+                }
+            }
+            _ => {
+                let id = relaycord_bus::dedupe::gateway_key(&dispatch, self.session_id);
+                match generation.on_dispatch(&dispatch, frame, &id) {
+                    Sorted::Publish => publisher.publish(&dispatch, self.session_id, window).await,
+                    Sorted::Held => ctx.metrics.reshard_held.inc(),
+                    Sorted::AlreadyPublished => {
+                        ctx.metrics.reshard_skipped.inc();
+                        window.push_done(seq);
+                    }
+                }
+            }
         }
-    };
-    let seq = dispatch.seq;
-    publisher.count(&dispatch.event_type);
-    // Session lifecycle events describe the connection, not the guilds: not published,
-    // but they take part in the seq order, so they pass through the window as done.
-    match dispatch.event_type.as_ref() {
-        "READY" => {
-            // A new session: acks of the previous one no longer move the resume point.
-            window.new_session();
-            checkpoint.new_session(session_id);
-            ctx.mark(shard_id, true);
-            ctx.metrics.sessions.with_label_values(&["identify"]).inc();
-            window.push_done(seq);
-        }
-        "RESUMED" => {
-            ctx.mark(shard_id, true);
-            ctx.metrics.sessions.with_label_values(&["resume"]).inc();
-            window.push_done(seq);
-        }
-        _ => publisher.publish(&dispatch, window).await,
+        Flow::Continue
     }
 }
 
@@ -321,8 +473,8 @@ fn fatal_close(shard: u32, code: Option<u16>) -> IngestError {
             "invalid shard: shard id or count does not match what Discord expects (ingest.shards / ingest.shard_count)",
         ),
         Some(4011) => (
-            IngestErrorKind::FatalClose,
-            "sharding required: the bot is in too many guilds for this shard count (ingest.shard_count)",
+            IngestErrorKind::ShardingRequired,
+            "sharding required: the bot is in too many guilds for this shard count; in leased mode ingest reshards by itself (ingest.shard_count, `relaycord reshard --to N`)",
         ),
         Some(4012) => (IngestErrorKind::FatalClose, "invalid API version"),
         Some(4013) => (

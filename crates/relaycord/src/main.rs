@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod dlq;
+mod reshard;
 mod tail;
 
 /// mimalloc rather than glibc's malloc: ingest allocates and frees several buffers per
@@ -131,6 +132,8 @@ enum Command {
     },
     /// Dead letters of a sink: list, show, replay through the sink, purge.
     Dlq(dlq::DlqArgs),
+    /// Change the shard count without a gap: `--to N` starts it, `status` follows it.
+    Reshard(reshard::ReshardArgs),
     /// Follow events live: pretty lines, or the envelopes as JSON lines (--json).
     Tail(tail::TailArgs),
     /// Configuration tools.
@@ -360,6 +363,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq(args) => dlq::run(cli.config.as_deref(), args).await,
+        Command::Reshard(args) => reshard::run(cli.config.as_deref(), args).await,
         Command::Tail(args) => tail::run(cli.config.as_deref(), args, shutdown).await,
         Command::Config {
             command: ConfigCommand::Check,

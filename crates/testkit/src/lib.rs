@@ -21,7 +21,7 @@ pub use bus::{Stored, decision, stored, stored_in, stream_ids};
 pub use interactions::{HoldingProxy, nats_handler, nats_route, post_chunked, send_to};
 pub use metrics::{metric, metric_with, scrape, sum_metric, sum_metric_with};
 pub use relaycord_devkit::{
-    GENERATED_TYPES, NatsCluster, NatsServer, Receiver, expected_ids, proc,
+    GENERATED_TYPES, NatsCluster, NatsServer, Receiver, dedupe_id, expected_ids, is_published, proc,
 };
 pub use sinks::{
     RecordingSink, RefusingSink, Running, http_config, http_config_with, http_sink, outcome_count,

@@ -63,7 +63,7 @@ async fn wait_on_bus(
     }
 }
 
-fn log_tail(dir: &Path) -> String {
+pub(crate) fn log_tail(dir: &Path) -> String {
     let mut out = String::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
@@ -93,7 +93,7 @@ async fn with_shards(shards: u32) -> Stack {
 
 /// What these tests do with a stack: `relaycord ingest` children logging into the
 /// stack's directory, and checks against the simulator's proof log.
-trait Replicas {
+pub(crate) trait Replicas {
     fn ingest(&self, replica: &str) -> Child;
     fn ingest_with(&self, replica: &str, args: &[&str]) -> Child;
     async fn metrics_port(&self, replica: &str) -> u16;
@@ -172,11 +172,11 @@ impl Replicas for Stack {
 }
 
 /// Upper bound for things that take seconds; reached only when a test fails.
-const PATIENCE: Duration = Duration::from_secs(60);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Waits until the generator has produced `more` events beyond what it had, so a fault
 /// lands mid-stream and events keep coming after it.
-async fn wait_generated(generator: &GeneratorHandle, more: u64) {
+pub(crate) async fn wait_generated(generator: &GeneratorHandle, more: u64) {
     let target = generator.generated() + more;
     let deadline = Instant::now() + PATIENCE;
     while generator.generated() < target {

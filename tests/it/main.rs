@@ -21,6 +21,7 @@ mod interactions_sim;
 mod leaks;
 mod leaks_full_run;
 mod nats_auth;
+mod reshard;
 mod sinks_amqp;
 mod sinks_bench;
 mod sinks_config;

@@ -476,7 +476,8 @@ impl Coordinator {
                 || taken.contains(&key)
                 || self.retired.contains(&id)
                 || (retiring && stopped.contains(&id))
-                || self.cooling.contains_key(&id)
+                // A retiring shard that saw 4011 only has to report itself stopped.
+                || (self.cooling.contains_key(&id) && !retiring)
             {
                 continue;
             }

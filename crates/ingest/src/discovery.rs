@@ -31,6 +31,7 @@ impl SessionStartLimit {
 
 /// [`gateway_bot`] with a client of its own, for one-off callers (the reshard command).
 pub async fn discover(api_base: &str, token: &Secret) -> Result<GatewayBot, IngestError> {
+    relaycord_bus::install_crypto_provider();
     gateway_bot(&reqwest::Client::new(), api_base, token).await
 }
 

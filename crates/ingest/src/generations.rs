@@ -23,6 +23,13 @@ use crate::store::Buckets;
 /// How often the plan is read.
 const TICK: Duration = Duration::from_secs(1);
 
+/// How long every new shard must have been ready before the old generation stops. The
+/// switch compares what the old generation published after each new shard joined a
+/// guild, leaving out its first second (`reshard::history::JOIN_MARGIN_MS`); an overlap
+/// shorter than that would leave nothing to compare, and the new shard would publish the
+/// whole overlap again.
+const SETTLE: Duration = Duration::from_millis(3 * crate::reshard::history::JOIN_MARGIN_MS);
+
 /// The plan as shards see it, with the old generation's shards that have stopped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct View {
@@ -88,6 +95,8 @@ pub(crate) struct Supervisor {
     pub notices: mpsc::UnboundedReceiver<Notice>,
     pub http: reqwest::Client,
     pub api_base: String,
+    /// When this replica first saw every new shard ready (reset by any other state).
+    pub all_ready_since: std::sync::Mutex<Option<Instant>>,
 }
 
 struct Running {
@@ -223,10 +232,25 @@ impl Supervisor {
         let all = |ids: Vec<u32>, count: u32| ids.len() as u32 >= count;
         match reshard.phase {
             Phase::Overlap => {
-                if all(
+                let ready = all(
                     self.generations.marked(Mark::Ready, reshard.to).await?,
                     reshard.to,
-                ) {
+                );
+                let settled = {
+                    let mut since = self.all_ready_since.lock().expect("lock");
+                    match (ready, *since) {
+                        (false, _) => {
+                            *since = None;
+                            false
+                        }
+                        (true, None) => {
+                            *since = Some(Instant::now());
+                            false
+                        }
+                        (true, Some(at)) => at.elapsed() >= SETTLE,
+                    }
+                };
+                if settled {
                     let mut next = plan.clone();
                     next.reshard.as_mut().expect("checked").phase = Phase::Switching;
                     if self.generations.replace(&next, revision).await? {
@@ -235,6 +259,7 @@ impl Supervisor {
                             to = reshard.to,
                             "every new shard is ready: switching"
                         );
+                        *self.all_ready_since.lock().expect("lock") = None;
                     }
                 }
             }

@@ -172,6 +172,7 @@ pub async fn run(
                 notices,
                 http: reqwest::Client::new(),
                 api_base: discord.api_base.clone(),
+                all_ready_since: std::sync::Mutex::default(),
             };
             supervisor.run(shutdown).await
         }

@@ -10,9 +10,10 @@ use relaycord::roles;
 use relaycord_ingest::reshard::{self, Generations};
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ReshardArgs {
     /// Start a reshard to this many shards (the ingest replicas carry it out).
-    #[arg(long, conflicts_with = "command")]
+    #[arg(long)]
     to: Option<u32>,
     #[command(subcommand)]
     command: Option<ReshardCommand>,

@@ -160,11 +160,11 @@ async fn reconnectable_close_codes_end_with_every_shard_running_and_nothing_miss
 }
 
 /// Close codes that must stop the shard for good, with the words the error must contain
-/// (the cause, and where to fix it).
-const FATAL: [(u16, IngestErrorKind, &str); 6] = [
+/// (the cause, and where to fix it). 4011 stops only static shard ranges (below); in
+/// leased mode it reshards (`reshard::close_4011_reshards_instead_of_stopping`).
+const FATAL: [(u16, IngestErrorKind, &str); 5] = [
     (4004, IngestErrorKind::Unauthorized, "DISCORD_TOKEN"),
     (4010, IngestErrorKind::FatalClose, "invalid shard"),
-    (4011, IngestErrorKind::FatalClose, "sharding required"),
     (4012, IngestErrorKind::FatalClose, "API version"),
     (4013, IngestErrorKind::FatalClose, "intents"),
     (4014, IngestErrorKind::FatalClose, "privileged intents"),
@@ -198,6 +198,39 @@ async fn fatal_close_codes_stop_ingest_with_an_error_naming_the_cause() {
         // One connection per shard, and the closed one never came back.
         assert_eq!(stats.connections, 2, "{code}: reconnected: {stats:?}");
     }
+}
+
+/// A static shard range has a fixed count: 4011 stops it with an error naming the cause
+/// and the way out (a count that fits, or leased mode, which reshards by itself).
+#[tokio::test]
+async fn close_4011_stops_a_static_range_naming_the_fix() {
+    let h = Stack::builder()
+        .sim_config(sim_config(2))
+        .config(|c| {
+            c.ingest.shards = "0-1".into();
+            c.ingest.shard_count = relaycord::config::ShardCount::Number(2);
+        })
+        .ingest_unready()
+        .start()
+        .await;
+    h.ready().await;
+    h.sim.close(1, 4011);
+    let error = h.ingest_failure().await;
+    let ingest = error
+        .downcast_ref::<IngestError>()
+        .expect("an ingest error");
+    assert_eq!(
+        ingest.kind(),
+        IngestErrorKind::ShardingRequired,
+        "{error:#}"
+    );
+    let text = format!("{error:#}");
+    assert!(
+        text.contains("4011")
+            && text.contains("sharding required")
+            && text.contains("relaycord reshard"),
+        "{text}"
+    );
 }
 
 /// Identify pacing: with max_concurrency 2, four shards start in two rounds five seconds

@@ -79,7 +79,7 @@ impl Ingest {
             .is_err_and(|e| words.iter().all(|w| e.contains(w)))
     }
 
-    /// `relaycord_shard_up{shard="<id>"}` as exposed; `None` when the series is absent.
+    /// `relaycord_shard_up{shard="<id>",…}` as exposed; `None` when the series is absent.
     fn shard_up(&self, id: u32) -> Option<f64> {
         let mut text = Vec::new();
         prometheus::Encoder::encode(
@@ -88,11 +88,12 @@ impl Ingest {
             &mut text,
         )
         .unwrap();
-        let series = format!("relaycord_shard_up{{shard=\"{id}\"}} ");
+        let series = format!("relaycord_shard_up{{shard=\"{id}\",");
         String::from_utf8(text)
             .unwrap()
             .lines()
-            .find_map(|line| line.strip_prefix(&series)?.parse().ok())
+            .filter(|line| line.starts_with(&series))
+            .find_map(|line| line.rsplit_once("} ")?.1.parse().ok())
     }
 
     fn errors(&self, kind: &str) -> f64 {
@@ -216,7 +217,7 @@ async fn a_fenced_static_shard_is_started_again_and_unready_meanwhile() {
         .unwrap();
 
     let noticed = eventually(PATIENCE, async || {
-        ingest.unready_naming(&["[0]"]) && ingest.shard_up(0) == Some(0.0)
+        ingest.unready_naming(&["[0/2]"]) && ingest.shard_up(0) == Some(0.0)
     })
     .await;
     assert!(
@@ -304,7 +305,7 @@ async fn a_publish_the_user_may_not_make_is_named_and_fails_readiness() {
     let data = RawValue::from_string("{}".to_owned()).unwrap();
     h.sim.dispatch(0, "RELAYCORD_DENIED", &data).unwrap();
     let noticed = eventually(PATIENCE, async || {
-        ingest.errors("permission") > 0.0 && ingest.unready_naming(&["[0]", "unacknowledged"])
+        ingest.errors("permission") > 0.0 && ingest.unready_naming(&["[0/2]", "unacknowledged"])
     })
     .await;
     assert!(

@@ -16,7 +16,7 @@ use relaycord_sim::{GenerateSpec, GeneratorHandle, STAMP_FIELD, SimConfig};
 use relaycord_testkit::{Stack, scrape};
 use tokio::process::{Child, Command};
 
-use crate::durability::{PATIENCE, Replicas, log_tail, wait_generated};
+use crate::durability::{PATIENCE, Replicas, wait_generated};
 
 /// Two shards, eight guilds (each shard of 2 and of 4 owns some), identifies paced only
 /// by the buckets, as many session starts as the tests need.
@@ -102,7 +102,7 @@ async fn wait_plan(stack: &Stack, what: &str, done: impl Fn(&Plan) -> bool) -> P
         assert!(
             Instant::now() < deadline,
             "{what}: plan is {plan:?}\n{}",
-            log_tail(stack.dir())
+            reshard_log(stack.dir())
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -332,5 +332,66 @@ async fn a_reshard_the_identify_budget_cannot_pay_for_is_refused() {
             count: 2,
             reshard: None
         }
+    );
+}
+
+/// A reshard cancelled during its overlap leaves the old generation publishing; a second
+/// one to the same count starts clean (the cancelled generation's sessions are not
+/// resumed) and completes. Every event once throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_reshard_leaves_the_old_generation_and_a_later_one_completes() {
+    let stack = two_shards(SimConfig::default()).await;
+    let _a = ingest(&stack, "a", &[]);
+    stack.children_ready().await;
+    let generator = endless_stamped(&stack, 300.0);
+    wait_generated(&generator, 600).await;
+
+    let (ok, said) = reshard_command(&stack, &["--to", "4"]).await;
+    assert!(ok, "{said}");
+    let deadline = Instant::now() + PATIENCE;
+    while stack
+        .sim
+        .live_sessions()
+        .iter()
+        .filter(|s| s.shard_count == 4)
+        .count()
+        < 4
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new generation never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, said) = reshard_command(&stack, &["cancel"]).await;
+    assert!(ok, "{said}");
+    assert_eq!(
+        plan(&stack).await,
+        Plan {
+            count: 2,
+            reshard: None
+        }
+    );
+    wait_generated(&generator, 600).await;
+    let (ok, said) = reshard_command(&stack, &["cancel"]).await;
+    assert!(!ok && said.contains("no reshard is in progress"), "{said}");
+
+    let (ok, said) = reshard_command(&stack, &["--to", "4"]).await;
+    assert!(ok, "{said}");
+    wait_plan(&stack, "the second reshard 2 → 4", complete_at(4)).await;
+    wait_generated(&generator, 600).await;
+    generator.stop();
+    let generated = generator.finished().await;
+    assert_every_event_once(
+        &stack,
+        generated,
+        "across a cancelled and a completed reshard",
+    )
+    .await;
+    let stats = stack.sim.stats();
+    assert_eq!(
+        stats.identifies,
+        2 + 4 + 4,
+        "the second generation identified afresh: {stats:?}"
     );
 }

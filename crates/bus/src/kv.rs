@@ -49,3 +49,20 @@ pub async fn ensure_bucket(
         )
     })
 }
+
+/// Every key of `store`, or `None` when listing fails or takes longer than `timeout`.
+///
+/// Listing runs a consumer over the bucket; when entries expire while it runs (leases,
+/// membership), it may wait for an idle heartbeat to learn it is done, and a loop that
+/// lists on every tick must never wait on it for good.
+pub async fn list_keys(
+    store: &kv::Store,
+    timeout: Duration,
+) -> Option<std::collections::HashSet<String>> {
+    use futures::TryStreamExt;
+    let listing = async {
+        let keys = store.keys().await.ok()?;
+        keys.try_collect().await.ok()
+    };
+    tokio::time::timeout(timeout, listing).await.ok().flatten()
+}

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
-use futures::TryStreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use relaycord_bus::backoff::Exponential;
+use relaycord_bus::kv::list_keys;
 
 use crate::error::{IngestError, IngestErrorKind};
 use crate::shard::{self, ShardContext};
@@ -67,6 +67,10 @@ pub(crate) struct Coordinator {
     /// generation's coordinator in the process shares.
     shown_leases: i64,
 }
+
+/// The longest a tick waits for a KV listing (members, leases): a loop that renews leases
+/// must not hang on one.
+const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a shard closed with 4011 is left unclaimed by the replica that saw it.
 const SHARDING_REQUIRED_COOLDOWN: Duration = Duration::from_secs(30);
@@ -279,7 +283,12 @@ impl Coordinator {
                     continue;
                 }
                 Ok(Ok(())) => None,
-                Ok(Err(error)) if error.kind() == IngestErrorKind::ShardingRequired => {
+                // Leased mode reshards (the shard told the supervisor); a static range has
+                // a fixed count, and the error stops the process.
+                Ok(Err(error))
+                    if error.kind() == IngestErrorKind::ShardingRequired
+                        && running.lease.is_some() =>
+                {
                     self.cooling
                         .insert(id, Instant::now() + SHARDING_REQUIRED_COOLDOWN);
                     Some(error)
@@ -416,14 +425,11 @@ impl Coordinator {
     async fn rebalance(&mut self) {
         // A set: `keys()` follows the bucket while it lists, so a member renewing its
         // entry meanwhile shows up twice, and a miscount would hand shards back and forth.
-        let members = match self.buckets.members.keys().await {
-            Ok(keys) => keys
-                .try_collect::<HashSet<String>>()
-                .await
-                .map(|k| k.len())
-                .unwrap_or(1),
-            Err(_) => return,
+        let Some(members) = list_keys(&self.buckets.members, LIST_TIMEOUT).await else {
+            tracing::debug!("cannot list the members; rebalancing on a later tick");
+            return;
         };
+        let members = members.len();
         let now = Instant::now();
         self.cooling.retain(|_, until| *until > now);
         let stopped = self.ctx.view.borrow().stopped.clone();
@@ -452,12 +458,9 @@ impl Coordinator {
         if active == share {
             return;
         }
-        let taken: HashSet<String> = match self.buckets.leases.keys().await {
-            Ok(keys) => match keys.try_collect().await {
-                Ok(keys) => keys,
-                Err(_) => return,
-            },
-            Err(_) => return,
+        let Some(taken) = list_keys(&self.buckets.leases, LIST_TIMEOUT).await else {
+            tracing::debug!("cannot list the leases; claiming on a later tick");
+            return;
         };
         // Start the search at a replica-specific offset so replicas claiming at the same
         // moment mostly try different shards.

@@ -32,7 +32,7 @@ use crate::metrics::IngestMetrics;
 use crate::publish::{Alerts, Publisher};
 use crate::queue::KvQueue;
 use crate::reshard::Generations;
-use crate::reshard::shard::{GatewaySession, Generation, Reshard, Sorted};
+use crate::reshard::shard::{GatewaySession, Generation, Handoff, Sorted};
 use crate::stop::Stop;
 use crate::window::AckWindow;
 
@@ -148,15 +148,15 @@ enum End {
 async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(), IngestError> {
     let mut view = ctx.view.clone();
     let role = view.borrow_and_update().role(ctx.shard_count);
-    let reshard = Reshard::new(id, ctx);
-    if role == Role::Retire && reshard.is_stopped().await? {
+    let handoff = Handoff::new(id, ctx);
+    if role == Role::Retire && handoff.is_stopped().await? {
         return Ok(());
     }
     let (mut checkpoint, record) =
         Checkpoint::claim(ctx.sessions.clone(), id, ctx.shard_count).await?;
     if role == Role::Retire && record.is_none() {
         // Nothing to resume, nothing left to publish: the new generation has it all.
-        reshard.report_stopped().await?;
+        handoff.report_stopped().await?;
         return Ok(());
     }
     let mut builder = ConfigBuilder::new(ctx.token.expose().to_owned(), ctx.intents)
@@ -188,7 +188,7 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
         stop.set_resumable();
     }
     let mut generation = match role {
-        Role::Standby => reshard.standby_state(resumed_session.as_deref()).await?,
+        Role::Standby => handoff.standby_state(resumed_session.as_deref()).await?,
         Role::Retire => Generation::Retiring,
         Role::Live => Generation::Live,
     };
@@ -214,7 +214,7 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
                     break End::Retired;
                 }
                 if now.may_align() && let Generation::Standby(standby) = &mut generation {
-                    match reshard.switch_over(standby, GatewaySession::of(&shard), &mut publisher, &mut window, &mut checkpoint).await {
+                    match handoff.switch_over(standby, GatewaySession::of(&shard), &mut publisher, &mut window, &mut checkpoint).await {
                         Ok(cut) => generation = Generation::Aligned { cut, mark_at: None },
                         Err(error) => tracing::warn!(shard = id, %error, "cannot switch over yet; retrying"),
                     }
@@ -243,14 +243,14 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
                 if checkpoint.checkpoint(acked, shard.resume_url(), &stop).await.is_err() {
                     break End::Fenced;
                 }
-                if let Err(error) = reshard.progress(&mut generation, window.acked_seq()).await {
+                if let Err(error) = handoff.progress(&mut generation, window.acked_seq()).await {
                     tracing::warn!(shard = id, %error, "cannot record reshard progress; retrying");
                 }
                 // A switch that failed (NATS down) is tried again here.
                 let may_align = view.borrow().may_align();
                 if may_align
                     && let Generation::Standby(standby) = &mut generation
-                    && let Ok(cut) = reshard.switch_over(standby, GatewaySession::of(&shard), &mut publisher, &mut window, &mut checkpoint).await
+                    && let Ok(cut) = handoff.switch_over(standby, GatewaySession::of(&shard), &mut publisher, &mut window, &mut checkpoint).await
                 {
                     generation = Generation::Aligned { cut, mark_at: None };
                 }
@@ -320,7 +320,7 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
         End::Fatal(error) if retiring && owner => {
             // The old generation's session is gone either way; the new one covers its guilds.
             tracing::info!(shard = id, acked_seq, %error, "retiring shard closed by the gateway");
-            reshard.report_stopped().await?;
+            handoff.report_stopped().await?;
             return Ok(());
         }
         End::Fatal(error) => {
@@ -338,7 +338,7 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
         }
         End::Retired if owner && drained.is_ok() && saved => {
             close(&mut shard, CloseFrame::NORMAL).await;
-            reshard.report_stopped().await?;
+            handoff.report_stopped().await?;
             tracing::info!(
                 shard = id,
                 shard_count = ctx.shard_count,

@@ -23,6 +23,8 @@ pub struct ReshardArgs {
 enum ReshardCommand {
     /// The live shard count and the progress of a reshard in progress.
     Status,
+    /// Abandon a reshard that has not begun switching; the old generation goes on.
+    Cancel,
 }
 
 pub async fn run(config_path: Option<&Path>, args: ReshardArgs) -> anyhow::Result<ExitCode> {
@@ -64,6 +66,16 @@ pub async fn run(config_path: Option<&Path>, args: ReshardArgs) -> anyhow::Resul
             println!("{}", reshard::status(&generations).await?);
             Ok(ExitCode::SUCCESS)
         }
-        (None, None) => anyhow::bail!("give --to N to start a reshard, or `status`"),
+        (None, Some(ReshardCommand::Cancel)) => match reshard::cancel(&generations).await {
+            Ok(plan) => {
+                println!("reshard cancelled; {} shards stay", plan.count);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) => {
+                eprintln!("cannot cancel: {error}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        (None, None) => anyhow::bail!("give --to N to start a reshard, or `status` / `cancel`"),
     }
 }

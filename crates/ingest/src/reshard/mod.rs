@@ -29,7 +29,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IngestError, IngestErrorKind};
@@ -227,13 +226,11 @@ impl Generations {
     /// The shard ids of `count` that carry `mark`.
     pub(crate) async fn marked(&self, mark: Mark, count: u32) -> Result<Vec<u32>, IngestError> {
         let prefix = format!("{}.{count}.", mark.prefix());
-        let keys: Vec<String> = match self.kv.keys().await {
-            Ok(keys) => keys
-                .try_collect()
-                .await
-                .map_err(|e| bus_error("cannot list reshard progress", e))?,
-            Err(e) => return Err(bus_error("cannot list reshard progress", e)),
-        };
+        let keys = relaycord_bus::kv::list_keys(&self.kv, Duration::from_secs(5))
+            .await
+            .ok_or_else(|| {
+                IngestError::new(IngestErrorKind::Bus, "cannot list reshard progress")
+            })?;
         let mut ids: Vec<u32> = keys
             .iter()
             .filter_map(|k| k.strip_prefix(&prefix)?.parse().ok())
@@ -283,6 +280,12 @@ pub enum RefusedReshard {
     },
     #[error("the shard count must be at least 1")]
     Zero,
+    #[error("no reshard is in progress")]
+    NotInProgress,
+    #[error(
+        "the reshard is switching (old shards are ending their sessions): it can only finish now"
+    )]
+    Switching,
     #[error(transparent)]
     Bus(#[from] IngestError),
 }
@@ -323,8 +326,11 @@ pub async fn begin(
         return Err(RefusedReshard::Unchanged(to));
     }
     let start_seq = history::last_sequence(js, subjects).await?;
-    // Marks of an earlier reshard to the same count would look like progress.
+    // Marks of an earlier reshard to the same count would look like progress, and its
+    // sessions (a cancelled reshard, an earlier generation of this count) would be resumed
+    // and replay events from long before this reshard.
     generations.clear(to).await?;
+    forget_sessions(js, subjects, to).await?;
     let next = Plan {
         count: plan.count,
         reshard: Some(Reshard {
@@ -342,6 +348,54 @@ pub async fn begin(
         // Someone changed the plan meanwhile: report what it is now.
         Box::pin(begin(generations, js, subjects, to, limit, reason)).await
     }
+}
+
+/// Purges the session records of `count`'s shards.
+async fn forget_sessions(
+    js: &jetstream::Context,
+    subjects: &relaycord_bus::Subjects,
+    count: u32,
+) -> Result<(), IngestError> {
+    let name = format!("{}_SESSIONS", relaycord_bus::streams::stream_stem(subjects));
+    let Ok(sessions) = js.get_key_value(&name).await else {
+        return Ok(());
+    };
+    let keys = relaycord_bus::kv::list_keys(&sessions, Duration::from_secs(10))
+        .await
+        .ok_or_else(|| IngestError::new(IngestErrorKind::Bus, "cannot list sessions"))?;
+    let prefix = format!("s.{count}.");
+    for key in keys.iter().filter(|k| k.starts_with(&prefix)) {
+        sessions
+            .purge(key)
+            .await
+            .map_err(|e| bus_error("cannot forget an old session", e))?;
+    }
+    Ok(())
+}
+
+/// Abandons a reshard still in its overlap: the new generation's shards stop (nothing of
+/// theirs was published but what the old generation also has) and the old one goes on.
+/// Once switching, old shards have ended their sessions: the reshard can only finish.
+pub async fn cancel(generations: &Generations) -> Result<Plan, RefusedReshard> {
+    let Some((plan, revision)) = generations.plan().await? else {
+        return Err(RefusedReshard::NotInProgress);
+    };
+    let Some(reshard) = &plan.reshard else {
+        return Err(RefusedReshard::NotInProgress);
+    };
+    if reshard.phase != Phase::Overlap {
+        return Err(RefusedReshard::Switching);
+    }
+    let back = Plan {
+        count: plan.count,
+        reshard: None,
+    };
+    if !generations.replace(&back, revision).await? {
+        return Box::pin(cancel(generations)).await;
+    }
+    generations.clear(reshard.to).await?;
+    tracing::info!(from = plan.count, to = reshard.to, "reshard cancelled");
+    Ok(back)
 }
 
 /// What `relaycord reshard status` prints.

@@ -110,12 +110,12 @@ impl GatewaySession {
 }
 
 /// One shard's view of the reshard bucket.
-pub(crate) struct Reshard<'a> {
+pub(crate) struct Handoff<'a> {
     id: u32,
     ctx: &'a ShardContext,
 }
 
-impl<'a> Reshard<'a> {
+impl<'a> Handoff<'a> {
     pub fn new(id: u32, ctx: &'a ShardContext) -> Self {
         Self { id, ctx }
     }

@@ -38,6 +38,11 @@ async fn tail(bus: &Stack, config: &std::path::Path, extra: &[&str], want: usize
             "MESSAGE_CREATE",
             r#"{"id":"8","channel_id":"10","content":"bye"}"#,
         ),
+        (
+            "ix:9",
+            "INTERACTION_CREATE",
+            r#"{"id":"9","type":2,"token":"A_UNIQUE_TOKEN","data":{"name":"ping"}}"#,
+        ),
     ] {
         bus.publish(id, ty, "1", data).await;
     }
@@ -76,4 +81,19 @@ async fn tail_prints_live_events_as_json_or_pretty_lines() {
         pretty.iter().all(|l| !l.contains("TYPING_START")),
         "{pretty:?}"
     );
+}
+
+/// Interaction tokens (valid for 15 minutes) print as `<redacted>` unless asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_hides_interaction_tokens_unless_asked() {
+    let bus = Stack::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "c.toml", &bus, "");
+
+    let hidden = tail(&bus, &config, &["--json"], 4).await;
+    assert!(!hidden[3].contains("A_UNIQUE_TOKEN"), "{hidden:?}");
+    let interaction: serde_json::Value = serde_json::from_str(&hidden[3]).unwrap();
+    assert_eq!(interaction["data"]["token"], "<redacted>");
+    let shown = tail(&bus, &config, &["--json", "--show-tokens"], 4).await;
+    assert!(shown[3].contains("A_UNIQUE_TOKEN"), "{shown:?}");
 }

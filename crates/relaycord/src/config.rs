@@ -18,8 +18,7 @@ use relaycord_sinks::SinkConfig;
 
 pub use crate::traces::TelemetrySection;
 
-#[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -62,6 +61,38 @@ const SECRET_KEYS: [&str; 4] = [
     "nats.nkey_seed",
     "discord.token",
 ];
+
+/// `section.key` of every key of the sections whose value is a string, read from the
+/// config's JSON Schema. The environment gives text; figment would read
+/// `RELAYCORD_DISCORD__APPLICATION_ID=123456789012345678` as a number and the string key
+/// would refuse it ("expected a string, found an integer"), and a user `12345` likewise.
+/// Keys that take a number or a string (`ingest.shard_count`) are not among them.
+fn string_keys() -> Vec<String> {
+    let schema = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator()
+        .into_root_schema_for::<Config>()
+        .to_value();
+    let is_string = |field: &serde_json::Value| match field.get("type") {
+        Some(serde_json::Value::String(t)) => t == "string",
+        Some(serde_json::Value::Array(types)) => {
+            types.iter().any(|t| t == "string")
+                && types.iter().all(|t| t == "string" || t == "null")
+        }
+        _ => false,
+    };
+    let mut keys = Vec::new();
+    let sections = schema.get("properties").and_then(|p| p.as_object());
+    for (section, fields) in sections.into_iter().flatten() {
+        let fields = fields.get("properties").and_then(|p| p.as_object());
+        for (key, field) in fields.into_iter().flatten() {
+            if is_string(field) {
+                keys.push(format!("{section}.{key}"));
+            }
+        }
+    }
+    keys
+}
 
 /// Rewrites figment's error in the file's own terms: `sinks[0].type` rather than
 /// `default.sinks.0`, with the source (file or environment variable) it came from.
@@ -141,12 +172,17 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         let env = Env::prefixed("RELAYCORD_").ignore(&["CONFIG"]).split("__");
-        let is_secret = |key: &str| SECRET_KEYS.iter().any(|s| key.eq_ignore_ascii_case(s));
+        let strings = string_keys();
+        let is_secret = move |key: &str| {
+            SECRET_KEYS.iter().any(|s| key.eq_ignore_ascii_case(s))
+                || strings.iter().any(|s| key.eq_ignore_ascii_case(s))
+        };
         // Keys reach filters with their case as written (lowercased only later).
         let is_sink = |key: &str| key.to_ascii_lowercase().starts_with("sinks.");
+        let literal = is_secret.clone();
         figment = figment.merge(
             env.clone()
-                .filter(move |key| !is_secret(key.as_str()) && !is_sink(key.as_str())),
+                .filter(move |key| !literal(key.as_str()) && !is_sink(key.as_str())),
         );
         let discord_token = Env::raw()
             .only(&["DISCORD_TOKEN"])
@@ -197,6 +233,38 @@ mod tests {
     use super::*;
     use figment::Jail;
     use std::time::Duration;
+
+    /// Every string key takes what the environment gives, digits included.
+    #[test]
+    fn numbers_from_the_environment_reach_string_keys_as_written() {
+        Jail::expect_with(|jail| {
+            jail.set_env("RELAYCORD_DISCORD__APPLICATION_ID", "123456789012345678");
+            jail.set_env("RELAYCORD_NATS__USER", "0123");
+            jail.set_env("RELAYCORD_NATS__PASSWORD", "4567");
+            jail.set_env("RELAYCORD_NATS__SUBJECT_PREFIX", "42");
+            jail.set_env("RELAYCORD_INGEST__SHARD_COUNT", "8");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.discord.application_id, "123456789012345678");
+            assert_eq!(config.nats.user, "0123");
+            assert_eq!(config.nats.subject_prefix, "42");
+            assert_eq!(config.ingest.shard_count, ShardCount::Number(8));
+            Ok(())
+        });
+        let keys = string_keys();
+        for key in [
+            "discord.application_id",
+            "nats.user",
+            "nats.url",
+            "ingest.replica_id",
+        ] {
+            assert!(keys.iter().any(|k| k == key), "{key} in {keys:?}");
+        }
+        assert!(
+            !keys
+                .iter()
+                .any(|k| k == "ingest.shard_count" || k == "ingest.window")
+        );
+    }
 
     #[test]
     fn defaults_file_then_env() {

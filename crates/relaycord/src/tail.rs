@@ -17,9 +17,15 @@ pub struct TailArgs {
     /// Subject to follow; default every gateway event, `<prefix>.gateway.>`. Examples:
     /// `discord.gateway.MESSAGE_CREATE.*`, `discord.interactions.>`, `relaycord.dlq.>`.
     subject: Option<String>,
-    /// Print each envelope as one JSON line (byte for byte as on the bus).
+    /// Print each envelope as one JSON line (byte for byte as on the bus, but for
+    /// interaction tokens; see --show-tokens).
     #[arg(long)]
     json: bool,
+    /// Print interaction tokens as they are. They let whoever holds one answer (or edit
+    /// the answer to) that interaction for 15 minutes, so by default they print as
+    /// "<redacted>": a terminal's scrollback or a pasted log is no place for them.
+    #[arg(long)]
+    show_tokens: bool,
 }
 
 pub async fn run(
@@ -52,18 +58,37 @@ pub async fn run(
             m = messages.next() => match m { Some(m) => m, None => break },
         };
         if args.json {
-            match serde_json::from_slice::<&serde_json::value::RawValue>(&message.payload) {
-                Ok(raw) => println!("{}", raw.get()),
-                Err(_) => println!(
-                    "{}",
-                    serde_json::json!({"subject": message.subject.as_str(), "non_json_payload": String::from_utf8_lossy(&message.payload)})
-                ),
-            }
+            println!(
+                "{}",
+                json_line(&message.subject, &message.payload, args.show_tokens)
+            );
         } else {
             println!("{}", pretty(&message.subject, &message.payload));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One envelope as a JSON line: the bytes as published, unless its payload carries an
+/// interaction token to hide; then the envelope re-serialized with `"token":"<redacted>"`.
+fn json_line(subject: &str, payload: &[u8], show_tokens: bool) -> String {
+    let Ok(raw) = serde_json::from_slice::<&serde_json::value::RawValue>(payload) else {
+        return serde_json::json!({"subject": subject, "non_json_payload": String::from_utf8_lossy(payload)})
+            .to_string();
+    };
+    if show_tokens || !raw.get().contains("\"token\"") {
+        return raw.get().to_owned();
+    }
+    let Ok(mut envelope) = serde_json::from_str::<serde_json::Value>(raw.get()) else {
+        return raw.get().to_owned();
+    };
+    // Interactions carry it at the top of `d`.
+    if let Some(token) = envelope.pointer_mut("/data/token")
+        && token.is_string()
+    {
+        *token = "<redacted>".into();
+    }
+    envelope.to_string()
 }
 
 /// `TIME TYPE guild=… shard/seq id=… text`, where text is the message content (or
@@ -97,6 +122,20 @@ fn pretty(subject: &str, payload: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interaction_tokens_are_redacted_unless_asked() {
+        let envelope = br#"{"id":"ix:9","source":"interaction","type":"INTERACTION_CREATE","shard":null,"seq":null,"guild_id":null,"received_at":"2026-12-06T00:00:00.000Z","data":{"id":"9","type":2,"token":"A_UNIQUE_TOKEN","data":{"name":"ping"}}}"#;
+        let line = json_line("discord.interactions.command.ping", envelope, false);
+        assert!(!line.contains("A_UNIQUE_TOKEN"), "{line}");
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["data"]["token"], "<redacted>");
+        assert_eq!(value["data"]["data"]["name"], "ping");
+        let shown = json_line("discord.interactions.command.ping", envelope, true);
+        assert_eq!(shown.as_bytes(), envelope, "byte for byte when asked");
+        let message = br#"{"id":"msg:1","type":"MESSAGE_CREATE","data":{"content":"hi"}}"#;
+        assert_eq!(json_line("s", message, false).as_bytes(), message);
+    }
 
     #[test]
     fn pretty_lines_show_type_guild_id_and_content() {

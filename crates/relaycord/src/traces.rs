@@ -22,8 +22,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// `[telemetry]`: OpenTelemetry traces, exported over OTLP/HTTP (protobuf).
-#[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetrySection {
     /// Export traces. Also on when `OTEL_EXPORTER_OTLP_ENDPOINT` or

@@ -5,6 +5,7 @@ mod cluster;
 mod compat;
 mod compression;
 mod dev;
+mod discord_budget;
 mod durability;
 mod faults;
 mod identity;

@@ -7,12 +7,20 @@
 //! interactions service's follow-ups) records those answers in [`InvalidRequests::process`]
 //! and asks it before each request.
 //!
+//! Discord's ban is per IP address, and one deployment's processes (a Deployment per sink,
+//! the interactions replicas) usually leave through one egress IP: each process's own
+//! count is therefore shared through NATS KV ([`InvalidRequests::share`], `shared`), and
+//! what counts is the sum over the deployment. Processes that do not share an IP make
+//! that sum too high: they hold early, never late.
+//!
 //! Over the last 10 minutes (one-second buckets): at [`WARN_AT`] a warning is logged;
 //! at [`HOLD_AT`] every request waits until the count falls below it again. The two are
 //! constants, not settings, because Discord's limit is one number for everyone: holding
 //! at 80% leaves 2,000 answers of room for the requests already in flight when the hold
 //! begins (each sink has at most `concurrency` of them) and for another process on the
 //! same address, and the warning at half the limit comes minutes before anything waits.
+
+mod shared;
 
 use std::collections::VecDeque;
 use std::sync::{LazyLock, Mutex, PoisonError};
@@ -39,6 +47,8 @@ pub struct InvalidRequests {
     warn_at: u64,
     hold_at: u64,
     base: Instant,
+    /// `base` as Unix seconds: the shared counts are stamped with wall-clock seconds.
+    base_unix: u64,
     state: Mutex<State>,
     by_status: IntCounterVec,
     in_window: IntGauge,
@@ -50,6 +60,8 @@ struct State {
     /// (second since `base`, answers in it), oldest first.
     buckets: VecDeque<(u64, u64)>,
     total: u64,
+    /// The other processes' answers in the window, as last read from NATS KV.
+    others: u64,
     warned: bool,
     holding: bool,
 }
@@ -91,6 +103,9 @@ impl InvalidRequests {
             warn_at,
             hold_at,
             base: Instant::now(),
+            base_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             state: Mutex::default(),
             by_status,
             in_window,
@@ -113,7 +128,7 @@ impl InvalidRequests {
             state.buckets.pop_front();
             state.total -= count;
         }
-        if state.total < self.warn_at {
+        if state.total + state.others < self.warn_at {
             state.warned = false;
         }
     }
@@ -141,10 +156,11 @@ impl InvalidRequests {
             _ => state.buckets.push_back((second, 1)),
         }
         state.total += 1;
-        if state.total >= self.warn_at && !state.warned {
+        let deployment = state.total + state.others;
+        if deployment >= self.warn_at && !state.warned {
             state.warned = true;
             tracing::warn!(
-                invalid = state.total,
+                invalid = deployment,
                 limit = DISCORD_LIMIT,
                 hold_at = self.hold_at,
                 "many Discord requests refused (401/403/429) in the last 10 minutes; Discord bans the IP at its limit: check tokens, channel permissions and rate limits"
@@ -152,11 +168,12 @@ impl InvalidRequests {
         }
     }
 
-    /// Answers counted in the last 10 minutes.
+    /// Answers counted in the last 10 minutes, by this process and (when shared) the
+    /// others of the deployment.
     pub fn in_window(&self) -> u64 {
         let mut state = lock(&self.state);
         self.expire(&mut state, Instant::now());
-        state.total
+        state.total + state.others
     }
 
     /// When the count falls below the hold threshold, or `None`: it is below now.
@@ -164,22 +181,24 @@ impl InvalidRequests {
         let now = Instant::now();
         let mut state = lock(&self.state);
         self.expire(&mut state, now);
-        if state.total < self.hold_at {
+        let others = state.others;
+        if state.total + others < self.hold_at {
             if state.holding {
                 state.holding = false;
-                tracing::info!(invalid = state.total, "Discord requests resume");
+                tracing::info!(invalid = state.total + others, "Discord requests resume");
             }
             return None;
         }
         if !state.holding {
             state.holding = true;
             tracing::error!(
-                invalid = state.total,
+                invalid = state.total + others,
+                by_other_processes = others,
                 limit = DISCORD_LIMIT,
                 "Discord requests held: too many refused (401/403/429) in the last 10 minutes; they resume as the count falls"
             );
         }
-        let mut left = state.total;
+        let mut left = state.total + others;
         let mut until = now;
         for &(second, count) in &state.buckets {
             left -= count;
@@ -187,6 +206,12 @@ impl InvalidRequests {
             if left < self.hold_at {
                 break;
             }
+        }
+        // The others' answers leave the window too, which only the next read shows.
+        if others > 0 {
+            until = until
+                .min(now + shared::SYNC_EVERY)
+                .max(now + BUCKET.min(shared::SYNC_EVERY));
         }
         Some(until)
     }

@@ -21,6 +21,7 @@ pub async fn run_interactions(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = InteractionMetrics::new(registry)?;
+    crate::roles::share_invalid_requests(config, &js, "interactions", shutdown.clone()).await;
     let service =
         match relaycord_interactions::start(&config.interactions, config.shared(), js, metrics)
             .await

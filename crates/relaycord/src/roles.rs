@@ -105,6 +105,12 @@ pub async fn run_sinks(
         move || paused.readiness()
     });
     let subjects = config.nats.subjects();
+    if selected
+        .iter()
+        .any(|s| matches!(s.kind, relaycord_sinks::config::SinkKind::Discord(_)))
+    {
+        share_invalid_requests(config, &js, "sink", shutdown.clone()).await;
+    }
     let mut tasks = JoinSet::new();
     for sink in selected {
         let (sink, js, subjects, metrics, shutdown) = (
@@ -120,4 +126,31 @@ pub async fn run_sinks(
         result.context("sink task panicked")??;
     }
     Ok(())
+}
+
+/// Shares this process's count of Discord's invalid answers with the deployment's other
+/// processes (they usually leave through one egress IP, and Discord bans per IP; see
+/// `relaycord_bus::invalid_requests`). Without NATS KV the process counts alone, and says so.
+pub async fn share_invalid_requests(
+    config: &Config,
+    js: &jetstream::Context,
+    role: &str,
+    shutdown: CancellationToken,
+) {
+    let stem = relaycord_bus::streams::stream_stem(&config.nats.subjects());
+    match relaycord_bus::InvalidRequests::bucket(js, &stem, config.nats.stream_replicas).await {
+        Ok(kv) => {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_owned());
+            let process = format!("{role}-{host}-{}", std::process::id());
+            tokio::spawn(async move {
+                relaycord_bus::InvalidRequests::process()
+                    .share(kv, &process, shutdown)
+                    .await;
+            });
+        }
+        Err(error) => tracing::warn!(
+            %error,
+            "cannot share Discord's invalid-request count through NATS KV; this process counts alone"
+        ),
+    }
 }

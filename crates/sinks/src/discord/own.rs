@@ -89,6 +89,9 @@ async fn users_me(client: &reqwest::Client, url: &str, token: &Secret) -> Result
             },
         }
     };
+    // A refused @me (bad token) counts toward Discord's per-IP ban like any other call.
+    let invalid = relaycord_bus::InvalidRequests::process();
+    invalid.admit().await;
     let response = client
         .get(url)
         .header(AUTHORIZATION, format!("Bot {}", token.expose()))
@@ -96,6 +99,11 @@ async fn users_me(client: &reqwest::Client, url: &str, token: &Secret) -> Result
         .await
         .map_err(|e| failed(e.without_url().to_string(), None))?;
     let status = response.status();
+    let scope = response
+        .headers()
+        .get("x-ratelimit-scope")
+        .map(|v| v.as_bytes().to_vec());
+    invalid.observe(status.as_u16(), scope.as_deref());
     if !status.is_success() {
         return Err(failed(
             format!("GET /users/@me: HTTP {status}"),

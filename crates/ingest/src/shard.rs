@@ -308,6 +308,10 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
     }
     let acked_seq = generation.resume_point(window.acked_seq());
     drop(window);
+    if let Generation::Standby(standby) = &generation {
+        // Left to Discord's replay for whoever resumes the session next.
+        ctx.metrics.reshard_held.sub(standby.held() as i64);
+    }
     let fenced = matches!(end, End::Fenced);
     let owner = !fenced && !stop.is_lost();
     let saved = if owner {
@@ -431,7 +435,8 @@ impl Frame<'_> {
                 // A new session: acks of the previous one no longer move the resume point.
                 window.new_session();
                 checkpoint.new_session(self.session_id);
-                generation.on_ready(&dispatch);
+                let discarded = generation.on_ready(&dispatch);
+                ctx.metrics.reshard_held.sub(discarded as i64);
                 ctx.mark(shard_id, true);
                 ctx.metrics.sessions.with_label_values(&["identify"]).inc();
                 window.push_done(seq);

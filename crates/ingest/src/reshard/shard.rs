@@ -52,9 +52,15 @@ impl Generation {
         matches!(self, Self::Standby(standby) if standby.is_full())
     }
 
-    pub fn on_ready(&mut self, dispatch: &Dispatch<'_>) {
+    /// READY: a new session. Returns how many held events it discards (the previous
+    /// session's, which the old generation, still running, publishes).
+    pub fn on_ready(&mut self, dispatch: &Dispatch<'_>) -> usize {
         match self {
-            Self::Standby(standby) => standby.on_ready(dispatch),
+            Self::Standby(standby) => {
+                let discarded = standby.held();
+                standby.on_ready(dispatch);
+                return discarded;
+            }
             // A new session after the switch: the cut was about the previous one.
             Self::Aligned { mark_at, .. } => {
                 let at = dispatch.seq;
@@ -66,6 +72,7 @@ impl Generation {
             }
             Self::Live | Self::Retiring => {}
         }
+        0
     }
 
     pub fn on_resumed(&mut self, seq: u64) {
@@ -176,10 +183,6 @@ impl<'a> Handoff<'a> {
                 if !standby.ready_to_report(acked_seq) {
                     return Ok(());
                 }
-                self.ctx
-                    .metrics
-                    .reshard_held
-                    .set(i64::try_from(standby.held()).unwrap_or(i64::MAX));
                 self.put(Mark::Ready, bytes::Bytes::new()).await?;
                 tracing::info!(
                     shard = self.id,
@@ -234,7 +237,7 @@ impl<'a> Handoff<'a> {
         let cut = standby.cut(&session_id, &published);
         self.put(Mark::Cut, cut.encode()).await?;
         let held = standby.take_held();
-        ctx.metrics.reshard_held.set(0);
+        ctx.metrics.reshard_held.sub(held.len() as i64);
         let (mut sent, mut skipped) = (0u64, 0u64);
         for event in held {
             while window.len() >= ctx.window {

@@ -138,13 +138,13 @@ mod tests {
     #[tokio::test]
     async fn an_endless_discord_answer_is_a_failed_attempt() {
         let base = endless("200 OK").await;
-        let mut config = DiscordSinkConfig::webhook(&format!("{base}/api/webhooks/1/t"));
+        let mut config = DiscordSinkConfig::webhook(format!("{base}/api/webhooks/1/t"));
         config.timeout = Duration::from_secs(60);
         let sink = DiscordSink::build("d", &config).unwrap();
         assert_too_large(deliver(&sink).await);
         // A refusal is still a refusal, however long its body: the status decides.
         let base = endless("400 Bad Request").await;
-        let mut config = DiscordSinkConfig::webhook(&format!("{base}/api/webhooks/1/t"));
+        let mut config = DiscordSinkConfig::webhook(format!("{base}/api/webhooks/1/t"));
         config.timeout = Duration::from_secs(60);
         let sink = DiscordSink::build("d", &config).unwrap();
         let outcome = deliver(&sink).await;

@@ -140,3 +140,68 @@ async fn amqp_messages_read_back_across_a_broker_restart() {
     }
     assert_eq!(seen, expected, "{err}");
 }
+
+/// An exchange no queue is bound to: RabbitMQ confirms every publish and drops the
+/// message. Published as mandatory (the default), each comes back (basic.return) and
+/// the attempt fails: nothing is counted delivered, every event ends in the DLQ after
+/// `max_attempts`, and each return is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_events_are_not_delivered_but_dead_lettered() {
+    let url = amqp_url();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let unique = format!("relaycord-test-unbound-{}-{nanos}", std::process::id());
+    let bus = Stack::builder().start().await;
+    let config = SinkConfig {
+        max_attempts: 2,
+        pause: relaycord_sinks::pause::PauseConfig {
+            after: 0,
+            ..Default::default()
+        },
+        backoff: Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+        },
+        // The sink declares the exchange; nothing binds a queue to it.
+        ..SinkConfig::new(
+            "amqp-unbound",
+            SinkKind::Amqp(AmqpSinkConfig::new(url.clone(), unique.clone())),
+        )
+    };
+    let ids: HashSet<String> = bus.messages(0, 5).await.into_iter().collect();
+    let sink = run_sink(&bus, &config);
+    bus.wait_settled("amqp-unbound").await;
+    let returned = relaycord_testkit::metric_with(
+        &sink.registry,
+        "relaycord_sink_amqp_returned_total",
+        &["sink=\"amqp-unbound\""],
+    );
+    let (delivered, dead) = (sink.outcome("delivered"), sink.outcome("dead_lettered"));
+    sink.stop().await;
+    let _ = pika(&[
+        "cleanup",
+        "--url",
+        &url,
+        "--exchange",
+        &unique,
+        "--queue",
+        &unique,
+    ])
+    .await;
+    assert_eq!(delivered, 0.0, "an unroutable event is not delivered");
+    assert_eq!(dead, 5.0);
+    assert_eq!(returned, 10.0, "two attempts of five events, each returned");
+    let letters = relaycord_sinks::dlq::list(&bus.js, "amqp-unbound")
+        .await
+        .unwrap();
+    assert_eq!(
+        letters.iter().map(|l| l.id.clone()).collect::<HashSet<_>>(),
+        ids
+    );
+    for letter in &letters {
+        assert!(letter.reason.contains("unroutable"), "{}", letter.reason);
+        assert_eq!(letter.attempts, 2);
+    }
+}

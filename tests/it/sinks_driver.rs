@@ -265,3 +265,134 @@ async fn exclusions_drop_types_authors_and_bots() {
         expected
     );
 }
+
+/// A sink that panics on its first attempt, then records like [`RecordingSink::open`].
+#[derive(Clone)]
+struct PanicsOnce {
+    panicked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    then: RecordingSink,
+}
+
+impl relaycord_sinks::Sink for PanicsOnce {
+    async fn deliver(&self, event: &relaycord_sinks::Event<'_>) -> relaycord_sinks::Outcome {
+        if !self
+            .panicked
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("the test sink panics once");
+        }
+        relaycord_sinks::Sink::deliver(&self.then, event).await
+    }
+}
+
+/// A panicking sink is logged and counted (outcome `panicked`), and its message is nak'd
+/// at once: it is delivered again long before `ack_wait`, not lost in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_panic_is_counted_and_its_event_redelivered_at_once() {
+    let bus = Stack::builder().start().await;
+    let ids = bus.messages(0, 1).await;
+    let config = relaycord_sinks::SinkConfig {
+        // Far beyond WAIT: only an immediate nak gets the event delivered in time.
+        ack_wait: Duration::from_secs(120),
+        ..test_config("panics")
+    };
+    let sink = PanicsOnce {
+        panicked: Default::default(),
+        then: RecordingSink::open(),
+    };
+    let run = run_driver(&bus, &config, sink.clone());
+    assert!(
+        eventually(WAIT, async || sink.then.delivered().len() == 1).await,
+        "the event came back after the panic"
+    );
+    assert_eq!(run.outcome("panicked"), 1.0);
+    assert_eq!(run.outcome("delivered"), 1.0);
+    run.stop().await;
+    assert_eq!(sink.then.delivered(), ids);
+}
+
+/// A sink that asks for a retry every time and counts its attempts.
+#[derive(Clone, Default)]
+struct AlwaysRetry {
+    attempts: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl relaycord_sinks::Sink for AlwaysRetry {
+    async fn deliver(&self, _: &relaycord_sinks::Event<'_>) -> relaycord_sinks::Outcome {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        relaycord_sinks::Outcome::Retry {
+            reason: "down".to_owned(),
+            status: Some(503),
+            after: None,
+        }
+    }
+}
+
+/// An event sent back untried (held by a paused sink, released by a stopping worker)
+/// ten times, as a flapping receiver or a series of restarts does, more often than
+/// `max_attempts` (3) and than the consumer's old `max_deliver` (8): each hold is
+/// written down, so it still gets its three real attempts, and the dead letter says
+/// so, instead of being dead-lettered untried as "the worker stopped".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_events_keep_their_attempts() {
+    use futures::StreamExt;
+    let bus = Stack::builder().start().await;
+    let config = test_config("holds");
+    // The driver creates its consumer and bucket; nothing is published yet.
+    let run = run_driver(&bus, &config, RecordingSink::open());
+    bus.wait_settled("holds").await;
+    run.stop().await;
+    let ids = bus.messages(0, 1).await;
+
+    let stream = bus.js.get_stream("DISCORD_GATEWAY").await.unwrap();
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer("relaycord-holds").await.unwrap();
+    let holds = relaycord_sinks::holds::Holds::open(&bus.js, "holds", Duration::ZERO, 1)
+        .await
+        .unwrap();
+    for held in 0..10 {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .unwrap();
+        let message = batch
+            .next()
+            .await
+            .expect("the event comes back after every hold")
+            .unwrap();
+        let info = message.info().unwrap();
+        assert_eq!(info.delivered, i64::from(held) + 1);
+        // What a worker does when it gives an event back untried.
+        holds.add(info.stream_sequence, held).await;
+        message
+            .ack_with(async_nats::jetstream::AckKind::Nak(None))
+            .await
+            .unwrap();
+    }
+
+    let sink = AlwaysRetry::default();
+    let run = run_driver(&bus, &config, sink.clone());
+    assert!(
+        eventually(WAIT, async || run.outcome("dead_lettered") == 1.0).await,
+        "dead-lettered in the end"
+    );
+    run.stop().await;
+    assert_eq!(
+        sink.attempts.load(std::sync::atomic::Ordering::SeqCst),
+        config.max_attempts,
+        "every attempt made, none spent by the holds"
+    );
+    let letters = relaycord_sinks::dlq::list(&bus.js, "holds").await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].id, ids[0]);
+    assert_eq!(letters[0].attempts, config.max_attempts);
+    assert!(
+        letters[0].reason.starts_with("attempts exhausted: down"),
+        "{}",
+        letters[0].reason
+    );
+}

@@ -209,7 +209,7 @@ impl Config {
         self.ingest.validate(self.shared())?;
         self.interactions.validate(self.shared())?;
         self.telemetry.validate()?;
-        relaycord_sinks::validate::validate(&self.sinks)
+        relaycord_sinks::validate::validate_with_stream(&self.sinks, self.nats.max_age)
     }
 
     /// The sections every role reads beside its own.

@@ -80,6 +80,18 @@ pub enum SinkKind {
     Discord(DiscordSinkConfig),
 }
 
+impl SinkKind {
+    /// The time one attempt may take; every type has one.
+    pub fn timeout(&self) -> Duration {
+        match self {
+            Self::Http(c) => c.timeout,
+            Self::Amqp(c) => c.timeout,
+            Self::Nats(c) => c.timeout,
+            Self::Discord(c) => c.timeout,
+        }
+    }
+}
+
 impl SinkConfig {
     /// A sink with every common option at its default.
     pub fn new(name: impl Into<String>, kind: SinkKind) -> Self {

@@ -31,6 +31,7 @@ use tracing::Instrument;
 use crate::dedupe::Dedupe;
 use crate::error::{SinkError, SinkErrorKind};
 use crate::filter::Filter;
+use crate::holds::Holds;
 use crate::pause::{Breaker, PauseConfig};
 use crate::retry::Backoff;
 use crate::worker::Worker;
@@ -113,7 +114,7 @@ impl<S: Sink> Driver<S> {
             durable_name: Some(name.clone()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: s.ack_wait,
-            max_deliver: max_deliver(s.max_attempts),
+            max_deliver: MAX_DELIVER,
             max_ack_pending: (s.concurrency as i64 * 4).max(256),
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
             ..Default::default()
@@ -135,14 +136,20 @@ impl<S: Sink> Driver<S> {
         })
     }
 
+    /// The stream's replicas and `max_age`, which the sink's buckets follow.
+    async fn stream_shape(&self) -> (usize, Duration) {
+        match self.js.get_stream(&self.settings.stream).await {
+            Ok(mut stream) => stream.info().await.map_or((1, Duration::ZERO), |i| {
+                (i.config.num_replicas, i.config.max_age)
+            }),
+            Err(_) => (1, Duration::ZERO),
+        }
+    }
+
     /// Opens the dedupe bucket, replicated like the stream it protects.
-    async fn open_dedupe(&self) -> Result<Option<Dedupe>, SinkError> {
+    async fn open_dedupe(&self, replicas: usize) -> Result<Option<Dedupe>, SinkError> {
         let Some(window) = self.settings.dedupe_window else {
             return Ok(None);
-        };
-        let replicas = match self.js.get_stream(&self.settings.stream).await {
-            Ok(mut stream) => stream.info().await.map_or(1, |i| i.config.num_replicas),
-            Err(_) => 1,
         };
         Dedupe::open(&self.js, &self.settings.name, window, replicas)
             .await
@@ -153,12 +160,14 @@ impl<S: Sink> Driver<S> {
     /// (naks) anything pulled but not started.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), SinkError> {
         let consumer = self.ensure_consumer().await?;
+        let (replicas, max_age) = self.stream_shape().await;
         let worker = Arc::new(Worker {
             sink: Arc::clone(&self.sink),
             js: self.js.clone(),
             settings: Arc::clone(&self.settings),
             metrics: self.metrics.clone(),
-            dedupe: self.open_dedupe().await?,
+            dedupe: self.open_dedupe(replicas).await?,
+            holds: Holds::open(&self.js, &self.settings.name, max_age, replicas).await?,
             shutdown: shutdown.clone(),
             breaker: Breaker::new(
                 &self.settings.name,
@@ -182,7 +191,9 @@ impl<S: Sink> Driver<S> {
         let mut tasks = JoinSet::new();
         let mut leftover = None;
         'pull: loop {
-            while tasks.try_join_next().is_some() {}
+            while let Some(done) = tasks.try_join_next() {
+                reap(&s.name, done, &self.metrics);
+            }
             if worker.breaker.is_paused() {
                 // Paused: one event at a time, held by the probe until the receiver
                 // takes it; the rest stays in the stream.
@@ -258,7 +269,11 @@ impl<S: Sink> Driver<S> {
                 }
             }
         };
-        let finish = async { while tasks.join_next().await.is_some() {} };
+        let finish = async {
+            while let Some(done) = tasks.join_next().await {
+                reap(&s.name, done, &self.metrics);
+            }
+        };
         tokio::join!(release, finish);
         gauges.abort();
         // Acks are buffered by the client: send them before the process may exit.
@@ -267,6 +282,23 @@ impl<S: Sink> Driver<S> {
         }
         tracing::info!(sink = %s.name, "sink stopped");
         Ok(())
+    }
+}
+
+/// A delivery task's end. The sink's own panics are caught around the attempt (and the
+/// message nak'd); one anywhere else in the driver is said here rather than dropped, and
+/// its message comes back after ack_wait.
+fn reap(sink: &str, done: Result<(), tokio::task::JoinError>, metrics: &SinkMetrics) {
+    if let Err(error) = done
+        && error.is_panic()
+    {
+        let panic = error.into_panic();
+        let panic = crate::worker::panic_message(&*panic);
+        tracing::error!(%sink, %panic, "a delivery task panicked; its message is redelivered after ack_wait");
+        metrics
+            .deliveries
+            .with_label_values(&[sink, "panicked"])
+            .inc();
     }
 }
 
@@ -284,17 +316,16 @@ fn delivery_span(sink: &str, message: &jetstream::Message) -> tracing::Span {
     span
 }
 
-/// Deliveries beyond `max_attempts` that exist only to dead-letter. One is spent each
-/// time a worker stops (crash, kill, shutdown) holding the message after its last
-/// attempt, e.g. while the DLQ is unreachable: failures to store a dead letter spend
-/// none (the worker retries in place, see `Worker::dead_letter`). Five such stops in a
-/// row are needed before the server gives up on a message, which is logged loudly.
+/// Deliveries beyond `max_attempts` a message was once allowed for dead-lettering
+/// (`max_deliver` was `max_attempts` + this). Kept for the tests that show far more
+/// failed stores than that pass without the message being given up.
 pub const DEAD_LETTER_DELIVERIES: u32 = 5;
 
-/// The consumer's `max_deliver`: always set (the server's default is unlimited).
-pub(crate) fn max_deliver(max_attempts: u32) -> i64 {
-    i64::from(max_attempts) + i64::from(DEAD_LETTER_DELIVERIES)
-}
+/// The consumer's `max_deliver`: unlimited. The worker bounds real attempts itself
+/// (deliveries minus holds, see [`crate::holds`]) and dead-letters after
+/// `max_attempts`; a server-side bound would also count holds and stops, and a message
+/// past it is never handed out again: neither delivered nor dead-lettered, only lost.
+const MAX_DELIVER: i64 = -1;
 
 /// Pulls one message for a paused sink and probes with it until it is delivered or the
 /// worker stops.

@@ -10,7 +10,7 @@ use crate::pause::PausedSinks;
 #[derive(Clone)]
 pub struct SinkMetrics {
     /// outcome: delivered | retried | dead_lettered | skipped | duplicate | released |
-    /// held | probe_failed | ...
+    /// held | probe_failed | panicked | ...
     pub deliveries: IntCounterVec,
     pub attempt_latency: HistogramVec,
     pub end_to_end_latency: HistogramVec,
@@ -38,7 +38,7 @@ impl SinkMetrics {
             deliveries: IntCounterVec::new(
                 Opts::new(
                     "relaycord_sink_deliveries_total",
-                    "Events handled by sink and outcome (delivered, retried, dead_lettered, skipped by a filter, duplicate skipped by dedupe, released at shutdown, held by a paused sink, probe_failed).",
+                    "Events handled by sink and outcome (delivered, retried, dead_lettered, skipped by a filter, duplicate skipped by dedupe, released at shutdown, held by a paused sink, probe_failed, panicked: the sink panicked and the event was nak'd).",
                 ),
                 &["sink", "outcome"],
             )?,
@@ -100,6 +100,7 @@ impl SinkMetrics {
         registry.register(Box::new(m.paused.clone()))?;
         // The discord sink's answers, process-wide (shared with the interactions role).
         relaycord_bus::InvalidRequests::register(registry)?;
+        crate::amqp::metrics::register(registry)?;
         Ok(m)
     }
 }

@@ -3,15 +3,55 @@
 //! [`SinkConfig::check`] (through [`common`]) run them, so the library refuses what the
 //! binary refuses, with the same `key: problem` error as every other section.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::time::Duration;
 
 use relaycord_bus::ConfigError;
+use relaycord_bus::subject::sanitize_token;
 
 use crate::SinkConfig;
 
+/// The longest probe interval accepted. Far beyond any useful wait, and far below what
+/// would overflow `Instant + Duration` (which panics) when the next probe is scheduled.
+pub const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks every configured sink against the stream it reads, `[nats]`'s `max_age` (0:
+/// kept forever): [`validate`], then no wait of a sink may outlast the events it waits
+/// for. An event nak'd for longer than the stream keeps it, or unacked for longer than
+/// that, expires while waiting and is lost without a dead letter.
+pub fn validate_with_stream(sinks: &[SinkConfig], max_age: Duration) -> Result<(), ConfigError> {
+    validate(sinks)?;
+    if max_age.is_zero() {
+        return Ok(());
+    }
+    for sink in sinks {
+        for (name, wait) in [
+            ("ack_wait", sink.ack_wait),
+            ("backoff.max", sink.backoff.max),
+            ("pause.probe_max_interval", sink.pause.probe_max_interval),
+        ] {
+            if wait >= max_age {
+                return Err(ConfigError::new(
+                    format!("sinks.{}.{name}", sink.name),
+                    format!(
+                        "{wait:?} is not shorter than nats.max_age ({max_age:?}): an event waiting \
+                         that long expires from the stream and is lost without a dead letter; \
+                         lower {name} or raise nats.max_age"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks every configured sink: unique, non-empty names, then [`common`].
+///
+/// Names are compared as the bus uses them: the consumer, the DLQ subject and the dedupe
+/// bucket all take the sanitised name, so `alerts.slack` and `alerts_slack` would share
+/// one consumer and each get about half the events.
 pub fn validate(sinks: &[SinkConfig]) -> Result<(), ConfigError> {
-    let mut names = HashSet::new();
+    let mut names: HashMap<String, &str> = HashMap::new();
     for (i, sink) in sinks.iter().enumerate() {
         if sink.name.is_empty() {
             return Err(ConfigError::new(
@@ -19,11 +59,19 @@ pub fn validate(sinks: &[SinkConfig]) -> Result<(), ConfigError> {
                 "must not be empty",
             ));
         }
-        if !names.insert(&sink.name) {
-            return Err(ConfigError::new(
-                format!("sinks[{i}].name"),
-                format!("{:?} is used by two sinks; names must be unique", sink.name),
-            ));
+        let token = sanitize_token(&sink.name);
+        if let Some(first) = names.insert(token.clone(), &sink.name) {
+            let problem = if first == sink.name {
+                format!("{:?} is used by two sinks; names must be unique", sink.name)
+            } else {
+                format!(
+                    "{:?} and {first:?} both become {token:?} on the bus (consumer relaycord-{token}, \
+                     DLQ relaycord.dlq.{token}), so they would share one consumer and split the events; \
+                     rename one (letters, digits, '-' and '_' are kept as written, at most 100 characters)",
+                    sink.name
+                )
+            };
+            return Err(ConfigError::new(format!("sinks[{i}].name"), problem));
         }
         common(sink)?;
     }
@@ -44,6 +92,23 @@ pub fn common(sink: &SinkConfig) -> Result<(), ConfigError> {
             key("pause.probe_interval"),
             "must be more than 0 (e.g. \"5s\")",
         ));
+    }
+    if sink.kind.timeout().is_zero() {
+        return Err(ConfigError::new(
+            key("timeout"),
+            "must be more than 0: every attempt would time out at once (e.g. \"10s\")",
+        ));
+    }
+    for (name, interval) in [
+        ("pause.probe_interval", sink.pause.probe_interval),
+        ("pause.probe_max_interval", sink.pause.probe_max_interval),
+    ] {
+        if interval > MAX_PROBE_INTERVAL {
+            return Err(ConfigError::new(
+                key(name),
+                format!("{interval:?} is too long; at most \"1d\" (e.g. \"5m\")"),
+            ));
+        }
     }
     if sink.pause.probe_max_interval < sink.pause.probe_interval {
         return Err(ConfigError::new(
@@ -93,6 +158,28 @@ mod tests {
         );
     }
 
+    /// Names that differ as written but not on the bus would share one consumer, DLQ
+    /// subject and dedupe bucket.
+    #[test]
+    fn names_colliding_after_sanitising_are_refused() {
+        let e = validate(&[sink("alerts.slack"), sink("alerts_slack")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "sinks[1].name: \"alerts_slack\" and \"alerts.slack\" both become \"alerts_slack\""
+            ),
+            "{e}"
+        );
+        assert!(e.contains("rename one"), "{e}");
+        let long = "a".repeat(100);
+        let e = validate(&[sink(&long), sink(&format!("{long}b"))])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("sinks[1].name:"), "{e}");
+        validate(&[sink("alerts-slack"), sink("alerts_slack")]).unwrap();
+    }
+
     #[test]
     fn common_keys_name_the_sink() {
         let mut a = sink("a");
@@ -114,5 +201,59 @@ mod tests {
         let mut a = sink("a");
         a.pause.probe_interval = std::time::Duration::ZERO;
         assert_eq!(common(&a).unwrap_err().key, "sinks.a.pause.probe_interval");
+    }
+
+    /// Values `config check` used to pass that break at run time: each refusal names
+    /// the key and the fix.
+    #[test]
+    fn values_that_break_at_run_time_are_refused() {
+        let day = Duration::from_secs(24 * 3600);
+        let message = |a: SinkConfig| validate_with_stream(&[a], day).unwrap_err().to_string();
+        let mut a = sink("a");
+        let SinkKind::Http(http) = &mut a.kind else {
+            unreachable!()
+        };
+        http.timeout = Duration::ZERO;
+        let e = message(a);
+        assert!(e.starts_with("sinks.a.timeout: must be more than 0"), "{e}");
+        assert!(e.contains("\"10s\""), "{e}");
+
+        let mut a = sink("a");
+        a.pause.probe_interval = Duration::from_secs(u64::MAX / 4);
+        a.pause.probe_max_interval = Duration::from_secs(u64::MAX / 2);
+        let e = message(a);
+        assert!(e.starts_with("sinks.a.pause.probe_interval:"), "{e}");
+        assert!(e.contains("at most \"1d\""), "{e}");
+
+        for (key, set) in [
+            (
+                "ack_wait",
+                (|a: &mut SinkConfig| {
+                    a.ack_wait = Duration::from_secs(2 * 24 * 3600);
+                    a.dedupe = false;
+                }) as fn(&mut SinkConfig),
+            ),
+            ("backoff.max", |a| {
+                a.backoff.max = Duration::from_secs(25 * 3600)
+            }),
+            ("pause.probe_max_interval", |a| {
+                a.pause.probe_max_interval = Duration::from_secs(24 * 3600)
+            }),
+        ] {
+            let mut a = sink("a");
+            set(&mut a);
+            let e = message(a);
+            assert!(e.starts_with(&format!("sinks.a.{key}:")), "{e}");
+            assert!(e.contains("nats.max_age (86400s)"), "{e}");
+            assert!(
+                e.contains(&format!("lower {key} or raise nats.max_age")),
+                "{e}"
+            );
+        }
+        // The defaults fit the default max_age (24h); 0 keeps events forever.
+        validate_with_stream(&[sink("a")], day).unwrap();
+        let mut a = sink("a");
+        a.backoff.max = Duration::from_secs(30 * 24 * 3600);
+        validate_with_stream(&[a], Duration::ZERO).unwrap();
     }
 }

@@ -2,17 +2,21 @@
 //! delay, hold (a paused sink, see [`crate::pause`]) or dead-letter. The message's body is read once ([`Body`]) and lent to each
 //! step.
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, AckKind, Message};
+use futures::FutureExt;
 use relaycord_bus::headers;
 use tokio_util::sync::CancellationToken;
 
 use crate::dedupe::Dedupe;
 use crate::dlq::{self, DeadLetterInfo};
-use crate::driver::{DriverSettings, ack, max_deliver};
+use crate::driver::{DriverSettings, ack};
 use crate::filter::type_and_guild;
+use crate::holds::Holds;
 use crate::pause::{Breaker, Verdict};
 use crate::{Body, Event, Outcome, Sink, SinkMetrics};
 
@@ -22,6 +26,8 @@ pub(crate) struct Worker<S> {
     pub settings: Arc<DriverSettings>,
     pub metrics: SinkMetrics,
     pub dedupe: Option<Dedupe>,
+    /// Naks of untried events, which must not spend their attempts.
+    pub holds: Holds,
     /// Cuts short what may wait indefinitely: storing a dead letter while the DLQ is down.
     pub shutdown: CancellationToken,
     pub breaker: Breaker,
@@ -30,17 +36,20 @@ pub(crate) struct Worker<S> {
 impl<S: Sink> Worker<S> {
     pub async fn handle(&self, message: Message) {
         let body = Body::new(&message.payload);
-        let Some((event, copy)) = self.prepare(&message, &body).await else {
+        let Some((event, copy, held)) = self.prepare(&message, &body).await else {
             return;
         };
         if self.breaker.is_paused() {
             // Pulled just before the pause: back to the stream, untried.
             let delay = self.settings.pause.probe_interval;
+            self.hold(&message, Some(held)).await;
             self.ack(&message, AckKind::Nak(Some(delay))).await;
             self.count("held");
             return;
         }
-        let outcome = self.attempt(&event, &message).await;
+        let Some(outcome) = self.attempt(&event, &message).await else {
+            return;
+        };
         self.settle(&message, &event, &copy, &body, outcome).await;
     }
 
@@ -50,7 +59,7 @@ impl<S: Sink> Worker<S> {
     /// nak, delayed by `probe_max_interval`), so the next probe tries another.
     pub async fn probe(&self, message: Message) {
         let body = Body::new(&message.payload);
-        let Some((event, copy)) = self.prepare(&message, &body).await else {
+        let Some((event, copy, _)) = self.prepare(&message, &body).await else {
             return;
         };
         loop {
@@ -69,11 +78,15 @@ impl<S: Sink> Worker<S> {
             }
             if !self.breaker.is_paused() {
                 // Resumed meanwhile (another event got through): the normal path.
-                let outcome = self.attempt(&event, &message).await;
-                self.settle(&message, &event, &copy, &body, outcome).await;
+                if let Some(outcome) = self.attempt(&event, &message).await {
+                    self.settle(&message, &event, &copy, &body, outcome).await;
+                }
                 return;
             }
-            match self.attempt(&event, &message).await {
+            let Some(outcome) = self.attempt(&event, &message).await else {
+                return;
+            };
+            match outcome {
                 outcome @ (Outcome::Delivered | Outcome::Skipped { .. }) => {
                     self.settle(&message, &event, &copy, &body, outcome).await;
                     return;
@@ -98,14 +111,15 @@ impl<S: Sink> Worker<S> {
     }
 
     /// The checks before any attempt: filter, envelope, dedupe, attempts left. `None`
-    /// when they settled the message; else the event and which stored copy it is.
+    /// when they settled the message; else the event, which stored copy it is and how
+    /// often it was held.
     async fn prepare<'m>(
         &self,
         message: &'m Message,
         body: &'m Body<'m>,
-    ) -> Option<(Event<'m>, String)> {
+    ) -> Option<(Event<'m>, String, u32)> {
         let s = &self.settings;
-        let attempt = message.info().map_or(1, |i| i.delivered.max(1) as u32);
+        let (attempt, held) = self.attempt_number(message).await;
         if !s.filter.accepts(&message.subject, body) {
             self.count("skipped");
             self.ack(message, AckKind::Ack).await;
@@ -143,18 +157,63 @@ impl<S: Sink> Worker<S> {
                 .await;
             return None;
         }
-        Some((event, copy))
+        Some((event, copy, held))
     }
 
-    /// One delivery attempt, timed.
-    async fn attempt(&self, event: &Event<'_>, message: &Message) -> Outcome {
+    /// This delivery's attempt number: JetStream's deliveries minus the times the event
+    /// went back untried; and those holds.
+    async fn attempt_number(&self, message: &Message) -> (u32, u32) {
+        let Ok(info) = message.info() else {
+            return (1, 0);
+        };
+        let delivered = u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX);
+        // A first delivery was never held: only redeliveries look it up.
+        let held = match delivered {
+            1 => 0,
+            _ => self.holds.count(info.stream_sequence).await,
+        };
+        (delivered.saturating_sub(held).max(1), held)
+    }
+
+    /// Writes down that `message` goes back untried; `held`: its holds so far, when
+    /// known.
+    async fn hold(&self, message: &Message, held: Option<u32>) {
+        let Ok(info) = message.info() else {
+            return;
+        };
+        let seq = info.stream_sequence;
+        let before = match held {
+            Some(held) => held,
+            None if info.delivered <= 1 => 0,
+            None => self.holds.count(seq).await,
+        };
+        self.holds.add(seq, before).await;
+    }
+
+    /// One delivery attempt, timed. `None` when the sink panicked: the message was
+    /// nak'd already.
+    async fn attempt(&self, event: &Event<'_>, message: &Message) -> Option<Outcome> {
         let started = Instant::now();
-        let outcome = self.deliver_with_progress(event, message).await;
+        let outcome = AssertUnwindSafe(self.deliver_with_progress(event, message))
+            .catch_unwind()
+            .await;
         self.metrics
             .attempt_latency
             .with_label_values(&[&self.settings.name])
             .observe(started.elapsed().as_secs_f64());
-        outcome
+        match outcome {
+            Ok(outcome) => Some(outcome),
+            Err(panic) => {
+                // Left alone, the message would wait out ack_wait in silence. The
+                // attempt counts (it is one of JetStream's deliveries), so an event that
+                // panics every time still ends in the DLQ after max_attempts.
+                let s = &self.settings;
+                tracing::error!(sink = %s.name, id = %event.id, attempt = event.attempt, panic = %panic_message(&*panic), "the sink panicked; the event is redelivered at once");
+                self.ack(message, AckKind::Nak(None)).await;
+                self.count("panicked");
+                None
+            }
+        }
     }
 
     /// Acks, naks with a delay, holds (paused sink) or dead-letters after an attempt.
@@ -220,6 +279,7 @@ impl<S: Sink> Worker<S> {
 
     /// Hands a message pulled but never started back to the server for another worker.
     pub async fn release(&self, message: &Message) {
+        self.hold(message, None).await;
         self.ack(message, AckKind::Nak(None)).await;
         self.count("released");
     }
@@ -309,18 +369,11 @@ impl<S: Sink> Worker<S> {
         }
     }
 
-    /// A stopping worker hands back a message it could not dead-letter. That spends a
-    /// delivery; when it was the consumer's last, the server will not redeliver it, so
-    /// this is said as loudly as possible.
+    /// A stopping worker hands back a message it could not dead-letter. The consumer's
+    /// deliveries are unlimited, so the next worker tries to store it again.
     async fn give_back_undead(&self, message: &Message, id: &str) {
         let s = &self.settings;
-        let delivered = message.info().map_or(0, |i| i.delivered);
-        if delivered >= max_deliver(s.max_attempts) {
-            tracing::error!(sink = %s.name, %id, delivered, "LOST: the dead letter could not be stored and this was the message's last delivery; it stays in the stream, find it by its id");
-            self.count("abandoned");
-        } else {
-            tracing::warn!(sink = %s.name, %id, "stopping before the dead letter could be stored; released for another worker");
-        }
+        tracing::warn!(sink = %s.name, %id, "stopping before the dead letter could be stored; released for another worker");
         self.ack(message, AckKind::Nak(Some(s.backoff.max))).await;
     }
 
@@ -337,6 +390,15 @@ impl<S: Sink> Worker<S> {
             .with_label_values(&[&self.settings.name, outcome])
             .inc();
     }
+}
+
+/// What a panic said, when it said it with a string (as `panic!` and `expect` do).
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
 }
 
 /// The dedupe id: the `Nats-Msg-Id` header, else the envelope's own `id`.

@@ -27,9 +27,10 @@ pub struct AmqpSinkConfig {
     /// channel_id, id, shard, source, sink.
     #[serde(default = "default_routing_key")]
     pub routing_key: String,
-    /// Publish as mandatory: an event no queue is bound for is retried (and
-    /// dead-lettered) instead of being dropped by the broker.
-    #[serde(default)]
+    /// Publish as mandatory (the default): an event no queue is bound for comes back
+    /// from the broker and the attempt fails (retried, then dead-lettered). `false` lets
+    /// the broker confirm and drop it, and it counts as delivered.
+    #[serde(default = "default_true")]
     pub mandatory: bool,
     /// Time allowed for connecting, publishing and the broker's confirm.
     #[schemars(with = "String")]
@@ -46,7 +47,7 @@ impl AmqpSinkConfig {
             exchange_type: default_exchange_type(),
             declare: true,
             routing_key: default_routing_key(),
-            mandatory: false,
+            mandatory: true,
             timeout: default_timeout(),
         }
     }

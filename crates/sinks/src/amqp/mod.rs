@@ -6,13 +6,16 @@
 //! lazily and replaced after any error, so a broker restart costs a few retries.
 
 mod config;
+pub mod metrics;
 mod service;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use relaycord_bus::Secret;
 use tokio::sync::Mutex;
 
@@ -163,6 +166,9 @@ impl AmqpSink {
                 .await
         }
         .await;
+        if let Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_))) = &confirmation {
+            metrics::returned(&self.name);
+        }
         let outcome = classify(confirmation);
         if !matches!(outcome, Outcome::Delivered) && !channel.status().connected() {
             // The next delivery reconnects.

@@ -12,8 +12,10 @@ use crate::Outcome;
 pub fn classify(confirmation: Result<Confirmation, lapin::Error>) -> Outcome {
     match confirmation {
         Ok(Confirmation::Ack(None)) => Outcome::Delivered,
+        // basic.return came before the confirm: the broker accepted the message and
+        // dropped it, since no queue is bound for its routing key.
         Ok(Confirmation::Ack(Some(returned))) => retry(format!(
-            "unroutable: no queue is bound for it ({} {})",
+            "unroutable: the broker returned it, no queue is bound for its routing key ({} {})",
             returned.reply_code, returned.reply_text
         )),
         Ok(Confirmation::Nack(_)) => retry("the broker nacked the message".to_owned()),

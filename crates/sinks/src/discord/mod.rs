@@ -343,8 +343,15 @@ impl Sink for DiscordSink {
         let scope = headers.get("x-ratelimit-scope").map(|v| v.as_bytes());
         InvalidRequests::process().observe(status.as_u16(), scope);
         self.limiter.update(&mut state, &headers);
-        let bytes = response.bytes().await.unwrap_or_default();
-        let verdict = classify(status, &headers, &bytes);
+        // Past the cap the status alone decides a refusal (a 401 must still stop the
+        // sink), but a success with an answer no Discord sends is not trusted.
+        let verdict = match crate::response::read(response).await {
+            Ok(bytes) => classify(status, &headers, &bytes),
+            Err(error) => match classify(status, &headers, b"") {
+                Verdict::Delivered => return error.outcome(status),
+                verdict => verdict,
+            },
+        };
         match &verdict {
             Verdict::RateLimited {
                 after,

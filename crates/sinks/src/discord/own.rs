@@ -110,10 +110,11 @@ async fn users_me(client: &reqwest::Client, url: &str, token: &Secret) -> Result
             Some(status.as_u16()),
         ));
     }
-    let me: serde_json::Value = response
-        .json()
+    let body = crate::response::read(response)
         .await
-        .map_err(|e| failed(e.without_url().to_string(), None))?;
+        .map_err(|e| failed(format!("GET /users/@me: {e}"), None))?;
+    let me: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| failed(format!("GET /users/@me: not JSON ({e})"), None))?;
     me["id"]
         .as_str()
         .filter(|id| is_snowflake(id))

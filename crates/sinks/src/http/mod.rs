@@ -114,9 +114,18 @@ impl Sink for HttpSink {
                 key.sign(event.id, timestamp, event.body.bytes),
             );
         }
-        match request.send().await {
-            Ok(response) => classify(response.status(), response.headers()),
-            Err(error) => classify_error(&error),
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => return classify_error(&error),
+        };
+        let status = response.status();
+        let outcome = classify(status, response.headers());
+        // Read (up to the cap) even though only the status counts: an endless answer
+        // must not pass for a delivery, and a body read to its end keeps the connection
+        // for the next request.
+        match crate::response::read(response).await {
+            Ok(_) => outcome,
+            Err(error) => error.outcome(status),
         }
     }
 }

@@ -236,10 +236,15 @@ async fn slow_clients_do_not_hold_the_endpoint_and_are_closed_after_the_timeout(
         let connected = Arc::clone(&connected);
         slow.spawn(async move {
             let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            // Body tricklers carry signature headers of the right shape: without them the
+            // body is never read (401 at once).
             let head = if i % 2 == 0 {
                 "POST /interactions HTTP/1.1\r\nHost: x\r\n".to_owned()
             } else {
-                "POST /interactions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".to_owned()
+                format!(
+                    "POST /interactions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n{}\r\n",
+                    relaycord_testkit::shaped_signature_headers()
+                )
             };
             stream.write_all(head.as_bytes()).await.unwrap();
             connected.fetch_add(1, Ordering::SeqCst);
@@ -688,7 +693,20 @@ async fn an_interaction_is_claimed_when_its_bucket_returns_within_the_deadline()
     );
     let mut stream = stack.js.get_stream(&bucket).await.unwrap();
     let config = stream.info().await.unwrap().config.clone();
+    let store = stack
+        .js
+        .get_key_value(bucket.trim_start_matches("KV_"))
+        .await
+        .unwrap();
     stack.js.delete_stream(&bucket).await.unwrap();
+    // Why the earlier attempt (docs/reliability.md) still answered 503: without a stream,
+    // `create` fails with the kind `Other` (its read-back's error), not a timeout kind.
+    let probe = store.create("probe", "x".into()).await.unwrap_err();
+    assert_eq!(
+        probe.kind(),
+        async_nats::jetstream::kv::CreateErrorKind::Other,
+        "{probe}"
+    );
     let js = stack.js.clone();
     let restore = tokio::spawn(async move {
         // The outage the request meets, not a synchronisation.

@@ -453,7 +453,12 @@ async fn a_signed_ping_is_answered_while_slow_connections_hold_the_cap() {
 
     let stack = Stack::builder()
         .interactions(Vec::new())
-        .config(|c| c.interactions.max_connections = 500)
+        .config(|c| {
+            c.interactions.max_connections = 500;
+            // The slow connections hold their slots for the whole test: the cap is full
+            // when the PING comes, as it was when Discord was locked out.
+            c.interactions.header_read_timeout = Duration::from_secs(60);
+        })
         .start()
         .await;
     let addr = endpoint_addr(&stack);
@@ -472,8 +477,7 @@ async fn a_signed_ping_is_answered_while_slow_connections_hold_the_cap() {
             }
             let _ = connected.send(());
             let mut buf = [0u8; 256];
-            // One byte of a header every 200 ms: far inside the 5 s header timeout's
-            // reach only if the server times heads out; it never finishes the head.
+            // One byte of a header every 200 ms; the head is never finished.
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -493,11 +497,12 @@ async fn a_signed_ping_is_answered_while_slow_connections_hold_the_cap() {
             .await
             .expect("slow clients connect");
     }
-    let open = stack.metric("relaycord_interactions_connections_open");
-    assert!(
-        open >= 400.0,
-        "only {open} slow connections are being served"
-    );
+    // The cap is reached once the 1,000 are in.
+    let full = eventually(Duration::from_secs(10), async || {
+        stack.metric("relaycord_interactions_connections_open") >= 500.0
+    })
+    .await;
+    assert!(full, "the slow connections fill the 500 slots");
 
     let ping = stack.discord.ping();
     let sent = Instant::now();
@@ -513,7 +518,7 @@ async fn a_signed_ping_is_answered_while_slow_connections_hold_the_cap() {
         answered_in < Duration::from_secs(3),
         "the PING took {answered_in:?} behind 1,000 slow clients at a 500 cap"
     );
-    assert!(stack.metric("relaycord_interactions_connections_evicted_total") >= 500.0);
+    assert!(stack.metric("relaycord_interactions_connections_evicted_total") >= 1.0);
     stop.cancel();
     while slow.join_next().await.is_some() {}
     stack.stop().await;

@@ -421,3 +421,44 @@ async fn late_http_calls_past_the_bound_are_shed_with_an_apology() {
     }
     stack.stop().await;
 }
+
+/// Issue 18 G: an HTTP handler's reply was read whatever its size. Over 64 KiB it is now
+/// refused as a failed handler: the user gets the unavailable message.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_http_handler_replies_are_refused() {
+    // A valid interaction response, padded past 64 KiB with a field Discord would ignore.
+    let huge: &'static str = Box::leak(
+        json!({"type": 4, "data": {"content": "big", "padding": "x".repeat(100 * 1024)}})
+            .to_string()
+            .into_boxed_str(),
+    );
+    let (url, _) = http_function(Duration::ZERO, huge).await;
+    let stack = Stack::builder()
+        .interactions(vec![RouteConfig {
+            component: Some("big".into()),
+            handler: Some(Handler::Http(url)),
+            ..RouteConfig::default()
+        }])
+        .config(deadline(2000))
+        .start()
+        .await;
+    let click = stack.discord.component("big:1");
+    let (status, body) = stack.send(&stack.discord.signed(&click)).await;
+    assert_eq!(status, 200);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        body["data"]["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("unavailable")),
+        "{}",
+        &body.to_string()[..200.min(body.to_string().len())]
+    );
+    assert_eq!(
+        stack.metric_with(
+            "relaycord_interactions_requests_total",
+            &[r#"reason="reply_too_large""#]
+        ),
+        1.0
+    );
+    stack.stop().await;
+}

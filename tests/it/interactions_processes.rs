@@ -23,8 +23,23 @@ async fn spawn_replica(
     config: &relaycord::config::Config,
     dir: &tempfile::TempDir,
 ) -> (KillOnDrop, String, String) {
+    spawn_replica_routing(config, dir, SLOW_NATS_ROUTE).await
+}
+
+const SLOW_NATS_ROUTE: &str = r#"[[interactions.routes]]
+command = "slow"
+handler = { nats = "relaycord.handlers.slow" }"#;
+
+/// As [`spawn_replica`], with `routes` (TOML) instead of the NATS route.
+async fn spawn_replica_routing(
+    config: &relaycord::config::Config,
+    dir: &tempfile::TempDir,
+    routes: &str,
+) -> (KillOnDrop, String, String) {
     let (listen, metrics) = (free_addr(), free_addr());
-    let path = dir.path().join("relaycord.toml");
+    let path = dir
+        .path()
+        .join(format!("relaycord-{listen}.toml").replace(':', "_"));
     let toml = format!(
         r#"
 [nats]
@@ -36,9 +51,7 @@ api_base = "{api}"
 listen = "{listen}"
 metrics_listen = "{metrics}"
 deadline = "500ms"
-[[interactions.routes]]
-command = "slow"
-handler = {{ nats = "relaycord.handlers.slow" }}
+{routes}
 "#,
         nats = config.nats.url,
         key = config.discord.public_key,
@@ -212,4 +225,73 @@ async fn the_binary_serves_interaction_metrics() {
             "missing {line:?} in:\n{text}"
         );
     }
+}
+
+/// Issue 18 D: a late HTTP handler call in flight at SIGTERM was dropped with the process
+/// (the service did not wait for it). Shutdown now waits for it (up to `shutdown_grace`),
+/// stores its reply, and another replica follows up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_http_reply_in_flight_at_sigterm_is_followed_up() {
+    let mut stack = Stack::builder().start().await;
+    let discord = stack.sim.interactions();
+    // An HTTP function that answers 3 s after it is called.
+    let (called_tx, mut called) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/fn",
+        axum::routing::post(move || {
+            let _ = called_tx.send(());
+            async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                r#"{"type":4,"data":{"content":"answered during shutdown"}}"#
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let function = format!("http://{}/fn", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let routes = format!(
+        "[[interactions.routes]]\ncommand = \"slow\"\nhandler = {{ http = \"{function}\" }}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (mut replica_a, url_a, _) = spawn_replica_routing(&stack.config, &dir, &routes).await;
+
+    let command = discord.command("slow");
+    let request = discord.signed(&command);
+    let (status, body) = relaycord_testkit::send_to(&reqwest::Client::new(), &url_a, &request)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, &body[..]),
+        (200, &br#"{"type":5}"#[..]),
+        "deferred"
+    );
+    tokio::time::timeout(Duration::from_secs(10), called.recv())
+        .await
+        .expect("the function was called");
+
+    // SIGTERM while the function is still working; A must exit by itself.
+    let pid = replica_a.0.id().to_string();
+    let term = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(term.success());
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = replica_a.0.wait();
+        (replica_a, status)
+    });
+    let (_replica_a, status) = tokio::time::timeout(Duration::from_secs(30), exited)
+        .await
+        .expect("A exits within its grace period")
+        .unwrap();
+    assert!(status.unwrap().success(), "A shut down cleanly");
+
+    // Any replica follows up: here one started after A is gone.
+    stack.serve_interactions().await;
+    let call = discord
+        .wait_call(Duration::from_secs(30), |c| {
+            c.interaction_id.as_deref() == Some(&command.id)
+        })
+        .await
+        .expect("the late reply reached Discord");
+    assert_eq!((call.kind, call.status), (RestCallKind::EditOriginal, 200));
+    assert_eq!(call.body, json!({"content": "answered during shutdown"}));
+    stack.stop().await;
 }

@@ -236,10 +236,15 @@ async fn slow_clients_do_not_hold_the_endpoint_and_are_closed_after_the_timeout(
         let connected = Arc::clone(&connected);
         slow.spawn(async move {
             let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            // Body tricklers carry signature headers of the right shape: without them the
+            // body is never read (401 at once).
             let head = if i % 2 == 0 {
                 "POST /interactions HTTP/1.1\r\nHost: x\r\n".to_owned()
             } else {
-                "POST /interactions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".to_owned()
+                format!(
+                    "POST /interactions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n{}\r\n",
+                    relaycord_testkit::shaped_signature_headers()
+                )
             };
             stream.write_all(head.as_bytes()).await.unwrap();
             connected.fetch_add(1, Ordering::SeqCst);
@@ -426,5 +431,297 @@ async fn an_interaction_is_recorded_when_its_stream_returns_within_the_deadline(
     let stored = stack.stored().await;
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].msg_id, format!("ix:{}", command.id));
+    stack.stop().await;
+}
+
+/// The endpoint's `host:port`.
+fn endpoint_addr(stack: &Stack) -> String {
+    stack
+        .url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned()
+}
+
+/// Issue 18 B: with `max_connections = 500` and 1,000 connections trickling their request
+/// heads, new connections were closed on accept, Discord's included. The oldest unverified
+/// connection now makes room, so a signed PING is answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_ping_is_answered_while_slow_connections_hold_the_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let stack = Stack::builder()
+        .interactions(Vec::new())
+        .config(|c| {
+            c.interactions.max_connections = 500;
+            // The slow connections hold their slots for the whole test: the cap is full
+            // when the PING comes, as it was when Discord was locked out.
+            c.interactions.header_read_timeout = Duration::from_secs(60);
+        })
+        .start()
+        .await;
+    let addr = endpoint_addr(&stack);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut slow = tokio::task::JoinSet::new();
+    let (connected_tx, mut connected) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..1000 {
+        let (addr, stop, connected) = (addr.clone(), stop.clone(), connected_tx.clone());
+        slow.spawn(async move {
+            let Ok(mut stream) = tokio::net::TcpStream::connect(&addr).await else {
+                return;
+            };
+            let head = b"POST /interactions HTTP/1.1\r\nHost: x\r\n";
+            if stream.write_all(head).await.is_err() {
+                return;
+            }
+            let _ = connected.send(());
+            let mut buf = [0u8; 256];
+            // One byte of a header every 200 ms; the head is never finished.
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    read = stream.read(&mut buf) => if matches!(read, Ok(0) | Err(_)) { return },
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {
+                        if stream.write_all(b"X").await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(connected_tx);
+    for _ in 0..1000 {
+        tokio::time::timeout(Duration::from_secs(30), connected.recv())
+            .await
+            .expect("slow clients connect");
+    }
+    // The cap is reached once the 1,000 are in.
+    let full = eventually(Duration::from_secs(10), async || {
+        stack.metric("relaycord_interactions_connections_open") >= 500.0
+    })
+    .await;
+    assert!(full, "the slow connections fill the 500 slots");
+
+    let ping = stack.discord.ping();
+    let sent = Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        stack.send(&stack.discord.signed(&ping)),
+    )
+    .await
+    .expect("the PING is answered");
+    let answered_in = sent.elapsed();
+    assert_eq!((answer.0, &answer.1[..]), (200, &br#"{"type":1}"#[..]));
+    assert!(
+        answered_in < Duration::from_secs(3),
+        "the PING took {answered_in:?} behind 1,000 slow clients at a 500 cap"
+    );
+    assert!(stack.metric("relaycord_interactions_connections_evicted_total") >= 1.0);
+    stop.cancel();
+    while slow.join_next().await.is_some() {}
+    stack.stop().await;
+}
+
+/// Issue 18 A: the body was read before the signature headers were looked at, so any
+/// client could make the endpoint buffer `max_body` per connection. A request without
+/// well-formed headers is now refused at once, its body unread; bodies of requests that
+/// have them share `max_body_memory`, past which a request gets 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_are_read_only_with_signature_headers_and_within_the_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let stack = Stack::builder()
+        .interactions(Vec::new())
+        .config(|c| {
+            c.interactions.max_body = 1024;
+            c.interactions.max_body_memory = 2048;
+        })
+        .start()
+        .await;
+    let addr = endpoint_addr(&stack);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Opens a request whose 1,000-byte body never comes; returns the status line if the
+    // server answers within `wait`.
+    let open = |headers: String| {
+        let addr = addr.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let head = format!(
+                "POST /interactions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n{headers}\r\n"
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream
+        }
+    };
+    let status = |mut stream: tokio::net::TcpStream, wait: Duration| async move {
+        let mut buf = vec![0u8; 512];
+        match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => Some(String::from_utf8_lossy(&buf[..12]).into_owned()),
+            _ => None,
+        }
+    };
+    // No headers, then a forged signature's shape but a stale timestamp: 401 at once
+    // (before, the server waited for the body: 408 after body_read_timeout, 5 s).
+    for headers in [
+        String::new(),
+        format!(
+            "X-Signature-Ed25519: {}\r\nX-Signature-Timestamp: {}\r\n",
+            "ab".repeat(64),
+            now - 3600
+        ),
+    ] {
+        let stream = open(headers).await;
+        let line = status(stream, Duration::from_secs(2)).await;
+        assert_eq!(line.as_deref(), Some("HTTP/1.1 401"), "refused unread");
+    }
+    // Well-formed headers: read within the budget (two bodies of 1,000), the third waits
+    // 500 ms for room and gets 503.
+    let shaped = format!(
+        "X-Signature-Ed25519: {}\r\nX-Signature-Timestamp: {now}\r\n",
+        "ab".repeat(64)
+    );
+    let first = open(shaped.clone()).await;
+    let second = open(shaped.clone()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = open(shaped).await;
+    assert_eq!(
+        status(third, Duration::from_secs(3)).await.as_deref(),
+        Some("HTTP/1.1 503")
+    );
+    drop((first, second));
+    assert_eq!(
+        stack.metric_with(
+            "relaycord_interactions_requests_total",
+            &[r#"reason="busy""#]
+        ),
+        1.0
+    );
+    stack.stop().await;
+}
+
+/// Issue 18 E: two late replies for one interaction were both posted, the `delivered`
+/// record written after each without checking it. The worker now takes the record
+/// (compare-and-set) before posting: exactly one follow-up.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_late_replies_for_one_interaction_post_one_follow_up() {
+    let stack = Stack::builder()
+        .interactions(vec![nats_route("twice", "relaycord.handlers.twice")])
+        .config(|c| c.interactions.deadline = Duration::from_millis(500))
+        .start()
+        .await;
+    let handlers = async_nats::connect(stack.nats_url()).await.unwrap();
+    let mut asks = handlers
+        .subscribe("relaycord.handlers.twice")
+        .await
+        .unwrap();
+    handlers.flush().await.unwrap();
+    // Slow follow-ups: the second reply is read while the first is being posted.
+    stack
+        .discord
+        .set_follow_up_delay(Duration::from_millis(1500));
+    let command = stack.discord.command("twice");
+    let (status, body) = stack.send(&stack.discord.signed(&command)).await;
+    assert_eq!((status, &body[..]), (200, DEFERRAL));
+    let asked = asked(&mut asks).await;
+    let reply_to = asked.reply.unwrap();
+    for content in ["first", "second"] {
+        let reply = json!({"type": 4, "data": {"content": content}}).to_string();
+        handlers
+            .publish(reply_to.clone(), reply.into())
+            .await
+            .unwrap();
+    }
+    handlers.flush().await.unwrap();
+    stack
+        .discord
+        .wait_call(Duration::from_secs(30), |c| {
+            c.interaction_id.as_deref() == Some(&command.id)
+        })
+        .await
+        .expect("a follow-up");
+    let subjects = stack.config.nats.subjects();
+    let stream = stack
+        .js
+        .get_stream(replies::replies_stream(&subjects))
+        .await
+        .unwrap();
+    let settled = eventually(Duration::from_secs(60), async || {
+        let mut consumer: PullConsumer = stream.get_consumer(LATE_REPLIES_CONSUMER).await.unwrap();
+        let info = consumer.info().await.unwrap();
+        state(&stack, &command.id).await == "delivered"
+            && info.num_ack_pending == 0
+            && info.num_pending == 0
+    })
+    .await;
+    assert!(settled, "both replies settled");
+    let posted: Vec<_> = stack
+        .discord
+        .calls()
+        .into_iter()
+        .filter(|c| c.interaction_id.as_deref() == Some(&command.id))
+        .collect();
+    assert_eq!(posted.len(), 1, "one follow-up per interaction: {posted:?}");
+    assert_eq!(
+        stack.metric_with(
+            "relaycord_interactions_late_replies_total",
+            &[r#"outcome="duplicate""#]
+        ),
+        1.0
+    );
+    stack.stop().await;
+}
+
+/// Issue 18 F (soak finding 1): the claim write was tried once, so a KV leader election
+/// during a request gave 503. Here the decisions bucket's stream is gone for 0.5 s of
+/// the 2.5 s deadline: the claim is retried and the handler's answer goes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interaction_is_claimed_when_its_bucket_returns_within_the_deadline() {
+    let stack = Stack::builder()
+        .interactions(vec![nats_route("ping", "relaycord.handlers.ping")])
+        .start()
+        .await;
+    let _routed = nats_handler(
+        &stack.client,
+        "relaycord.handlers.ping",
+        Duration::ZERO,
+        PONG,
+    )
+    .await;
+    let bucket = format!(
+        "KV_{}",
+        relaycord_interactions::Decisions::bucket(&stack.config.nats.subjects())
+    );
+    let mut stream = stack.js.get_stream(&bucket).await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    let store = stack
+        .js
+        .get_key_value(bucket.trim_start_matches("KV_"))
+        .await
+        .unwrap();
+    stack.js.delete_stream(&bucket).await.unwrap();
+    // Why the earlier attempt (docs/reliability.md) still answered 503: without a stream,
+    // `create` fails with the kind `Other` (its read-back's error), not a timeout kind.
+    let probe = store.create("probe", "x".into()).await.unwrap_err();
+    assert_eq!(
+        probe.kind(),
+        async_nats::jetstream::kv::CreateErrorKind::Other,
+        "{probe}"
+    );
+    let js = stack.js.clone();
+    let restore = tokio::spawn(async move {
+        // The outage the request meets, not a synchronisation.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        js.create_stream(config).await.unwrap();
+    });
+    let command = stack.discord.command("ping");
+    let (status, body) = stack.send(&stack.discord.signed(&command)).await;
+    restore.await.unwrap();
+    assert_eq!((status, &body[..]), (200, PONG.as_bytes()));
+    assert_eq!(state(&stack, &command.id).await, "answered");
     stack.stop().await;
 }

@@ -71,9 +71,16 @@ pub struct InteractionsSection {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub body_read_timeout: Duration,
-    /// Connections served at once; more are closed on accept and counted in
-    /// `relaycord_interactions_connections_rejected_total`.
+    /// Connections served at once. At the cap the oldest connection not serving a verified
+    /// request is closed for the new one (`relaycord_interactions_connections_evicted_total`);
+    /// only when all serve verified requests is the new one closed
+    /// (`relaycord_interactions_connections_rejected_total`).
     pub max_connections: usize,
+    /// Bytes of request bodies held at once, across all connections: a request reserves
+    /// its `Content-Length` (or `max_body` when chunked) before its body is read, waits up
+    /// to 500 ms for room, and gets 503 without it. Bounds the memory that clients who
+    /// only claim to be Discord can take.
+    pub max_body_memory: usize,
     /// On shutdown, requests in flight get this long to finish.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -97,6 +104,7 @@ impl Default for InteractionsSection {
             header_read_timeout: ServeLimits::default().header_read_timeout,
             body_read_timeout: ServeLimits::default().body_read_timeout,
             max_connections: ServeLimits::default().max_connections,
+            max_body_memory: 32 * 1024 * 1024,
             shutdown_grace: ServeLimits::default().shutdown_grace,
         }
     }
@@ -153,6 +161,21 @@ impl InteractionsSection {
                 "must be at least 1",
             ));
         }
+        if self.max_body > self.max_body_memory {
+            return Err(ConfigError::new(
+                "interactions.max_body_memory",
+                format!(
+                    "must be at least max_body ({}): a body of that size could never be read",
+                    self.max_body
+                ),
+            ));
+        }
+        if u32::try_from(self.max_body).is_err() {
+            return Err(ConfigError::new(
+                "interactions.max_body",
+                "must be under 4 GiB (Discord's requests are a few KiB; the default is 262144)",
+            ));
+        }
         if self.max_connections == 0 {
             return Err(ConfigError::new(
                 "interactions.max_connections",
@@ -167,8 +190,12 @@ impl InteractionsSection {
 
     /// The checked `[[interactions.routes]]`.
     pub fn routes(&self) -> Result<Routes, ConfigError> {
-        Routes::new(&self.routes)
-            .map_err(|e| ConfigError::new(format!("interactions.routes[{}]", e.index), e.problem))
+        Routes::new(&self.routes).map_err(|e| {
+            ConfigError::new(
+                format!("interactions.routes[{}]{}", e.index, e.field),
+                e.problem,
+            )
+        })
     }
 }
 
@@ -212,6 +239,7 @@ impl Settings {
             late_http_calls: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 config.max_late_http_calls,
             )),
+            body_budget: std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_body_memory)),
             serve: ServeLimits {
                 header_read_timeout: config.header_read_timeout,
                 body_read_timeout: config.body_read_timeout,
@@ -267,6 +295,30 @@ mod tests {
         assert_eq!(s.http_handler_timeout, Duration::from_secs(30));
     }
 
+    /// Issue 18 A: with the defaults, 1,500 unsigned connections each sending 256 KiB less
+    /// a byte took 1,288 MiB; the Helm chart allows 256 MiB. What clients that need no key
+    /// can make this process hold: each connection's head buffer and bookkeeping, and the
+    /// shared body budget (a body is read only after well-formed signature headers, and
+    /// only within the budget).
+    #[test]
+    fn unauthenticated_clients_cannot_take_more_than_a_fraction_of_256_mib() {
+        let d = InteractionsSection::default();
+        // Task, hyper state, write buffer and socket bookkeeping: measured around 10 KiB; 32
+        // leaves room.
+        const PER_CONNECTION: usize = 32 * 1024;
+        let heads = d.max_connections * (crate::serve::MAX_HEAD_BUFFER + PER_CONNECTION);
+        let worst = heads + d.max_body_memory;
+        let limit = 256 * 1024 * 1024;
+        assert!(
+            worst <= limit / 2,
+            "worst case {} MiB of a {} MiB limit",
+            worst >> 20,
+            limit >> 20
+        );
+        // Before: every connection could hold a whole body.
+        assert!(d.max_connections * d.max_body > d.max_body_memory);
+    }
+
     #[test]
     fn path_body_default_response_and_handler_timeout() {
         let bad = [
@@ -297,6 +349,24 @@ mod tests {
                     ..InteractionsSection::default()
                 },
                 "interactions.http_handler_timeout",
+            ),
+            (
+                InteractionsSection {
+                    max_body_memory: 1024,
+                    ..InteractionsSection::default()
+                },
+                "interactions.max_body_memory",
+            ),
+            (
+                InteractionsSection {
+                    routes: vec![RouteConfig {
+                        command: Some("ping".into()),
+                        handler: Some(crate::routes::Handler::Http("https://exa mple.com".into())),
+                        ..RouteConfig::default()
+                    }],
+                    ..InteractionsSection::default()
+                },
+                "interactions.routes[0].handler.http",
             ),
         ];
         for (section, key) in bad {

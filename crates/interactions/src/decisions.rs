@@ -50,6 +50,11 @@ pub struct Target {
     pub kind: String,
     /// When the interaction was claimed (just after it arrived), in Unix milliseconds.
     pub at_ms: u64,
+    /// Random, one per request: a retried claim write that finds the id taken reads it
+    /// back and knows whether its own earlier attempt landed (the write timed out here
+    /// but was stored) or another request owns the interaction.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub claimant: String,
 }
 
 impl std::fmt::Debug for Target {
@@ -59,6 +64,7 @@ impl std::fmt::Debug for Target {
             .field("token", &"<redacted>")
             .field("kind", &self.kind)
             .field("at_ms", &self.at_ms)
+            .field("claimant", &self.claimant)
             .finish()
     }
 }
@@ -72,6 +78,7 @@ impl Target {
             token: token.to_owned(),
             kind: kind.as_str().to_owned(),
             at_ms: unix_ms(at),
+            claimant: format!("{:016x}", rand::random::<u64>()),
         }
     }
 }
@@ -85,7 +92,17 @@ pub enum Decision {
         reply: String,
     },
     Deferred(Target),
+    /// The late-reply worker is posting the reply stored at stream sequence `reply` (and
+    /// only that one: any other reply for the interaction is dropped).
+    Delivering(Delivering),
     Delivered,
+}
+
+/// Which reply is being followed up, and where to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivering {
+    pub reply: u64,
+    pub target: Target,
 }
 
 /// Why an interaction could not be claimed.
@@ -95,6 +112,10 @@ pub enum ClaimError {
     Taken,
     #[error("cannot write the claim: {0}")]
     Store(#[source] kv::CreateError),
+    #[error("cannot read back the claim: {0}")]
+    Read(#[source] kv::EntryError),
+    #[error("not written before the deadline ({attempts} attempts; last: {last})")]
+    Deadline { attempts: u32, last: String },
 }
 
 pub(crate) fn unix_ms(at: SystemTime) -> u64 {
@@ -145,14 +166,27 @@ impl Decisions {
     }
 
     /// Makes the caller the only owner of `id` (create-only); returns the claim's revision.
-    pub async fn claim(&self, id: &str, target: Target) -> Result<u64, ClaimError> {
+    /// Safe to call again after an error or a timeout: finding its own claim (same
+    /// `claimant`) is success, not [`ClaimError::Taken`].
+    pub async fn claim(&self, id: &str, target: &Target) -> Result<u64, ClaimError> {
         match self
             .store
-            .create(id, encode(&Decision::Claimed(target)))
+            .create(id, encode(&Decision::Claimed(target.clone())))
             .await
         {
             Ok(revision) => Ok(revision),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(ClaimError::Taken),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let entry = self.store.entry(id).await.map_err(ClaimError::Read)?;
+                let own = entry.as_ref().and_then(|entry| {
+                    match serde_json::from_slice(&entry.value).ok()? {
+                        Decision::Claimed(t) if t.claimant == target.claimant => {
+                            Some(entry.revision)
+                        }
+                        _ => None,
+                    }
+                });
+                own.ok_or(ClaimError::Taken)
+            }
             Err(e) => Err(ClaimError::Store(e)),
         }
     }
@@ -171,21 +205,39 @@ impl Decisions {
             .map(|_| ())
     }
 
-    /// The late-reply worker's terminal record.
-    pub async fn delivered(&self, id: &str) -> Result<(), kv::PutError> {
+    /// The late-reply worker takes the follow-up for the reply at stream sequence `reply`,
+    /// if the record is still at `revision`: of two replies (or two workers) only one gets
+    /// it. Returns the new revision.
+    pub async fn start_delivery(
+        &self,
+        id: &str,
+        revision: u64,
+        delivering: Delivering,
+    ) -> Result<u64, kv::UpdateError> {
         self.store
-            .put(id, encode(&Decision::Delivered))
+            .update(id, encode(&Decision::Delivering(delivering)), revision)
+            .await
+    }
+
+    /// The late-reply worker's terminal record, over its own `delivering` record.
+    pub async fn delivered(&self, id: &str, revision: u64) -> Result<(), kv::UpdateError> {
+        self.store
+            .update(id, encode(&Decision::Delivered), revision)
             .await
             .map(|_| ())
     }
 
     /// `Ok(None)` when nothing was recorded, or the record is unreadable.
     pub async fn get(&self, id: &str) -> Result<Option<Decision>, kv::EntryError> {
-        Ok(self
-            .store
-            .get(id)
-            .await?
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+        Ok(self.entry(id).await?.map(|(decision, _)| decision))
+    }
+
+    /// The decision with its revision, for a compare-and-set.
+    pub async fn entry(&self, id: &str) -> Result<Option<(Decision, u64)>, kv::EntryError> {
+        Ok(self.store.entry(id).await?.and_then(|entry| {
+            let decision = serde_json::from_slice(&entry.value).ok()?;
+            (entry.operation == kv::Operation::Put).then_some((decision, entry.revision))
+        }))
     }
 }
 
@@ -207,7 +259,8 @@ mod tests {
         );
         for d in [
             Decision::Claimed(target.clone()),
-            Decision::Deferred(target),
+            Decision::Deferred(target.clone()),
+            Decision::Delivering(Delivering { reply: 7, target }),
             Decision::Answered {
                 reply: r#"{"type":4,"data":{}}"#.into(),
             },

@@ -31,6 +31,7 @@ use crate::owned::Owned;
 use crate::replies::ReplyMux;
 use crate::response::{self, InvalidReply};
 use crate::routes::{Action, Route, Routes};
+use crate::serve::ConnMark;
 use crate::verify::{SIGNATURE_HEADER, TIMESTAMP_HEADER, Verifier};
 
 /// Headers Relaycord adds to the requests it sends handlers.
@@ -54,6 +55,8 @@ pub(crate) struct Endpoint {
     pub owned: Owned,
     pub decisions: Decisions,
     pub metrics: InteractionMetrics,
+    /// HTTP handler calls past their deadline (late_http.rs).
+    pub late_calls: crate::late_http::LateCalls,
 }
 
 /// The response and how to count it.
@@ -91,6 +94,7 @@ impl Answer {
 
 pub(crate) async fn handle(
     State(endpoint): State<Arc<Endpoint>>,
+    mark: Option<axum::Extension<ConnMark>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -102,7 +106,8 @@ pub(crate) async fn handle(
         outcome = tracing::field::Empty
     );
     relaycord_bus::trace::continue_from_http(&span, &headers);
-    let answer = endpoint.process(&headers, body, started);
+    let mark = mark.map(|axum::Extension(mark)| mark);
+    let answer = endpoint.process(&headers, body, started, mark.as_ref());
     let answer = answer.instrument(span.clone()).await;
     span.record("outcome", answer.outcome);
     let m = &endpoint.metrics;
@@ -116,14 +121,33 @@ pub(crate) async fn handle(
         answer.body,
     )
         .into_response();
-    if answer.status == StatusCode::REQUEST_TIMEOUT {
-        // The rest of a trickled body is not worth reading: close the connection.
+    if matches!(
+        answer.reason,
+        "slow_body" | "busy" | "missing_header" | "bad_hex" | "bad_length" | "bad_timestamp"
+    ) || answer.status == StatusCode::UNAUTHORIZED
+    {
+        // The rest of a trickled or unread body is not worth reading (nor is anything
+        // else such a client sends): close the connection.
         response.headers_mut().insert(
             header::CONNECTION,
             header::HeaderValue::from_static("close"),
         );
     }
     response
+}
+
+/// How long a request waits for room in the body budget before it gets 503: long enough
+/// to ride out a burst, short enough to leave Discord's 3 s for the answer.
+const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl Endpoint {
+    /// Room for `bytes` of body in the shared budget (`max_body_memory`), waiting up to
+    /// [`BUDGET_WAIT`]; `None`: no room.
+    async fn body_budget(&self, bytes: usize) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let bytes = u32::try_from(bytes.max(1)).ok()?;
+        let wanted = self.settings.body_budget.acquire_many(bytes);
+        tokio::time::timeout(BUDGET_WAIT, wanted).await.ok()?.ok()
+    }
 }
 
 /// Whether a body that is not a routable interaction is still a PING (`"type": 1`).
@@ -159,8 +183,58 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyError> {
     Ok(collected.freeze())
 }
 
+/// Largest reply an HTTP handler may send. Discord's own limits (2,000 characters of
+/// content, 6,000 of embeds) keep real interaction responses far below it; without a cap a
+/// misbehaving function could make this process buffer anything it sends.
+pub(crate) const MAX_HANDLER_REPLY: usize = 64 * 1024;
+
+/// Why an HTTP handler's call produced no reply.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallError {
+    /// Transport error, non-2xx status or timeout (the URL left out: it may hold a secret).
+    #[error("{0}")]
+    Http(reqwest::Error),
+    #[error("the reply is larger than {MAX_HANDLER_REPLY} bytes")]
+    TooLarge,
+}
+
+/// Reads a handler's reply, refusing it as soon as it grows past `limit`.
+async fn read_reply(mut response: reqwest::Response, limit: usize) -> Result<Bytes, CallError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(CallError::TooLarge);
+    }
+    let mut collected = bytes::BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| CallError::Http(e.without_url()))?
+    {
+        if collected.len() + chunk.len() > limit {
+            return Err(CallError::TooLarge);
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    Ok(collected.freeze())
+}
+
 impl Endpoint {
-    async fn process(&self, headers: &HeaderMap, body: Body, started: Instant) -> Answer {
+    async fn process(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+        started: Instant,
+        mark: Option<&ConnMark>,
+    ) -> Answer {
+        let header = |name| headers.get(name).map(|v| v.as_bytes());
+        // Before a byte of the body is read: a request without Discord's headers costs no
+        // buffer (the signature itself needs the body, below).
+        if let Err(rejection) = self.verifier.precheck(
+            header(SIGNATURE_HEADER),
+            header(TIMESTAMP_HEADER),
+            SystemTime::now(),
+        ) {
+            return Answer::error(StatusCode::UNAUTHORIZED, "rejected", rejection.as_str());
+        }
         let limit = self.settings.max_body;
         let declared = headers
             .get(header::CONTENT_LENGTH)
@@ -168,6 +242,11 @@ impl Endpoint {
         if declared.is_some_and(|n| n > limit) {
             return Answer::error(StatusCode::PAYLOAD_TOO_LARGE, "rejected", "too_large");
         }
+        // Bodies share one budget until answered, so that the memory they take is bounded
+        // whatever the number of connections. A chunked body may grow to the limit.
+        let Some(_budget) = self.body_budget(declared.unwrap_or(limit)).await else {
+            return Answer::error(StatusCode::SERVICE_UNAVAILABLE, "rejected", "busy");
+        };
         let body_deadline = self.settings.serve.body_read_timeout;
         let Ok(body) = tokio::time::timeout(body_deadline, read_body(body, limit)).await else {
             // A body trickled in slower than any real client sends one.
@@ -184,7 +263,6 @@ impl Endpoint {
                 return Answer::error(StatusCode::BAD_REQUEST, "rejected", "incomplete_body");
             }
         };
-        let header = |name| headers.get(name).map(|v| v.as_bytes());
         if let Err(rejection) = self.verifier.verify(
             header(SIGNATURE_HEADER),
             header(TIMESTAMP_HEADER),
@@ -192,6 +270,10 @@ impl Endpoint {
             SystemTime::now(),
         ) {
             return Answer::error(StatusCode::UNAUTHORIZED, "rejected", rejection.as_str());
+        }
+        // Discord's request: its connection is not closed to make room (serve.rs).
+        if let Some(mark) = mark {
+            mark.verified();
         }
         let Ok(text) = std::str::from_utf8(&body) else {
             return Answer::error(StatusCode::BAD_REQUEST, "rejected", "malformed");
@@ -367,8 +449,12 @@ impl Endpoint {
             }
         }
         let call = Box::pin(async move {
-            let response = request.send().await?.error_for_status()?;
-            response.bytes().await
+            let response = request
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| CallError::Http(e.without_url()))?;
+            read_reply(response, MAX_HANDLER_REPLY).await
         });
         let mut call = call;
         let metrics = self.metrics.clone();
@@ -381,62 +467,68 @@ impl Endpoint {
                 self.checked(keys.kind, reply)
             }
             Ok(Err(error)) => {
-                tracing::warn!(error = %error.without_url(), "HTTP handler failed");
+                tracing::warn!(%error, "HTTP handler failed");
                 metrics
                     .handler_latency
                     .with_label_values(&["http", "error"])
                     .observe(sent.elapsed().as_secs_f64());
-                self.unavailable(keys.kind, "handler_error")
+                let reason = match error {
+                    CallError::TooLarge => "reply_too_large",
+                    CallError::Http(_) => "handler_error",
+                };
+                self.unavailable(keys.kind, reason)
             }
             Err(_) => {
                 // The late answer goes through the replies stream like a NATS handler's,
                 // so one worker (any replica's) sends every follow-up.
                 let (kind, js) = (keys.kind, self.js.clone());
                 let subject = self.mux.reply_subject(&keys.id);
+                let id = keys.id.to_string();
                 let unavailable = self.settings.unavailable_response(kind);
+                // Past the token nobody can follow up, so storing the reply is pointless.
+                let until = sent + crate::decisions::TOKEN_LIFETIME;
                 // Bounded: each waits up to http_handler_timeout (minutes), so a slow
                 // function must not pile up tasks. Over the bound the call is dropped and
                 // the user gets the unavailable message as the follow-up instead.
-                let slot = Arc::clone(&self.settings.late_http_calls)
-                    .try_acquire_owned()
-                    .ok();
-                if slot.is_none() {
+                let (running, admitted) = self.late_calls.start();
+                if !admitted {
                     metrics.late("shed");
                     tracing::warn!(
                         "too many late HTTP handler calls (interactions.max_late_http_calls); one was cut off"
                     );
                 }
                 // Dropping the call (when shed) cancels the request.
-                let call = slot.map(|slot| (slot, call));
+                let call = admitted.then_some(call);
                 let late = async move {
                     let reply = match call {
-                        Some((_slot, call)) => {
-                            let result = call.await;
-                            let label = if result.is_ok() { "late" } else { "error" };
-                            metrics
-                                .handler_latency
-                                .with_label_values(&["http", label])
-                                .observe(sent.elapsed().as_secs_f64());
-                            match result {
-                                Ok(reply) if response::validate(kind, &reply).is_ok() => reply,
-                                _ => unavailable,
+                        Some(call) => tokio::select! {
+                            result = call => {
+                                let label = if result.is_ok() { "late" } else { "error" };
+                                metrics
+                                    .handler_latency
+                                    .with_label_values(&["http", label])
+                                    .observe(sent.elapsed().as_secs_f64());
+                                match result {
+                                    Ok(reply) if response::validate(kind, &reply).is_ok() => reply,
+                                    Ok(_) => unavailable,
+                                    Err(error) => {
+                                        tracing::warn!(%error, "late HTTP handler failed");
+                                        unavailable
+                                    }
+                                }
                             }
-                        }
+                            // Shutting down, past the grace period: the user gets the
+                            // apology rather than a spinner until the token expires.
+                            () = running.cut.cancelled() => {
+                                metrics.late("cut");
+                                unavailable
+                            }
+                        },
                         // Only the short JetStream publish of the apology remains.
                         None => unavailable,
                     };
-                    let mut late_headers = NatsHeaders::new();
-                    late_headers.insert(handler_headers::HANDLER, "http");
-                    relaycord_bus::trace::inject(&mut late_headers);
-                    let published =
-                        match js.publish_with_headers(subject, late_headers, reply).await {
-                            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()),
-                        };
-                    if let Err(error) = published {
-                        tracing::warn!(%error, "cannot store a late HTTP handler reply");
-                        metrics.late("failed");
-                    }
+                    crate::late_http::store(&js, subject, &id, reply, until, &metrics).await;
+                    drop(running);
                 };
                 // Still the handler's span: the late reply is stored with its context.
                 tokio::spawn(late.instrument(tracing::Span::current()));

@@ -3,7 +3,7 @@
 //!
 //! | step                         | bound                        | when it does not complete          |
 //! |------------------------------|------------------------------|------------------------------------|
-//! | claim (create-only record)   | the deadline                 | 503, not routed (like a failed publish) |
+//! | claim (create-only record)   | the deadline, retried (each attempt 500 ms) | 503, not routed (like a failed publish) |
 //! | handler                      | the deadline                 | deferral; the late reply follows up |
 //! | `answered` record            | [`answer_by`] (≤ Discord's 3 s) | the reply is sent anyway; the worker may send it again as a follow-up (an edit with the same content) |
 //! | `deferred` record            | not awaited                  | the claim stands for it after [`DECISION_WAIT`] |
@@ -30,6 +30,14 @@ use crate::routes::{Handler, Route};
 /// Time the response needs to travel back to Discord after we send it.
 const RESPONSE_MARGIN: Duration = Duration::from_millis(200);
 
+/// Bound of one claim write: a KV leader that is gone can leave a write unanswered until
+/// the client's own 5 s timeout, far past Discord's 3 s.
+const CLAIM_ATTEMPT: Duration = Duration::from_millis(500);
+
+/// Waits between claim attempts, as between the interaction's publish attempts.
+const CLAIM_RETRY: relaycord_bus::backoff::Exponential =
+    relaycord_bus::backoff::Exponential::new(Duration::from_millis(25), Duration::from_millis(200));
+
 /// How often a retried request looks for its owner's answer.
 const RETRY_POLL: Duration = Duration::from_millis(50);
 
@@ -55,16 +63,18 @@ impl Endpoint {
             keys.kind,
             SystemTime::now(),
         );
-        let claim = self.decisions.claim(&keys.id, target.clone());
-        let revision = match tokio::time::timeout_at(deadline, claim).await {
-            Ok(Ok(revision)) => revision,
-            Ok(Err(ClaimError::Taken)) => return self.retried(keys, route, deadline).await,
-            Ok(Err(error)) => {
+        let claim = tokio::time::timeout_at(deadline, self.claim(&keys.id, &target, deadline));
+        let claimed = claim.await.unwrap_or_else(|_| {
+            Err(ClaimError::Deadline {
+                attempts: 0,
+                last: "an attempt was still running".to_owned(),
+            })
+        });
+        let revision = match claimed {
+            Ok(revision) => revision,
+            Err(ClaimError::Taken) => return self.retried(keys, route, deadline).await,
+            Err(error) => {
                 tracing::warn!(%error, interaction = %keys.id, "cannot claim the interaction");
-                return Answer::unrecorded("claim");
-            }
-            Err(_) => {
-                tracing::warn!(interaction = %keys.id, "no claim before the deadline");
                 return Answer::unrecorded("claim");
             }
         };
@@ -122,6 +132,39 @@ impl Endpoint {
         answer
     }
 
+    /// Claims `id`, retried until `deadline`: while a KV leader is elected (a node's death)
+    /// writes fail or time out for a few seconds, and a retry inside Discord's 3 s beats a
+    /// 503. Each attempt is bounded on its own, so a write that hangs leaves time for
+    /// another; an attempt that finds the id taken by this request's own earlier write
+    /// (it landed, its ack did not) is recognised by the claimant token.
+    async fn claim(
+        &self,
+        id: &str,
+        target: &Target,
+        deadline: TokioInstant,
+    ) -> Result<u64, ClaimError> {
+        let mut attempt = 0;
+        loop {
+            let tried = tokio::time::timeout(CLAIM_ATTEMPT, self.decisions.claim(id, target));
+            let error = match tried.await {
+                Ok(Ok(revision)) => return Ok(revision),
+                Ok(Err(ClaimError::Taken)) => return Err(ClaimError::Taken),
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => "no answer within the attempt's bound".to_owned(),
+            };
+            attempt += 1;
+            let wait = CLAIM_RETRY.delay(attempt);
+            if TokioInstant::now() + wait >= deadline {
+                return Err(ClaimError::Deadline {
+                    attempts: attempt,
+                    last: error,
+                });
+            }
+            tracing::debug!(%error, attempt, "claim not written; retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// A request for an interaction another request owns: never routed again.
     async fn retried(
         &self,
@@ -133,7 +176,9 @@ impl Endpoint {
             loop {
                 match self.decisions.get(&keys.id).await {
                     Ok(Some(Decision::Answered { reply })) => return Some(reply),
-                    Ok(Some(Decision::Deferred(_) | Decision::Delivered)) => return None,
+                    Ok(Some(
+                        Decision::Deferred(_) | Decision::Delivering(_) | Decision::Delivered,
+                    )) => return None,
                     // Claimed (the owner is still waiting for its handler) or unreadable.
                     _ => tokio::time::sleep(RETRY_POLL).await,
                 }

@@ -4,10 +4,15 @@
 //! | decision in KV          | what the worker does                                       |
 //! |-------------------------|------------------------------------------------------------|
 //! | `answered`, `delivered` | ack (it was the HTTP response, or was already sent)        |
-//! | `deferred`              | follow it up (below)                                       |
+//! | `deferred`              | take it (`delivering` with this reply's stream sequence, compare-and-set on the record's revision), then follow it up (below) |
+//! | `delivering`, this reply | follow it up (a redelivery of the reply being sent)        |
+//! | `delivering`, another reply | ack, `duplicate`: one follow-up per interaction          |
 //! | `claimed`, younger than [`DECISION_WAIT`] | nak until then: the owner may still record `answered` |
 //! | `claimed`, older        | as `deferred`: the owner's deferral record never landed    |
 //! | none                    | nak with backoff; after [`UNDECIDED_GRACE`] ack, counted `undecided` |
+//!
+//! A compare-and-set that loses (another reply took the record, or the owner settled it)
+//! naks briefly and reads the record again.
 //!
 //! Following up: token older than 15 min → term, `expired`; autocomplete → ack,
 //! `dropped_autocomplete` (Discord takes no late choices); a reply that cannot be sent late
@@ -21,7 +26,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, consumer::pull};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, consumer::pull, kv};
 use futures::StreamExt;
 use relaycord_bus::Subjects;
 use relaycord_bus::backoff::Exponential;
@@ -214,12 +219,30 @@ impl LateWorker {
             return AckKind::Ack;
         }
         let now_ms = unix_ms(SystemTime::now());
-        let decision = match self.decisions.get(id).await {
-            Ok(decision) => decision,
+        let entry = match self.decisions.entry(id).await {
+            Ok(entry) => entry,
             Err(_) => return AckKind::Nak(Some(backoff(delivered))),
         };
+        let (decision, revision) = match entry {
+            Some((decision, revision)) => (Some(decision), revision),
+            None => (None, 0),
+        };
+        let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
         let target = match decision {
             Some(Decision::Answered { .. } | Decision::Delivered) => return AckKind::Ack,
+            // A redelivery of the reply being followed up (a failed or unacknowledged
+            // attempt): it goes on, over its own record.
+            Some(Decision::Delivering(d)) if d.reply == sequence => {
+                return self
+                    .follow_up(id, &d.target, revision, &message.payload, delivered)
+                    .await;
+            }
+            // Another reply of the same interaction is the follow-up: one per interaction.
+            Some(Decision::Delivering(_)) => {
+                tracing::info!(interaction = id, "a second late reply; dropped");
+                self.metrics.late("duplicate");
+                return AckKind::Ack;
+            }
             None => {
                 let waited = Duration::from_millis(now_ms.saturating_sub(published_ms));
                 return match undecided(waited, delivered) {
@@ -240,8 +263,28 @@ impl LateWorker {
             }
             Some(Decision::Deferred(target)) => target,
         };
+        // Taken over the record as read: if another reply (or the owner) changed it
+        // meanwhile, this one reads it again instead of posting a second follow-up.
+        let delivering = crate::decisions::Delivering {
+            reply: sequence,
+            target: target.clone(),
+        };
+        let revision = match self
+            .decisions
+            .start_delivery(id, revision, delivering)
+            .await
+        {
+            Ok(revision) => revision,
+            Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                return AckKind::Nak(Some(MIN_NAK));
+            }
+            Err(error) => {
+                tracing::debug!(%error, interaction = id, "cannot take the follow-up; retrying");
+                return AckKind::Nak(Some(backoff(delivered)));
+            }
+        };
         let ack = self
-            .follow_up(id, &target, &message.payload, delivered)
+            .follow_up(id, &target, revision, &message.payload, delivered)
             .await;
         // Timed once, when the reply is settled; HTTP handlers' late replies are timed
         // where they arrive (endpoint.rs).
@@ -261,7 +304,15 @@ impl LateWorker {
     }
 
     /// Sends a late reply to Discord as the follow-up of `target`'s deferral.
-    async fn follow_up(&self, id: &str, target: &Target, reply: &[u8], delivered: i64) -> AckKind {
+    /// `revision`: of this reply's `delivering` record.
+    async fn follow_up(
+        &self,
+        id: &str,
+        target: &Target,
+        revision: u64,
+        reply: &[u8],
+        delivered: i64,
+    ) -> AckKind {
         let age = Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(target.at_ms));
         if age >= TOKEN_LIFETIME {
             self.metrics.late("expired");
@@ -290,9 +341,13 @@ impl LateWorker {
             .await
         {
             Ok(()) => {
-                // Recorded before the ack, so a redelivery (lost ack) or a second reply
-                // does not post a second follow-up message.
-                let _ = self.decisions.delivered(id).await;
+                // Recorded before the ack, so that a redelivery (lost ack) does not post
+                // again. Should it fail, the `delivering` record still keeps every other
+                // reply out; only this reply's redelivery would post again (an edit with
+                // the same content).
+                if let Err(error) = self.decisions.delivered(id, revision).await {
+                    tracing::warn!(%error, interaction = id, "follow-up sent but not recorded as delivered");
+                }
                 self.metrics.late("delivered");
                 AckKind::Ack
             }

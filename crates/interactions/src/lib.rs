@@ -24,6 +24,7 @@ mod endpoint;
 pub mod error;
 mod handled;
 mod late;
+mod late_http;
 mod metrics;
 mod owned;
 pub mod replies;
@@ -116,7 +117,9 @@ impl Service {
             concurrency: settings.late_concurrency,
         };
         let late_consumer = late.consumer().await?;
+        let late_calls = late_http::LateCalls::new(Arc::clone(&settings.late_http_calls));
         let endpoint = Arc::new(Endpoint {
+            late_calls,
             verifier: verify::Verifier::new(settings.public_key.clone())
                 .window(settings.timestamp_window),
             routes: settings.routes.clone(),
@@ -155,6 +158,14 @@ impl Service {
         let stop = shutdown.child_token();
         let app = self.router();
         let late = tokio::spawn(self.late.run(self.late_consumer, stop.clone()));
+        // The grace period runs from the stop, for connections and late calls alike.
+        let stopped_at = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                stop.cancelled().await;
+                tokio::time::Instant::now()
+            }
+        });
         let served = serve::serve(
             listener,
             app,
@@ -167,6 +178,13 @@ impl Service {
             InteractionsError::with_source(InteractionsErrorKind::Serve, "HTTP server", e)
         });
         stop.cancel();
+        // Only now: a request in flight until its connection closed may still have
+        // started a late call.
+        let stopped_at = stopped_at
+            .await
+            .unwrap_or_else(|_| tokio::time::Instant::now());
+        let grace = self.endpoint.settings.serve.shutdown_grace;
+        self.endpoint.late_calls.drain(stopped_at + grace).await;
         self.shutdown_mux.cancel();
         late.await.map_err(|e| {
             InteractionsError::with_source(InteractionsErrorKind::Serve, "late-reply worker", e)

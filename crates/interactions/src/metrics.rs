@@ -20,14 +20,16 @@ pub struct InteractionMetrics {
     /// interaction's claim to the reply's arrival on the stream.
     pub handler_latency: HistogramVec,
     /// outcome: delivered | expired | dropped_autocomplete | invalid | undecided | failed |
-    /// retried | shed.
+    /// retried | shed | cut | duplicate.
     pub late_replies: IntCounterVec,
     /// Publishing the interaction to JetStream, until the ack.
     pub publish_latency: Histogram,
     /// HTTP connections being served.
     pub connections_open: IntGauge,
-    /// Connections closed on accept because `max_connections` were open.
+    /// Connections closed on accept because `max_connections` were open, all verified.
     pub connections_rejected: IntCounter,
+    /// Connections closed to make room for a new one at `max_connections` (serve.rs).
+    pub connections_evicted: IntCounter,
 }
 
 /// Doubling buckets up to 1.6 s, then boundaries around Discord's 3 s limit: the
@@ -67,7 +69,7 @@ impl InteractionMetrics {
             late_replies: IntCounterVec::new(
                 Opts::new(
                     "relaycord_interactions_late_replies_total",
-                    "Replies that arrived after the deferral: delivered as a follow-up, expired (token older than 15 min), dropped_autocomplete (Discord takes no late choices), invalid, undecided (no record of the interaction), failed, retried.",
+                    "Replies that arrived after the deferral: delivered as a follow-up, expired (token older than 15 min), dropped_autocomplete (Discord takes no late choices), invalid, undecided (no record of the interaction), failed, retried, shed, cut (an HTTP handler still running past the shutdown grace period), duplicate (a second reply for an interaction already followed up).",
                 ),
                 &["outcome"],
             )?,
@@ -84,12 +86,17 @@ impl InteractionMetrics {
             )?,
             connections_rejected: IntCounter::new(
                 "relaycord_interactions_connections_rejected_total",
-                "Connections closed on accept because interactions.max_connections were open.",
+                "Connections closed on accept because interactions.max_connections were open, all serving verified requests.",
+            )?,
+            connections_evicted: IntCounter::new(
+                "relaycord_interactions_connections_evicted_total",
+                "Connections closed to make room for a new one at interactions.max_connections: the oldest not serving a verified request.",
             )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.connections_open.clone()))?;
         registry.register(Box::new(m.connections_rejected.clone()))?;
+        registry.register(Box::new(m.connections_evicted.clone()))?;
         registry.register(Box::new(m.response_latency.clone()))?;
         registry.register(Box::new(m.handler_latency.clone()))?;
         registry.register(Box::new(m.late_replies.clone()))?;

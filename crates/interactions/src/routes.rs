@@ -75,15 +75,21 @@ pub enum Action {
 
 /// A config mistake: which route (by index) and what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("interactions.routes[{index}]: {problem}")]
+#[error("interactions.routes[{index}]{field}: {problem}")]
 pub struct RouteError {
     pub index: usize,
+    /// The key inside the route when the problem is one value's (`.handler.http`), else "".
+    pub field: &'static str,
     pub problem: String,
 }
 
 impl RouteConfig {
     fn check(&self, index: usize) -> Result<Route, RouteError> {
-        let err = |problem: String| RouteError { index, problem };
+        let err = |problem: String| RouteError {
+            index,
+            field: "",
+            problem,
+        };
         let keys = [
             (Kind::Command, &self.command),
             (Kind::Component, &self.component),
@@ -116,10 +122,13 @@ impl RouteConfig {
                     "handler.nats {subject:?} is not a NATS subject"
                 )));
             }
-            (Some(Handler::Http(url)), None)
-                if !(url.starts_with("http://") || url.starts_with("https://")) =>
-            {
-                return Err(err(format!("handler.http {url:?} must be an http(s) URL")));
+            (Some(Handler::Http(url)), None) => {
+                check_url(url).map_err(|problem| RouteError {
+                    index,
+                    field: ".handler.http",
+                    problem: format!("{url:?} {problem}"),
+                })?;
+                Action::Handler(Handler::Http(url.clone()))
             }
             (Some(handler), None) => Action::Handler(handler.clone()),
             (None, Some(value)) => {
@@ -158,6 +167,21 @@ impl Routes {
             .iter()
             .find(|r| r.kind == keys.kind && r.name.as_deref().is_none_or(|name| name == keys.name))
     }
+}
+
+/// Whether reqwest can send to `url`: checked at start-up, because an unparsable URL would
+/// otherwise pass `config check` and fail every interaction of its route at run time.
+fn check_url(url: &str) -> Result<(), &'static str> {
+    let parsed = reqwest::Url::parse(url).map_err(
+        |_| "is not a valid URL: write it in full, such as \"https://example.com/discord\"",
+    )?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("must be an http:// or https:// URL");
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("has no host: write it in full, such as \"https://example.com/discord\"");
+    }
+    Ok(())
 }
 
 fn is_subject(s: &str) -> bool {
@@ -242,5 +266,33 @@ mod tests {
         }])
         .unwrap_err();
         assert!(e.problem.contains("not a NATS subject"), "{e}");
+    }
+
+    /// Issue 18 H: a handler URL that does not parse passed the check (only its scheme
+    /// prefix was looked at) and failed every interaction of its route at run time.
+    #[test]
+    fn unparsable_handler_urls_are_refused_with_their_key() {
+        let http = |url: &str| RouteConfig {
+            command: Some("a".into()),
+            handler: Some(Handler::Http(url.into())),
+            ..Default::default()
+        };
+        for bad in [
+            "http://exa mple.com/fn",
+            "https://",
+            "http://[::1/fn",
+            "https://host:99999/fn",
+            "ftp://example.com/fn",
+        ] {
+            let e = Routes::new(&[http(bad)]).expect_err(bad);
+            assert!(
+                e.to_string()
+                    .starts_with("interactions.routes[0].handler.http: "),
+                "{bad}: {e}"
+            );
+        }
+        for good in ["https://example.val.run/", "http://127.0.0.1:8080/fn?x=1"] {
+            Routes::new(&[http(good)]).expect(good);
+        }
     }
 }

@@ -39,6 +39,8 @@ pub struct Settings {
     pub(crate) late_concurrency: usize,
     /// Slots for HTTP handler calls that outlived their deadline (`max_late_http_calls`).
     pub(crate) late_http_calls: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Bytes of request bodies held at once, across connections (`max_body_memory`).
+    pub(crate) body_budget: std::sync::Arc<tokio::sync::Semaphore>,
     /// Timeouts and the connection cap of the public listener.
     pub(crate) serve: ServeLimits,
 }

@@ -99,6 +99,30 @@ impl Verifier {
         self
     }
 
+    /// What can be checked before the body is read: both headers present and well formed
+    /// (128 hex characters; 1–19 digits) and the timestamp inside the window. The body is
+    /// read only after this, so that a client without Discord's headers costs no buffer.
+    /// It tells an unsigned client whether its timestamp is in the window, which reveals
+    /// only that our clock is about right (Discord's requests carry the real time anyway).
+    pub fn precheck(
+        &self,
+        signature: Option<&[u8]>,
+        timestamp: Option<&[u8]>,
+        now: SystemTime,
+    ) -> Result<(), Rejection> {
+        let (Some(signature), Some(timestamp)) = (signature, timestamp) else {
+            return Err(Rejection::MissingHeader);
+        };
+        let signature = std::str::from_utf8(signature).map_err(|_| Rejection::BadHex)?;
+        decode_hex::<64>(signature)?;
+        let seconds = parse_seconds(timestamp).ok_or(Rejection::BadTimestamp)?;
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        if now.abs_diff(seconds) > self.window.as_secs() {
+            return Err(Rejection::Stale);
+        }
+        Ok(())
+    }
+
     /// Checks one request. `signature` and `timestamp` are the raw header values.
     pub fn verify(
         &self,
@@ -240,6 +264,31 @@ mod tests {
             verifier.verify(Some(forged.as_bytes()), Some(b"1"), BODY, now),
             Err(Rejection::BadSignature)
         );
+    }
+
+    /// Issue 18 A: what is refused before the body is read.
+    #[test]
+    fn precheck_needs_well_formed_headers_and_a_fresh_timestamp() {
+        let (key, verifier, now) = setup();
+        let ts = "1700000000";
+        let sig = sign(&key, ts, BODY);
+        let pre = |sig: Option<&str>, ts: Option<&str>| {
+            verifier.precheck(sig.map(str::as_bytes), ts.map(str::as_bytes), now)
+        };
+        assert_eq!(pre(Some(&sig), Some(ts)), Ok(()));
+        // Any well-formed signature passes: it is checked over the body, later.
+        assert_eq!(pre(Some(&"ab".repeat(64)), Some(ts)), Ok(()));
+        assert_eq!(pre(None, Some(ts)), Err(Rejection::MissingHeader));
+        assert_eq!(pre(Some(&sig), None), Err(Rejection::MissingHeader));
+        assert_eq!(pre(Some(&sig[..126]), Some(ts)), Err(Rejection::BadLength));
+        assert_eq!(
+            pre(Some(&"zz".repeat(64)), Some(ts)),
+            Err(Rejection::BadHex)
+        );
+        assert_eq!(pre(Some(&sig), Some("17e8")), Err(Rejection::BadTimestamp));
+        assert_eq!(pre(Some(&sig), Some("1699999699")), Err(Rejection::Stale));
+        assert_eq!(pre(Some(&sig), Some("1700000301")), Err(Rejection::Stale));
+        assert_eq!(pre(Some(&sig), Some("1700000300")), Ok(()));
     }
 
     #[test]

@@ -148,16 +148,31 @@ impl HoldingProxy {
     }
 }
 
+/// Signature headers of the right shape (128 hex characters, the current time) that do
+/// not verify: what the endpoint needs to see before it reads a body at all.
+pub fn shaped_signature_headers() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    format!(
+        "X-Signature-Ed25519: {}\r\nX-Signature-Timestamp: {now}\r\n",
+        "ab".repeat(64)
+    )
+}
+
 /// POSTs `chunks` with `Transfer-Encoding: chunked` (no Content-Length) over a raw
-/// connection. With `finish`, ends the body and returns the response status; without,
-/// hangs up mid-body and returns `None`.
+/// connection, with [`shaped_signature_headers`] (so the body is read, and refused for its
+/// signature if nothing else). With `finish`, ends the body and returns the response
+/// status; without, hangs up mid-body and returns `None`.
 pub async fn post_chunked(url: &str, chunks: &[&[u8]], finish: bool) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap());
     let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
     let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{}Transfer-Encoding: chunked\r\n\r\n",
+        shaped_signature_headers()
     )
     .into_bytes();
     for chunk in chunks {

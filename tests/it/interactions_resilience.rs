@@ -705,11 +705,15 @@ async fn an_interaction_is_claimed_when_its_bucket_returns_within_the_deadline()
         .unwrap();
     stack.js.delete_stream(&bucket).await.unwrap();
     // Why the earlier attempt (docs/reliability.md) still answered 503: without a stream,
-    // `create` fails with the kind `Other` (its read-back's error), not a timeout kind.
+    // `create` fails with the kind `Other` (its read-back's error) on current servers, and
+    // with `Publish` (a timeout) on 2.9 — not the timeout kind that attempt retried.
     let probe = store.create("probe", "x".into()).await.unwrap_err();
-    assert_eq!(
-        probe.kind(),
-        async_nats::jetstream::kv::CreateErrorKind::Other,
+    assert!(
+        matches!(
+            probe.kind(),
+            async_nats::jetstream::kv::CreateErrorKind::Other
+                | async_nats::jetstream::kv::CreateErrorKind::Publish
+        ),
         "{probe}"
     );
     let js = stack.js.clone();

@@ -86,9 +86,27 @@ impl DiscordRest {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok()?.parse::<f64>().ok());
-        let body = response.bytes().await.unwrap_or_default();
+        let body = error_body(response).await;
         Err(classify(status, retry_after, &body))
     }
+}
+
+/// The most of an error answer's body that is read: enough for Discord's JSON error (a
+/// 429's `retry_after`); a longer body is cut there, and what it would have said is
+/// left to the status and headers.
+const MAX_ERROR_BODY: usize = 16 * 1024;
+
+/// An error answer's body, up to [`MAX_ERROR_BODY`] bytes.
+async fn error_body(mut response: reqwest::Response) -> Bytes {
+    let mut body = bytes::BytesMut::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = MAX_ERROR_BODY - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_ERROR_BODY {
+            break;
+        }
+    }
+    body.freeze()
 }
 
 fn classify(status: StatusCode, retry_after: Option<f64>, body: &Bytes) -> RestError {
@@ -143,5 +161,38 @@ mod tests {
             classify(StatusCode::BAD_REQUEST, None, &none),
             RestError::Rejected(400)
         );
+    }
+
+    /// A 429 whose body never ends: the call answers once it has read its share, rather
+    /// than reading (and holding) the body for as long as the server sends it.
+    #[tokio::test]
+    async fn an_endless_error_body_is_cut() {
+        use axum::body::Body;
+        use axum::response::IntoResponse;
+        use futures::stream;
+
+        let endless = || async {
+            let chunk = Bytes::from(vec![b' '; 8 * 1024]);
+            let body = stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "3")],
+                Body::from_stream(body),
+            )
+                .into_response()
+        };
+        let app = axum::Router::new().fallback(endless);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        relaycord_bus::install_crypto_provider();
+        let rest = DiscordRest::new(reqwest::Client::new(), &format!("http://{addr}/api"));
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            rest.send("1", "token", &FollowUp::Create(Bytes::from_static(b"{}"))),
+        )
+        .await
+        .expect("the endless body was not read to its end");
+        assert_eq!(answer, Err(RestError::Retry(Some(Duration::from_secs(3)))));
     }
 }

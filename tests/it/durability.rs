@@ -17,6 +17,17 @@ use tokio::process::{Child, Command};
 /// `relaycord ingest` as a child process, configured through the environment. Its
 /// logs go to `<dir>/<replica>.log` for post-mortems.
 fn spawn_ingest_with(stack: &Stack, replica: &str, log_dir: &Path, args: &[&str]) -> Child {
+    spawn_ingest(stack, replica, log_dir, args, &[])
+}
+
+/// As [`spawn_ingest_with`], with more environment (`RELAYCORD_INGEST__…` overrides).
+pub(crate) fn spawn_ingest(
+    stack: &Stack,
+    replica: &str,
+    log_dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
     let log = std::fs::File::create(log_dir.join(format!("{replica}.log"))).unwrap();
     Command::new(env!("CARGO_BIN_EXE_relaycord"))
         .arg("ingest")
@@ -29,6 +40,7 @@ fn spawn_ingest_with(stack: &Stack, replica: &str, log_dir: &Path, args: &[&str]
         .env("RELAYCORD_INGEST__LEASE_TTL", "3s")
         .env("RELAYCORD_INGEST__REPLICA_ID", replica)
         .env("RUST_LOG", "info,relaycord_ingest=debug")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

@@ -5,7 +5,6 @@
 //! sessions ended.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
@@ -16,7 +15,7 @@ use relaycord_sim::{GenerateSpec, GeneratorHandle, STAMP_FIELD, SimConfig};
 use relaycord_testkit::{Stack, scrape};
 use tokio::process::{Child, Command};
 
-use crate::durability::{PATIENCE, Replicas, wait_generated};
+use crate::durability::{PATIENCE, Replicas, spawn_ingest, wait_generated};
 
 /// Two shards, eight guilds (each shard of 2 and of 4 owns some), identifies paced only
 /// by the buckets, as many session starts as the tests need.
@@ -31,29 +30,8 @@ async fn two_shards(config: SimConfig) -> Stack {
         .await
 }
 
-/// `relaycord ingest` as a child, like `durability`'s, with extra environment.
 fn ingest(stack: &Stack, replica: &str, env: &[(&str, &str)]) -> Child {
-    let log = std::fs::File::create(stack.dir().join(format!("{replica}.log"))).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_relaycord"));
-    command
-        .arg("ingest")
-        .env("RELAYCORD_NATS__URL", stack.nats_url())
-        .env("DISCORD_TOKEN", &stack.sim.config().token)
-        .env("RELAYCORD_DISCORD__API_BASE", stack.sim.api_base())
-        .env("RELAYCORD_INGEST__METRICS_LISTEN", "127.0.0.1:0")
-        .env("RELAYCORD_INGEST__LEASE_TTL", "3s")
-        .env("RELAYCORD_INGEST__REPLICA_ID", replica)
-        .env("RUST_LOG", "info,relaycord_ingest=debug");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn relaycord ingest")
+    spawn_ingest(stack, replica, stack.dir(), &[], env)
 }
 
 /// `relaycord reshard <args>`: exit status and what it printed.

@@ -81,6 +81,25 @@ pub(crate) enum Notice {
     ShardingRequired { count: u32 },
 }
 
+/// Why the supervisor looks at Discord's recommended shard count.
+#[derive(Debug, Clone, Copy)]
+enum Trigger {
+    /// `shard_count = "auto"`: the periodic check.
+    Recommended,
+    /// A 4011 close: this count is too small, whatever Discord recommends.
+    ShardingRequired,
+}
+
+impl Trigger {
+    /// The plan's `reason`.
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Recommended => "recommended",
+            Self::ShardingRequired => "close 4011",
+        }
+    }
+}
+
 /// What the supervisor needs besides the shards' context.
 pub(crate) struct Supervisor {
     pub template: Arc<ShardContext>,
@@ -130,7 +149,7 @@ impl Supervisor {
                         && last_check.elapsed() >= every
                     {
                         last_check = Instant::now();
-                        self.check_recommendation(&plan, "recommended").await;
+                        self.check_recommendation(&plan, Trigger::Recommended).await;
                     }
                 }
                 Err(error) => tracing::warn!(%error, "cannot read the generation plan; retrying"),
@@ -297,7 +316,8 @@ impl Supervisor {
                     return;
                 };
                 if plan.count == count && plan.reshard.is_none() {
-                    self.check_recommendation(&plan, "close 4011").await;
+                    self.check_recommendation(&plan, Trigger::ShardingRequired)
+                        .await;
                 }
             }
         }
@@ -305,7 +325,7 @@ impl Supervisor {
 
     /// Starts a reshard when Discord recommends more shards than run (or, after a 4011,
     /// to its recommendation or at least twice the count).
-    async fn check_recommendation(&self, plan: &Plan, reason: &str) {
+    async fn check_recommendation(&self, plan: &Plan, trigger: Trigger) {
         if plan.reshard.is_some() {
             return;
         }
@@ -316,11 +336,12 @@ impl Supervisor {
                 return;
             }
         };
-        let to = match reason {
-            "recommended" if bot.shards > plan.count => bot.shards,
-            "recommended" => return,
-            _ => bot.shards.max(plan.count.saturating_mul(2)),
+        let to = match trigger {
+            Trigger::Recommended if bot.shards > plan.count => bot.shards,
+            Trigger::Recommended => return,
+            Trigger::ShardingRequired => bot.shards.max(plan.count.saturating_mul(2)),
         };
+        let reason = trigger.reason();
         let js = &self.template.js;
         match reshard::begin(
             &self.generations,

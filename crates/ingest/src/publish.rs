@@ -19,9 +19,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use prometheus::{IntCounter, IntCounterVec};
 use relaycord_bus::backoff::Exponential;
 use relaycord_bus::interaction::InteractionKeys;
-use relaycord_bus::{
-    Dispatch, Envelope, OutgoingMessage, Source, Subjects, dedupe, envelope::now_rfc3339,
-};
+use relaycord_bus::{Dispatch, Envelope, OutgoingMessage, Source, Subjects, envelope::now_rfc3339};
 use tracing::Instrument;
 
 use crate::metrics::IngestMetrics;
@@ -212,19 +210,13 @@ impl Publisher {
         }
     }
 
-    /// Sends the publish of `dispatch`, received on gateway session `session_id`, and puts
-    /// its ack in the window.
-    pub async fn publish(
-        &self,
-        dispatch: &Dispatch<'_>,
-        session_id: Option<&str>,
-        window: &mut AckWindow,
-    ) {
+    /// Sends the publish of `dispatch` under `id` (its `dedupe::gateway_key`, which the
+    /// caller has already made to sort the dispatch) and puts its ack in the window.
+    pub async fn publish(&self, dispatch: &Dispatch<'_>, id: String, window: &mut AckWindow) {
         let received = Instant::now();
         let shard_id = self.lane.shard;
         let event_type = dispatch.event_type.as_ref();
         let seq = dispatch.seq;
-        let id = dedupe::gateway_key(dispatch, session_id);
         let envelope = Envelope {
             id: id.as_str().into(),
             source: Source::Gateway,

@@ -454,7 +454,7 @@ impl Frame<'_> {
             _ => {
                 let id = relaycord_bus::dedupe::gateway_key(&dispatch, self.session_id);
                 match generation.on_dispatch(&dispatch, frame, &id) {
-                    Sorted::Publish => publisher.publish(&dispatch, self.session_id, window).await,
+                    Sorted::Publish => publisher.publish(&dispatch, id, window).await,
                     Sorted::Held => ctx.metrics.reshard_held.inc(),
                     Sorted::AlreadyPublished => {
                         ctx.metrics.reshard_skipped.inc();

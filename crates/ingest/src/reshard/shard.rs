@@ -254,7 +254,11 @@ impl<'a> Handoff<'a> {
             } else {
                 sent += 1;
                 publisher
-                    .publish(&dispatch, Some(&session_id), window)
+                    .publish(
+                        &dispatch,
+                        dedupe::gateway_key(&dispatch, Some(&session_id)),
+                        window,
+                    )
                     .await;
             }
         }

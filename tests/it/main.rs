@@ -38,3 +38,4 @@ mod skeleton;
 mod soak;
 mod traces;
 mod traces_bench;
+mod webhook_events;

@@ -18,6 +18,8 @@ use serde_json::value::RawValue;
 pub enum Source {
     Gateway,
     Interaction,
+    /// Discord's webhook events (an application's Webhook Events URL).
+    Webhook,
 }
 
 impl Source {
@@ -26,6 +28,7 @@ impl Source {
         match self {
             Self::Gateway => "gateway",
             Self::Interaction => "interaction",
+            Self::Webhook => "webhook",
         }
     }
 }
@@ -47,6 +50,10 @@ pub struct Envelope<'a> {
     /// RFC 3339 with milliseconds, UTC.
     #[serde(borrow)]
     pub received_at: std::borrow::Cow<'a, str>,
+    /// When Discord says the event occurred, as Discord wrote it: webhook events'
+    /// `event.timestamp`. Absent from gateway and interaction envelopes.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     pub data: &'a RawValue,
 }
@@ -88,6 +95,7 @@ mod tests {
             seq: Some(42),
             guild_id: Some("81384788765712384".into()),
             received_at: now_rfc3339().into(),
+            occurred_at: None,
             data: &data,
         };
         let bytes = env.to_bytes();
@@ -106,7 +114,7 @@ mod tests {
 
     #[test]
     fn source_names_are_the_serialized_ones() {
-        for source in [Source::Gateway, Source::Interaction] {
+        for source in [Source::Gateway, Source::Interaction, Source::Webhook] {
             assert_eq!(
                 serde_json::to_value(source).unwrap(),
                 serde_json::json!(source.as_str())

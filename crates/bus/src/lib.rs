@@ -16,6 +16,7 @@ pub mod secret;
 pub mod streams;
 pub mod subject;
 pub mod trace;
+pub mod webhook_event;
 
 /// Installs ring as the process-wide rustls provider unless one is installed already.
 ///

@@ -109,6 +109,7 @@ mod tests {
             seq: Some(42),
             guild_id: Some("7".into()),
             received_at: "2026-11-23T12:00:00.123Z".into(),
+            occurred_at: None,
             data: &data,
         };
         let message = OutgoingMessage::event("discord.gateway.MESSAGE_CREATE.7", &envelope);
@@ -131,6 +132,7 @@ mod tests {
             seq: None,
             guild_id: None,
             received_at: "2026-11-23T12:00:00.123Z".into(),
+            occurred_at: None,
             data: &data,
         };
         let message = OutgoingMessage::event("discord.interactions.command.ping", &envelope);

@@ -49,6 +49,11 @@ impl Default for StreamSettings {
 
 /// The stream names derived from a subject prefix, so bots sharing a NATS account do
 /// not collide: prefix `discord` gives `DISCORD_GATEWAY` and `DISCORD_INTERACTIONS`.
+///
+/// `<STEM>_GATEWAY` is the *events* stream: it holds both of Discord's event sources,
+/// gateway dispatches (`<prefix>.gateway.>`) and webhook events (`<prefix>.webhooks.>`),
+/// so that a sink's one consumer selects from both and a subscriber sees them in one
+/// order, with one retention (docs/bus.md). Its name predates webhook events.
 pub fn gateway_stream(subjects: &Subjects) -> String {
     format!("{}_GATEWAY", stream_stem(subjects))
 }
@@ -90,7 +95,7 @@ pub async fn ensure_streams(
     let streams = [
         stream::Config {
             name: gateway_stream(subjects),
-            subjects: vec![subjects.gateway_all()],
+            subjects: vec![subjects.gateway_all(), subjects.webhooks_all()],
             max_age: settings.max_age,
             ..base.clone()
         },

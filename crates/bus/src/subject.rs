@@ -77,6 +77,30 @@ impl Subjects {
     pub fn interactions_all(&self) -> String {
         format!("{}.interactions.>", self.prefix)
     }
+
+    /// `<prefix>.webhooks.<EVENT_TYPE>.<guild_id|none>`: Discord's webhook events.
+    ///
+    /// `event_type` must satisfy [`is_event_type`]; [`crate::webhook_event`] checks it.
+    pub fn webhook(&self, event_type: &str, guild_id: Option<&str>) -> String {
+        format!(
+            "{}.webhooks.{}.{}",
+            self.prefix,
+            event_type,
+            guild_id.unwrap_or("none")
+        )
+    }
+
+    /// The wildcard covering every webhook event: `<prefix>.webhooks.>`.
+    pub fn webhooks_all(&self) -> String {
+        format!("{}.webhooks.>", self.prefix)
+    }
+
+    /// One event type (or `*`) on one guild (or `*`) from *either* event source, gateway
+    /// or webhooks: `<prefix>.*.<EVENT_TYPE>.<guild>`. Only meaningful as a consumer
+    /// filter on the events stream, whose subjects are exactly those two sources.
+    pub fn event_filter(&self, event_type: &str, guild: &str) -> String {
+        format!("{}.*.{}.{}", self.prefix, event_type, guild)
+    }
 }
 
 /// Dead letters of one sink: `relaycord.dlq.<sink>`.
@@ -148,6 +172,20 @@ mod tests {
             "discord.interactions.command._"
         );
         assert_eq!(dlq("my sink"), "relaycord.dlq.my_sink");
+    }
+
+    #[test]
+    fn webhook_subjects_mirror_the_gateway_ones() {
+        let s = Subjects::new("bot2");
+        assert_eq!(
+            s.webhook("ENTITLEMENT_CREATE", Some("42")),
+            "bot2.webhooks.ENTITLEMENT_CREATE.42"
+        );
+        assert_eq!(s.webhooks_all(), "bot2.webhooks.>");
+        assert_eq!(
+            s.event_filter("ENTITLEMENT_CREATE", "*"),
+            "bot2.*.ENTITLEMENT_CREATE.*"
+        );
     }
 
     #[test]

@@ -225,6 +225,7 @@ impl Publisher {
             seq: Some(seq),
             guild_id: dispatch.guild_id().map(Into::into),
             received_at: now_rfc3339().into(),
+            occurred_at: None,
             data: dispatch.data,
         };
         // Traces (when on): the dispatch read from the gateway, and its publish until the

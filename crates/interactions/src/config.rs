@@ -36,6 +36,10 @@ pub struct InteractionsSection {
     pub listen: SocketAddr,
     /// HTTP path of the endpoint, as set in the Developer Portal's endpoint URL.
     pub path: String,
+    /// HTTP path of Discord's webhook events (Developer Portal → Webhooks → Endpoint URL),
+    /// on the same listener: verified as interactions are, published to
+    /// `<prefix>.webhooks.<EVENT_TYPE>.<guild|none>`, acknowledged with 204 once stored.
+    pub webhook_events_path: String,
     /// From a request's arrival to the deferral when no reply came; Discord allows 3 s
     /// in all, so 100ms to 2900ms.
     #[serde(with = "humantime_serde")]
@@ -92,6 +96,7 @@ impl Default for InteractionsSection {
         Self {
             listen: ([0, 0, 0, 0], 8080).into(),
             path: "/interactions".to_owned(),
+            webhook_events_path: "/webhook-events".to_owned(),
             deadline: Duration::from_millis(2500),
             max_body: 256 * 1024,
             metrics_listen: ([127, 0, 0, 1], 9102).into(),
@@ -123,6 +128,21 @@ impl InteractionsSection {
         }
         if !self.path.starts_with('/') {
             return Err(ConfigError::new("interactions.path", "must start with '/'"));
+        }
+        if !self.webhook_events_path.starts_with('/') {
+            return Err(ConfigError::new(
+                "interactions.webhook_events_path",
+                "must start with '/', e.g. \"/webhook-events\"",
+            ));
+        }
+        if self.webhook_events_path == self.path {
+            return Err(ConfigError::new(
+                "interactions.webhook_events_path",
+                format!(
+                    "must differ from interactions.path ({:?}): Discord's portal takes two URLs, and the bodies are told apart by path",
+                    self.path
+                ),
+            ));
         }
         if self.max_body < 1024 {
             return Err(ConfigError::new(
@@ -222,6 +242,7 @@ impl Settings {
         Ok(Self {
             public_key: public_key(shared.discord)?,
             path: config.path.clone(),
+            webhook_events_path: config.webhook_events_path.clone(),
             deadline: config.deadline,
             timestamp_window: DEFAULT_WINDOW,
             max_body: config.max_body,
@@ -328,6 +349,20 @@ mod tests {
                     ..InteractionsSection::default()
                 },
                 "interactions.path",
+            ),
+            (
+                InteractionsSection {
+                    webhook_events_path: "/interactions".into(),
+                    ..InteractionsSection::default()
+                },
+                "interactions.webhook_events_path",
+            ),
+            (
+                InteractionsSection {
+                    webhook_events_path: "events".into(),
+                    ..InteractionsSection::default()
+                },
+                "interactions.webhook_events_path",
             ),
             (
                 InteractionsSection {

@@ -57,6 +57,8 @@ pub(crate) struct Endpoint {
     pub metrics: InteractionMetrics,
     /// HTTP handler calls past their deadline (late_http.rs).
     pub late_calls: crate::late_http::LateCalls,
+    /// Ids of stored webhook events (webhook_events.rs).
+    pub webhook_seen: crate::webhook_events::Seen,
 }
 
 /// The response and how to count it.
@@ -82,7 +84,17 @@ impl Answer {
         Self::error(StatusCode::SERVICE_UNAVAILABLE, "failed", reason)
     }
 
-    fn error(status: StatusCode, outcome: &'static str, reason: &'static str) -> Self {
+    /// 204 with no body: how Discord wants webhook events (and their PING) acknowledged.
+    pub fn no_content(outcome: &'static str) -> Self {
+        Self {
+            status: StatusCode::NO_CONTENT,
+            body: Bytes::new(),
+            outcome,
+            reason: "",
+        }
+    }
+
+    pub(crate) fn error(status: StatusCode, outcome: &'static str, reason: &'static str) -> Self {
         Self {
             status,
             body: Bytes::from(format!(r#"{{"error":"{reason}"}}"#)),
@@ -115,25 +127,41 @@ pub(crate) async fn handle(
     m.response_latency
         .with_label_values(&[answer.outcome])
         .observe(started.elapsed().as_secs_f64());
-    let mut response = (
-        answer.status,
-        [(header::CONTENT_TYPE, "application/json")],
-        answer.body,
-    )
-        .into_response();
-    if matches!(
-        answer.reason,
-        "slow_body" | "busy" | "missing_header" | "bad_hex" | "bad_length" | "bad_timestamp"
-    ) || answer.status == StatusCode::UNAUTHORIZED
-    {
-        // The rest of a trickled or unread body is not worth reading (nor is anything
-        // else such a client sends): close the connection.
-        response.headers_mut().insert(
-            header::CONNECTION,
-            header::HeaderValue::from_static("close"),
-        );
+    answer.into_response()
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let mut response = if self.status == StatusCode::NO_CONTENT {
+            self.status.into_response()
+        } else {
+            (
+                self.status,
+                [(header::CONTENT_TYPE, "application/json")],
+                self.body,
+            )
+                .into_response()
+        };
+        if matches!(
+            self.reason,
+            "slow_body" | "busy" | "missing_header" | "bad_hex" | "bad_length" | "bad_timestamp"
+        ) || self.status == StatusCode::UNAUTHORIZED
+        {
+            // The rest of a trickled or unread body is not worth reading (nor is anything
+            // else such a client sends): close the connection.
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
-    response
+}
+
+/// A verified request body, holding its room in the body budget.
+pub(crate) struct Verified<'a> {
+    pub body: Bytes,
+    _budget: tokio::sync::SemaphorePermit<'a>,
 }
 
 /// How long a request waits for room in the body budget before it gets 503: long enough
@@ -218,13 +246,15 @@ async fn read_reply(mut response: reqwest::Response, limit: usize) -> Result<Byt
 }
 
 impl Endpoint {
-    async fn process(
+    /// The body of a request whose signature and timestamp are Discord's, read within the
+    /// body limits, or the refusal to answer with. Interactions and webhook events alike.
+    /// The body keeps its room in the shared budget until the caller drops it (answered).
+    pub(crate) async fn verified(
         &self,
         headers: &HeaderMap,
         body: Body,
-        started: Instant,
         mark: Option<&ConnMark>,
-    ) -> Answer {
+    ) -> Result<Verified<'_>, Answer> {
         let header = |name| headers.get(name).map(|v| v.as_bytes());
         // Before a byte of the body is read: a request without Discord's headers costs no
         // buffer (the signature itself needs the body, below).
@@ -233,49 +263,86 @@ impl Endpoint {
             header(TIMESTAMP_HEADER),
             SystemTime::now(),
         ) {
-            return Answer::error(StatusCode::UNAUTHORIZED, "rejected", rejection.as_str());
+            return Err(Answer::error(
+                StatusCode::UNAUTHORIZED,
+                "rejected",
+                rejection.as_str(),
+            ));
         }
         let limit = self.settings.max_body;
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         if declared.is_some_and(|n| n > limit) {
-            return Answer::error(StatusCode::PAYLOAD_TOO_LARGE, "rejected", "too_large");
+            return Err(Answer::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "rejected",
+                "too_large",
+            ));
         }
         // Bodies share one budget until answered, so that the memory they take is bounded
         // whatever the number of connections. A chunked body may grow to the limit.
-        let Some(_budget) = self.body_budget(declared.unwrap_or(limit)).await else {
-            return Answer::error(StatusCode::SERVICE_UNAVAILABLE, "rejected", "busy");
+        let Some(budget) = self.body_budget(declared.unwrap_or(limit)).await else {
+            return Err(Answer::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rejected",
+                "busy",
+            ));
         };
         let body_deadline = self.settings.serve.body_read_timeout;
         let Ok(body) = tokio::time::timeout(body_deadline, read_body(body, limit)).await else {
             // A body trickled in slower than any real client sends one.
-            return Answer::error(StatusCode::REQUEST_TIMEOUT, "rejected", "slow_body");
+            return Err(Answer::error(
+                StatusCode::REQUEST_TIMEOUT,
+                "rejected",
+                "slow_body",
+            ));
         };
-        let body = match body {
-            Ok(body) => body,
-            Err(BodyError::TooLarge) => {
-                return Answer::error(StatusCode::PAYLOAD_TOO_LARGE, "rejected", "too_large");
+        let body = body.map_err(|e| match e {
+            BodyError::TooLarge => {
+                Answer::error(StatusCode::PAYLOAD_TOO_LARGE, "rejected", "too_large")
             }
             // Nobody will read this answer; counted apart so hang-ups do not pass for
             // oversized requests.
-            Err(BodyError::Incomplete) => {
-                return Answer::error(StatusCode::BAD_REQUEST, "rejected", "incomplete_body");
+            BodyError::Incomplete => {
+                Answer::error(StatusCode::BAD_REQUEST, "rejected", "incomplete_body")
             }
-        };
+        })?;
         if let Err(rejection) = self.verifier.verify(
             header(SIGNATURE_HEADER),
             header(TIMESTAMP_HEADER),
             &body,
             SystemTime::now(),
         ) {
-            return Answer::error(StatusCode::UNAUTHORIZED, "rejected", rejection.as_str());
+            return Err(Answer::error(
+                StatusCode::UNAUTHORIZED,
+                "rejected",
+                rejection.as_str(),
+            ));
         }
         // Discord's request: its connection is not closed to make room (serve.rs).
         if let Some(mark) = mark {
             mark.verified();
         }
-        let Ok(text) = std::str::from_utf8(&body) else {
+        Ok(Verified {
+            body,
+            _budget: budget,
+        })
+    }
+
+    async fn process(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+        started: Instant,
+        mark: Option<&ConnMark>,
+    ) -> Answer {
+        let verified = match self.verified(headers, body, mark).await {
+            Ok(verified) => verified,
+            Err(refused) => return refused,
+        };
+        let body = &verified.body;
+        let Ok(text) = std::str::from_utf8(body) else {
             return Answer::error(StatusCode::BAD_REQUEST, "rejected", "malformed");
         };
         let keys = match InteractionKeys::parse(text) {
@@ -338,14 +405,28 @@ impl Endpoint {
             seq: None,
             guild_id: keys.guild_id.clone(),
             received_at: relaycord_bus::envelope::now_rfc3339().into(),
+            occurred_at: None,
             data,
         };
         let span = relaycord_bus::span!("publish", otel.kind = "producer", %id);
         let message =
             span.in_scope(|| OutgoingMessage::event(keys.subject(&self.subjects), &envelope));
-        // Retried under the same id (JetStream keeps one copy) until the caller's deadline
-        // cuts it off: while a dead node's stream leader is replaced, publishes get no
-        // responders for a few seconds, and a retry inside Discord's 3 s beats a 503.
+        self.publish_acked(message, span).await;
+        self.metrics
+            .publish_latency
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Publishes `message` until JetStream acks it; the caller's deadline cuts it off.
+    /// Retried under the same id (JetStream keeps one copy): while a dead node's stream
+    /// leader is replaced, publishes get no responders for a few seconds, and a retry
+    /// inside Discord's 3 s beats a 5xx.
+    pub(crate) async fn publish_acked(
+        &self,
+        message: OutgoingMessage,
+        span: tracing::Span,
+    ) -> jetstream::publish::PublishAck {
         let mut attempt = 0;
         loop {
             match message
@@ -354,7 +435,7 @@ impl Endpoint {
                 .instrument(span.clone())
                 .await
             {
-                Ok(_) => break,
+                Ok(ack) => return ack,
                 Err(error) => {
                     attempt += 1;
                     tracing::debug!(%error, attempt, "publish failed; retrying");
@@ -362,10 +443,6 @@ impl Endpoint {
                 }
             }
         }
-        self.metrics
-            .publish_latency
-            .observe(started.elapsed().as_secs_f64());
-        Ok(())
     }
 
     pub(crate) async fn ask_nats(

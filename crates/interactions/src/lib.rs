@@ -7,6 +7,10 @@
 //! deferral and a worker sends the late reply as a follow-up; late replies are kept on a
 //! JetStream stream, so they survive the death of the replica that deferred.
 //!
+//! The same endpoint takes Discord's webhook events (`POST /webhook-events`: application
+//! installs, entitlements, …), verified alike, published to
+//! `<prefix>.webhooks.<EVENT_TYPE>.<guild|none>` and acknowledged with 204 once stored.
+//!
 //! ```no_run
 //! # async fn demo(js: async_nats::jetstream::Context, shared: relaycord_bus::Shared<'_>) -> Result<(), Box<dyn std::error::Error>> {
 //! use relaycord_interactions::{InteractionMetrics, InteractionsSection};
@@ -34,6 +38,7 @@ pub mod routes;
 mod serve;
 pub mod settings;
 pub mod verify;
+mod webhook_events;
 
 use std::sync::Arc;
 
@@ -53,6 +58,7 @@ pub use metrics::InteractionMetrics;
 pub use routes::{Handler, RouteConfig, Routes};
 pub use serve::ServeLimits;
 pub use settings::Settings;
+pub use webhook_events::SEEN_FOR as WEBHOOK_EVENTS_SEEN_FOR;
 
 use endpoint::Endpoint;
 use late::LateWorker;
@@ -99,6 +105,8 @@ impl Service {
             })?;
         replies::ensure_stream(&js, &subjects, settings.streams.replicas).await?;
         let decisions = Decisions::open(&js, &subjects, settings.streams.replicas).await?;
+        let webhook_seen =
+            webhook_events::Seen::open(&js, &subjects, settings.streams.replicas).await?;
         let client = js.client();
         let shutdown_mux = CancellationToken::new();
         let replica = format!("{:016x}", rand::random::<u64>());
@@ -120,6 +128,7 @@ impl Service {
         let late_calls = late_http::LateCalls::new(Arc::clone(&settings.late_http_calls));
         let endpoint = Arc::new(Endpoint {
             late_calls,
+            webhook_seen,
             verifier: verify::Verifier::new(settings.public_key.clone())
                 .window(settings.timestamp_window),
             routes: settings.routes.clone(),
@@ -141,10 +150,12 @@ impl Service {
         })
     }
 
-    /// The HTTP routes: `POST <path>`.
+    /// The HTTP routes: `POST <path>` (interactions) and `POST <webhook_events_path>`.
     pub fn router(&self) -> Router {
+        let settings = &self.endpoint.settings;
         Router::new()
-            .route(&self.endpoint.settings.path, post(endpoint::handle))
+            .route(&settings.path, post(endpoint::handle))
+            .route(&settings.webhook_events_path, post(webhook_events::handle))
             .with_state(Arc::clone(&self.endpoint))
     }
 

@@ -30,6 +30,9 @@ pub struct InteractionMetrics {
     pub connections_rejected: IntCounter,
     /// Connections closed to make room for a new one at `max_connections` (serve.rs).
     pub connections_evicted: IntCounter,
+    /// Webhook event requests; outcome: pong | stored | duplicate | rejected | failed;
+    /// reason as for `requests`.
+    pub webhook_events: IntCounterVec,
 }
 
 /// Doubling buckets up to 1.6 s, then boundaries around Discord's 3 s limit: the
@@ -92,8 +95,16 @@ impl InteractionMetrics {
                 "relaycord_interactions_connections_evicted_total",
                 "Connections closed to make room for a new one at interactions.max_connections: the oldest not serving a verified request.",
             )?,
+            webhook_events: IntCounterVec::new(
+                Opts::new(
+                    "relaycord_webhook_events_total",
+                    "Webhook event requests by outcome (pong, stored, duplicate: a retry of an event already stored, rejected, failed: not stored, Discord retries) and reason.",
+                ),
+                &["outcome", "reason"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.webhook_events.clone()))?;
         registry.register(Box::new(m.connections_open.clone()))?;
         registry.register(Box::new(m.connections_rejected.clone()))?;
         registry.register(Box::new(m.connections_evicted.clone()))?;
@@ -108,6 +119,12 @@ impl InteractionMetrics {
 
     pub(crate) fn request(&self, outcome: &str, reason: &str) {
         self.requests.with_label_values(&[outcome, reason]).inc();
+    }
+
+    pub(crate) fn webhook_event(&self, outcome: &str, reason: &str) {
+        self.webhook_events
+            .with_label_values(&[outcome, reason])
+            .inc();
     }
 
     pub(crate) fn late(&self, outcome: &str) {

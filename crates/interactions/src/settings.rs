@@ -18,6 +18,8 @@ pub struct Settings {
     pub(crate) public_key: PublicKey,
     /// HTTP path of the endpoint.
     pub(crate) path: String,
+    /// HTTP path of webhook events.
+    pub(crate) webhook_events_path: String,
     /// From a request's arrival to the deferral when no reply came.
     pub(crate) deadline: Duration,
     /// Accepted clock difference of `X-Signature-Timestamp`.

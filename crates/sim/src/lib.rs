@@ -13,6 +13,7 @@ mod simulator;
 mod snowflake;
 mod state;
 mod stats;
+mod webhook_events;
 mod world;
 
 pub use compression::Compression;
@@ -24,6 +25,7 @@ pub use interactions::{
 };
 pub use simulator::Simulator;
 pub use stats::{CompressionCounts, LiveSession, SentDispatch, SimStats};
+pub use webhook_events::{Delivery, RetryPolicy, SimWebhookEvent, WebhookEvents, new_user_id};
 
 use std::time::Duration;
 

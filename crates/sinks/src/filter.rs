@@ -47,11 +47,13 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// The consumer's filter subjects: every (type, guild) pair, `*` standing for "any".
-    /// One subject means one filter (any server); several need nats-server 2.10+.
+    /// The consumer's filter subjects: every (type, guild) pair, `*` standing for "any",
+    /// from either event source (`<prefix>.*.<TYPE>.<guild>`: gateway dispatches and
+    /// webhook events share the events stream). None: the whole stream. One subject means
+    /// one filter (any server); several need nats-server 2.10+.
     pub fn subjects(&self, subjects: &Subjects) -> Vec<String> {
         if self.event_types.is_empty() && self.guilds.is_empty() {
-            return vec![subjects.gateway_all()];
+            return Vec::new();
         }
         let any = BTreeSet::from(["*".to_owned()]);
         let types = if self.event_types.is_empty() {
@@ -65,16 +67,11 @@ impl Filter {
             &self.guilds
         };
         if types.len() * guilds.len() > MAX_FILTER_SUBJECTS {
-            return vec![subjects.gateway_all()];
+            return Vec::new();
         }
-        let prefix = subjects.prefix();
         types
             .iter()
-            .flat_map(|t| {
-                guilds
-                    .iter()
-                    .map(move |g| format!("{prefix}.gateway.{t}.{g}"))
-            })
+            .flat_map(|t| guilds.iter().map(move |g| subjects.event_filter(t, g)))
             .collect()
     }
 
@@ -108,7 +105,8 @@ fn wanted(set: &BTreeSet<String>, value: &str) -> bool {
     set.is_empty() || set.contains(value)
 }
 
-/// `<prefix...>.gateway.<TYPE>.<guild>`: the last two tokens, without parsing the body.
+/// `<prefix...>.<gateway|webhooks>.<TYPE>.<guild>`: the last two tokens, without parsing
+/// the body.
 pub fn type_and_guild(subject: &str) -> (&str, &str) {
     let mut tokens = subject.rsplitn(3, '.');
     let guild = tokens.next().unwrap_or_default();
@@ -133,36 +131,36 @@ mod tests {
             ("MESSAGE_CREATE", "81384788765712384")
         );
         assert_eq!(type_and_guild("a.b.gateway.READY.none"), ("READY", "none"));
+        assert_eq!(
+            type_and_guild("discord.webhooks.APPLICATION_AUTHORIZED.none"),
+            ("APPLICATION_AUTHORIZED", "none")
+        );
     }
 
     #[test]
     fn filter_subjects_are_the_product_of_types_and_guilds() {
         let s = Subjects::default();
-        assert_eq!(Filter::default().subjects(&s), ["discord.gateway.>"]);
+        assert!(
+            Filter::default().subjects(&s).is_empty(),
+            "the whole stream"
+        );
         let f = Filter {
             event_types: set(&["MESSAGE_CREATE"]),
             ..Filter::default()
         };
-        assert_eq!(f.subjects(&s), ["discord.gateway.MESSAGE_CREATE.*"]);
+        assert_eq!(f.subjects(&s), ["discord.*.MESSAGE_CREATE.*"]);
         let f = Filter {
             event_types: set(&["A", "B"]),
             guilds: set(&["1"]),
             ..Filter::default()
         };
-        assert_eq!(
-            f.subjects(&s),
-            ["discord.gateway.A.1", "discord.gateway.B.1"]
-        );
+        assert_eq!(f.subjects(&s), ["discord.*.A.1", "discord.*.B.1"]);
         let f = Filter {
             guilds: (0..100).map(|g| g.to_string()).collect(),
             event_types: set(&["A"]),
             ..Filter::default()
         };
-        assert_eq!(
-            f.subjects(&s),
-            ["discord.gateway.>"],
-            "too many: filter in process"
-        );
+        assert!(f.subjects(&s).is_empty(), "too many: filter in process");
     }
 
     #[test]

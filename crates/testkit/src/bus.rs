@@ -23,6 +23,7 @@ impl Stack {
             seq: Some(1),
             guild_id: Some(guild.into()),
             received_at: now_rfc3339().into(),
+            occurred_at: None,
             data: &data,
         };
         let subject = Subjects::default().gateway(event_type, Some(guild));

@@ -20,6 +20,13 @@ impl Stack {
     pub async fn send(&self, request: &SignedRequest) -> (u16, Bytes) {
         self.try_send(request).await.expect("endpoint reachable")
     }
+
+    /// POSTs `request` to `url` (e.g. [`Stack::webhook_events_url`]).
+    pub async fn post(&self, url: &str, request: &SignedRequest) -> (u16, Bytes) {
+        send_to(&self.http, url, request)
+            .await
+            .expect("endpoint reachable")
+    }
 }
 
 pub async fn send_to(
@@ -197,4 +204,16 @@ pub async fn post_chunked(url: &str, chunks: &[&[u8]], finish: bool) -> Option<u
     }
     let status = String::from_utf8_lossy(&response);
     status.split(' ').nth(1)?.parse().ok()
+}
+
+impl Stack {
+    /// The webhook events endpoint (`interactions.webhook_events_path` beside the
+    /// interactions endpoint); empty unless serving interactions.
+    pub fn webhook_events_url(&self) -> String {
+        let i = &self.config.interactions;
+        self.url
+            .strip_suffix(i.path.as_str())
+            .map(|base| format!("{base}{}", i.webhook_events_path))
+            .unwrap_or_default()
+    }
 }

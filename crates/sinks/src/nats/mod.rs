@@ -65,10 +65,10 @@ impl NatsSink {
         {
             // On the bus's own server, a subject inside the gateway stream would feed the
             // sink its own output forever: refused.
-            let gateway = format!("{}.gateway.", subjects.prefix());
-            let interactions = format!("{}.interactions.", subjects.prefix());
-            if sample.starts_with(&gateway)
-                || sample.starts_with(&interactions)
+            let prefix = subjects.prefix();
+            let own =
+                ["gateway", "webhooks", "interactions"].map(|source| format!("{prefix}.{source}."));
+            if own.iter().any(|p| sample.starts_with(p.as_str()))
                 || sample.starts_with("relaycord.")
             {
                 return Err(bad(

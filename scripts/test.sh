@@ -30,6 +30,7 @@ echo "== dashboards and alerts" >&2
 tests/deploy/typecheck_dashboards.sh
 tests/deploy/check_alerts.sh
 python3 tests/deploy/test_grafana_copies.py
+python3 tests/deploy/test_dashboard_queries.py
 cargo build -p relaycord --locked
 NATS_SERVER_BIN="$nats_old" python3 tests/deploy/test_dashboards.py
 # Transport compression: the default build above runs tests/it/compression.rs over
@@ -40,7 +41,16 @@ echo "== cargo test (uncompressed build)" >&2
 cargo test -p relaycord --locked --no-default-features --test it compression::
 
 # The Helm chart (tests/deploy): rendered offline by Helm's own engine, every manifest
-# validated against Kubernetes' schemas, each rendered config checked by this build's binary.
+# validated against Kubernetes' schemas (the oldest version the chart claims and the
+# newest), each rendered config checked by this build's binary.
 echo "== helm chart (tests/deploy)" >&2
 cargo build -p relaycord --locked
 python3 -m pytest -q tests/deploy/test_chart.py
+# The chart's README: its values table is generated from values.schema.json and values.yaml.
+python3 tests/deploy/chart_readme.py --check
+
+# The release (.github/workflows/release.yml, Dockerfile): actionlint, and the workflow's
+# own version step run against the chart's defaults.
+echo "== release workflow and image" >&2
+tests/deploy/check_workflows.sh
+python3 -m pytest -q tests/deploy/test_release.py

@@ -19,16 +19,26 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-from kubernetes_validate.utils import latest_version
+from kubernetes_validate.utils import all_versions, latest_version
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "relaycord"
 VALUES = Path(__file__).resolve().parent / "values"
 VALUES_FILES = sorted(p.name for p in VALUES.glob("*.yaml"))
-# Kubernetes versions: the oldest the issue asks for and the newest schema shipped.
-KUBE_VERSIONS = ["1.29.0", latest_version()]
-# Kinds of the Prometheus Operator: no schema covers them; checked by assertions below.
-CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+
+
+def oldest_kubernetes() -> str:
+    """The least version Chart.yaml's kubeVersion admits (">=1.27.0-0" gives "1.27.0")."""
+    constraint = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    match = re.fullmatch(r">=\s*v?(\d+)\.(\d+)(?:\.(\d+))?(?:-0)?", constraint.strip())
+    assert match, f"kubeVersion {constraint!r} is not a plain lower bound"
+    return f"{match[1]}.{match[2]}.{match[3] or 0}"
+
+
+# Kubernetes versions: the oldest the chart claims (kubeVersion) and the newest schema shipped.
+KUBE_VERSIONS = [oldest_kubernetes(), latest_version()]
+# Kinds of the Prometheus Operator and KEDA: no schema covers them; checked by assertions below.
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject"}
 
 # What the existing Secrets the values files name would hold. Values are chosen so
 # that none of them can appear in a ConfigMap by accident.
@@ -68,6 +78,20 @@ def containers(objects: list[dict]) -> list[tuple[dict, dict]]:
     ]
 
 
+def pod_spec(obj: dict) -> dict:
+    """The pod spec of a Deployment, or a Pod's own."""
+    return obj["spec"]["template"]["spec"] if obj["kind"] == "Deployment" else obj["spec"]
+
+
+def config_map(objects: list[dict]) -> dict:
+    (cm,) = [c for c in of_kind(objects, "ConfigMap") if "ingest.toml" in c["data"]]
+    return cm
+
+
+def by_name(objects: list[dict], kind: str) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in of_kind(objects, kind)}
+
+
 @pytest.fixture(scope="module", params=VALUES_FILES)
 def rendered(request) -> tuple[str, dict, list[dict]]:
     values = load_values(request.param)
@@ -75,7 +99,21 @@ def rendered(request) -> tuple[str, dict, list[dict]]:
 
 
 def test_the_suite_has_its_values_files():
-    assert {"minimal.yaml", "full.yaml", "three-sinks.yaml"} <= set(VALUES_FILES)
+    assert {"minimal.yaml", "full.yaml", "three-sinks.yaml", "keda-podmonitor.yaml"} <= set(VALUES_FILES)
+
+
+def test_schemas_exist_for_the_oldest_and_newest_kubernetes():
+    """kubernetes-validate ships schemas from 1.25 on: the chart's oldest claimed version
+    must be one of them, or its manifests would go unchecked there."""
+    versions = all_versions()
+    assert KUBE_VERSIONS[0] in versions, (KUBE_VERSIONS[0], versions)
+    assert KUBE_VERSIONS[0] != KUBE_VERSIONS[1]
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_lint_accepts_the_claimed_kubernetes_versions(kube_version):
+    report = helm.lint(CHART, load_values("full.yaml"), strict=True, namespace="relay", kube_version=kube_version)
+    assert not report["errors"] and not [m for m in report["messages"] if m["severity"] >= 2], report
 
 
 @pytest.mark.parametrize("values_file", VALUES_FILES)
@@ -117,8 +155,13 @@ def test_secure_defaults(rendered):
         assert container["resources"]["limits"]["memory"], where
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert "metrics" in ports, where
-        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
             assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}, where
+            # Kubernetes' default timeout is 1 s: a busy pod would fail its probes.
+            assert container[probe]["timeoutSeconds"] >= 2, where
+        # The startup probe gives a slow start its own budget before liveness can kill it.
+        startup = container["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 60, where
 
 
 def test_ingest_deployment_pdb_and_grace():
@@ -132,7 +175,7 @@ def test_ingest_deployment_pdb_and_grace():
     assert pdb["spec"]["selector"]["matchLabels"] == ingest["spec"]["selector"]["matchLabels"]
     # ingest.metrics_listen in the rendered config is the port the probes use.
     (cm,) = of_kind(objects, "ConfigMap")
-    assert 'metrics_listen = "0.0.0.0:9100"' in cm["data"]["relaycord.toml"]
+    assert 'metrics_listen = "0.0.0.0:9100"' in cm["data"]["ingest.toml"]
     assert pod["containers"][0]["ports"][0]["containerPort"] == 9100
     assert not [d for d in of_kind(objects, "Deployment") if "sink" in d["metadata"]["name"]]
 
@@ -173,9 +216,10 @@ def test_everything_on_renders_every_optional_object():
     objects = render(load_values("full.yaml"))
     kinds = {o["kind"] for o in objects}
     assert {
-        "Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "PodMonitor", "PrometheusRule",
-        "NetworkPolicy", "Secret", "PodDisruptionBudget", "ServiceAccount",
+        "Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule",
+        "NetworkPolicy", "Secret", "PodDisruptionBudget", "ServiceAccount", "Pod",
     } <= kinds
+    assert "PodMonitor" in {o["kind"] for o in render(load_values("keda-podmonitor.yaml"))}
     (ingress,) = of_kind(objects, "Ingress")
     assert ingress["spec"]["ingressClassName"] == "nginx"
     assert ingress["spec"]["tls"] == [{"secretName": "relaycord-tls", "hosts": ["relaycord.example.com"]}]
@@ -184,7 +228,13 @@ def test_everything_on_renders_every_optional_object():
     assert rule["http"]["paths"][0]["path"] == "/interactions"
     assert rule["http"]["paths"][0]["backend"]["service"]["name"] == "rc-relaycord-interactions"
     services = {s["metadata"]["name"]: s for s in of_kind(objects, "Service")}
-    assert {p["name"] for p in services["rc-relaycord-interactions"]["spec"]["ports"]} == {"http", "metrics"}
+    # What the ingress exposes is the interactions port only; metrics have a Service of their own.
+    assert [p["name"] for p in services["rc-relaycord-interactions"]["spec"]["ports"]] == ["http"]
+    assert "relaycord.dev/metrics" not in services["rc-relaycord-interactions"]["metadata"]["labels"]
+    metrics_service = services["rc-relaycord-interactions-metrics"]
+    assert [p["name"] for p in metrics_service["spec"]["ports"]] == ["metrics"]
+    assert metrics_service["spec"]["clusterIP"] == "None"
+    assert metrics_service["spec"]["type"] == "ClusterIP"
     for monitor in of_kind(objects, "ServiceMonitor"):
         selector = monitor["spec"]["selector"]["matchLabels"]
         scraped = [s for s in services.values() if selector.items() <= s["metadata"]["labels"].items()]
@@ -196,9 +246,9 @@ def test_everything_on_renders_every_optional_object():
     for monitor in of_kind(objects, "PodMonitor"):
         assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
     # The bus's URL and TLS files reach the config; the secrets only the environment.
-    (cm,) = [c for c in of_kind(objects, "ConfigMap") if "relaycord.toml" in c["data"]]
-    assert 'tls_ca_file = "/etc/relaycord/nats-tls/ca.crt"' in cm["data"]["relaycord.toml"]
-    assert "max_bytes = 10737418240" in cm["data"]["relaycord.toml"]
+    cm = config_map(objects)
+    assert 'tls_ca_file = "/etc/relaycord/nats-tls/ca.crt"' in cm["data"]["ingest.toml"]
+    assert "max_bytes = 10737418240" in cm["data"]["ingest.toml"]
 
 
 def test_tracing_sets_the_standard_variables_on_every_container_and_is_off_by_default():
@@ -219,17 +269,26 @@ def test_tracing_sets_the_standard_variables_on_every_container_and_is_off_by_de
 
 def test_the_config_file_is_the_values_config_as_toml(rendered):
     """The chart writes TOML itself (Helm's toToml turns 256 into 256.0); an independent
-    parser must read back exactly the values' config, integers as integers."""
+    parser must read back exactly the values' config, integers as integers. Each role's
+    file holds the sections that role reads and no other."""
     _, values, objects = rendered
-    (cm,) = [c for c in of_kind(objects, "ConfigMap") if "relaycord.toml" in c["data"]]
-    parsed = tomllib.loads(cm["data"]["relaycord.toml"])
+    cm = config_map(objects)
     with helm.Chart.load(CHART) as chart:
         config = chart.merge_values(values)["config"]
-    for section, keys in config.items():
-        for key, value in keys.items():
-            assert parsed[section][key] == value, (section, key)
-            assert type(parsed[section][key]) is type(value), (section, key)
-    assert "sinks" not in parsed
+    files = {"ingest.toml": {"interactions"}, "interactions.toml": {"ingest"}}
+    files |= {f"sink-{e['name']}.toml": {"ingest", "interactions"} for e in values.get("sinks", [])}
+    assert set(cm["data"]) == set(files)
+    for name, left_out in files.items():
+        parsed = tomllib.loads(cm["data"][name])
+        for section, keys in config.items():
+            if section in left_out:
+                assert section not in parsed, (name, section)
+                continue
+            for key, value in keys.items():
+                assert parsed[section][key] == value, (name, section, key)
+                assert type(parsed[section][key]) is type(value), (name, section, key)
+        if not name.startswith("sink-"):
+            assert "sinks" not in parsed
     for entry in values.get("sinks", []):
         sink = tomllib.loads(cm["data"][f"sink-{entry['name']}.toml"])["sinks"]
         assert sink == [{"name": entry["name"], "type": entry["type"], **entry.get("config", {})}]
@@ -296,7 +355,7 @@ def test_relaycord_accepts_every_rendered_config(rendered, relaycord_bin, tmp_pa
     passes `relaycord config check`."""
     _, _, objects = rendered
     store = secret_store(objects)
-    (cm,) = [c for c in of_kind(objects, "ConfigMap") if "relaycord.toml" in c["data"]]
+    cm = config_map(objects)
     # The NATS TLS files the pods mount from a Secret: stand-ins at a path of our own.
     mounts = tmp_path / "etc"
     for sub in ("nats-tls", "nats-creds"):
@@ -304,8 +363,10 @@ def test_relaycord_accepts_every_rendered_config(rendered, relaycord_bin, tmp_pa
         for name in ("ca.crt", "tls.crt", "tls.key", "nats.creds"):
             (mounts / sub / name).write_text("stand-in\n")
     checked = 0
-    for deployment, container in containers(objects):
-        pod = deployment["spec"]["template"]["spec"]
+    # Every Deployment's container, and the `helm test` pod's.
+    pairs = containers(objects) + [(p, c) for p in of_kind(objects, "Pod") for c in p["spec"]["containers"]]
+    for deployment, container in pairs:
+        pod = pod_spec(deployment)
         (config_volume,) = [v for v in pod["volumes"] if v["name"] == "config"]
         key = config_volume["configMap"]["items"][0]["key"]
         text = cm["data"][key].replace("/etc/relaycord/", f"{mounts}/")
@@ -324,7 +385,7 @@ def test_relaycord_accepts_every_rendered_config(rendered, relaycord_bin, tmp_pa
         )
         assert result.returncode == 0, (deployment["metadata"]["name"], text, result.stderr)
         checked += 1
-    assert checked == len(of_kind(objects, "Deployment")) > 0
+    assert checked == len(of_kind(objects, "Deployment")) + len(of_kind(objects, "Pod")) > 0
 
 
 @pytest.mark.parametrize(
@@ -337,10 +398,18 @@ def test_relaycord_accepts_every_rendered_config(rendered, relaycord_bin, tmp_pa
         {"config": {"nats": {"password": "inline"}}},
         {"tracing": {"endpoint": "http://collector:4318", "sampleRatio": 2}},
         {"tracing": {"endpoint": "collector:4318"}},
+        {"metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}},
+        {"sinks": [{"name": "a", "type": "http", "autoscaling": {"enabled": True}, "keda": {"enabled": True}}]},
+        {"sinkDefaults": {"autoscaling": {"enabled": True}, "keda": {"enabled": True}}},
+        {"sinks": [{"name": "a" * 41, "type": "http"}]},
+        {"ingest": {"pdb": {"enabled": True, "unhealthyPodEvictionPolicy": "Sometimes"}}},
+        {"probes": {"startup": {"timeoutSeconds": 0}}},
     ],
     ids=[
         "sink-without-name", "sink-replicas-two", "ingest-replicas-two", "sink-secret-inline",
         "nats-password-inline", "tracing-ratio-over-one", "tracing-endpoint-not-a-url",
+        "service-and-pod-monitor", "sink-hpa-and-keda", "sink-defaults-hpa-and-keda",
+        "sink-name-over-40", "pdb-policy-unknown", "probe-timeout-zero",
     ],
 )
 def test_bad_values_are_refused_by_the_schema(bad):
@@ -367,3 +436,243 @@ def test_a_broken_template_fails_render_and_lint(tmp_path):
         render(load_values("three-sinks.yaml"), copy)
     report = helm.lint(copy, load_values("three-sinks.yaml"), strict=True)
     assert report["errors"] or [m for m in report["messages"] if m["severity"] == 3], report
+
+
+# --- Scaling and rollouts -----------------------------------------------------------------
+
+
+def test_keda_scaled_object_per_sink_on_its_consumer_lag():
+    """KEDA's CRD is not in the Kubernetes schemas: its documented fields are asserted here
+    (keda.sh/docs/scalers/nats-jetstream: every trigger metadata value is a string)."""
+    values = load_values("keda-podmonitor.yaml")
+    objects = render(values)
+    deployments = by_name(objects, "Deployment")
+    scaled = by_name(objects, "ScaledObject")
+    assert set(scaled) == {"rc-relaycord-sink-orders", "rc-relaycord-sink-audit"}
+    for name, obj in scaled.items():
+        assert obj["apiVersion"] == "keda.sh/v1alpha1"
+        spec = obj["spec"]
+        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        # KEDA owns the replica count: the Deployment must not fight it on every upgrade.
+        assert "replicas" not in deployments[name]["spec"]
+        (trigger,) = spec["triggers"]
+        assert trigger["type"] == "nats-jetstream"
+        meta = trigger["metadata"]
+        assert set(meta) == {
+            "natsServerMonitoringEndpoint", "account", "stream", "consumer", "lagThreshold",
+            "activationLagThreshold", "useHttps",
+        }
+        assert all(isinstance(v, str) for v in meta.values()), meta
+        sink = deployments[name]["metadata"]["labels"]["relaycord.dev/sink"]
+        # The sink's durable consumer (crates/sinks: relaycord-<name>).
+        assert meta["consumer"] == f"relaycord-{sink}"
+        assert spec["minReplicaCount"] <= spec["fallback"]["replicas"] <= spec["maxReplicaCount"]
+    orders = scaled["rc-relaycord-sink-orders"]["spec"]
+    meta = orders["triggers"][0]["metadata"]
+    # From sinkDefaults.keda and the chart's defaults: the stream from subject_prefix
+    # acme.bot-2 (crates/bus: ACME_BOT_2_GATEWAY), the endpoint from nats.url's host.
+    assert meta == {
+        "natsServerMonitoringEndpoint": "nats.messaging.svc:8222", "account": "$G",
+        "stream": "ACME_BOT_2_GATEWAY", "consumer": "relaycord-orders", "lagThreshold": "500",
+        "activationLagThreshold": "0", "useHttps": "false",
+    }
+    assert (orders["minReplicaCount"], orders["maxReplicaCount"]) == (1, 8)
+    assert orders["fallback"]["replicas"] == 2
+    audit = scaled["rc-relaycord-sink-audit"]["spec"]
+    assert audit["triggers"][0]["metadata"] | {} == {
+        "natsServerMonitoringEndpoint": "nats-monitor.messaging.svc:8222", "account": "BOTS",
+        "stream": "CUSTOM_STREAM", "consumer": "relaycord-audit", "lagThreshold": "50",
+        "activationLagThreshold": "0", "useHttps": "false",
+    }
+    assert audit["minReplicaCount"] == 0
+    # The sink that keeps the CPU HPA has no ScaledObject; no sink has both.
+    hpas = by_name(objects, "HorizontalPodAutoscaler")
+    assert set(hpas) == {"rc-relaycord-sink-cpu-scaled"}
+    assert not set(hpas) & set(scaled)
+
+
+def test_keda_and_the_cpu_hpa_together_are_refused_after_merging_sink_defaults():
+    """The schema sees each map alone; the template refuses the merged result too."""
+    values = load_values("minimal.yaml") | {
+        "sinkDefaults": {"autoscaling": {"enabled": True}},
+        "sinks": [{"name": "a", "type": "http", "keda": {"enabled": True}, "config": {"url": "https://a.example"}}],
+    }
+    with pytest.raises(helm.HelmError, match="keda.enabled and autoscaling.enabled are both on"):
+        render(values)
+
+
+def pod_annotations(objects: list[dict]) -> dict[str, dict]:
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"] for d in of_kind(objects, "Deployment")
+    }
+
+
+def test_a_pod_rolls_only_when_its_own_config_or_secret_changes():
+    base = load_values("full.yaml")
+    base["sinks"] = base["sinks"] + [
+        {"name": "other", "type": "http", "config": {"url": "https://other.example"},
+         "secretEnv": {"secret": {"key": "other-secret"}}},
+    ]
+    base["secret"]["data"]["other-secret"] = "whsec_b3RoZXItc2VjcmV0LWtleS12YWx1ZQ=="
+    before = pod_annotations(render(base))
+    names = set(before)
+    assert names == {"rc-relaycord-ingest", "rc-relaycord-interactions", "rc-relaycord-sink-hook", "rc-relaycord-sink-other"}
+
+    def changed(values: dict) -> set[str]:
+        after = pod_annotations(render(values))
+        return {n for n in names if after[n] != before[n]}
+
+    def edit(fn) -> dict:
+        values = yaml.safe_load(yaml.safe_dump(base))
+        fn(values)
+        return values
+
+    assert changed(edit(lambda v: v["sinks"][1]["config"].update(timeout="30s"))) == {"rc-relaycord-sink-other"}
+    assert changed(edit(lambda v: v["secret"]["data"].update({"other-secret": "whsec_bmV3"}))) == {"rc-relaycord-sink-other"}
+    assert changed(edit(lambda v: v["config"]["interactions"].update(deadline="2s"))) == {"rc-relaycord-interactions"}
+    assert changed(edit(lambda v: v["config"]["ingest"].update(window=256))) == {"rc-relaycord-ingest"}
+    assert changed(edit(lambda v: v["secret"]["data"].update({"discord-public-key": "00" * 32}))) == {"rc-relaycord-interactions"}
+    # What every role reads rolls every role.
+    assert changed(edit(lambda v: v["config"]["nats"].update(max_age="72h"))) == names
+    assert changed(edit(lambda v: v["secret"]["data"].update({"nats-token": "rotated"}))) == names
+
+
+@pytest.mark.parametrize("values_file", ["minimal.yaml", "full.yaml", "three-sinks.yaml", "keda-podmonitor.yaml"])
+def test_every_deployment_has_a_pdb_that_lets_unready_pods_go(values_file):
+    objects = render(load_values(values_file))
+    pdbs = of_kind(objects, "PodDisruptionBudget")
+    for deployment in of_kind(objects, "Deployment"):
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        matching = [p for p in pdbs if p["spec"]["selector"]["matchLabels"] == selector]
+        assert len(matching) == 1, deployment["metadata"]["name"]
+        assert matching[0]["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+        assert matching[0]["spec"]["maxUnavailable"] == 1
+    assert len(pdbs) == len(of_kind(objects, "Deployment"))
+
+
+def test_ingest_and_interactions_spread_over_zones_and_nodes_sinks_on_request():
+    objects = render(load_values("full.yaml"))
+    for deployment in of_kind(objects, "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
+        if component == "sink":
+            assert "topologySpreadConstraints" not in pod
+            continue
+        constraints = pod["topologySpreadConstraints"]
+        assert [c["topologyKey"] for c in constraints] == ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+        for c in constraints:
+            assert c["whenUnsatisfiable"] == "ScheduleAnyway"
+            assert c["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+            assert c["matchLabelKeys"] == ["pod-template-hash"]
+    own = [{"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"x": "y"}}}]
+    values = load_values("minimal.yaml") | {"ingest": {"topologySpreadConstraints": own}}
+    (ingest,) = of_kind(render(values), "Deployment")
+    assert ingest["spec"]["template"]["spec"]["topologySpreadConstraints"] == own
+    values = load_values("minimal.yaml") | {"ingest": {"topologySpread": {"enabled": False}}}
+    (ingest,) = of_kind(render(values), "Deployment")
+    assert "topologySpreadConstraints" not in ingest["spec"]["template"]["spec"]
+
+
+def test_sink_defaults_place_and_annotate_every_sink_unless_it_says_otherwise():
+    values = load_values("keda-podmonitor.yaml")
+    objects = render(values)
+    pods = {
+        d["metadata"]["labels"]["relaycord.dev/sink"]: d["spec"]["template"]
+        for d in of_kind(objects, "Deployment") if "relaycord.dev/sink" in d["metadata"]["labels"]
+    }
+    toleration = values["sinkDefaults"]["tolerations"]
+    for name in ("orders", "cpu-scaled"):
+        assert pods[name]["spec"]["nodeSelector"] == {"pool": "sinks"}
+        assert pods[name]["spec"]["tolerations"] == toleration
+        assert pods[name]["metadata"]["annotations"]["team"] == "integrations"
+    assert pods["audit"]["spec"]["nodeSelector"] == {"pool": "audit"}
+    assert pods["audit"]["spec"]["tolerations"] == toleration
+    # Annotations are merged: the sink's own beside the defaults'.
+    assert pods["audit"]["metadata"]["annotations"]["owner"] == "audit"
+    assert pods["audit"]["metadata"]["annotations"]["team"] == "integrations"
+    # Ingest keeps the chart-wide placement.
+    (ingest,) = [d for d in of_kind(objects, "Deployment") if d["metadata"]["name"] == "rc-relaycord-ingest"]
+    assert "nodeSelector" not in ingest["spec"]["template"]["spec"]
+
+
+# --- Names, Services, NetworkPolicy, helm test -------------------------------------------
+
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def test_names_fit_in_63_characters_with_the_longest_release_and_sink_names():
+    """Helm allows release names up to 53 characters and the schema sink names up to 40:
+    every object's name must still be a valid Service name (DNS-1035, <= 63) and unique."""
+    release = "r" + "e" * 51 + "x"  # 53
+    long_a = "a" * 39 + "1"
+    long_b = "a" * 39 + "2"  # differs from long_a in its last character only
+    values = load_values("full.yaml")
+    values["interactions"]["ingress"]["enabled"] = True
+    values["sinks"] = [
+        {"name": long_a, "type": "http", "config": {"url": "https://a.example"}, "keda": {"enabled": True}},
+        {"name": long_b, "type": "http", "config": {"url": "https://b.example"}, "autoscaling": {"enabled": True}},
+    ]
+    for extra in ({}, {"nameOverride": "n" * 63}, {"fullnameOverride": "f" * 70}):
+        with helm.Chart.load(CHART) as loaded:
+            manifests = loaded.render(values | extra, name=release, namespace="relay")
+        objects = [d for path, text in manifests.items() if not path.endswith("NOTES.txt")
+                   for d in yaml.safe_load_all(text) if d]
+        seen: dict[tuple[str, str], int] = {}
+        for obj in objects:
+            name = obj["metadata"]["name"]
+            assert len(name) <= 63 and DNS_1035.match(name), (obj["kind"], name, len(name))
+            seen[(obj["kind"], name)] = seen.get((obj["kind"], name), 0) + 1
+        assert all(n == 1 for n in seen.values()), [k for k, n in seen.items() if n > 1]
+        services = {o["metadata"]["name"] for o in of_kind(objects, "Service")}
+        assert len(services) == 5, services  # ingest, interactions (http, metrics), two sinks
+        for sink in (long_a, long_b):
+            # The sink's name survives whole: only the release's part is cut.
+            assert any(s.endswith(f"-sink-{sink}-metrics") for s in services), (sink, services)
+
+
+def test_the_network_policy_admits_the_monitoring_namespace_and_dns():
+    objects = render(load_values("keda-podmonitor.yaml"))
+    (policy,) = of_kind(objects, "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    (metrics_rule,) = [r for r in spec["ingress"] if r["ports"][0]["port"] == "metrics"]
+    assert metrics_rule["from"] == [
+        {"podSelector": {}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
+         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}},
+    ]
+    dns = [r for r in spec["egress"] if {"port": 53, "protocol": "UDP"} in r.get("ports", [])]
+    assert len(dns) == 1 and {"port": 53, "protocol": "TCP"} in dns[0]["ports"]
+    assert dns[0]["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                             "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+    # Without egress rules egress is not restricted, so there is no DNS rule to add.
+    values = load_values("minimal.yaml") | {"networkPolicy": {"enabled": True}}
+    (policy,) = of_kind(render(values), "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and "egress" not in policy["spec"]
+    (metrics_rule,) = policy["spec"]["ingress"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in metrics_rule["from"]
+    # metricsFrom replaces both.
+    peers = [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
+    values = load_values("minimal.yaml") | {"networkPolicy": {"enabled": True, "metricsFrom": peers}}
+    (policy,) = of_kind(render(values), "NetworkPolicy")
+    assert policy["spec"]["ingress"][0]["from"] == peers
+
+
+def test_helm_test_hook_runs_the_image_against_nats_with_the_release_config():
+    objects = render(load_values("full.yaml"))
+    (pod,) = of_kind(objects, "Pod")
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "test"
+    assert "hook-succeeded" in annotations["helm.sh/hook-delete-policy"]
+    (container,) = pod["spec"]["containers"]
+    (ingest,) = [d for d in of_kind(objects, "Deployment") if d["metadata"]["name"] == "rc-relaycord-ingest"]
+    ingest_container = ingest["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == ingest_container["image"]
+    assert container["args"] == ["reshard", "status"]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    # The same NATS credentials and TLS files as ingest, and not the bot token.
+    env = {e["name"] for e in container["env"]}
+    assert "RELAYCORD_NATS__TOKEN" in env and "RELAYCORD_DISCORD__TOKEN" not in env
+    assert container["volumeMounts"] == ingest_container["volumeMounts"]
+    assert not of_kind(render(load_values("full.yaml") | {"tests": {"enabled": False}}), "Pod")

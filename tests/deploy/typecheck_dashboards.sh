@@ -16,15 +16,10 @@ rm -rf "$gen"
 mkdir -p "$gen"
 dashboards=(grafana/dashboards/*.json)
 [ -e "${dashboards[0]}" ] || { echo "no dashboards in grafana/dashboards" >&2; exit 1; }
+# The enum-typed fields (value mappings, color and thresholds modes) are written as the
+# enums' members: tests/deploy/dashboard_to_ts.py.
 for json in "${dashboards[@]}"; do
-    name="$(basename "$json" .json)"
-    {
-        echo "import { Dashboard } from '@grafana/schema';"
-        printf 'const dashboard: Dashboard = '
-        cat "$json"
-        echo ';'
-        echo 'export default dashboard;'
-    } >"$gen/$name.ts"
+    python3 tests/deploy/dashboard_to_ts.py "$json" >"$gen/$(basename "$json" .json).ts"
 done
 tsc() {
     "$tsc_dir/node_modules/.bin/tsc" --strict --noEmit \
@@ -32,22 +27,30 @@ tsc() {
 }
 tsc "$gen"/*.ts
 
-# The check must be able to fail: a dashboard with a misspelt panel key and a string
-# schemaVersion is refused.
-python3 - "${dashboards[0]}" >"$gen/broken.ts" <<'PY'
+# The check must be able to fail: a dashboard with a misspelt panel key, a string
+# schemaVersion and a value mapping of a type Grafana does not have is refused.
+python3 - "${dashboards[0]}" >"$gen/broken.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 d["schemaVersion"] = str(d["schemaVersion"])
 d["panels"][0]["gridpos"] = d["panels"][0].pop("gridPos")
-print("import { Dashboard } from '@grafana/schema';")
-print("const dashboard: Dashboard = " + json.dumps(d) + ";")
-print("export default dashboard;")
+print(json.dumps(d))
 PY
-if out="$(tsc "$gen/broken.ts" 2>&1)"; then
+python3 tests/deploy/dashboard_to_ts.py "$gen/broken.json" >"$gen/broken.ts"
+python3 - "${dashboards[0]}" >"$gen/broken-enum.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["panels"][0].setdefault("fieldConfig", {}).setdefault("defaults", {})["mappings"] = [
+    {"type": "valuez", "options": {"0": {"text": "Down"}}}
+]
+print(json.dumps(d))
+PY
+python3 tests/deploy/dashboard_to_ts.py "$gen/broken-enum.json" >"$gen/broken-enum.ts"
+if out="$(tsc "$gen/broken.ts" "$gen/broken-enum.ts" 2>&1)"; then
     echo "typecheck: a broken dashboard passed tsc; the check is not working" >&2
     exit 1
 fi
-for expected in '"gridpos"'"' does not exist" "Type 'string' is not assignable to type 'number'"; do
+for expected in '"gridpos"'"' does not exist" "Type 'string' is not assignable to type 'number'" '"valuez"'; do
     grep -q "$expected" <<<"$out" || { echo "typecheck: tsc did not flag $expected:" >&2; echo "$out" >&2; exit 1; }
 done
 echo "typecheck: ${#dashboards[@]} dashboards match @grafana/schema's Dashboard type" >&2

@@ -147,8 +147,23 @@ probes and Services use, the NATS URL, paths of the files it mounts), laid over 
 {{- toJson (mustMergeOverwrite (deepCopy (default (dict) .config)) (dict "name" .name "type" .type)) -}}
 {{- end -}}
 
+{{/*
+A name of the release's own, at most 63 characters (a Service's name is a DNS-1035 label):
+(dict "root" $ "suffix" "-ingest-metrics"), optionally "max" (default 63). The full name is cut before the suffix, so the
+suffix, which tells the objects apart, always survives.
+*/}}
+{{- define "relaycord.componentName" -}}
+{{- $room := sub (default 63 .max) (len .suffix) | int -}}
+{{- printf "%s%s" (include "relaycord.fullname" .root | trunc $room | trimSuffix "-") .suffix -}}
+{{- end -}}
+
+{{/*
+A sink's Deployment (and HPA, ScaledObject, PDB): <fullname>-sink-<name>, cut so that its
+metrics Service, the same name plus "-metrics", fits in 63 characters. The sink's name is
+kept whole (at most 40 characters, values.schema.json): only the release's part is cut.
+*/}}
 {{- define "relaycord.sinkFullname" -}}
-{{- printf "%s-sink-%s" (include "relaycord.fullname" .root) .sink.name | trunc 63 | trimSuffix "-" -}}
+{{- include "relaycord.componentName" (dict "root" .root "suffix" (printf "-sink-%s" .sink.name) "max" 55) -}}
 {{- end -}}
 
 {{- define "relaycord.secretName" -}}
@@ -270,7 +285,10 @@ An empty ref.name is the chart's own Secret, which must then hold the key.
 {{- end }}
 {{- end -}}
 
-{{/* Pod-level settings shared by every Deployment: (dict "root" $ "role" ROLE-VALUES). */}}
+{{/*
+Pod-level settings shared by every Deployment:
+(dict "root" $ "role" ROLE-VALUES "component" (dict "root" $ "component" C "sink" NAME)).
+*/}}
 {{- define "relaycord.podSpecCommon" -}}
 {{- $root := .root -}}
 serviceAccountName: {{ include "relaycord.serviceAccountName" $root }}
@@ -293,13 +311,98 @@ tolerations:
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- include "relaycord.topologySpread" . }}
 {{- end -}}
 
-{{/* The config file's checksum, so a values change rolls the pods. */}}
+{{/*
+Spreading a role's replicas: its own topologySpreadConstraints when set, else one soft
+constraint (ScheduleAnyway) per key of topologySpread.topologyKeys. matchLabelKeys keeps a
+rollout's new ReplicaSet from being counted with the old one.
+*/}}
+{{- define "relaycord.topologySpread" -}}
+{{- $role := .role -}}
+{{- $component := .component -}}
+{{- if $role.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml $role.topologySpreadConstraints | nindent 2 }}
+{{- else if and $role.topologySpread $role.topologySpread.enabled }}
+topologySpreadConstraints:
+{{- range $key := $role.topologySpread.topologyKeys }}
+  - maxSkew: {{ $role.topologySpread.maxSkew }}
+    topologyKey: {{ $key }}
+    whenUnsatisfiable: {{ $role.topologySpread.whenUnsatisfiable }}
+    labelSelector:
+      matchLabels:
+        {{- include "relaycord.componentSelector" $component | nindent 8 }}
+    matchLabelKeys:
+      - pod-template-hash
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The probes of every container, on its metrics port. The startup probe holds the liveness
+probe back until the process first answers, so a slow start is not a restart loop.
+*/}}
+{{- define "relaycord.probes" -}}
+{{- $probes := .Values.probes -}}
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  {{- toYaml $probes.startup | nindent 2 }}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  {{- toYaml $probes.liveness | nindent 2 }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: metrics
+  {{- toYaml $probes.readiness | nindent 2 }}
+{{- end -}}
+
+{{/*
+One role's config file as its pods read it: (dict "root" $ "role" "ingest" | "interactions")
+or (dict "root" $ "role" "sink" "sink" ENTRY). Each holds only what its role reads: ingest
+no [interactions], interactions no [ingest], a sink neither and only its own [[sinks]]
+entry. So a pod's config checksum changes only with its own role's settings.
+*/}}
+{{- define "relaycord.configFile" -}}
+{{- $config := include "relaycord.config" .root | fromJson -}}
+{{- $drop := get (dict "ingest" (list "interactions") "interactions" (list "ingest") "sink" (list "ingest" "interactions")) .role -}}
+{{- if not $drop }}{{ fail (printf "relaycord.configFile: unknown role %v" .role) }}{{ end -}}
+{{- range $drop }}{{ $_ := unset $config . }}{{ end -}}
+{{- $sinks := list -}}
+{{- with .sink }}{{ $sinks = list (include "relaycord.sinkTable" . | fromJson) }}{{ end -}}
+{{- include "relaycord.toml" (dict "config" $config "sinks" $sinks) -}}
+{{- end -}}
+
+{{/*
+The checksum of the chart's own Secret, over only the keys the role reads from it
+(references with an empty name): (dict "root" $ "refs" LIST-OF-REFS).
+*/}}
+{{- define "relaycord.secretChecksum" -}}
+{{- $data := .root.Values.secret.data -}}
+{{- $parts := list -}}
+{{- range $ref := .refs -}}
+{{- if and $ref $ref.key (not $ref.name) -}}
+{{- $parts = append $parts (printf "%s=%v" $ref.key (get $data $ref.key)) -}}
+{{- end -}}
+{{- end -}}
+{{- $parts | uniq | sortAlpha | join "\n" | sha256sum -}}
+{{- end -}}
+
+{{/*
+A pod's annotations: (dict "root" $ "config" FILE-TEXT "refs" SECRET-REFS "extra" MAP).
+The checksums cover only this role's own config file and Secret keys, so editing one
+sink rolls that sink's pods and no others.
+*/}}
 {{- define "relaycord.podAnnotations" -}}
-checksum/config: {{ include (print .root.Template.BasePath "/configmap.yaml") .root | sha256sum }}
+checksum/config: {{ .config | sha256sum }}
 {{- if .root.Values.secret.create }}
-checksum/secret: {{ include (print .root.Template.BasePath "/secret.yaml") .root | sha256sum }}
+checksum/secret: {{ include "relaycord.secretChecksum" . }}
 {{- end }}
 {{- with .root.Values.podAnnotations }}
 {{ toYaml . }}
@@ -307,4 +410,30 @@ checksum/secret: {{ include (print .root.Template.BasePath "/secret.yaml") .root
 {{- with .extra }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/* The NATS credentials every role reads (Secret references). */}}
+{{- define "relaycord.natsSecretRefs" -}}
+{{- $auth := .Values.nats.auth -}}
+{{- toJson (list $auth.password $auth.token $auth.nkeySeed) -}}
+{{- end -}}
+
+{{/*
+A PodDisruptionBudget: (dict "component" COMPONENT "name" NAME "pdb" ROLE.pdb).
+unhealthyPodEvictionPolicy AlwaysAllow: during a Discord or NATS outage every pod is
+unready, and a node drain must still be able to evict them.
+*/}}
+{{- define "relaycord.pdb" -}}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ .name }}
+  labels:
+    {{- include "relaycord.componentLabels" .component | nindent 4 }}
+spec:
+  maxUnavailable: {{ .pdb.maxUnavailable }}
+  unhealthyPodEvictionPolicy: {{ .pdb.unhealthyPodEvictionPolicy | default "AlwaysAllow" }}
+  selector:
+    matchLabels:
+      {{- include "relaycord.componentSelector" .component | nindent 6 }}
 {{- end -}}

@@ -41,6 +41,19 @@ const DEFAULTS: &[(&str, &str)] = &[
     ),
     ("GUILD_MEMBER_ADD", "👋 **{{ data.user.username }}** joined"),
     ("GUILD_MEMBER_REMOVE", "**{{ data.user.username }}** left"),
+    // Webhook events (docs/webhook-events.md).
+    (
+        "APPLICATION_AUTHORIZED",
+        "🎉 **{{ data.user.username }}** added the app {% if data.guild %}to **{{ data.guild.name }}**{% else %}to their account{% endif %}",
+    ),
+    (
+        "APPLICATION_DEAUTHORIZED",
+        "**{{ data.user.username }}** removed the app",
+    ),
+    (
+        "ENTITLEMENT_CREATE",
+        "💎 <@{{ data.user_id }}> received SKU {{ data.sku_id }}",
+    ),
     (
         "default",
         "`{{ type }}`{% if guild_id %} in guild {{ guild_id }}{% endif %}",
@@ -154,6 +167,8 @@ impl Templates {
             shard => env.shard,
             seq => env.seq,
             received_at => env.received_at.as_ref(),
+            occurred_at => env.occurred_at.as_deref(),
+            source => env.source.as_str(),
             data => data,
         };
         let key = if self.messages.contains_key(env.event_type.as_ref()) {
@@ -276,6 +291,21 @@ mod tests {
         assert_eq!(
             render(&t, other.as_bytes()).unwrap().content,
             "`TYPING_START` in guild 81384788765712384"
+        );
+    }
+
+    #[test]
+    fn webhook_events_have_built_in_messages() {
+        let t = Templates::compile(&BTreeMap::new()).unwrap();
+        let to_guild = br#"{"id":"wh:APPLICATION_AUTHORIZED:ab","source":"webhook","type":"APPLICATION_AUTHORIZED","shard":null,"seq":null,"guild_id":"42","received_at":"2026-11-23T12:00:00.000Z","occurred_at":"2026-11-23T11:59:59.123456","data":{"integration_type":0,"user":{"id":"5","username":"nelly"},"guild":{"id":"42","name":"Plants"}}}"#;
+        assert_eq!(
+            render(&t, to_guild).unwrap().content,
+            "🎉 **nelly** added the app to **Plants**"
+        );
+        let to_account = br#"{"id":"wh:APPLICATION_AUTHORIZED:cd","source":"webhook","type":"APPLICATION_AUTHORIZED","shard":null,"seq":null,"guild_id":null,"received_at":"2026-11-23T12:00:00.000Z","occurred_at":"2026-11-23T11:59:59.123457","data":{"integration_type":1,"user":{"id":"5","username":"nelly"}}}"#;
+        assert_eq!(
+            render(&t, to_account).unwrap().content,
+            "🎉 **nelly** added the app to their account"
         );
     }
 

@@ -23,21 +23,11 @@ use relaycord_bus::{Dispatch, Envelope, OutgoingMessage, Source, Subjects, envel
 use tracing::Instrument;
 
 use crate::metrics::IngestMetrics;
-use crate::shard::ShardContext;
 use crate::window::AckWindow;
 
 /// 100 ms, 200 ms, ... 5 s. No jitter needed: each shard retries its own window, and the
 /// server, not contention, is what is down.
 const RETRY: Exponential = Exponential::new(Duration::from_millis(100), Duration::from_secs(5));
-
-/// Every `kind` label of `relaycord_publish_errors_total`.
-pub(crate) const ERROR_KINDS: [&str; 5] = [
-    "no_stream",
-    "permission",
-    "rejected",
-    "timeout",
-    "unavailable",
-];
 
 /// How often one shard logs an error of one kind needing an operator: every event
 /// waiting in the window fails the same way, and one line names the cause.
@@ -103,6 +93,8 @@ impl Failure {
         }
     }
 
+    /// The `kind` label of `relaycord_publish_errors_total`, one of
+    /// [`crate::metrics::PUBLISH_ERROR_KINDS`].
     fn label(self) -> &'static str {
         match self {
             Self::NoStream => "no_stream",
@@ -164,9 +156,9 @@ impl Alerts {
 }
 
 /// A shard's side of publishing, built once per session: its JetStream context, with a
-/// bound on unacknowledged publishes of its own (see [`ShardContext::shard_js`]), and its
-/// metric handles resolved once, so that an event costs no label lookup and its ack
-/// future one reference count.
+/// bound on unacknowledged publishes of its own (the shard loop's `ShardContext::shard_js`),
+/// and its metric handles resolved once, so that an event costs no label lookup and its
+/// ack future one reference count.
 pub(crate) struct Publisher {
     lane: Arc<Lane>,
     subjects: Subjects,
@@ -184,17 +176,26 @@ struct Lane {
 }
 
 impl Publisher {
-    pub fn new(shard: u32, ctx: &ShardContext) -> Self {
+    /// Publishes of shard `shard` through `js`, on `subjects`. Takes its parts rather than
+    /// the shard's context, so that publishing does not depend on the shard loop that
+    /// calls it.
+    pub fn new(
+        shard: u32,
+        js: jetstream::Context,
+        subjects: &Subjects,
+        metrics: &IngestMetrics,
+        alerts: &Arc<Alerts>,
+    ) -> Self {
         Self {
             lane: Arc::new(Lane {
                 shard,
-                js: ctx.shard_js(),
-                metrics: ctx.metrics.clone(),
-                alerts: Arc::clone(&ctx.alerts),
+                js,
+                metrics: metrics.clone(),
+                alerts: Arc::clone(alerts),
             }),
-            subjects: ctx.subjects.clone(),
+            subjects: subjects.clone(),
             events: HashMap::new(),
-            events_vec: ctx.metrics.events.clone(),
+            events_vec: metrics.events.clone(),
         }
     }
 
@@ -415,7 +416,7 @@ mod tests {
         );
         for failure in [Failure::NoStream, Failure::Permission, Failure::Rejected] {
             assert!(failure.fix().is_some());
-            assert!(ERROR_KINDS.contains(&failure.label()));
+            assert!(crate::metrics::PUBLISH_ERROR_KINDS.contains(&failure.label()));
         }
     }
 

@@ -19,7 +19,8 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use prometheus::{IntCounter, IntCounterVec};
 use relaycord_bus::backoff::Exponential;
 use relaycord_bus::interaction::InteractionKeys;
-use relaycord_bus::{Dispatch, Envelope, OutgoingMessage, Source, Subjects, envelope::now_rfc3339};
+use relaycord_bus::subject::BusSubject;
+use relaycord_bus::{Dispatch, Envelope, OutgoingMessage, Subjects};
 use tracing::Instrument;
 
 use crate::metrics::IngestMetrics;
@@ -218,16 +219,14 @@ impl Publisher {
         let shard_id = self.lane.shard;
         let event_type = dispatch.event_type.as_ref();
         let seq = dispatch.seq;
-        let envelope = Envelope {
-            id: id.as_str().into(),
-            source: Source::Gateway,
-            event_type: event_type.into(),
-            shard: Some(shard_id),
-            seq: Some(seq),
-            guild_id: dispatch.guild_id().map(Into::into),
-            received_at: now_rfc3339().into(),
-            data: dispatch.data,
-        };
+        let envelope = Envelope::gateway(
+            &id,
+            event_type,
+            shard_id,
+            seq,
+            dispatch.guild_id(),
+            dispatch.data,
+        );
         // Traces (when on): the dispatch read from the gateway, and its publish until the
         // ack, whose context the message carries to every consumer.
         let receive = relaycord_bus::span!(
@@ -287,7 +286,7 @@ impl Publisher {
 /// Gateway events go to `<prefix>.gateway.<TYPE>.<guild>`. Interactions delivered over
 /// the gateway go where the HTTP endpoint puts them, `<prefix>.interactions.<kind>.<name>`
 /// with the same `ix:<id>` key, so consumers need not care how Discord delivered them.
-fn subject_of(dispatch: &Dispatch<'_>, subjects: &Subjects) -> String {
+fn subject_of(dispatch: &Dispatch<'_>, subjects: &Subjects) -> BusSubject {
     if dispatch.event_type == "INTERACTION_CREATE" {
         match InteractionKeys::parse(dispatch.data.get()) {
             Ok(keys) => return keys.subject(subjects),

@@ -26,7 +26,7 @@ pub fn replies_stream(subjects: &Subjects) -> String {
 }
 
 pub fn replies_all(subjects: &Subjects) -> String {
-    format!("{}.replies.>", subjects.prefix())
+    subjects.replies_all()
 }
 
 /// The interaction id of a reply subject (its last token).
@@ -107,7 +107,7 @@ impl ReplyMux {
         replica: &str,
         shutdown: CancellationToken,
     ) -> Result<Self, InteractionsError> {
-        let base = format!("{}.replies.{replica}", subjects.prefix());
+        let base = subjects.replies(replica);
         let mut subscriber = client.subscribe(format!("{base}.*")).await.map_err(|e| {
             InteractionsError::with_source(InteractionsErrorKind::Setup, "replies subscription", e)
         })?;

@@ -65,12 +65,7 @@ impl NatsSink {
         {
             // On the bus's own server, a subject inside the gateway stream would feed the
             // sink its own output forever: refused.
-            let gateway = format!("{}.gateway.", subjects.prefix());
-            let interactions = format!("{}.interactions.", subjects.prefix());
-            if sample.starts_with(&gateway)
-                || sample.starts_with(&interactions)
-                || sample.starts_with("relaycord.")
-            {
+            if subjects.is_own(&sample) {
                 return Err(bad(
                     "subject",
                     format!(

@@ -120,10 +120,15 @@ impl Subjects {
         format!("{}.replies.>", self.prefix)
     }
 
-    /// The replies one interactions replica waits for: `<prefix>.replies.<replica>`,
-    /// followed by `.<interaction id>`.
-    pub fn replies(&self, replica: &str) -> String {
-        format!("{}.replies.{replica}", self.prefix)
+    /// The replies one interactions replica waits for: `<prefix>.replies.<replica>.*`.
+    pub fn replies_to(&self, replica: &str) -> String {
+        format!("{}.replies.{replica}.*", self.prefix)
+    }
+
+    /// Where a handler answers interaction `interaction_id` (a snowflake) asked by
+    /// `replica`: `<prefix>.replies.<replica>.<interaction id>`.
+    pub fn reply(&self, replica: &str, interaction_id: &str) -> String {
+        format!("{}.replies.{replica}.{interaction_id}", self.prefix)
     }
 }
 
@@ -282,7 +287,8 @@ mod tests {
             "acme.bot.gateway.MESSAGE_CREATE.1"
         );
         assert_eq!(s.replies_all(), "acme.bot.replies.>");
-        assert_eq!(s.replies("r1"), "acme.bot.replies.r1");
+        assert_eq!(s.replies_to("r1"), "acme.bot.replies.r1.*");
+        assert_eq!(s.reply("r1", "42"), "acme.bot.replies.r1.42");
         assert!(s.is_own("acme.bot.gateway.READY.none"));
         assert!(s.is_own("acme.bot.interactions.command.ping"));
         assert!(s.is_own("relaycord.dlq.a"));

@@ -1,6 +1,7 @@
 //! End-to-end tests: real nats-server processes, the simulator speaking the real
 //! gateway protocol, real HTTP on loopback. One binary so they share one link.
 
+mod architecture;
 mod cluster;
 mod compat;
 mod compression;

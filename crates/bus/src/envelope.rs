@@ -36,7 +36,36 @@ impl Source {
 /// An envelope, borrowing its payload. Serializing writes `data` verbatim; deserializing
 /// (consumers, sinks) borrows it without parsing it, and borrows the strings too (owned
 /// only when they hold escapes), so reading an envelope allocates nothing.
+///
+/// Other crates read its fields but make one only through a constructor of this module
+/// (one per [`Source`]; `#[non_exhaustive]`), so every envelope on the bus has the
+/// fields its source requires:
+///
+/// ```
+/// let data = serde_json::value::RawValue::from_string("{}".to_owned()).unwrap();
+/// let envelope = relaycord_bus::Envelope::gateway("msg:1", "MESSAGE_CREATE", 0, 1, None, &data);
+/// assert_eq!(envelope.seq, Some(1));
+/// ```
+///
+/// A struct literal does not compile outside this crate (E0639; a test of the rule in
+/// ARCHITECTURE.md, "Invariants"):
+///
+/// ```compile_fail,E0639
+/// let data = serde_json::value::RawValue::from_string("{}".to_owned()).unwrap();
+/// let envelope = relaycord_bus::Envelope {
+///     id: "msg:1".into(),
+///     source: relaycord_bus::Source::Gateway,
+///     event_type: "MESSAGE_CREATE".into(),
+///     shard: Some(0),
+///     seq: Some(1),
+///     guild_id: None,
+///     received_at: relaycord_bus::envelope::now_rfc3339().into(),
+///     occurred_at: None,
+///     data: &data,
+/// };
+/// ```
 #[derive(Debug, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Envelope<'a> {
     #[serde(borrow)]
     pub id: std::borrow::Cow<'a, str>,
@@ -59,6 +88,67 @@ pub struct Envelope<'a> {
 }
 
 impl<'a> Envelope<'a> {
+    /// A gateway dispatch read now: `id` is its [`crate::dedupe::gateway_key`], `seq`
+    /// the gateway's sequence number on `shard`.
+    pub fn gateway(
+        id: &'a str,
+        event_type: &'a str,
+        shard: u32,
+        seq: u64,
+        guild_id: Option<&'a str>,
+        data: &'a RawValue,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            source: Source::Gateway,
+            event_type: event_type.into(),
+            shard: Some(shard),
+            seq: Some(seq),
+            guild_id: guild_id.map(Into::into),
+            received_at: now_rfc3339().into(),
+            occurred_at: None,
+            data,
+        }
+    }
+
+    /// An interaction received now over HTTP: `INTERACTION_CREATE`, without shard or
+    /// seq; `id` is its `ix:<id>` key ([`crate::interaction::InteractionKeys`]).
+    pub fn interaction(id: &'a str, guild_id: Option<&'a str>, data: &'a RawValue) -> Self {
+        Self {
+            id: id.into(),
+            source: Source::Interaction,
+            event_type: "INTERACTION_CREATE".into(),
+            shard: None,
+            seq: None,
+            guild_id: guild_id.map(Into::into),
+            received_at: now_rfc3339().into(),
+            occurred_at: None,
+            data,
+        }
+    }
+
+    /// A webhook event received now: no shard or seq; `occurred_at` is Discord's
+    /// `event.timestamp`, `id` its `wh:` key ([`crate::webhook_event`]).
+    pub fn webhook(
+        id: &'a str,
+        event_type: &'a str,
+        guild_id: Option<&'a str>,
+        occurred_at: &'a str,
+        data: &'a RawValue,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            source: Source::Webhook,
+            event_type: event_type.into(),
+            shard: None,
+            seq: None,
+            guild_id: guild_id.map(Into::into),
+            received_at: now_rfc3339().into(),
+            occurred_at: Some(occurred_at.into()),
+            data,
+        }
+    }
+
     pub fn to_bytes(&self) -> Bytes {
         // Serializing a struct of strings, integers and a RawValue cannot fail.
         Bytes::from(serde_json::to_vec(self).expect("envelope serializes"))

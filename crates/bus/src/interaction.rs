@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::dedupe;
-use crate::subject::{Subjects, is_snowflake};
+use crate::subject::{BusSubject, Subjects, is_snowflake};
 
 /// The kind token of `<prefix>.interactions.<kind>.<name>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,7 +134,7 @@ impl<'a> InteractionKeys<'a> {
     }
 
     /// `<prefix>.interactions.<kind>.<name>` (the name sanitized).
-    pub fn subject(&self, subjects: &Subjects) -> String {
+    pub fn subject(&self, subjects: &Subjects) -> BusSubject {
         subjects.interaction(self.kind.as_str(), &self.name)
     }
 

@@ -11,9 +11,28 @@ use bytes::Bytes;
 
 use crate::envelope::Envelope;
 use crate::headers;
+use crate::subject::BusSubject;
 
-/// A message ready to publish: subject, payload and headers.
+/// A message ready to publish: subject, payload and headers. Only this module makes one
+/// (`#[non_exhaustive]`), so the headers every consumer relies on are set here or not at all.
+/// Other crates read its fields:
+///
+/// ```
+/// let message = relaycord_bus::OutgoingMessage::envelope_bytes("a.b", bytes::Bytes::new(), None, None);
+/// assert_eq!(message.subject, "a.b");
+/// ```
+///
+/// but a struct literal does not compile outside this crate (E0639):
+///
+/// ```compile_fail,E0639
+/// let message = relaycord_bus::OutgoingMessage {
+///     subject: "discord.gateway.READY.none".into(),
+///     payload: bytes::Bytes::new(),
+///     headers: async_nats::HeaderMap::new(),
+/// };
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct OutgoingMessage {
     pub subject: String,
     pub payload: Bytes,
@@ -23,8 +42,8 @@ pub struct OutgoingMessage {
 impl OutgoingMessage {
     /// An event as published on the bus: the serialized envelope, with `Nats-Msg-Id` = its
     /// `id` (the stream's dedupe key), `Relaycord-Type` and, for gateway events,
-    /// `Relaycord-Shard`.
-    pub fn event(subject: impl Into<String>, envelope: &Envelope<'_>) -> Self {
+    /// `Relaycord-Shard`. The subject is one the bus built ([`BusSubject`]).
+    pub fn event(subject: BusSubject, envelope: &Envelope<'_>) -> Self {
         let mut message = Self::envelope_bytes(
             subject,
             envelope.to_bytes(),
@@ -92,7 +111,7 @@ mod tests {
     use serde_json::value::RawValue;
 
     use super::*;
-    use crate::Source;
+    use crate::Subjects;
 
     fn header<'a>(message: &'a OutgoingMessage, name: &str) -> Option<&'a str> {
         message.headers.get(name).map(|v| v.as_str())
@@ -101,18 +120,9 @@ mod tests {
     #[test]
     fn a_gateway_event_carries_id_type_and_shard() {
         let data = RawValue::from_string(r#"{"id":"1"}"#.to_owned()).unwrap();
-        let envelope = Envelope {
-            id: "msg:1".into(),
-            source: Source::Gateway,
-            event_type: "MESSAGE_CREATE".into(),
-            shard: Some(3),
-            seq: Some(42),
-            guild_id: Some("7".into()),
-            received_at: "2026-11-23T12:00:00.123Z".into(),
-            occurred_at: None,
-            data: &data,
-        };
-        let message = OutgoingMessage::event("discord.gateway.MESSAGE_CREATE.7", &envelope);
+        let envelope = Envelope::gateway("msg:1", "MESSAGE_CREATE", 3, 42, Some("7"), &data);
+        let subject = Subjects::default().gateway("MESSAGE_CREATE", Some("7"));
+        let message = OutgoingMessage::event(subject, &envelope);
         assert_eq!(message.subject, "discord.gateway.MESSAGE_CREATE.7");
         assert_eq!(message.payload, envelope.to_bytes());
         assert_eq!(header(&message, "Nats-Msg-Id"), Some("msg:1"));
@@ -124,18 +134,9 @@ mod tests {
     #[test]
     fn an_interaction_has_no_shard_header() {
         let data = RawValue::from_string("{}".to_owned()).unwrap();
-        let envelope = Envelope {
-            id: "ix:9".into(),
-            source: Source::Interaction,
-            event_type: "INTERACTION_CREATE".into(),
-            shard: None,
-            seq: None,
-            guild_id: None,
-            received_at: "2026-11-23T12:00:00.123Z".into(),
-            occurred_at: None,
-            data: &data,
-        };
-        let message = OutgoingMessage::event("discord.interactions.command.ping", &envelope);
+        let envelope = Envelope::interaction("ix:9", None, &data);
+        let subject = Subjects::default().interaction("command", "ping");
+        let message = OutgoingMessage::event(subject, &envelope);
         assert_eq!(header(&message, "Nats-Msg-Id"), Some("ix:9"));
         assert_eq!(
             header(&message, "Relaycord-Type"),

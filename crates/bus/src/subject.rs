@@ -2,6 +2,10 @@
 //!
 //! Every token that comes from Discord data is validated or sanitized here, so a
 //! crafted custom_id or event type can never inject `.`, `*` or `>` into a subject.
+//!
+//! This module is the only place that knows the subjects' layout: the subject an event
+//! is published to is a [`BusSubject`], which no other crate can make, and
+//! [`crate::OutgoingMessage::event`] takes nothing else (ARCHITECTURE.md, "Invariants").
 
 /// Builds the subjects Relaycord publishes to, under a configurable prefix so that
 /// several bots can share one NATS account.
@@ -45,13 +49,13 @@ impl Subjects {
     /// `<prefix>.gateway.<EVENT_TYPE>.<guild_id|none>`.
     ///
     /// `event_type` must satisfy [`is_event_type`]; callers check it while parsing.
-    pub fn gateway(&self, event_type: &str, guild_id: Option<&str>) -> String {
-        format!(
+    pub fn gateway(&self, event_type: &str, guild_id: Option<&str>) -> BusSubject {
+        BusSubject(format!(
             "{}.gateway.{}.{}",
             self.prefix,
             event_type,
             guild_id.unwrap_or("none")
-        )
+        ))
     }
 
     /// The wildcard covering every gateway event: `<prefix>.gateway.>`.
@@ -65,13 +69,13 @@ impl Subjects {
     }
 
     /// `<prefix>.interactions.<kind>.<name>`, with `name` sanitized to `[A-Za-z0-9_-]`.
-    pub fn interaction(&self, kind: &str, name: &str) -> String {
-        format!(
+    pub fn interaction(&self, kind: &str, name: &str) -> BusSubject {
+        BusSubject(format!(
             "{}.interactions.{}.{}",
             self.prefix,
             kind,
             sanitize_token(name)
-        )
+        ))
     }
 
     pub fn interactions_all(&self) -> String {
@@ -81,31 +85,153 @@ impl Subjects {
     /// `<prefix>.webhooks.<EVENT_TYPE>.<guild_id|none>`: Discord's webhook events.
     ///
     /// `event_type` must satisfy [`is_event_type`]; [`crate::webhook_event`] checks it.
-    pub fn webhook(&self, event_type: &str, guild_id: Option<&str>) -> String {
-        format!(
+    pub fn webhook(&self, event_type: &str, guild_id: Option<&str>) -> BusSubject {
+        BusSubject(format!(
             "{}.webhooks.{}.{}",
             self.prefix,
             event_type,
             guild_id.unwrap_or("none")
-        )
+        ))
     }
 
     /// The wildcard covering every webhook event: `<prefix>.webhooks.>`.
     pub fn webhooks_all(&self) -> String {
         format!("{}.webhooks.>", self.prefix)
     }
-
-    /// One event type (or `*`) on one guild (or `*`) from *either* event source, gateway
-    /// or webhooks: `<prefix>.*.<EVENT_TYPE>.<guild>`. Only meaningful as a consumer
-    /// filter on the events stream, whose subjects are exactly those two sources.
-    pub fn event_filter(&self, event_type: &str, guild: &str) -> String {
-        format!("{}.*.{}.{}", self.prefix, event_type, guild)
-    }
 }
 
 /// Dead letters of one sink: `relaycord.dlq.<sink>`.
-pub fn dlq(sink: &str) -> String {
-    format!("relaycord.dlq.{}", sanitize_token(sink))
+pub fn dlq(sink: &str) -> BusSubject {
+    BusSubject(format!("relaycord.dlq.{}", sanitize_token(sink)))
+}
+
+/// Subjects one role alone uses, built here all the same: the layout lives in this file.
+impl Subjects {
+    /// A consumer filter over the events stream: `<prefix>.*.<TYPE|*>.<guild|*>`, `None`
+    /// standing for any. The source token is a wildcard, so one filter selects gateway
+    /// dispatches and webhook events alike (the stream holds exactly those two).
+    pub fn event_filter(&self, event_type: Option<&str>, guild_id: Option<&str>) -> String {
+        format!(
+            "{}.*.{}.{}",
+            self.prefix,
+            event_type.unwrap_or("*"),
+            guild_id.unwrap_or("*")
+        )
+    }
+
+    /// Whether `subject` is inside what Relaycord publishes on this prefix (gateway
+    /// events, webhook events, interactions) or under `relaycord.` (dead letters, handlers): a sink
+    /// republishing there on the same server would feed itself.
+    pub fn is_own(&self, subject: &str) -> bool {
+        let under = |kind: &str| {
+            subject
+                .strip_prefix(self.prefix.as_str())
+                .and_then(|rest| rest.strip_prefix('.'))
+                .and_then(|rest| rest.strip_prefix(kind))
+                .is_some_and(|rest| rest.starts_with('.'))
+        };
+        under("gateway")
+            || under("webhooks")
+            || under("interactions")
+            || subject.starts_with("relaycord.")
+    }
+
+    /// Every reply to an interaction handler: `<prefix>.replies.>`.
+    pub fn replies_all(&self) -> String {
+        format!("{}.replies.>", self.prefix)
+    }
+
+    /// The replies one interactions replica waits for: `<prefix>.replies.<replica>.*`.
+    pub fn replies_to(&self, replica: &str) -> String {
+        format!("{}.replies.{replica}.*", self.prefix)
+    }
+
+    /// Where a handler answers interaction `interaction_id` (a snowflake) asked by
+    /// `replica`: `<prefix>.replies.<replica>.<interaction id>`.
+    pub fn reply(&self, replica: &str, interaction_id: &str) -> String {
+        format!("{}.replies.{replica}.{interaction_id}", self.prefix)
+    }
+}
+
+/// `<prefix…>.<gateway|webhooks>.<TYPE>.<guild>`: the event type and guild tokens of an
+/// event's subject (its last two), read without parsing the body.
+pub fn type_and_guild(subject: &str) -> (&str, &str) {
+    let mut tokens = subject.rsplitn(3, '.');
+    let guild = tokens.next().unwrap_or_default();
+    let event_type = tokens.next().unwrap_or_default();
+    (event_type, guild)
+}
+
+/// A subject of the bus contract that an event may be published to. Only this module
+/// makes one ([`Subjects::gateway`], [`Subjects::webhook`], [`Subjects::interaction`],
+/// [`dlq`]):
+///
+/// ```
+/// let subject: relaycord_bus::subject::BusSubject =
+///     relaycord_bus::Subjects::default().gateway("READY", None);
+/// assert_eq!(subject, "discord.gateway.READY.none");
+/// ```
+///
+/// so no other crate can publish an event to a subject it formatted itself (E0603, a
+/// private constructor):
+///
+/// ```compile_fail,E0603
+/// let subject = relaycord_bus::subject::BusSubject("discord.gateway.READY.none".into());
+/// ```
+///
+/// It reads as a string (`Deref<Target = str>`, `Display`, `Into<String>`) and is a NATS
+/// subject for async-nats (`ToSubject`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BusSubject(String);
+
+impl BusSubject {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for BusSubject {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for BusSubject {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for BusSubject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<BusSubject> for String {
+    fn from(subject: BusSubject) -> Self {
+        subject.0
+    }
+}
+
+impl PartialEq<str> for BusSubject {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for BusSubject {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl async_nats::subject::ToSubject for BusSubject {
+    fn to_subject(&self) -> async_nats::Subject {
+        async_nats::Subject::from(self.0.as_str())
+    }
 }
 
 /// Gateway event names are SCREAMING_SNAKE_CASE; anything else is rejected rather than
@@ -175,6 +301,35 @@ mod tests {
     }
 
     #[test]
+    fn filters_replies_and_own_subjects() {
+        let s = Subjects::new("acme.bot");
+        assert_eq!(s.event_filter(None, None), "acme.bot.*.*.*");
+        assert_eq!(
+            s.event_filter(Some("MESSAGE_CREATE"), Some("1")),
+            "acme.bot.*.MESSAGE_CREATE.1"
+        );
+        assert_eq!(s.replies_all(), "acme.bot.replies.>");
+        assert_eq!(s.replies_to("r1"), "acme.bot.replies.r1.*");
+        assert_eq!(s.reply("r1", "42"), "acme.bot.replies.r1.42");
+        assert!(s.is_own("acme.bot.gateway.READY.none"));
+        assert!(s.is_own("acme.bot.interactions.command.ping"));
+        assert!(s.is_own("acme.bot.webhooks.APPLICATION_AUTHORIZED.none"));
+        assert!(s.is_own("relaycord.dlq.a"));
+        assert!(!s.is_own("acme.bot.gatewayx.a"));
+        assert!(!s.is_own("acme.botx.gateway.a"));
+        assert!(!s.is_own("relay.MESSAGE_CREATE"));
+        assert_eq!(
+            type_and_guild("discord.gateway.MESSAGE_CREATE.81384788765712384"),
+            ("MESSAGE_CREATE", "81384788765712384")
+        );
+        assert_eq!(type_and_guild("a.b.gateway.READY.none"), ("READY", "none"));
+        assert_eq!(
+            type_and_guild("discord.webhooks.APPLICATION_AUTHORIZED.none"),
+            ("APPLICATION_AUTHORIZED", "none")
+        );
+    }
+
+    #[test]
     fn webhook_subjects_mirror_the_gateway_ones() {
         let s = Subjects::new("bot2");
         assert_eq!(
@@ -182,10 +337,6 @@ mod tests {
             "bot2.webhooks.ENTITLEMENT_CREATE.42"
         );
         assert_eq!(s.webhooks_all(), "bot2.webhooks.>");
-        assert_eq!(
-            s.event_filter("ENTITLEMENT_CREATE", "*"),
-            "bot2.*.ENTITLEMENT_CREATE.*"
-        );
     }
 
     #[test]

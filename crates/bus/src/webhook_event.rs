@@ -18,7 +18,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::dedupe;
-use crate::envelope::{Envelope, Source};
+use crate::envelope::Envelope;
+#[cfg(test)]
+use crate::envelope::Source;
 use crate::subject::{Subjects, is_event_type, is_snowflake};
 
 /// Event types Discord sends as webhook events (discord-api-docs, "Webhook Events").
@@ -107,7 +109,7 @@ impl<'a> WebhookBody<'a> {
 
 impl<'a> WebhookEvent<'a> {
     /// `<prefix>.webhooks.<EVENT_TYPE>.<guild_id|none>`.
-    pub fn subject(&self, subjects: &Subjects) -> String {
+    pub fn subject(&self, subjects: &Subjects) -> crate::subject::BusSubject {
         subjects.webhook(&self.event_type, self.guild_id.as_deref())
     }
 
@@ -117,18 +119,14 @@ impl<'a> WebhookEvent<'a> {
     }
 
     /// The envelope published for this event, received now.
-    pub fn envelope(&self, received_at: &'a str) -> Envelope<'_> {
-        Envelope {
-            id: self.key.as_str().into(),
-            source: Source::Webhook,
-            event_type: self.event_type.as_ref().into(),
-            shard: None,
-            seq: None,
-            guild_id: self.guild_id.as_deref().map(Cow::Borrowed),
-            received_at: received_at.into(),
-            occurred_at: Some(self.timestamp.as_ref().into()),
-            data: self.data,
-        }
+    pub fn envelope(&self) -> Envelope<'_> {
+        Envelope::webhook(
+            &self.key,
+            &self.event_type,
+            self.guild_id.as_deref(),
+            &self.timestamp,
+            self.data,
+        )
     }
 }
 
@@ -213,8 +211,7 @@ mod tests {
         );
         assert!(e.data.get().starts_with(r#"{"integration_type":0,"#));
         assert!(e.dedupe_key().starts_with("wh:APPLICATION_AUTHORIZED:"));
-        let received = crate::envelope::now_rfc3339();
-        let bytes = e.envelope(&received).to_bytes();
+        let bytes = e.envelope().to_bytes();
         let back = Envelope::from_slice(&bytes).unwrap();
         assert_eq!(back.source, Source::Webhook);
         assert_eq!(

@@ -5,6 +5,15 @@ use prometheus::{
     Opts, Registry, exponential_buckets,
 };
 
+/// Every `kind` label of `relaycord_publish_errors_total` (the publisher's failure kinds).
+pub(crate) const PUBLISH_ERROR_KINDS: [&str; 5] = [
+    "no_stream",
+    "permission",
+    "rejected",
+    "timeout",
+    "unavailable",
+];
+
 #[derive(Clone)]
 pub struct IngestMetrics {
     pub events: IntCounterVec,
@@ -185,7 +194,7 @@ impl IngestMetrics {
         registry.register(Box::new(m.session_start_reset.clone()))?;
         // Present at 0 from the start, so that `rate()` and `increase()` alerts see the
         // first error.
-        for kind in crate::publish::ERROR_KINDS {
+        for kind in PUBLISH_ERROR_KINDS {
             m.publish_errors.with_label_values(&[kind]);
         }
         Ok(m)

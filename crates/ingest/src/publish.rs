@@ -19,25 +19,16 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use prometheus::{IntCounter, IntCounterVec};
 use relaycord_bus::backoff::Exponential;
 use relaycord_bus::interaction::InteractionKeys;
-use relaycord_bus::{Dispatch, Envelope, OutgoingMessage, Source, Subjects, envelope::now_rfc3339};
+use relaycord_bus::subject::BusSubject;
+use relaycord_bus::{Dispatch, Envelope, OutgoingMessage, Subjects};
 use tracing::Instrument;
 
 use crate::metrics::IngestMetrics;
-use crate::shard::ShardContext;
 use crate::window::AckWindow;
 
 /// 100 ms, 200 ms, ... 5 s. No jitter needed: each shard retries its own window, and the
 /// server, not contention, is what is down.
 const RETRY: Exponential = Exponential::new(Duration::from_millis(100), Duration::from_secs(5));
-
-/// Every `kind` label of `relaycord_publish_errors_total`.
-pub(crate) const ERROR_KINDS: [&str; 5] = [
-    "no_stream",
-    "permission",
-    "rejected",
-    "timeout",
-    "unavailable",
-];
 
 /// How often one shard logs an error of one kind needing an operator: every event
 /// waiting in the window fails the same way, and one line names the cause.
@@ -103,6 +94,8 @@ impl Failure {
         }
     }
 
+    /// The `kind` label of `relaycord_publish_errors_total`, one of
+    /// [`crate::metrics::PUBLISH_ERROR_KINDS`].
     fn label(self) -> &'static str {
         match self {
             Self::NoStream => "no_stream",
@@ -164,9 +157,9 @@ impl Alerts {
 }
 
 /// A shard's side of publishing, built once per session: its JetStream context, with a
-/// bound on unacknowledged publishes of its own (see [`ShardContext::shard_js`]), and its
-/// metric handles resolved once, so that an event costs no label lookup and its ack
-/// future one reference count.
+/// bound on unacknowledged publishes of its own (the shard loop's `ShardContext::shard_js`),
+/// and its metric handles resolved once, so that an event costs no label lookup and its
+/// ack future one reference count.
 pub(crate) struct Publisher {
     lane: Arc<Lane>,
     subjects: Subjects,
@@ -184,17 +177,26 @@ struct Lane {
 }
 
 impl Publisher {
-    pub fn new(shard: u32, ctx: &ShardContext) -> Self {
+    /// Publishes of shard `shard` through `js`, on `subjects`. Takes its parts rather than
+    /// the shard's context, so that publishing does not depend on the shard loop that
+    /// calls it.
+    pub fn new(
+        shard: u32,
+        js: jetstream::Context,
+        subjects: &Subjects,
+        metrics: &IngestMetrics,
+        alerts: &Arc<Alerts>,
+    ) -> Self {
         Self {
             lane: Arc::new(Lane {
                 shard,
-                js: ctx.shard_js(),
-                metrics: ctx.metrics.clone(),
-                alerts: Arc::clone(&ctx.alerts),
+                js,
+                metrics: metrics.clone(),
+                alerts: Arc::clone(alerts),
             }),
-            subjects: ctx.subjects.clone(),
+            subjects: subjects.clone(),
             events: HashMap::new(),
-            events_vec: ctx.metrics.events.clone(),
+            events_vec: metrics.events.clone(),
         }
     }
 
@@ -217,17 +219,14 @@ impl Publisher {
         let shard_id = self.lane.shard;
         let event_type = dispatch.event_type.as_ref();
         let seq = dispatch.seq;
-        let envelope = Envelope {
-            id: id.as_str().into(),
-            source: Source::Gateway,
-            event_type: event_type.into(),
-            shard: Some(shard_id),
-            seq: Some(seq),
-            guild_id: dispatch.guild_id().map(Into::into),
-            received_at: now_rfc3339().into(),
-            occurred_at: None,
-            data: dispatch.data,
-        };
+        let envelope = Envelope::gateway(
+            &id,
+            event_type,
+            shard_id,
+            seq,
+            dispatch.guild_id(),
+            dispatch.data,
+        );
         // Traces (when on): the dispatch read from the gateway, and its publish until the
         // ack, whose context the message carries to every consumer.
         let receive = relaycord_bus::span!(
@@ -287,7 +286,7 @@ impl Publisher {
 /// Gateway events go to `<prefix>.gateway.<TYPE>.<guild>`. Interactions delivered over
 /// the gateway go where the HTTP endpoint puts them, `<prefix>.interactions.<kind>.<name>`
 /// with the same `ix:<id>` key, so consumers need not care how Discord delivered them.
-fn subject_of(dispatch: &Dispatch<'_>, subjects: &Subjects) -> String {
+fn subject_of(dispatch: &Dispatch<'_>, subjects: &Subjects) -> BusSubject {
     if dispatch.event_type == "INTERACTION_CREATE" {
         match InteractionKeys::parse(dispatch.data.get()) {
             Ok(keys) => return keys.subject(subjects),
@@ -416,7 +415,7 @@ mod tests {
         );
         for failure in [Failure::NoStream, Failure::Permission, Failure::Rejected] {
             assert!(failure.fix().is_some());
-            assert!(ERROR_KINDS.contains(&failure.label()));
+            assert!(crate::metrics::PUBLISH_ERROR_KINDS.contains(&failure.label()));
         }
     }
 

@@ -193,7 +193,8 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
         Role::Live => Generation::Live,
     };
     let mut shard = Shard::with_config(ShardId::new(id, ctx.shard_count), builder.build());
-    let mut publisher = Publisher::new(id, ctx);
+    let mut publisher =
+        Publisher::new(id, ctx.shard_js(), &ctx.subjects, &ctx.metrics, &ctx.alerts);
 
     let labels = ctx.labels(id);
     let labels = [labels[0].as_str(), labels[1].as_str()];

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use relaycord_bus::interaction::{InteractionKeys, Kind};
-use relaycord_bus::{Envelope, OutgoingMessage, Source, Subjects};
+use relaycord_bus::{Envelope, OutgoingMessage, Subjects};
 use serde_json::value::RawValue;
 use tokio::time::Instant as TokioInstant;
 use tracing::Instrument;
@@ -397,17 +397,7 @@ impl Endpoint {
         let started = Instant::now();
         let data: &RawValue = serde_json::from_str(text)?;
         let id = keys.dedupe_key();
-        let envelope = Envelope {
-            id: id.as_str().into(),
-            source: Source::Interaction,
-            event_type: "INTERACTION_CREATE".into(),
-            shard: None,
-            seq: None,
-            guild_id: keys.guild_id.clone(),
-            received_at: relaycord_bus::envelope::now_rfc3339().into(),
-            occurred_at: None,
-            data,
-        };
+        let envelope = Envelope::interaction(&id, keys.guild_id.as_deref(), data);
         let span = relaycord_bus::span!("publish", otel.kind = "producer", %id);
         let message =
             span.in_scope(|| OutgoingMessage::event(keys.subject(&self.subjects), &envelope));

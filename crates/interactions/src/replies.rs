@@ -26,7 +26,7 @@ pub fn replies_stream(subjects: &Subjects) -> String {
 }
 
 pub fn replies_all(subjects: &Subjects) -> String {
-    format!("{}.replies.>", subjects.prefix())
+    subjects.replies_all()
 }
 
 /// The interaction id of a reply subject (its last token).
@@ -77,7 +77,8 @@ type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<async_nats::Message>>>>
 /// Routes replies on this replica's subscription to the request waiting for them.
 #[derive(Clone)]
 pub struct ReplyMux {
-    base: String,
+    subjects: Subjects,
+    replica: String,
     waiting: Waiting,
 }
 
@@ -107,13 +108,20 @@ impl ReplyMux {
         replica: &str,
         shutdown: CancellationToken,
     ) -> Result<Self, InteractionsError> {
-        let base = format!("{}.replies.{replica}", subjects.prefix());
-        let mut subscriber = client.subscribe(format!("{base}.*")).await.map_err(|e| {
-            InteractionsError::with_source(InteractionsErrorKind::Setup, "replies subscription", e)
-        })?;
+        let mut subscriber = client
+            .subscribe(subjects.replies_to(replica))
+            .await
+            .map_err(|e| {
+                InteractionsError::with_source(
+                    InteractionsErrorKind::Setup,
+                    "replies subscription",
+                    e,
+                )
+            })?;
         let waiting = Waiting::default();
         let mux = Self {
-            base,
+            subjects: subjects.clone(),
+            replica: replica.to_owned(),
             waiting: Arc::clone(&waiting),
         };
         tokio::spawn(async move {
@@ -136,7 +144,7 @@ impl ReplyMux {
     }
 
     pub fn reply_subject(&self, interaction_id: &str) -> String {
-        format!("{}.{interaction_id}", self.base)
+        self.subjects.reply(&self.replica, interaction_id)
     }
 
     /// Registers before the request is sent, so a fast reply cannot be missed. `None`
@@ -164,7 +172,8 @@ mod tests {
     #[test]
     fn a_second_waiter_for_the_same_id_does_not_replace_the_first() {
         let mux = ReplyMux {
-            base: "discord.replies.r1".into(),
+            subjects: Subjects::default(),
+            replica: "r1".into(),
             waiting: Waiting::default(),
         };
         let first = mux.wait("42").expect("first waiter");

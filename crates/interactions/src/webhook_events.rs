@@ -163,11 +163,9 @@ impl Endpoint {
         if self.webhook_seen.contains(id).await {
             return None;
         }
-        let received_at = relaycord_bus::envelope::now_rfc3339();
         let span = relaycord_bus::span!("publish", otel.kind = "producer", %id);
-        let message = span.in_scope(|| {
-            OutgoingMessage::event(event.subject(&self.subjects), &event.envelope(&received_at))
-        });
+        let message = span
+            .in_scope(|| OutgoingMessage::event(event.subject(&self.subjects), &event.envelope()));
         Some(self.publish_acked(message, span).await)
     }
 }

@@ -232,7 +232,7 @@ pub async fn list(js: &jetstream::Context, sink: &str) -> Result<Vec<DeadLetter>
     // An ordered consumer reads the subject once, without touching any durable state.
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
-            filter_subject: subject,
+            filter_subject: subject.into(),
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
             ..Default::default()
         })
@@ -305,7 +305,7 @@ pub async fn purge(js: &jetstream::Context, sink: &str, seqs: &[u64]) -> Result<
             .await
             .map(|m| m.subject.to_string());
         match found {
-            Ok(subject) if subject == own => {}
+            Ok(subject) if subject == *own => {}
             Ok(other) => {
                 return Err(SinkError::new(
                     SinkErrorKind::Config,

@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::pull};
+use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use relaycord_bus::subject;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -30,14 +30,13 @@ use tracing::Instrument;
 
 use crate::dedupe::Dedupe;
 use crate::error::{SinkError, SinkErrorKind};
-use crate::filter::Filter;
 use crate::holds::Holds;
-use crate::pause::{Breaker, PauseConfig};
-use crate::retry::Backoff;
+use crate::pause::Breaker;
 use crate::worker::Worker;
 use crate::{Sink, SinkMetrics};
 
 pub use crate::dlq::headers as dlq_headers;
+pub use crate::settings::DriverSettings;
 
 /// How long one pull request waits on the server for messages. It bounds how long a
 /// shutdown waits for the last pull to end.
@@ -45,32 +44,6 @@ const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
 /// How often consumer and dead-letter gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
-
-/// How the driver consumes and retries for one sink.
-#[derive(Debug, Clone)]
-pub struct DriverSettings {
-    /// Sink name; the durable consumer is `relaycord-<name>`.
-    pub name: String,
-    /// Stream to consume (e.g. `DISCORD_GATEWAY`).
-    pub stream: String,
-    /// Consumer filter subjects; empty reads the whole stream.
-    pub subjects: Vec<String>,
-    /// Applied in process to every message (also covers what the consumer's filter could
-    /// not express, e.g. channels, or several subjects on nats-server 2.9).
-    pub filter: Filter,
-    /// Delivery attempts before dead-lettering.
-    pub max_attempts: u32,
-    /// Deliveries in flight at once in this process.
-    pub concurrency: usize,
-    /// How long JetStream waits for an ack before redelivering; in-progress acks are
-    /// sent every half of it while a delivery is running.
-    pub ack_wait: Duration,
-    pub backoff: Backoff,
-    /// Sink-side dedupe window; `None` disables dedupe.
-    pub dedupe_window: Option<Duration>,
-    /// When to pause after a run of failures, and how to probe.
-    pub pause: PauseConfig,
-}
 
 pub struct Driver<S> {
     sink: Arc<S>,
@@ -432,13 +405,4 @@ fn server_at_least(js: &jetstream::Context, major: u64, minor: u64) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
     let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     found >= (major, minor)
-}
-
-/// Kept for callers that ack outside the driver (the DLQ replay).
-pub(crate) async fn ack(sink: &str, message: &jetstream::Message, kind: AckKind) {
-    // A lost ack means a redelivery later, which dedupe (or the receiver) absorbs:
-    // logging is all that is useful here.
-    if let Err(error) = message.ack_with(kind).await {
-        tracing::warn!(%sink, %error, ?kind, "ack failed; the message will be redelivered");
-    }
 }

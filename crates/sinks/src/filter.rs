@@ -55,23 +55,13 @@ impl Filter {
         if self.event_types.is_empty() && self.guilds.is_empty() {
             return Vec::new();
         }
-        let any = BTreeSet::from(["*".to_owned()]);
-        let types = if self.event_types.is_empty() {
-            &any
-        } else {
-            &self.event_types
-        };
-        let guilds = if self.guilds.is_empty() {
-            &any
-        } else {
-            &self.guilds
-        };
+        let (types, guilds) = (tokens(&self.event_types), tokens(&self.guilds));
         if types.len() * guilds.len() > MAX_FILTER_SUBJECTS {
             return Vec::new();
         }
         types
             .iter()
-            .flat_map(|t| guilds.iter().map(move |g| subjects.event_filter(t, g)))
+            .flat_map(|t| guilds.iter().map(|g| subjects.event_filter(*t, *g)))
             .collect()
     }
 
@@ -101,18 +91,21 @@ impl Filter {
     }
 }
 
+/// A filter's values as subject tokens; `None` (any) for an empty filter.
+fn tokens(set: &BTreeSet<String>) -> Vec<Option<&str>> {
+    if set.is_empty() {
+        return vec![None];
+    }
+    set.iter().map(|value| Some(value.as_str())).collect()
+}
+
 fn wanted(set: &BTreeSet<String>, value: &str) -> bool {
     set.is_empty() || set.contains(value)
 }
 
 /// `<prefix...>.<gateway|webhooks>.<TYPE>.<guild>`: the last two tokens, without parsing
-/// the body.
-pub fn type_and_guild(subject: &str) -> (&str, &str) {
-    let mut tokens = subject.rsplitn(3, '.');
-    let guild = tokens.next().unwrap_or_default();
-    let event_type = tokens.next().unwrap_or_default();
-    (event_type, guild)
-}
+/// the body (the bus's, which knows the subjects' layout).
+pub use relaycord_bus::subject::type_and_guild;
 
 #[cfg(test)]
 mod tests {
@@ -122,19 +115,6 @@ mod tests {
 
     fn set(items: &[&str]) -> BTreeSet<String> {
         items.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    #[test]
-    fn subject_tokens_give_type_and_guild() {
-        assert_eq!(
-            type_and_guild("discord.gateway.MESSAGE_CREATE.81384788765712384"),
-            ("MESSAGE_CREATE", "81384788765712384")
-        );
-        assert_eq!(type_and_guild("a.b.gateway.READY.none"), ("READY", "none"));
-        assert_eq!(
-            type_and_guild("discord.webhooks.APPLICATION_AUTHORIZED.none"),
-            ("APPLICATION_AUTHORIZED", "none")
-        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod nats;
 pub mod pause;
 pub mod response;
 pub mod retry;
+mod settings;
 pub mod template;
 pub mod validate;
 mod worker;

@@ -66,9 +66,10 @@ pub fn validate(sinks: &[SinkConfig]) -> Result<(), ConfigError> {
             } else {
                 format!(
                     "{:?} and {first:?} both become {token:?} on the bus (consumer relaycord-{token}, \
-                     DLQ relaycord.dlq.{token}), so they would share one consumer and split the events; \
+                     DLQ {}), so they would share one consumer and split the events; \
                      rename one (letters, digits, '-' and '_' are kept as written, at most 100 characters)",
-                    sink.name
+                    sink.name,
+                    relaycord_bus::subject::dlq(&sink.name)
                 )
             };
             return Err(ConfigError::new(format!("sinks[{i}].name"), problem));

@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dedupe::Dedupe;
 use crate::dlq::{self, DeadLetterInfo};
-use crate::driver::{DriverSettings, ack};
 use crate::filter::type_and_guild;
 use crate::holds::Holds;
 use crate::pause::{Breaker, Verdict};
+use crate::settings::DriverSettings;
 use crate::{Body, Event, Outcome, Sink, SinkMetrics};
 
 pub(crate) struct Worker<S> {
@@ -378,7 +378,12 @@ impl<S: Sink> Worker<S> {
     }
 
     async fn ack(&self, message: &Message, kind: AckKind) {
-        ack(&self.settings.name, message, kind).await;
+        // A lost ack means a redelivery later, which dedupe (or the receiver) absorbs:
+        // logging is all that is useful here.
+        if let Err(error) = message.ack_with(kind).await {
+            let sink = &self.settings.name;
+            tracing::warn!(%sink, %error, ?kind, "ack failed; the message will be redelivered");
+        }
     }
 
     fn count(&self, outcome: &str) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use relaycord_bus::{Envelope, OutgoingMessage, Source, Subjects, envelope::now_rfc3339};
+use relaycord_bus::{Envelope, OutgoingMessage, Subjects};
 use relaycord_sinks::Driver;
 use serde_json::value::RawValue;
 
@@ -15,17 +15,7 @@ impl Stack {
     /// Publishes one gateway event as ingest would; returns its id.
     pub async fn publish(&self, id: &str, event_type: &str, guild: &str, data: &str) -> String {
         let data = RawValue::from_string(data.to_owned()).unwrap();
-        let envelope = Envelope {
-            id: id.into(),
-            source: Source::Gateway,
-            event_type: event_type.into(),
-            shard: Some(0),
-            seq: Some(1),
-            guild_id: Some(guild.into()),
-            received_at: now_rfc3339().into(),
-            occurred_at: None,
-            data: &data,
-        };
+        let envelope = Envelope::gateway(id, event_type, 0, 1, Some(guild), &data);
         let subject = Subjects::default().gateway(event_type, Some(guild));
         OutgoingMessage::event(subject, &envelope)
             .publish(&self.js)

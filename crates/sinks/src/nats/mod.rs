@@ -65,12 +65,7 @@ impl NatsSink {
         {
             // On the bus's own server, a subject inside the gateway stream would feed the
             // sink its own output forever: refused.
-            let prefix = subjects.prefix();
-            let own =
-                ["gateway", "webhooks", "interactions"].map(|source| format!("{prefix}.{source}."));
-            if own.iter().any(|p| sample.starts_with(p.as_str()))
-                || sample.starts_with("relaycord.")
-            {
+            if subjects.is_own(&sample) {
                 return Err(bad(
                     "subject",
                     format!(

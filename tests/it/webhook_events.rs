@@ -354,3 +354,54 @@ async fn a_retry_after_the_stream_forgot_the_id_is_not_stored_again() {
     assert_eq!(stored.len(), 1, "the retry was stored again: {stored:?}");
     assert_eq!(webhook_count(&stack, "duplicate"), 1.0);
 }
+
+/// docs/webhook-events.md's example, end to end: a user adds the app to a server, and a
+/// Discord sink that selected `APPLICATION_AUTHORIZED` posts a welcome into a channel
+/// (the simulator's REST side records the message as Discord would receive it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_installs_the_app_and_a_channel_says_welcome() {
+    let stack = Stack::builder().interactions(Vec::new()).start().await;
+    let sim = &stack.sim;
+    let mut welcome = relaycord_sinks::SinkConfig::new(
+        "welcome",
+        relaycord_sinks::SinkKind::Discord(relaycord_sinks::discord::DiscordSinkConfig {
+            templates: [(
+                "APPLICATION_AUTHORIZED".to_owned(),
+                relaycord_sinks::discord::MessageTemplate {
+                    content: Some("Welcome, {{ data.user.username }}! Thanks for adding me to {{ data.guild.name }}.".into()),
+                    embeds: Vec::new(),
+                },
+            )]
+            .into(),
+            ..relaycord_sinks::discord::DiscordSinkConfig::channel(
+                "290926798999357250",
+                &sim.config().token,
+                sim.api_base(),
+            )
+        }),
+    );
+    welcome.events = vec!["APPLICATION_AUTHORIZED".into()];
+    let sink = relaycord_testkit::run_sink(&stack, &welcome);
+
+    let events = sim.webhook_events();
+    let install = events.authorized("53908232506183680", Some("290926798626357999"));
+    let removal = events.deauthorized("53908232506183680");
+    for event in [&install, &removal] {
+        let delivery = events.deliver(&stack.webhook_events_url(), event, RETRIES).await;
+        assert!(delivery.acknowledged(), "{delivery:?}");
+    }
+    let rest = sim.discord_rest();
+    assert!(
+        eventually(PATIENCE, async || !rest.posted().is_empty()).await,
+        "no message was posted"
+    );
+    stack.wait_settled("welcome").await;
+    sink.stop().await;
+    let posted = rest.posted();
+    assert_eq!(posted.len(), 1, "only the install was selected: {posted:?}");
+    assert_eq!(posted[0].route, "channel:290926798999357250");
+    assert_eq!(
+        posted[0].body["content"],
+        "Welcome, user3680! Thanks for adding me to Simulated Guild."
+    );
+}

@@ -225,8 +225,10 @@ def test_everything_on_renders_every_optional_object():
     assert ingress["spec"]["tls"] == [{"secretName": "relaycord-tls", "hosts": ["relaycord.example.com"]}]
     (rule,) = ingress["spec"]["rules"]
     assert rule["host"] == "relaycord.example.com"
-    assert rule["http"]["paths"][0]["path"] == "/interactions"
-    assert rule["http"]["paths"][0]["backend"]["service"]["name"] == "rc-relaycord-interactions"
+    # Discord's two URLs: the interactions endpoint and the webhook events one.
+    assert [p["path"] for p in rule["http"]["paths"]] == ["/interactions", "/webhook-events"]
+    for path in rule["http"]["paths"]:
+        assert path["backend"]["service"]["name"] == "rc-relaycord-interactions"
     services = {s["metadata"]["name"]: s for s in of_kind(objects, "Service")}
     # What the ingress exposes is the interactions port only; metrics have a Service of their own.
     assert [p["name"] for p in services["rc-relaycord-interactions"]["spec"]["ports"]] == ["http"]

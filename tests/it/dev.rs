@@ -35,6 +35,11 @@ async fn dev_events_prints_the_summary_and_exits_zero() {
         out.status
     );
     let summary = stdout.lines().last().unwrap_or_default();
+    // Webhook events: the simulator plays Discord at the interactions role's Events URL.
+    assert!(
+        stdout.lines().any(|l| l == "delivered 8/8 webhook events"),
+        "no webhook events summary in {stdout}\n{stderr}"
+    );
     let rest = summary
         .strip_prefix("delivered 500/500 events, 0 missing, ")
         .unwrap_or_else(|| panic!("unexpected summary {summary:?}\n{stderr}"));

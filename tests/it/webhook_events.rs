@@ -387,7 +387,9 @@ async fn a_user_installs_the_app_and_a_channel_says_welcome() {
     let install = events.authorized("53908232506183680", Some("290926798626357999"));
     let removal = events.deauthorized("53908232506183680");
     for event in [&install, &removal] {
-        let delivery = events.deliver(&stack.webhook_events_url(), event, RETRIES).await;
+        let delivery = events
+            .deliver(&stack.webhook_events_url(), event, RETRIES)
+            .await;
         assert!(delivery.acknowledged(), "{delivery:?}");
     }
     let rest = sim.discord_rest();

@@ -1,6 +1,7 @@
 //! `relaycord dev`: everything in one process — NATS (a child nats-server unless
 //! `--nats-url`), the Discord simulator (or real Discord when `DISCORD_TOKEN` is set),
-//! ingest, an HTTP sink and a local receiver that prints each event as it arrives.
+//! ingest, an HTTP sink and a local receiver that prints each event as it arrives. With the
+//! simulator, the interactions role runs too and the simulator sends it webhook events.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -17,7 +18,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::dev_webhooks::DemoWebhooks;
 use crate::roles;
+
+/// Webhook events sent with `--events N` (they are few in real life too).
+const WEBHOOK_EVENTS: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct DevOptions {
@@ -42,9 +47,23 @@ pub struct DevReport {
     pub delivered: usize,
     pub missing: usize,
     pub duplicates: u64,
+    /// Webhook events sent and delivered.
+    pub webhook_events: (usize, usize),
 }
 
 impl DevReport {
+    /// Whether every event sent, from both sources, was delivered.
+    pub fn complete(&self) -> bool {
+        self.missing == 0 && self.webhook_events.0 == self.webhook_events.1
+    }
+
+    pub fn webhook_summary(&self) -> String {
+        format!(
+            "delivered {}/{} webhook events",
+            self.webhook_events.1, self.webhook_events.0
+        )
+    }
+
     pub fn summary(&self) -> String {
         format!(
             "delivered {}/{} events, {} missing, {} duplicates",
@@ -113,6 +132,42 @@ pub async fn run(
     let config = dev_config(&opts, &nats_url, sim.as_ref(), &receiver, secret)?;
     let js = roles::connect(&config, "dev").await?;
     let registry = Registry::new();
+    // With the simulator, the interactions role takes its webhook events on loopback.
+    let interactions_listener = match &sim {
+        Some(_) => Some(TcpListener::bind("127.0.0.1:0").await?),
+        None => None,
+    };
+    let webhook_events_url = match &interactions_listener {
+        Some(l) => Some(format!(
+            "http://{}{}",
+            l.local_addr()?,
+            config.interactions.webhook_events_path
+        )),
+        None => None,
+    };
+    let mut interactions = tokio::spawn({
+        let (config, js, registry, stop) =
+            (config.clone(), js.clone(), registry.clone(), stop.clone());
+        async move {
+            match interactions_listener {
+                Some(listener) => {
+                    crate::interactions::run_interactions(
+                        &config,
+                        js,
+                        &registry,
+                        &Default::default(),
+                        listener,
+                        stop,
+                    )
+                    .await
+                }
+                None => {
+                    stop.cancelled().await;
+                    Ok(())
+                }
+            }
+        }
+    });
     let mut ingest = tokio::spawn({
         let (config, js, registry, stop) =
             (config.clone(), js.clone(), registry.clone(), stop.clone());
@@ -136,17 +191,30 @@ pub async fn run(
                 ready.context("shards did not become ready")?;
             }
         }
+        let url = webhook_events_url
+            .clone()
+            .context("the interactions role's URL")?;
+        let webhooks = DemoWebhooks::check(sim, url).await?;
         let generator = sim.generate(GenerateSpec {
             count: opts.events,
             rate_per_sec: opts.rate,
             ..GenerateSpec::default()
         });
         let Some(n) = opts.events else {
-            eprintln!("generating events at {}/s (Ctrl-C to stop)", opts.rate);
+            eprintln!(
+                "generating events at {}/s and a webhook event every 10s (Ctrl-C to stop)",
+                opts.rate
+            );
+            tokio::spawn(webhooks.trickle(Duration::from_secs(10), stop.clone()));
             stop.cancelled().await;
             generator.stop();
             return Ok(None);
         };
+        let webhook_ids = webhooks.send(WEBHOOK_EVENTS).await?;
+        eprintln!(
+            "simulator sent {} webhook events, each acknowledged with 204",
+            webhook_ids.len()
+        );
         let generated = generator.finished().await;
         eprintln!("simulator sent {generated} events; waiting for delivery");
         let expected = expected_ids(&sim.sent(), Some(&GENERATED_TYPES));
@@ -155,9 +223,11 @@ pub async fn run(
             "simulator logged {} distinct events, expected {n}",
             expected.len()
         );
-        Ok(Some(
-            wait_for(&receiver, &expected, opts.settle_timeout, &stop).await,
-        ))
+        let mut report = wait_for(&receiver, &expected, opts.settle_timeout, &stop).await;
+        let webhooks = wait_for(&receiver, &webhook_ids, opts.settle_timeout, &stop).await;
+        report.webhook_events = (webhooks.expected, webhooks.delivered);
+        report.duplicates += webhooks.duplicates;
+        Ok(Some(report))
     };
 
     // On Ctrl-C every branch may be ready at once (the roles return as soon as `stop`
@@ -166,11 +236,13 @@ pub async fn run(
         report = work => report?,
         result = &mut ingest => role_ended("ingest", result, &stop)?,
         result = &mut sinks => role_ended("sink", result, &stop)?,
+        result = &mut interactions => role_ended("interactions", result, &stop)?,
     };
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), async {
         let _ = ingest.await;
         let _ = sinks.await;
+        let _ = interactions.await;
     })
     .await;
     Ok(report)
@@ -203,6 +275,7 @@ fn dev_config(
         (Some(sim), _) => {
             config.discord.token = Secret::new(sim.config().token.clone());
             config.discord.api_base = sim.api_base();
+            config.discord.public_key = sim.interactions().public_key_hex();
         }
         (None, Some(token)) => config.discord.token = token.clone(),
         (None, None) => unreachable!("either the simulator or a token"),
@@ -252,6 +325,7 @@ async fn wait_for(
                 delivered,
                 missing: expected.len() - delivered,
                 duplicates,
+                webhook_events: (0, 0),
             };
         }
         if last_progress.elapsed() > Duration::from_secs(2) {

@@ -4,6 +4,8 @@
 pub mod config;
 #[cfg(feature = "dev")]
 pub mod dev;
+#[cfg(feature = "dev")]
+mod dev_webhooks;
 pub mod interactions;
 pub mod nats_client;
 pub mod roles;

@@ -233,8 +233,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             match dev::run(opts, shutdown).await? {
                 Some(report) => {
+                    println!("{}", report.webhook_summary());
                     println!("{}", report.summary());
-                    Ok(if report.missing == 0 {
+                    Ok(if report.complete() {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::FAILURE

@@ -141,8 +141,8 @@ async fn filters_on_types_guilds_and_channels() {
         assert_eq!(
             filters,
             [
-                "discord.*.MESSAGE_CREATE.1",
-                "discord.*.MESSAGE_REACTION_ADD.1"
+                "discord.gateway.MESSAGE_CREATE.1",
+                "discord.gateway.MESSAGE_REACTION_ADD.1"
             ],
             "nats-server {version}: filter_subjects"
         );

@@ -107,16 +107,28 @@ pub fn dlq(sink: &str) -> BusSubject {
 
 /// Subjects one role alone uses, built here all the same: the layout lives in this file.
 impl Subjects {
-    /// A consumer filter over the events stream: `<prefix>.*.<TYPE|*>.<guild|*>`, `None`
-    /// standing for any. The source token is a wildcard, so one filter selects gateway
-    /// dispatches and webhook events alike (the stream holds exactly those two).
-    pub fn event_filter(&self, event_type: Option<&str>, guild_id: Option<&str>) -> String {
-        format!(
-            "{}.*.{}.{}",
-            self.prefix,
-            event_type.unwrap_or("*"),
-            guild_id.unwrap_or("*")
-        )
+    /// Consumer filters over the events stream for one event type and one guild (`None`:
+    /// any), one per source that sends the type: gateway dispatches, webhook events
+    /// ([`crate::webhook_event::sources`]), or both for entitlements and for "any type".
+    ///
+    /// Not one `<prefix>.*.<TYPE>.<guild>` filter: nats-server 2.9 refuses a filter that is
+    /// not a subset of a single stream subject, and most sinks select gateway types only,
+    /// which stay one filter on every server.
+    pub fn event_filters(&self, event_type: Option<&str>, guild_id: Option<&str>) -> Vec<String> {
+        let (gateway, webhooks) = event_type.map_or((true, true), crate::webhook_event::sources);
+        let filter = |source: &str| {
+            format!(
+                "{}.{source}.{}.{}",
+                self.prefix,
+                event_type.unwrap_or("*"),
+                guild_id.unwrap_or("*")
+            )
+        };
+        [(gateway, "gateway"), (webhooks, "webhooks")]
+            .into_iter()
+            .filter(|(sent, _)| *sent)
+            .map(|(_, source)| filter(source))
+            .collect()
     }
 
     /// Whether `subject` is inside what Relaycord publishes on this prefix (gateway
@@ -303,10 +315,24 @@ mod tests {
     #[test]
     fn filters_replies_and_own_subjects() {
         let s = Subjects::new("acme.bot");
-        assert_eq!(s.event_filter(None, None), "acme.bot.*.*.*");
         assert_eq!(
-            s.event_filter(Some("MESSAGE_CREATE"), Some("1")),
-            "acme.bot.*.MESSAGE_CREATE.1"
+            s.event_filters(None, Some("1")),
+            ["acme.bot.gateway.*.1", "acme.bot.webhooks.*.1"]
+        );
+        assert_eq!(
+            s.event_filters(Some("MESSAGE_CREATE"), Some("1")),
+            ["acme.bot.gateway.MESSAGE_CREATE.1"]
+        );
+        assert_eq!(
+            s.event_filters(Some("APPLICATION_AUTHORIZED"), None),
+            ["acme.bot.webhooks.APPLICATION_AUTHORIZED.*"]
+        );
+        assert_eq!(
+            s.event_filters(Some("ENTITLEMENT_CREATE"), None),
+            [
+                "acme.bot.gateway.ENTITLEMENT_CREATE.*",
+                "acme.bot.webhooks.ENTITLEMENT_CREATE.*"
+            ]
         );
         assert_eq!(s.replies_all(), "acme.bot.replies.>");
         assert_eq!(s.replies_to("r1"), "acme.bot.replies.r1.*");

@@ -23,8 +23,9 @@ use crate::envelope::Envelope;
 use crate::envelope::Source;
 use crate::subject::{Subjects, is_event_type, is_snowflake};
 
-/// Event types Discord sends as webhook events (discord-api-docs, "Webhook Events").
-/// Informational: any SCREAMING_SNAKE_CASE type is accepted, so a new one needs no release.
+/// Event types Discord sends as webhook events (discord-api-docs, "Webhook Events"). Any
+/// SCREAMING_SNAKE_CASE type is *stored*, so a new one reaches subscribers and unfiltered
+/// sinks without a release; a sink's `events` filter selects the ones listed here.
 pub const KNOWN_TYPES: [&str; 12] = [
     "APPLICATION_AUTHORIZED",
     "APPLICATION_DEAUTHORIZED",
@@ -39,6 +40,13 @@ pub const KNOWN_TYPES: [&str; 12] = [
     "GAME_DIRECT_MESSAGE_UPDATE",
     "GAME_DIRECT_MESSAGE_DELETE",
 ];
+
+/// Which sources send `event_type`: `(gateway, webhooks)`. Entitlements come both ways;
+/// the other webhook types only as webhook events; everything else over the gateway.
+pub fn sources(event_type: &str) -> (bool, bool) {
+    let webhook = KNOWN_TYPES.contains(&event_type);
+    (!webhook || event_type.starts_with("ENTITLEMENT_"), webhook)
+}
 
 /// Why a verified body is not a webhook event Relaycord can store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

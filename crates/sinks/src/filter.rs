@@ -48,9 +48,9 @@ pub struct Filter {
 
 impl Filter {
     /// The consumer's filter subjects: every (type, guild) pair, `*` standing for "any",
-    /// from either event source (`<prefix>.*.<TYPE>.<guild>`: gateway dispatches and
-    /// webhook events share the events stream). None: the whole stream. One subject means
-    /// one filter (any server); several need nats-server 2.10+.
+    /// on each source that sends the type (gateway dispatches and webhook events share the
+    /// events stream; [`Subjects::event_filters`]). None: the whole stream. One subject
+    /// means one filter (any server); several need nats-server 2.10+.
     pub fn subjects(&self, subjects: &Subjects) -> Vec<String> {
         if self.event_types.is_empty() && self.guilds.is_empty() {
             return Vec::new();
@@ -59,10 +59,14 @@ impl Filter {
         if types.len() * guilds.len() > MAX_FILTER_SUBJECTS {
             return Vec::new();
         }
-        types
+        let filters: Vec<String> = types
             .iter()
-            .flat_map(|t| guilds.iter().map(|g| subjects.event_filter(*t, *g)))
-            .collect()
+            .flat_map(|t| guilds.iter().flat_map(|g| subjects.event_filters(*t, *g)))
+            .collect();
+        if filters.len() > MAX_FILTER_SUBJECTS {
+            return Vec::new();
+        }
+        filters
     }
 
     /// Whether an event on `subject` with this envelope body is for the sink.
@@ -128,13 +132,27 @@ mod tests {
             event_types: set(&["MESSAGE_CREATE"]),
             ..Filter::default()
         };
-        assert_eq!(f.subjects(&s), ["discord.*.MESSAGE_CREATE.*"]);
+        assert_eq!(f.subjects(&s), ["discord.gateway.MESSAGE_CREATE.*"]);
+        let f = Filter {
+            event_types: set(&["APPLICATION_AUTHORIZED", "MESSAGE_CREATE"]),
+            ..Filter::default()
+        };
+        assert_eq!(
+            f.subjects(&s),
+            [
+                "discord.webhooks.APPLICATION_AUTHORIZED.*",
+                "discord.gateway.MESSAGE_CREATE.*"
+            ]
+        );
         let f = Filter {
             event_types: set(&["A", "B"]),
             guilds: set(&["1"]),
             ..Filter::default()
         };
-        assert_eq!(f.subjects(&s), ["discord.*.A.1", "discord.*.B.1"]);
+        assert_eq!(
+            f.subjects(&s),
+            ["discord.gateway.A.1", "discord.gateway.B.1"]
+        );
         let f = Filter {
             guilds: (0..100).map(|g| g.to_string()).collect(),
             event_types: set(&["A"]),

@@ -170,7 +170,8 @@ fn assert_old_generation_closed(stack: &Stack, count: u32) {
     let live = stack.sim.live_sessions();
     assert!(
         live.iter().all(|s| s.shard_count == count) && live.len() == count as usize,
-        "sessions left: {live:?}"
+        "sessions left: {live:?}\n{}",
+        reshard_log(stack.dir())
     );
 }
 

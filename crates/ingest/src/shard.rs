@@ -363,7 +363,20 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
         }
         End::Stopped | End::Fenced => {}
     }
-    close(&mut shard, CloseFrame::RESUME).await;
+    // Two owners of one retiring shard (a lease that expired under load): the other one
+    // retired the session and reported it stopped, but its close 1000 may have reached a
+    // connection Discord had already replaced by this one's resume. Nobody resumes a
+    // stopped shard's session, so this one ends it for good instead of leaving it open.
+    let frame = if retiring && handoff.is_stopped().await.unwrap_or(false) {
+        tracing::info!(
+            shard = id,
+            "the shard was retired by another owner; ending its session"
+        );
+        CloseFrame::NORMAL
+    } else {
+        CloseFrame::RESUME
+    };
+    close(&mut shard, frame).await;
     tracing::info!(shard = id, acked_seq, owner, "shard stopped");
     if fenced {
         return Err(IngestError::new(

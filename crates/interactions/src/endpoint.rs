@@ -26,6 +26,7 @@ const PUBLISH_RETRY: relaycord_bus::backoff::Exponential = relaycord_bus::backof
     std::time::Duration::from_millis(200),
 );
 use crate::decisions::Decisions;
+use crate::handler_headers;
 use crate::metrics::InteractionMetrics;
 use crate::owned::Owned;
 use crate::replies::ReplyMux;
@@ -33,15 +34,6 @@ use crate::response::{self, InvalidReply};
 use crate::routes::{Action, Route, Routes};
 use crate::serve::ConnMark;
 use crate::verify::{SIGNATURE_HEADER, TIMESTAMP_HEADER, Verifier};
-
-/// Headers Relaycord adds to the requests it sends handlers.
-pub mod handler_headers {
-    pub const INTERACTION_ID: &str = "Relaycord-Interaction-Id";
-    pub const KIND: &str = "Relaycord-Interaction-Kind";
-    /// On a late reply Relaycord stored for an HTTP handler (value `http`), so the worker
-    /// times only NATS handlers' late replies (HTTP ones are timed where they arrive).
-    pub const HANDLER: &str = "Relaycord-Handler";
-}
 
 pub(crate) struct Endpoint {
     pub verifier: Verifier,
@@ -58,7 +50,7 @@ pub(crate) struct Endpoint {
     /// HTTP handler calls past their deadline (late_http.rs).
     pub late_calls: crate::late_http::LateCalls,
     /// Ids of stored webhook events (webhook_events.rs).
-    pub webhook_seen: crate::webhook_events::Seen,
+    pub webhook_seen: crate::webhook_seen::Seen,
 }
 
 /// The response and how to count it.

@@ -37,8 +37,8 @@ use tracing::Instrument;
 use crate::decisions::{
     DECISION_WAIT, Decision, Decisions, TOKEN_LIFETIME, Target, parse_kind, unix_ms,
 };
-use crate::endpoint::handler_headers;
 use crate::error::{InteractionsError, InteractionsErrorKind};
+use crate::handler_headers;
 use crate::metrics::InteractionMetrics;
 use crate::owned::Owned;
 use crate::replies::{interaction_id, replies_all, replies_stream};

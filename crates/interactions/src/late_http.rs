@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::endpoint::handler_headers;
+use crate::handler_headers;
 use crate::metrics::InteractionMetrics;
 
 /// Waits between attempts to store a late reply: short at first (a leader election lasts

@@ -27,6 +27,7 @@ mod decisions;
 mod endpoint;
 pub mod error;
 mod handled;
+pub mod handler_headers;
 mod late;
 mod late_http;
 mod metrics;
@@ -39,6 +40,7 @@ mod serve;
 pub mod settings;
 pub mod verify;
 mod webhook_events;
+mod webhook_seen;
 
 use std::sync::Arc;
 
@@ -51,14 +53,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{InteractionsSection, public_key};
 pub use decisions::{Decisions, TOKEN_LIFETIME};
-pub use endpoint::handler_headers;
 pub use error::{InteractionsError, InteractionsErrorKind};
 pub use late::CONSUMER as LATE_REPLIES_CONSUMER;
 pub use metrics::InteractionMetrics;
 pub use routes::{Handler, RouteConfig, Routes};
 pub use serve::ServeLimits;
 pub use settings::Settings;
-pub use webhook_events::SEEN_FOR as WEBHOOK_EVENTS_SEEN_FOR;
+pub use webhook_seen::SEEN_FOR as WEBHOOK_EVENTS_SEEN_FOR;
 
 use endpoint::Endpoint;
 use late::LateWorker;
@@ -106,7 +107,7 @@ impl Service {
         replies::ensure_stream(&js, &subjects, settings.streams.replicas).await?;
         let decisions = Decisions::open(&js, &subjects, settings.streams.replicas).await?;
         let webhook_seen =
-            webhook_events::Seen::open(&js, &subjects, settings.streams.replicas).await?;
+            webhook_seen::Seen::open(&js, &subjects, settings.streams.replicas).await?;
         let client = js.client();
         let shutdown_mux = CancellationToken::new();
         let replica = format!("{:016x}", rand::random::<u64>());

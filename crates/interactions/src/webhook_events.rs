@@ -9,81 +9,23 @@
 //! Retries are the same event under the same id (`wh:…`, see relaycord_bus::webhook_event),
 //! so JetStream keeps one copy within its duplicate window. Discord retries for longer than
 //! the default window (5 minutes), so the ids of stored events are also kept in a KV
-//! bucket for [`SEEN_FOR`]: a retry that finds its id there is acknowledged unpublished.
+//! bucket (webhook_seen.rs): a retry that finds its id there is acknowledged unpublished.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use relaycord_bus::OutgoingMessage;
-use relaycord_bus::Subjects;
 use relaycord_bus::webhook_event::{WebhookBody, WebhookEvent};
 use tokio::time::Instant as TokioInstant;
 use tracing::Instrument;
 
 use crate::endpoint::{Answer, Endpoint};
-use crate::error::{InteractionsError, InteractionsErrorKind};
 use crate::serve::ConnMark;
-
-/// Discord retries an unacknowledged webhook event for up to 10 minutes; ids are
-/// remembered a little longer.
-pub const SEEN_FOR: Duration = Duration::from_secs(15 * 60);
-
-/// Ids of the webhook events already stored, shared by every replica.
-#[derive(Clone)]
-pub(crate) struct Seen {
-    store: kv::Store,
-}
-
-impl Seen {
-    /// `<STEM>_WEBHOOK_EVENTS`, replicated like the streams.
-    pub fn bucket(subjects: &Subjects) -> String {
-        format!(
-            "{}_WEBHOOK_EVENTS",
-            relaycord_bus::streams::stream_stem(subjects)
-        )
-    }
-
-    pub async fn open(
-        js: &jetstream::Context,
-        subjects: &Subjects,
-        replicas: usize,
-    ) -> Result<Self, InteractionsError> {
-        let store =
-            relaycord_bus::kv::ensure_bucket(js, &Self::bucket(subjects), SEEN_FOR, replicas)
-                .await
-                .map_err(|e| {
-                    InteractionsError::with_source(
-                        InteractionsErrorKind::Setup,
-                        "webhook events bucket",
-                        e,
-                    )
-                })?;
-        Ok(Self { store })
-    }
-
-    /// A KV key for an event id: its digest (the id's `:` is not a key character).
-    fn key(id: &str) -> &str {
-        id.rsplit(':').next().unwrap_or(id)
-    }
-
-    /// Whether `id` was stored before; `false` when the bucket cannot say (then the
-    /// stream's own dedupe is all there is).
-    async fn contains(&self, id: &str) -> bool {
-        matches!(self.store.get(Self::key(id)).await, Ok(Some(_)))
-    }
-
-    async fn insert(&self, id: &str, stream_seq: u64) {
-        let value = stream_seq.to_string().into_bytes().into();
-        if let Err(error) = self.store.put(Self::key(id), value).await {
-            tracing::warn!(%error, id, "cannot record a stored webhook event; a retry after the duplicate window would be stored again");
-        }
-    }
-}
 
 pub(crate) async fn handle(
     State(endpoint): State<Arc<Endpoint>>,

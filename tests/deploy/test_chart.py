@@ -180,6 +180,43 @@ def test_ingest_deployment_pdb_and_grace():
     assert not [d for d in of_kind(objects, "Deployment") if "sink" in d["metadata"]["name"]]
 
 
+def interactions_grace(values: dict) -> int:
+    (deployment,) = [d for d in of_kind(render(values), "Deployment") if d["metadata"]["name"] == "rc-relaycord-interactions"]
+    return deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+
+
+def test_the_interactions_grace_period_covers_the_drain():
+    """Issue 20 point 3: on SIGTERM the pod serves on for drain_delay, then gives requests in
+    flight shutdown_grace; Kubernetes must not kill it before (SIGKILL drops them)."""
+    defaults = load_values("full.yaml")
+    for key in ["drain_delay", "shutdown_grace"]:
+        del defaults["config"]["interactions"][key]
+    assert "terminationGracePeriodSeconds" not in defaults["interactions"]
+    # The binary's defaults: drain_delay 5 s, shutdown_grace 10 s, and 5 s for the rest.
+    assert interactions_grace(defaults) >= 5 + 10 + 5
+    # full.yaml sets both: 10 s + 15 s, and the default 30 s just covers them.
+    full = load_values("full.yaml")
+    assert (full["config"]["interactions"]["drain_delay"], full["config"]["interactions"]["shutdown_grace"]) == ("10s", "15s")
+    assert interactions_grace(full) == 30
+
+    def with_config(drain: str, grace: str, seconds: int) -> dict:
+        edited = load_values("full.yaml")
+        edited["config"]["interactions"].update(drain_delay=drain, shutdown_grace=grace)
+        edited["interactions"]["terminationGracePeriodSeconds"] = seconds
+        return edited
+
+    # Durations as relaycord reads them (humantime), rounded up to whole seconds.
+    assert interactions_grace(with_config("1m 30s", "10s", 105)) == 105
+    assert interactions_grace(with_config("500ms", "2min", 126)) == 126
+    with pytest.raises(helm.HelmError, match="set it to at least 126"):
+        render(with_config("500ms", "2min", 125))
+    with pytest.raises(helm.HelmError, match="terminationGracePeriodSeconds = 30 is too short"):
+        render(with_config("20s", "10s", 30))
+    for bad in ["5", "5 parsecs", "soon"]:
+        with pytest.raises(helm.HelmError, match="config.interactions.drain_delay"):
+            render(with_config(bad, "10s", 60))
+
+
 def test_one_deployment_per_sink_with_its_own_settings():
     values = load_values("three-sinks.yaml")
     objects = render(values)

@@ -1,10 +1,14 @@
 //! Interactions across processes: the `relaycord interactions` binary killed with -9 after
-//! deferring (its late reply must still reach Discord, through another replica), and a
-//! handler written in Python with nats-py.
+//! deferring (its late reply must still reach Discord, through another replica), stopped
+//! with SIGTERM under continuous traffic (every request answered), and a handler written in
+//! Python with nats-py.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,7 +34,8 @@ const SLOW_NATS_ROUTE: &str = r#"[[interactions.routes]]
 command = "slow"
 handler = { nats = "relaycord.handlers.slow" }"#;
 
-/// As [`spawn_replica`], with `routes` (TOML) instead of the NATS route.
+/// As [`spawn_replica`], with `routes` (TOML: routes and other `[interactions]` keys)
+/// instead of the NATS route.
 async fn spawn_replica_routing(
     config: &relaycord::config::Config,
     dir: &tempfile::TempDir,
@@ -249,8 +254,9 @@ async fn a_late_http_reply_in_flight_at_sigterm_is_followed_up() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let function = format!("http://{}/fn", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
+    // No drain delay: what is tested is the wait for the late call once the listener closed.
     let routes = format!(
-        "[[interactions.routes]]\ncommand = \"slow\"\nhandler = {{ http = \"{function}\" }}"
+        "drain_delay = \"0s\"\n[[interactions.routes]]\ncommand = \"slow\"\nhandler = {{ http = \"{function}\" }}"
     );
     let dir = tempfile::tempdir().unwrap();
     let (mut replica_a, url_a, _) = spawn_replica_routing(&stack.config, &dir, &routes).await;
@@ -294,4 +300,415 @@ async fn a_late_http_reply_in_flight_at_sigterm_is_followed_up() {
     assert_eq!((call.kind, call.status), (RestCallKind::EditOriginal, 200));
     assert_eq!(call.body, json!({"content": "answered during shutdown"}));
     stack.stop().await;
+}
+
+/// Issue 20, point 3: on SIGTERM the listener closed at once, while Services and ingresses
+/// still routed to the pod for a few seconds, and Discord does not retry. Now `/readyz`
+/// fails at once, the endpoint serves on for `interactions.drain_delay` (every answer with
+/// `Connection: close`), then closes its listener and finishes the requests in flight.
+///
+/// The test plays the load balancer: clients keep sending signed interactions (PINGs and
+/// commands) and webhook events, some over keep-alive connections and some on a new
+/// connection each, and open new connections as long as the pod is "routed to". Like a
+/// load balancer it stops routing only some time after `/readyz` failed: here once
+/// enough requests were answered after the failure was seen (not after a sleep). Every
+/// request must be answered as it should; a connection refused or reset while routed is
+/// a failure. A request whose body is still coming when the listener closes must be
+/// answered too, and the process must exit 0 by itself. Nothing is timed: the "load
+/// balancer" stops routing within milliseconds of the 503, well inside the 3 s delay (only a
+/// stall of this test for seconds could make it send a connection past the delay).
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_sent_through_a_sigterm_are_all_answered() {
+    let stack = Stack::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The held request's body arrives after the drain delay: room for it.
+    let (replica, url, metrics) = spawn_replica_routing(
+        &stack.config,
+        &dir,
+        "drain_delay = \"3s\"\nbody_read_timeout = \"30s\"",
+    )
+    .await;
+    let addr: std::net::SocketAddr = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let readyz = metrics.replace("/metrics", "/readyz");
+    let drain = Arc::new(Drain {
+        discord: stack.sim.interactions(),
+        events: stack.sim.webhook_events(),
+        addr,
+        seen: Seen::default(),
+    });
+    let replica = Arc::new(std::sync::Mutex::new(replica));
+
+    // The process, watched without blocking: `exited` ends every loop below.
+    let watcher = tokio::spawn({
+        let (drain, replica) = (Arc::clone(&drain), Arc::clone(&replica));
+        async move {
+            loop {
+                if let Some(status) = replica.lock().unwrap().0.try_wait().unwrap() {
+                    drain.exited.store(true, SeqCst);
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let poller = tokio::spawn(poll_readyz(Arc::clone(&drain), readyz));
+    let router = tokio::spawn(route(Arc::clone(&drain)));
+    let held = tokio::spawn(held_request(Arc::clone(&drain)));
+    let clients: Vec<_> = (0..6)
+        .map(|i| tokio::spawn(drain_client(Arc::clone(&drain), i, i % 2 == 0)))
+        .collect();
+
+    // Steady traffic first (counted, not timed), then SIGTERM.
+    let warmed = tokio::time::timeout(Duration::from_secs(60), async {
+        while drain.answered.load(SeqCst) < 60 && !drain.exited.load(SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(warmed.is_ok(), "no steady traffic: {:?}", drain.failures());
+    assert!(
+        !drain.exited.load(SeqCst),
+        "the replica died before SIGTERM"
+    );
+    drain.sigterm.store(true, SeqCst);
+    let pid = replica.lock().unwrap().0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let status = tokio::time::timeout(Duration::from_secs(60), watcher)
+        .await
+        .expect("the replica exits by itself after its drain delay and grace")
+        .unwrap();
+    for task in clients {
+        task.await.unwrap();
+    }
+    router.await.unwrap();
+    let readyz_seen = poller.await.unwrap();
+    let held = held.await.unwrap();
+
+    let failures = drain.failures();
+    assert!(
+        failures.is_empty(),
+        "{} failure(s) among {} answered requests, e.g. {:#?}",
+        drain.failed.load(SeqCst),
+        drain.answered.load(SeqCst),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(status.success(), "exit status {status}");
+    // /readyz: 200 before SIGTERM, then 503 (answered, not gone) and never 200 again.
+    assert_eq!(readyz_seen.first(), Some(&200), "{readyz_seen:?}");
+    assert!(readyz_seen.contains(&503), "{readyz_seen:?}");
+    let ready_again = readyz_seen
+        .iter()
+        .skip_while(|s| **s != 503)
+        .any(|s| *s == 200);
+    assert!(!ready_again, "ready again after 503: {readyz_seen:?}");
+    // Requests were answered while /readyz said 503, on new connections too, and told
+    // their clients to go elsewhere; none was told so before SIGTERM.
+    let counts = [
+        (
+            "answered while not ready",
+            drain.answered_unready.load(SeqCst),
+        ),
+        (
+            "of them on connections opened while not ready",
+            drain.fresh_unready.load(SeqCst),
+        ),
+        ("answers with Connection: close", drain.closes.load(SeqCst)),
+    ];
+    assert!(counts.iter().all(|(_, n)| *n > 0), "{counts:?}");
+    assert_eq!(drain.closes_before_sigterm.load(SeqCst), 0);
+    // The request in flight when the listener closed (refused connections proved it).
+    assert_eq!(held, Some((200, json!({"type": 1}))), "the held request");
+    eprintln!(
+        "drain: {} requests answered, {counts:?}, /readyz {:?}",
+        drain.answered.load(SeqCst),
+        readyz_seen
+    );
+    stack.stop().await;
+}
+
+/// What the drain test's tasks share.
+struct Drain {
+    discord: relaycord_sim::Interactions,
+    events: relaycord_sim::WebhookEvents,
+    addr: std::net::SocketAddr,
+    seen: Seen,
+}
+
+impl std::ops::Deref for Drain {
+    type Target = Seen;
+    fn deref(&self) -> &Seen {
+        &self.seen
+    }
+}
+
+/// What the drain test's tasks saw.
+#[derive(Default)]
+struct Seen {
+    /// Set just before the signal is sent.
+    sigterm: AtomicBool,
+    /// `/readyz` answered 503.
+    unready: AtomicBool,
+    /// The load balancer stopped opening connections to the pod.
+    unrouted: AtomicBool,
+    exited: AtomicBool,
+    answered: AtomicUsize,
+    /// Sent after `/readyz` said 503, and answered.
+    answered_unready: AtomicUsize,
+    /// Of those, on a connection opened after the 503.
+    fresh_unready: AtomicUsize,
+    closes: AtomicUsize,
+    closes_before_sigterm: AtomicUsize,
+    failed: AtomicUsize,
+    failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl Seen {
+    fn fail(&self, what: String) {
+        self.failed.fetch_add(1, SeqCst);
+        let mut failures = self.failures.lock().unwrap();
+        if failures.len() < 50 {
+            failures.push(what);
+        }
+    }
+
+    fn failures(&self) -> Vec<String> {
+        self.failures.lock().unwrap().clone()
+    }
+}
+
+impl Drain {
+    /// The `n`-th request of a client: its path, signed request and expected answer.
+    fn request(&self, n: usize) -> (&'static str, relaycord_sim::SignedRequest, u16, Value) {
+        match n % 3 {
+            0 => (
+                "/interactions",
+                self.discord.signed(&self.discord.ping()),
+                200,
+                json!({"type": 1}),
+            ),
+            1 => (
+                "/interactions",
+                self.discord.signed(&self.discord.command("drain")),
+                200,
+                json!({"type": 5}),
+            ),
+            _ => {
+                let event = self.events.deauthorized(&relaycord_sim::new_user_id());
+                (
+                    "/webhook-events",
+                    self.events.signed(&event.body),
+                    204,
+                    Value::Null,
+                )
+            }
+        }
+    }
+}
+
+/// Polls `/readyz` until the process exits; returns the statuses seen (0: no answer).
+async fn poll_readyz(drain: Arc<Drain>, url: String) -> Vec<u16> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut seen: Vec<u16> = Vec::new();
+    while !drain.exited.load(SeqCst) {
+        let sigterm = drain.sigterm.load(SeqCst);
+        let status = http
+            .get(&url)
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16());
+        match (sigterm, status) {
+            (true, 503) => drain.unready.store(true, SeqCst),
+            (_, 200) => {}
+            // Gone only once the process is exiting, after its 503s.
+            (true, 0) if drain.unready.load(SeqCst) => {}
+            _ => drain.fail(format!("/readyz answered {status} (sigterm: {sigterm})")),
+        }
+        if seen.last() != Some(&status) {
+            seen.push(status);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    seen
+}
+
+/// The load balancer: stops routing to the pod some time after `/readyz` failed, here
+/// once 30 requests were answered since (3 of them on new connections).
+async fn route(drain: Arc<Drain>) {
+    while !drain.exited.load(SeqCst)
+        && (drain.answered_unready.load(SeqCst) < 30 || drain.fresh_unready.load(SeqCst) < 3)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drain.unrouted.store(true, SeqCst);
+}
+
+/// A client sending requests one after another, over a keep-alive connection (until the
+/// server says `Connection: close`) or on a new connection each, while the pod is routed to.
+async fn drain_client(drain: Arc<Drain>, id: usize, keep_alive: bool) {
+    use hyper::client::conn::http1::SendRequest;
+    use hyper_util::rt::TokioIo;
+    let mut conn: Option<(SendRequest<axum::body::Body>, bool)> = None;
+    for n in id.. {
+        if drain.exited.load(SeqCst) {
+            return;
+        }
+        let (sender, opened_unready) = match conn.as_mut() {
+            Some(conn) => conn,
+            None => {
+                if drain.unrouted.load(SeqCst) {
+                    return;
+                }
+                let opened_unready = drain.unready.load(SeqCst);
+                let stream = match tokio::net::TcpStream::connect(drain.addr).await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        drain.fail(format!("client {id}: cannot connect while routed to: {e}"));
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let Ok((sender, connection)) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+                else {
+                    unreachable!("an HTTP/1.1 handshake sends nothing");
+                };
+                tokio::spawn(connection);
+                conn.insert((sender, opened_unready))
+            }
+        };
+        let opened_unready = *opened_unready;
+        if sender.ready().await.is_err() {
+            drain.fail(format!(
+                "client {id}: the server closed a keep-alive connection without Connection: close"
+            ));
+            conn = None;
+            continue;
+        }
+        let (path, signed, status, expected) = drain.request(n);
+        let mut request = axum::http::Request::post(path).header("host", drain.addr.to_string());
+        for (name, value) in signed.headers() {
+            request = request.header(name, value);
+        }
+        let request = request.body(axum::body::Body::from(signed.body)).unwrap();
+        let sent_unready = drain.unready.load(SeqCst);
+        let response = match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(e) => {
+                drain.fail(format!(
+                    "client {id}: request {n} to {path} not answered: {e}"
+                ));
+                conn = None;
+                continue;
+            }
+        };
+        let close = response
+            .headers()
+            .get(axum::http::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let got = response.status().as_u16();
+        let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 20).await;
+        let body = match body {
+            Ok(body) => body,
+            Err(e) => {
+                drain.fail(format!("client {id}: request {n} to {path}: body cut: {e}"));
+                conn = None;
+                continue;
+            }
+        };
+        let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if (got, &value) == (status, &expected) {
+            drain.answered.fetch_add(1, SeqCst);
+            if sent_unready {
+                drain.answered_unready.fetch_add(1, SeqCst);
+                if opened_unready {
+                    drain.fresh_unready.fetch_add(1, SeqCst);
+                }
+            }
+        } else {
+            drain.fail(format!("client {id}: {path} answered {got} {body:?}"));
+        }
+        if close {
+            drain.closes.fetch_add(1, SeqCst);
+            if !drain.sigterm.load(SeqCst) {
+                drain.closes_before_sigterm.fetch_add(1, SeqCst);
+            }
+        }
+        if close || !keep_alive {
+            conn = None;
+        }
+    }
+}
+
+/// A signed PING whose body is half sent once `/readyz` fails and finished only once the
+/// listener refuses new connections: in flight when the listener closed, it must still be
+/// answered (with `Connection: close`). Returns its status and body.
+async fn held_request(drain: Arc<Drain>) -> Option<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    while !drain.unready.load(SeqCst) {
+        if drain.exited.load(SeqCst) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let signed = drain.discord.signed(&drain.discord.ping());
+    let mut head = format!(
+        "POST /interactions HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\n",
+        drain.addr,
+        signed.body.len()
+    );
+    for (name, value) in signed.headers() {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let Ok(mut stream) = tokio::net::TcpStream::connect(drain.addr).await else {
+        drain.fail("held request: cannot connect while routed to".to_owned());
+        return None;
+    };
+    let half = signed.body.len() / 2;
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&signed.body[..half]).await.unwrap();
+    // The listener closes after the drain delay: new connections are refused from then on.
+    while !drain.exited.load(SeqCst) {
+        // Refused, or reset when it was made in the very moment of the close.
+        let Ok(probe) = tokio::net::TcpStream::connect(drain.addr).await else {
+            break;
+        };
+        drop(probe);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if drain.exited.load(SeqCst) {
+        drain.fail("held request: the process exited before it was answered".to_owned());
+        return None;
+    }
+    if let Err(e) = stream.write_all(&signed.body[half..]).await {
+        drain.fail(format!("held request: rest of the body not taken: {e}"));
+        return None;
+    }
+    let mut response = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut response).await {
+        drain.fail(format!("held request: {e} after {response:?}"));
+        return None;
+    }
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    if !head.to_ascii_lowercase().contains("\r\nconnection: close") {
+        drain.fail(format!("held request: no Connection: close in {head:?}"));
+    }
+    Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
 }

@@ -28,6 +28,11 @@ const HTTP_HANDLER_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
 const READ_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(60);
 
+/// Serving on after SIGTERM: 0 (no delay) up to 2 minutes; load balancers take seconds,
+/// rarely more than 30, to stop routing to a pod, and every second of it holds a rollout.
+const DRAIN_DELAY_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::ZERO..=Duration::from_secs(120);
+
 /// The `[interactions]` section.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -85,7 +90,15 @@ pub struct InteractionsSection {
     /// to 500 ms for room, and gets 503 without it. Bounds the memory that clients who
     /// only claim to be Discord can take.
     pub max_body_memory: usize,
-    /// On shutdown, requests in flight get this long to finish.
+    /// On SIGTERM, `/readyz` fails at once but the endpoint keeps accepting and serving
+    /// for this long (answering with `Connection: close`), while Services and ingresses
+    /// stop routing to the pod; then the listener closes and requests in flight get
+    /// `shutdown_grace`. 0s to 2m; 0s closes the listener at once.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub drain_delay: Duration,
+    /// On shutdown, once the listener is closed (after `drain_delay`), requests in flight
+    /// and late HTTP handler calls get this long to finish.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub shutdown_grace: Duration,
@@ -110,6 +123,7 @@ impl Default for InteractionsSection {
             body_read_timeout: ServeLimits::default().body_read_timeout,
             max_connections: ServeLimits::default().max_connections,
             max_body_memory: 32 * 1024 * 1024,
+            drain_delay: ServeLimits::default().drain_delay,
             shutdown_grace: ServeLimits::default().shutdown_grace,
         }
     }
@@ -202,6 +216,12 @@ impl InteractionsSection {
                 "must be at least 1",
             ));
         }
+        if !DRAIN_DELAY_RANGE.contains(&self.drain_delay) {
+            return Err(ConfigError::new(
+                "interactions.drain_delay",
+                "must be between 0s and 2m: long enough for load balancers to stop routing to the pod (5s by default), and the pod's termination grace period must cover it plus shutdown_grace",
+            ));
+        }
         if !shared.discord.public_key.is_empty() {
             public_key(shared.discord)?;
         }
@@ -265,6 +285,7 @@ impl Settings {
                 header_read_timeout: config.header_read_timeout,
                 body_read_timeout: config.body_read_timeout,
                 max_connections: config.max_connections,
+                drain_delay: config.drain_delay,
                 shutdown_grace: config.shutdown_grace,
             },
         })
@@ -314,6 +335,15 @@ mod tests {
         };
         let s = settings(&thirty_seconds, KEY).unwrap();
         assert_eq!(s.http_handler_timeout, Duration::from_secs(30));
+        // The drain after SIGTERM: 5 s unless set; 0 s (close at once) and 2 m allowed.
+        assert_eq!(s.serve.drain_delay, Duration::from_secs(5));
+        for delay in [Duration::ZERO, Duration::from_secs(120)] {
+            let section = InteractionsSection {
+                drain_delay: delay,
+                ..InteractionsSection::default()
+            };
+            assert_eq!(settings(&section, KEY).unwrap().serve.drain_delay, delay);
+        }
     }
 
     /// Issue 18 A: with the defaults, 1,500 unsigned connections each sending 256 KiB less
@@ -391,6 +421,13 @@ mod tests {
                     ..InteractionsSection::default()
                 },
                 "interactions.max_body_memory",
+            ),
+            (
+                InteractionsSection {
+                    drain_delay: Duration::from_secs(121),
+                    ..InteractionsSection::default()
+                },
+                "interactions.drain_delay",
             ),
             (
                 InteractionsSection {

@@ -160,43 +160,74 @@ impl Service {
             .with_state(Arc::clone(&self.endpoint))
     }
 
-    /// Serves `listener` and runs the late-reply worker until `shutdown`.
+    /// Serves `listener` and runs the late-reply worker until `shutdown`, then drains.
+    ///
+    /// On `shutdown` the service keeps accepting and serving for `drain_delay`, every
+    /// response saying `Connection: close` (the caller fails its readiness at the same
+    /// moment, so load balancers stop routing here meanwhile); then it closes the listener
+    /// and gives requests in flight and late HTTP calls `shutdown_grace`.
     pub async fn run(
         self,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), InteractionsError> {
-        // A child token: a failing server stops this service, not the caller's others.
-        let stop = shutdown.child_token();
+        let limits = self.endpoint.settings.serve;
+        // A child token and a token of its own: a failing server stops this service, not
+        // the caller's others.
+        let phases = serve::Shutdown {
+            draining: shutdown.child_token(),
+            stop: CancellationToken::new(),
+        };
+        let stop = phases.stop.clone();
         let app = self.router();
         let late = tokio::spawn(self.late.run(self.late_consumer, stop.clone()));
-        // The grace period runs from the stop, for connections and late calls alike.
+        // `stop` comes `drain_delay` after `shutdown`. The grace period runs from the stop,
+        // for connections and late calls alike.
         let stopped_at = tokio::spawn({
-            let stop = stop.clone();
+            let serve::Shutdown { draining, stop } = phases.clone();
             async move {
-                stop.cancelled().await;
+                tokio::select! {
+                    () = stop.cancelled() => return tokio::time::Instant::now(),
+                    () = draining.cancelled() => {}
+                }
+                tracing::info!(
+                    drain_delay = ?limits.drain_delay,
+                    "shutting down: still serving (with Connection: close) while load balancers stop routing here"
+                );
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(limits.drain_delay) => {}
+                }
+                stop.cancel();
+                tracing::info!(
+                    shutdown_grace = ?limits.shutdown_grace,
+                    "listener closed; draining the requests in flight"
+                );
                 tokio::time::Instant::now()
             }
         });
         let served = serve::serve(
             listener,
             app,
-            self.endpoint.settings.serve,
+            limits,
             self.endpoint.metrics.clone(),
-            stop.clone(),
+            phases.clone(),
         )
         .await
         .map_err(|e| {
             InteractionsError::with_source(InteractionsErrorKind::Serve, "HTTP server", e)
         });
+        phases.draining.cancel();
         stop.cancel();
         // Only now: a request in flight until its connection closed may still have
         // started a late call.
         let stopped_at = stopped_at
             .await
             .unwrap_or_else(|_| tokio::time::Instant::now());
-        let grace = self.endpoint.settings.serve.shutdown_grace;
-        self.endpoint.late_calls.drain(stopped_at + grace).await;
+        self.endpoint
+            .late_calls
+            .drain(stopped_at + limits.shutdown_grace)
+            .await;
         self.shutdown_mux.cancel();
         late.await.map_err(|e| {
             InteractionsError::with_source(InteractionsErrorKind::Serve, "late-reply worker", e)

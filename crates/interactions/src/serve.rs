@@ -7,6 +7,13 @@
 //! the client within [`WRITE_TIMEOUT`], dead peers are found by TCP keepalive, and a
 //! shutdown waits at most `shutdown_grace` for requests in flight.
 //!
+//! A shutdown comes in two steps, so that a rollout or a scale-down drops no request
+//! (Discord does not retry one): from `draining` (SIGTERM) the listener still accepts and
+//! serves, but every response says `Connection: close`, so clients and proxies take their
+//! next request elsewhere while load balancers stop routing here (the role fails `/readyz`
+//! at the same moment); from `stop` (`drain_delay` later) the listener is closed, new
+//! connections are refused by the kernel, and requests in flight get `shutdown_grace`.
+//!
 //! At most `max_connections` are served at once. At the cap a new connection is not
 //! refused: the oldest connection that is not serving a verified request (still sending
 //! its head or body, idle, or answered 401) is closed for it. Refusing the newest would let
@@ -58,7 +65,10 @@ pub struct ServeLimits {
     pub body_read_timeout: Duration,
     /// Connections served at once; at the cap the oldest unverified one is closed.
     pub max_connections: usize,
-    /// On shutdown, requests in flight get this long to finish.
+    /// On shutdown, the listener accepts and serves this long more (answering with
+    /// `Connection: close`) before it closes.
+    pub drain_delay: Duration,
+    /// Once the listener is closed, requests in flight get this long to finish.
     pub shutdown_grace: Duration,
 }
 
@@ -68,9 +78,19 @@ impl Default for ServeLimits {
             header_read_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(5),
             max_connections: 1024,
+            drain_delay: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
         }
     }
+}
+
+/// The two steps of a shutdown (see the module docs).
+#[derive(Debug, Clone)]
+pub(crate) struct Shutdown {
+    /// Serve on, but close each connection after its response.
+    pub draining: CancellationToken,
+    /// Close the listener; requests in flight get `shutdown_grace`.
+    pub stop: CancellationToken,
 }
 
 /// One served connection as the accept loop and the endpoint see it.
@@ -122,14 +142,15 @@ impl Conns {
     }
 }
 
-/// Serves `router` on `listener` until `stop`, within `limits`.
+/// Serves `router` on `listener` until `shutdown.stop`, within `limits`.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServeLimits,
     metrics: InteractionMetrics,
-    stop: CancellationToken,
+    shutdown: Shutdown,
 ) -> io::Result<()> {
+    let Shutdown { draining, stop } = shutdown;
     let conns = Arc::new(Mutex::new(Conns::default()));
     let mut connections = JoinSet::new();
     let mut errors = AcceptErrors::default();
@@ -172,15 +193,27 @@ pub(crate) async fn serve(
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let mark = ConnMark(Arc::clone(&state));
         let router = router.clone();
+        let draining_now = draining.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             let mark = mark.clone();
+            let draining = draining_now.clone();
             request.extensions_mut().insert(mark.clone());
             let response = router.clone().oneshot(request.map(axum::body::Body::new));
             async move {
-                let response = response.await;
+                let mut response = response.await;
                 // The request is answered: the connection is again one that may be closed
                 // to make room (until its next request verifies).
                 mark.0.verified.store(false, Ordering::Relaxed);
+                // Shutting down: the client's next request goes to another replica (hyper
+                // closes the connection once this response is written).
+                if draining.is_cancelled()
+                    && let Ok(response) = &mut response
+                {
+                    response.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                }
                 response
             }
         });
@@ -209,6 +242,9 @@ pub(crate) async fn serve(
             }
         });
     }
+    // Closed now, not after the drain: a connection made from here on is refused at once
+    // (a proxy can retry it elsewhere) instead of waiting in the backlog to be reset.
+    drop(listener);
     // Bounded drain: past the grace period, whatever is left is dropped.
     let drained = tokio::time::timeout(limits.shutdown_grace, async {
         while connections.join_next().await.is_some() {}

@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::telemetry::Health;
 
-/// Serves interactions on `listener` until `shutdown`; ready once set up on NATS.
+/// Serves interactions on `listener` until `shutdown`; ready once set up on NATS. On
+/// `shutdown` (SIGTERM) `/readyz` fails at once while the service serves on for
+/// `interactions.drain_delay`, then drains (see [`relaycord_interactions::Service::run`]).
 pub async fn run_interactions(
     config: &Config,
     js: jetstream::Context,
@@ -20,8 +22,19 @@ pub async fn run_interactions(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Not ready the moment the shutdown comes, before and whatever the service does.
+    tokio::spawn({
+        let (health, shutdown) = (health.clone(), shutdown.clone());
+        async move {
+            shutdown.cancelled().await;
+            health.set_stopping();
+        }
+    });
     let metrics = InteractionMetrics::new(registry)?;
-    crate::roles::share_invalid_requests(config, &js, "interactions", shutdown.clone()).await;
+    // Shared for as long as the service runs, its drain included.
+    let finished = CancellationToken::new();
+    let _finished = finished.clone().drop_guard();
+    crate::roles::share_invalid_requests(config, &js, "interactions", finished.clone()).await;
     let service =
         match relaycord_interactions::start(&config.interactions, config.shared(), js, metrics)
             .await

@@ -311,7 +311,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let metrics = TcpListener::bind(metrics_listen).await.with_context(|| {
                 format!("cannot listen on interactions.metrics_listen = {metrics_listen}")
             })?;
-            telemetry::serve_metrics(metrics, registry.clone(), health.clone(), shutdown.clone());
+            // Up until the role has drained, not just until SIGTERM: /readyz must answer
+            // 503 through interactions.drain_delay (docs/interactions.md, "Shutdown").
+            let metrics_stop = CancellationToken::new();
+            let _metrics_stop = metrics_stop.clone().drop_guard();
+            telemetry::serve_metrics(metrics, registry.clone(), health.clone(), metrics_stop);
             let listen = config.interactions.listen;
             let listener = TcpListener::bind(listen)
                 .await

@@ -33,6 +33,7 @@ type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
     checks: Arc<std::sync::Mutex<Vec<Check>>>,
     live_checks: Arc<std::sync::Mutex<Vec<Check>>>,
 }
@@ -40,6 +41,13 @@ pub struct Health {
 impl Health {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// From now on `/readyz` fails ("shutting down"), whatever else holds: a role that
+    /// serves on for a while after SIGTERM calls it first, so that load balancers stop
+    /// routing to it meanwhile.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
     }
 
     pub fn add_check(&self, check: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
@@ -68,6 +76,9 @@ impl Health {
 
     /// `Ok` when ready; otherwise the first reason it is not.
     pub fn readiness(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("shutting down".to_owned());
+        }
         if !self.ready.load(Ordering::Relaxed) {
             return Err("starting".to_owned());
         }
@@ -82,7 +93,9 @@ struct AppState {
     health: Health,
 }
 
-/// Serves the metrics endpoint until `shutdown`. Logs the bound address: with port 0
+/// Serves the metrics endpoint until `shutdown` (a role that drains after SIGTERM passes
+/// a token of its own, so that `/readyz` answers 503 through the drain instead of going
+/// silent). Logs the bound address: with port 0
 /// (tests, several replicas on one host) the log is the only place that names it.
 pub fn serve_metrics(
     listener: TcpListener,
@@ -139,5 +152,24 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Health;
+
+    #[test]
+    fn stopping_fails_readiness_for_good() {
+        let health = Health::default();
+        assert_eq!(health.readiness(), Err("starting".to_owned()));
+        health.set_ready(true);
+        assert_eq!(health.readiness(), Ok(()));
+        health.set_stopping();
+        assert_eq!(health.readiness(), Err("shutting down".to_owned()));
+        // A SIGTERM during the start: the role's "ready" that comes later does not undo it.
+        health.set_ready(true);
+        assert_eq!(health.readiness(), Err("shutting down".to_owned()));
+        assert_eq!(health.liveness(), Ok(()), "still alive while it drains");
     }
 }

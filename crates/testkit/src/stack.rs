@@ -158,6 +158,9 @@ impl StackBuilder {
         config.discord.public_key = sim.interactions().public_key_hex();
         let serve_interactions = self.interactions.is_some();
         config.interactions.routes = self.interactions.unwrap_or_default();
+        // In-process tests stop the stack at once; the drain after SIGTERM is tested on the
+        // binary (interactions_processes::requests_sent_through_a_sigterm_are_all_answered).
+        config.interactions.drain_delay = Duration::ZERO;
         let sink_url = self.sink_url.unwrap_or_else(|| receiver.url());
         config.sinks = vec![http_sink("receiver", sink_url)];
         for patch in self.patches {

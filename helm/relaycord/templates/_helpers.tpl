@@ -437,3 +437,50 @@ spec:
     matchLabels:
       {{- include "relaycord.componentSelector" .component | nindent 6 }}
 {{- end -}}
+
+{{/*
+Whole seconds (rounded up) of a duration as relaycord reads it (humantime: "5s", "500ms",
+"1m 30s", "2min"): (dict "value" VALUE "key" KEY). Fails naming KEY for what it cannot
+read; relaycord itself accepts days and longer too, which no grace period here would need.
+*/}}
+{{- define "relaycord.durationSeconds" -}}
+{{- $ns := dict "nanos" 1 "nsec" 1 "ns" 1 "usec" 1000 "us" 1000
+  "millis" 1000000 "msec" 1000000 "ms" 1000000
+  "seconds" 1000000000 "second" 1000000000 "secs" 1000000000 "sec" 1000000000 "s" 1000000000
+  "minutes" 60000000000 "minute" 60000000000 "min" 60000000000 "mins" 60000000000 "m" 60000000000
+  "hours" 3600000000000 "hour" 3600000000000 "hr" 3600000000000 "hrs" 3600000000000 "h" 3600000000000 -}}
+{{- $text := toString .value -}}
+{{- $terms := regexFindAll "[0-9]+[ ]*[a-z]+" $text -1 -}}
+{{- if or (not $terms) (regexReplaceAll "[0-9]+[ ]*[a-z]+" $text "" | trim) -}}
+{{- fail (printf "%s = %q: write a duration such as \"5s\", \"500ms\" or \"1m 30s\"" .key $text) -}}
+{{- end -}}
+{{- $total := 0 -}}
+{{- range $terms -}}
+{{- $unit := regexReplaceAll "^[0-9]+[ ]*" . "" -}}
+{{- if not (hasKey $ns $unit) -}}
+{{- fail (printf "%s = %q: use ns, us, ms, s, m or h" $.key $text) -}}
+{{- end -}}
+{{- $total = add $total (mul (regexFind "^[0-9]+" . | atoi) (get $ns $unit)) -}}
+{{- end -}}
+{{- div (add $total 999999999) 1000000000 -}}
+{{- end -}}
+
+{{/*
+The interactions pod's termination grace period, refused when it does not cover the drain:
+on SIGTERM the endpoint serves on for config.interactions.drain_delay (5 s by default), then
+requests in flight and late calls get shutdown_grace (10 s), then the late calls' replies
+are stored (3 s at most) and the process exits; 5 s cover those last steps. Past the grace
+period Kubernetes kills the pod, requests in flight included. Defaults: the binary's
+(crates/interactions/src/serve.rs, ServeLimits).
+*/}}
+{{- define "relaycord.interactionsGrace" -}}
+{{- $section := dig "interactions" (dict) (.Values.config | default dict) -}}
+{{- $drain := include "relaycord.durationSeconds" (dict "value" (dig "drain_delay" "5s" $section) "key" "config.interactions.drain_delay") | int -}}
+{{- $grace := include "relaycord.durationSeconds" (dict "value" (dig "shutdown_grace" "10s" $section) "key" "config.interactions.shutdown_grace") | int -}}
+{{- $needed := add $drain $grace 5 -}}
+{{- $set := .Values.interactions.terminationGracePeriodSeconds | int -}}
+{{- if lt $set $needed -}}
+{{- fail (printf "interactions.terminationGracePeriodSeconds = %d is too short: the drain on SIGTERM takes config.interactions.drain_delay (%ds) + shutdown_grace (%ds) + 5s to store late replies and exit; set it to at least %d, or shorten those" $set $drain $grace $needed) -}}
+{{- end -}}
+{{- $set -}}
+{{- end -}}

@@ -276,6 +276,8 @@ fn dev_config(
             config.discord.token = Secret::new(sim.config().token.clone());
             config.discord.api_base = sim.api_base();
             config.discord.public_key = sim.interactions().public_key_hex();
+            // No load balancer routes to the demo: Ctrl-C need not keep serving.
+            config.interactions.drain_delay = Duration::ZERO;
         }
         (None, Some(token)) => config.discord.token = token.clone(),
         (None, None) => unreachable!("either the simulator or a token"),

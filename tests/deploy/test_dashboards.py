@@ -143,13 +143,23 @@ class Interactions:
             }
         return json.dumps(body)
 
+    def webhook_event(self) -> int:
+        """An APPLICATION_DEAUTHORIZED webhook event, to /webhook-events, as Discord sends it."""
+        self.next_id += 1
+        body = json.dumps({"version": 1, "application_id": "11", "type": 1, "event": {
+            "type": "APPLICATION_DEAUTHORIZED", "timestamp": f"{time.time():.6f}",
+            "data": {"user": {"id": str(2_000_000 + self.next_id), "username": "tester"}}}})
+        return self.send_body(body, self.url.replace("/interactions", "/webhook-events"))
+
     def send(self, kind: int, name: str | None = None, forged: bool = False) -> int:
-        body = self.body(kind, name)
+        return self.send_body(self.body(kind, name), self.url, forged)
+
+    def send_body(self, body: str, url: str, forged: bool = False) -> int:
         timestamp = str(int(time.time()))
         signature = self.key.sign((timestamp + body).encode()).signature.hex()
         if forged:
             signature = "00" * 64
-        request = urllib.request.Request(self.url, data=body.encode(), method="POST", headers={
+        request = urllib.request.Request(url, data=body.encode(), method="POST", headers={
             "content-type": "application/json",
             "x-signature-ed25519": signature,
             "x-signature-timestamp": timestamp,
@@ -359,7 +369,7 @@ backoff = {{ initial = "50ms", max = "100ms" }}
         start = time.time()
 
         # Interaction traffic until the check is done: pings, in-time and late handler
-        # replies, and forged signatures (rejected).
+        # replies, forged signatures (rejected), and webhook events.
         stop = threading.Event()
         statuses: dict[str, set[int]] = {}
 
@@ -371,6 +381,10 @@ backoff = {{ initial = "50ms", max = "100ms" }}
                         statuses.setdefault(label, set()).add(interactions.send(kind, name, forged))
                     except OSError as e:
                         statuses.setdefault(label, set()).add(str(e))
+                try:
+                    statuses.setdefault("webhook_event", set()).add(interactions.webhook_event())
+                except OSError as e:
+                    statuses.setdefault("webhook_event", set()).add(str(e))
                 stop.wait(0.5)
 
         sender = threading.Thread(target=traffic, daemon=True)

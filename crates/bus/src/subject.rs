@@ -105,6 +105,12 @@ pub fn dlq(sink: &str) -> BusSubject {
     BusSubject(format!("relaycord.dlq.{}", sanitize_token(sink)))
 }
 
+/// The dead-letter subjects with `last` as their last token, unchecked: a wildcard (`>`)
+/// or a placeholder (`{sink}`, in the AsyncAPI document), never a sink's name.
+pub fn dlq_pattern(last: &str) -> String {
+    format!("relaycord.dlq.{last}")
+}
+
 /// Subjects one role alone uses, built here all the same: the layout lives in this file.
 impl Subjects {
     /// A consumer filter over the events stream: `<prefix>.*.<TYPE|*>.<guild|*>`, `None`

@@ -388,9 +388,10 @@ fn subscriber_args(stack: &Stack, durable: &str) -> Vec<String> {
         "DISCORD_GATEWAY",
         "--durable",
         durable,
-        // One filter for both sources of the events stream (nats-server 2.9 takes one).
+        // One filter for both sources of the events stream, on nats-server 2.9 too (which
+        // takes one filter, inside the stream's subjects or covering them all).
         "--filter",
-        "discord.*.*.*",
+        "discord.>",
         "--schema",
         schema_path().to_str().unwrap(),
     ]

@@ -237,7 +237,9 @@ pub fn asyncapi(contract: &Contract) -> Value {
                 deliver policy `all` (or `new`), ack policy `explicit`, and a max_deliver of your \
                 choice; fetch in batches, ack each message after it is processed, dedupe by \
                 `Nats-Msg-Id`. One durable name is shared by a consumer's replicas. nats-server 2.9 \
-                takes one filter subject per consumer; 2.10+ also take several (`filter_subjects`).",
+                takes one filter subject per consumer, inside one of the stream's subjects (or \
+                `<prefix>.>` for the whole events stream); 2.10+ also take several \
+                (`filter_subjects`) and any that overlaps the stream's subjects.",
             "filterSubject": filter,
             "deliverPolicy": "all",
             "ackPolicy": "explicit",
@@ -323,8 +325,10 @@ pub fn asyncapi(contract: &Contract) -> Value {
                 "Discord's webhook events (the application's Webhook Events URL): \
                  APPLICATION_AUTHORIZED, ENTITLEMENT_CREATE, … Stored in the same stream as the \
                  gateway dispatches, so one consumer filter (`{both}`) selects both sources in one \
-                 order. Filter: `{all}`.",
-                both = subjects.event_filter(None, None),
+                 order; `{one}` (one type from either source) needs nats-server 2.10+. Filter: \
+                 `{all}`.",
+                both = subjects.everything(),
+                one = subjects.event_filter(Some("ENTITLEMENT_CREATE"), None),
                 all = subjects.webhooks_all(),
             ),
             "parameters": {
@@ -563,7 +567,7 @@ pub fn asyncapi(contract: &Contract) -> Value {
             "dedupe": "JetStream stores at most one message per Nats-Msg-Id within the duplicate \
                 window; an id never names two events, so a consumer may drop an id it has seen, \
                 forever (docs/bus.md, \"Event identity\").",
-            "eventFilter": subjects.event_filter(None, None),
+            "eventsFilter": subjects.everything(),
             "sinks": sinks,
         },
     })

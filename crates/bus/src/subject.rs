@@ -94,6 +94,14 @@ impl Subjects {
         ))
     }
 
+    /// Everything under the prefix: `<prefix>.>`. As a consumer filter on the events
+    /// stream it selects gateway and webhook events alike, on every server version
+    /// (nats-server 2.9 refuses a filter such as `<prefix>.*.<TYPE>.*` that is not inside
+    /// one of the stream's subjects).
+    pub fn everything(&self) -> String {
+        format!("{}.>", self.prefix)
+    }
+
     /// The wildcard covering every webhook event: `<prefix>.webhooks.>`.
     pub fn webhooks_all(&self) -> String {
         format!("{}.webhooks.>", self.prefix)

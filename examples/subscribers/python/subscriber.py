@@ -57,7 +57,7 @@ async def main() -> None:
     parser.add_argument("--durable", default="example-python",
                         help="durable consumer name, shared by this subscriber's replicas")
     parser.add_argument("--filter", default="discord.gateway.>",
-                        help="filter subject, e.g. discord.gateway.MESSAGE_CREATE.* or discord.*.*.*")
+                        help="filter subject, e.g. discord.gateway.MESSAGE_CREATE.*, or discord.> for gateway and webhook events")
     parser.add_argument("--schema", default=DEFAULT_SCHEMA)
     args = parser.parse_args()
 

@@ -14,6 +14,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import Ajv from "ajv";
+import addFormats from "ajv-formats";
 import { connect } from "@nats-io/transport-node";
 import {
   AckPolicy,
@@ -60,7 +61,7 @@ async function main(): Promise<void> {
       stream: { type: "string", default: "DISCORD_GATEWAY" },
       // Durable consumer name, shared by this subscriber's replicas.
       durable: { type: "string", default: "example-typescript" },
-      // e.g. discord.gateway.MESSAGE_CREATE.* or discord.*.*.*
+      // e.g. discord.gateway.MESSAGE_CREATE.*, or discord.> for gateway and webhook events
       filter: { type: "string", default: "discord.gateway.>" },
       schema: {
         type: "string",
@@ -69,7 +70,10 @@ async function main(): Promise<void> {
     },
   });
   const schema = JSON.parse(readFileSync(args.schema!, "utf8"));
-  const validate = new Ajv({ allErrors: false }).compile<Envelope>(schema);
+  // ajv-formats checks `format` (received_at is an RFC 3339 date-time).
+  const ajv = new Ajv();
+  addFormats(ajv);
+  const validate = ajv.compile<Envelope>(schema);
 
   const nc = await connect({ servers: args.url!.split(",") });
   const jsm = await jetstreamManager(nc);

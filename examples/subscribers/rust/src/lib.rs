@@ -27,7 +27,8 @@ pub struct Options {
     /// Durable consumer name, shared by this subscriber's replicas.
     #[arg(long, default_value = "example-rust")]
     pub durable: String,
-    /// Filter subject, e.g. `discord.gateway.MESSAGE_CREATE.*` or `discord.*.*.*`.
+    /// Filter subject, e.g. `discord.gateway.MESSAGE_CREATE.*`, or `discord.>` for gateway
+    /// and webhook events.
     #[arg(long, default_value = "discord.gateway.>")]
     pub filter: String,
     /// The envelope's JSON Schema.

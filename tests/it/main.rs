@@ -5,6 +5,7 @@ mod architecture;
 mod cluster;
 mod compat;
 mod compression;
+mod contract;
 mod dev;
 mod discord_budget;
 mod durability;

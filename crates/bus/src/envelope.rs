@@ -13,12 +13,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// Where an event entered Relaycord.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
+    /// A dispatch read from a gateway shard (`<prefix>.gateway.…`), or an
+    /// `INTERACTION_CREATE` dispatch (`<prefix>.interactions.…`).
     Gateway,
+    /// An interaction Discord POSTed to the interactions endpoint (`<prefix>.interactions.…`).
     Interaction,
-    /// Discord's webhook events (an application's Webhook Events URL).
+    /// Discord's webhook events (an application's Webhook Events URL, `<prefix>.webhooks.…`).
     Webhook,
 }
 
@@ -64,26 +67,60 @@ impl Source {
 ///     data: &data,
 /// };
 /// ```
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[non_exhaustive]
+#[schemars(
+    title = "Relaycord envelope",
+    description = "The body of every event Relaycord publishes (docs/bus.md, \"Envelope\"). \
+        Consumers must ignore fields they do not know: new fields are added in minor releases.",
+    transform = crate::contract::per_source_rules
+)]
 pub struct Envelope<'a> {
+    /// The event's identity: two different Discord events never share it, the same event
+    /// seen twice always has it. Also the `Nats-Msg-Id` header, the http sink's `webhook-id`
+    /// and the AMQP message id. Opaque: compare it, do not parse it.
     #[serde(borrow)]
+    #[schemars(
+        with = "String",
+        length(min = 1),
+        regex(pattern = r"^[A-Za-z0-9:._+-]+$")
+    )]
     pub id: std::borrow::Cow<'a, str>,
     pub source: Source,
+    /// Discord's event type (`MESSAGE_CREATE`, `INTERACTION_CREATE`, `ENTITLEMENT_CREATE`, …),
+    /// also the subject's event type token and the `Relaycord-Type` header.
     #[serde(rename = "type", borrow)]
+    #[schemars(
+        with = "String",
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Z0-9_]+$")
+    )]
     pub event_type: std::borrow::Cow<'a, str>,
+    /// The gateway shard that read the event; null unless `source` is `gateway`.
     pub shard: Option<u32>,
+    /// The shard session's sequence number of the dispatch; null unless `source` is `gateway`.
     pub seq: Option<u64>,
+    /// The guild the event is about (a decimal snowflake, also the subject's guild token), or
+    /// null for events outside a guild.
     #[serde(borrow)]
+    #[schemars(with = "Option<String>", regex(pattern = r"^[0-9]{1,20}$"))]
     pub guild_id: Option<std::borrow::Cow<'a, str>>,
-    /// RFC 3339 with milliseconds, UTC.
+    /// When Relaycord received the event: RFC 3339 with milliseconds, UTC.
     #[serde(borrow)]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub received_at: std::borrow::Cow<'a, str>,
     /// When Discord says the event occurred, as Discord wrote it: webhook events'
     /// `event.timestamp`. Absent from gateway and interaction envelopes.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
     pub occurred_at: Option<std::borrow::Cow<'a, str>>,
+    /// Discord's payload byte for byte, never re-serialized: the gateway dispatch's `d`, the
+    /// interaction as POSTed, or a webhook event's `event.data` (null when Discord sent none).
+    /// Left open here: its types are Discord's, documented at
+    /// https://discord.com/developers/docs and published as types by discord-api-types
+    /// (TypeScript) and twilight-model (Rust), among others.
     #[serde(borrow)]
+    #[schemars(with = "serde_json::Value")]
     pub data: &'a RawValue,
 }
 

@@ -2,6 +2,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod contract;
 pub mod dedupe;
 pub mod denials;
 pub mod dispatch;

@@ -94,6 +94,14 @@ impl Subjects {
         ))
     }
 
+    /// Everything under the prefix: `<prefix>.>`. As a consumer filter on the events
+    /// stream it selects gateway and webhook events alike, on every server version
+    /// (nats-server 2.9 refuses a filter such as `<prefix>.*.<TYPE>.*` that is not inside
+    /// one of the stream's subjects).
+    pub fn everything(&self) -> String {
+        format!("{}.>", self.prefix)
+    }
+
     /// The wildcard covering every webhook event: `<prefix>.webhooks.>`.
     pub fn webhooks_all(&self) -> String {
         format!("{}.webhooks.>", self.prefix)
@@ -103,6 +111,12 @@ impl Subjects {
 /// Dead letters of one sink: `relaycord.dlq.<sink>`.
 pub fn dlq(sink: &str) -> BusSubject {
     BusSubject(format!("relaycord.dlq.{}", sanitize_token(sink)))
+}
+
+/// The dead-letter subjects with `last` as their last token, unchecked: a wildcard (`>`)
+/// or a placeholder (`{sink}`, in the AsyncAPI document), never a sink's name.
+pub fn dlq_pattern(last: &str) -> String {
+    format!("relaycord.dlq.{last}")
 }
 
 /// Subjects one role alone uses, built here all the same: the layout lives in this file.

@@ -21,6 +21,8 @@ pub use tracing as __tracing;
 
 /// The W3C header carrying trace id, parent span id and the sampled flag.
 pub const TRACEPARENT: &str = "traceparent";
+/// The W3C header of vendor trace state, set beside `traceparent` when the span has one.
+pub const TRACESTATE: &str = "tracestate";
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 

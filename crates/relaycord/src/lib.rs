@@ -2,6 +2,7 @@
 //! default `dev` feature, the all-in-one demo. Test fixtures live in `relaycord-testkit`.
 
 pub mod config;
+pub mod contract;
 #[cfg(feature = "dev")]
 pub mod dev;
 #[cfg(feature = "dev")]

@@ -136,6 +136,13 @@ enum Command {
     Reshard(reshard::ReshardArgs),
     /// Follow events live: pretty lines, or the envelopes as JSON lines (--json).
     Tail(tail::TailArgs),
+    /// Print the bus contract of this configuration: an AsyncAPI 3.0 document (JSON) of
+    /// its subjects, headers and streams, with the envelope's JSON Schema inside.
+    Asyncapi {
+        /// Print only the envelope's JSON Schema (docs/contract/envelope.schema.json).
+        #[arg(long)]
+        envelope_schema: bool,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -370,6 +377,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq(args) => dlq::run(cli.config.as_deref(), args).await,
         Command::Reshard(args) => reshard::run(cli.config.as_deref(), args).await,
         Command::Tail(args) => tail::run(cli.config.as_deref(), args, shutdown).await,
+        Command::Asyncapi { envelope_schema } => {
+            let text = if envelope_schema {
+                relaycord::contract::envelope_schema_json()
+            } else {
+                let config = Config::load(cli.config.as_deref())?;
+                config.validate()?;
+                relaycord::contract::asyncapi_json(&config)
+            };
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config {
             command: ConfigCommand::Check,
         } => {

@@ -190,12 +190,17 @@ async fn unroutable_events_are_not_delivered_but_dead_lettered() {
         &unique,
     ])
     .await;
-    assert_eq!(delivered, 0.0, "an unroutable event is not delivered");
-    assert_eq!(dead, 5.0);
-    assert_eq!(returned, 10.0, "two attempts of five events, each returned");
     let letters = relaycord_sinks::dlq::list(&bus.js, "amqp-unbound")
         .await
         .unwrap();
+    // Why each event failed, should the counts below be off.
+    let reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
+    assert_eq!(delivered, 0.0, "an unroutable event is not delivered");
+    assert_eq!(dead, 5.0, "{reasons:?}");
+    assert_eq!(
+        returned, 10.0,
+        "two attempts of five events, each returned; letters: {reasons:?}"
+    );
     assert_eq!(
         letters.iter().map(|l| l.id.clone()).collect::<HashSet<_>>(),
         ids

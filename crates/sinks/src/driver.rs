@@ -140,6 +140,19 @@ impl<S: Sink> Driver<S> {
                 self.metrics.paused_sinks.clone(),
             ),
         });
+        // Every sink shows the lane gauges (0 when unordered), so one dashboard and one
+        // alert cover every sink.
+        let label = [self.settings.name.as_str()];
+        self.metrics.lanes_active.with_label_values(&label).set(0);
+        self.metrics.lanes_blocked.with_label_values(&label).set(0);
+        self.metrics
+            .lane_oldest_wait
+            .with_label_values(&label)
+            .set(0.0);
+        self.metrics
+            .partitions_owned
+            .with_label_values(&label)
+            .set(0);
         if ordered {
             let shape = (replicas, max_age);
             return crate::lanes::run(worker, self.metrics, shape, shutdown).await;

@@ -70,9 +70,9 @@ pub struct SinkConfig {
     /// discord sink, `"none"` for the others. See docs/sinks.md, "Ordered delivery".
     #[serde(default)]
     pub ordering: Option<Ordering>,
-    /// With ordering: `"block"` retries an undeliverable event until it goes through,
-    /// holding its lane; `"dead_letter"` moves it to the DLQ after `max_attempts` and
-    /// goes on, marking the lane's next delivery with `Relaycord-Lane-Gap`.
+    /// With ordering: `"dead_letter"` (the default) moves an undeliverable event to the
+    /// DLQ after `max_attempts` and goes on, marking the lane's next delivery with
+    /// `Relaycord-Lane-Gap`; `"block"` retries it until it goes through, holding its lane.
     #[serde(default)]
     pub on_failure: OnFailure,
     /// With ordering: the lanes are split into this many partitions, each delivered by
@@ -277,8 +277,11 @@ fn default_concurrency() -> usize {
     64
 }
 
+/// `partitions` unless configured.
+pub const DEFAULT_PARTITIONS: u32 = 4;
+
 fn default_partitions() -> u32 {
-    4
+    DEFAULT_PARTITIONS
 }
 
 #[cfg(test)]

@@ -28,10 +28,10 @@ pub enum Ordering {
 #[serde(rename_all = "snake_case")]
 pub enum OnFailure {
     /// Keep retrying it (at `backoff.max`) and hold the lane until it is delivered.
-    #[default]
     Block,
     /// Move it to the DLQ and go on; the lane's next delivery carries
-    /// `Relaycord-Lane-Gap`.
+    /// `Relaycord-Lane-Gap`. The default: failures end where an unordered sink's do.
+    #[default]
     DeadLetter,
 }
 

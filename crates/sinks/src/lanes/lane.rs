@@ -22,7 +22,7 @@ pub struct LaneContext<S> {
     pub worker: Arc<Worker<S>>,
     pub board: Board,
     pub records: Records,
-    /// Attempts in flight in this partition (`concurrency`).
+    /// Attempts in flight in this process, shared by its partitions (`concurrency`).
     pub attempts: Arc<Semaphore>,
     /// The partition is stopping: no new attempt starts; what waits is left unacked
     /// for the partition's next owner.

@@ -63,6 +63,8 @@ struct Coordinator<S> {
     ttl: Duration,
     shutdown: CancellationToken,
     running: HashMap<u32, Owned<S>>,
+    /// Attempts in flight in this process, over all its partitions (`concurrency`).
+    attempts: Arc<Semaphore>,
 }
 
 /// Runs an ordered sink until `shutdown`, then lets its partitions finish the attempts
@@ -91,6 +93,7 @@ pub(crate) async fn run<S: Sink>(
         ttl,
         shutdown: shutdown.clone(),
         running: HashMap::new(),
+        attempts: Arc::new(Semaphore::new(s.concurrency.max(1))),
     };
     tracing::info!(sink = %s.name, ordering = ?s.ordering, on_failure = ?s.on_failure, partitions = s.partitions, replica = %coordinator.replica, "ordered sink started");
     let period = (ttl / 3).clamp(Duration::from_millis(100), Duration::from_secs(10));
@@ -252,7 +255,7 @@ impl<S: Sink> Coordinator<S> {
             worker: Arc::clone(&self.worker),
             board: Board::default(),
             records: Records::new(self.records.clone()),
-            attempts: Arc::new(Semaphore::new(s.concurrency.max(1))),
+            attempts: Arc::clone(&self.attempts),
             stop: self.shutdown.child_token(),
         });
         let task = tokio::spawn(partition::run(Arc::clone(&ctx), consumer, index));

@@ -34,6 +34,7 @@ mod sinks_driver;
 mod sinks_http;
 mod sinks_lost_ack;
 mod sinks_nats;
+mod sinks_ordering;
 mod sinks_process;
 mod sinks_tail;
 mod skeleton;

@@ -17,6 +17,7 @@ use crate::error::SinkError;
 use crate::filter::{Exclude, Filter};
 use crate::http::HttpSinkConfig;
 use crate::nats::NatsSinkConfig;
+use crate::ordering::{OnFailure, Ordering};
 use crate::pause::PauseConfig;
 use crate::retry::Backoff;
 use crate::{BuildContext, SinkMetrics};
@@ -64,6 +65,21 @@ pub struct SinkConfig {
     /// stream; see [`PauseConfig`].
     #[serde(default)]
     pub pause: PauseConfig,
+    /// Deliver events of one guild or one channel one after another, in stream order
+    /// (`"guild"`, `"channel"`), or with no order (`"none"`). Unset: `"channel"` for a
+    /// discord sink, `"none"` for the others. See docs/sinks.md, "Ordered delivery".
+    #[serde(default)]
+    pub ordering: Option<Ordering>,
+    /// With ordering: `"dead_letter"` (the default) moves an undeliverable event to the
+    /// DLQ after `max_attempts` and goes on, marking the lane's next delivery with
+    /// `Relaycord-Lane-Gap`; `"block"` retries it until it goes through, holding its lane.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// With ordering: the lanes are split into this many partitions, each delivered by
+    /// one replica at a time (every partition reads all of the sink's events). At least
+    /// the number of replicas you run; more spread the work more evenly.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
     #[serde(flatten)]
     pub kind: SinkKind,
 }
@@ -108,8 +124,20 @@ impl SinkConfig {
             concurrency: default_concurrency(),
             backoff: Backoff::default(),
             pause: PauseConfig::default(),
+            ordering: None,
+            on_failure: OnFailure::default(),
+            partitions: default_partitions(),
             kind,
         }
+    }
+
+    /// `ordering`, or its default for this sink's type: a discord sink posting into
+    /// one channel keeps that channel's order.
+    pub fn ordering(&self) -> Ordering {
+        self.ordering.unwrap_or(match self.kind {
+            SinkKind::Discord(_) => Ordering::Channel,
+            _ => Ordering::None,
+        })
     }
 
     /// Builds the sink without running it: `relaycord config check` uses this to fail
@@ -187,6 +215,9 @@ impl SinkConfig {
             backoff: self.backoff,
             dedupe_window: self.dedupe.then_some(self.dedupe_window),
             pause: self.pause,
+            ordering: self.ordering(),
+            on_failure: self.on_failure,
+            partitions: self.partitions,
         }
     }
 
@@ -244,6 +275,13 @@ fn default_max_attempts() -> u32 {
 
 fn default_concurrency() -> usize {
     64
+}
+
+/// `partitions` unless configured.
+pub const DEFAULT_PARTITIONS: u32 = 4;
+
+fn default_partitions() -> u32 {
+    DEFAULT_PARTITIONS
 }
 
 #[cfg(test)]

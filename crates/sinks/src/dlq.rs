@@ -373,6 +373,7 @@ pub async fn replay<S: Sink>(
                 event_type: &letter.event_type,
                 attempt: letter.attempts + 1,
                 body: &body,
+                lane: None,
             };
             match sink.deliver(&event).await {
                 Outcome::Delivered => {

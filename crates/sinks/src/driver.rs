@@ -31,6 +31,7 @@ use tracing::Instrument;
 use crate::dedupe::Dedupe;
 use crate::error::{SinkError, SinkErrorKind};
 use crate::holds::Holds;
+use crate::ordering::Ordering;
 use crate::pause::Breaker;
 use crate::worker::Worker;
 use crate::{Sink, SinkMetrics};
@@ -83,23 +84,7 @@ impl<S: Sink> Driver<S> {
             )
         })?;
         let name = Self::consumer_name(&s.name);
-        let mut config = pull::Config {
-            durable_name: Some(name.clone()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: s.ack_wait,
-            max_deliver: MAX_DELIVER,
-            max_ack_pending: (s.concurrency as i64 * 4).max(256),
-            deliver_policy: jetstream::consumer::DeliverPolicy::All,
-            ..Default::default()
-        };
-        match s.subjects.as_slice() {
-            [] => {}
-            [one] => config.filter_subject = one.clone(),
-            many if server_at_least(&self.js, 2, 10) => config.filter_subjects = many.to_vec(),
-            // nats-server 2.9 allows one filter per consumer: read everything, and let
-            // the in-process filter ack what this sink does not want.
-            _ => {}
-        }
+        let config = consumer_config(&self.js, s, name.clone());
         stream.create_consumer(config).await.map_err(|e| {
             SinkError::with_source(
                 SinkErrorKind::Bus,
@@ -110,7 +95,7 @@ impl<S: Sink> Driver<S> {
     }
 
     /// The stream's replicas and `max_age`, which the sink's buckets follow.
-    async fn stream_shape(&self) -> (usize, Duration) {
+    pub(crate) async fn stream_shape(&self) -> (usize, Duration) {
         match self.js.get_stream(&self.settings.stream).await {
             Ok(mut stream) => stream.info().await.map_or((1, Duration::ZERO), |i| {
                 (i.config.num_replicas, i.config.max_age)
@@ -132,14 +117,18 @@ impl<S: Sink> Driver<S> {
     /// Delivers until `shutdown` fires, then finishes in-flight deliveries and releases
     /// (naks) anything pulled but not started.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), SinkError> {
-        let consumer = self.ensure_consumer().await?;
+        let ordered = self.settings.ordering != Ordering::None;
         let (replicas, max_age) = self.stream_shape().await;
         let worker = Arc::new(Worker {
             sink: Arc::clone(&self.sink),
             js: self.js.clone(),
             settings: Arc::clone(&self.settings),
             metrics: self.metrics.clone(),
-            dedupe: self.open_dedupe(replicas).await?,
+            // An ordered sink's lane records do dedupe's work (see crate::lanes).
+            dedupe: match ordered {
+                true => None,
+                false => self.open_dedupe(replicas).await?,
+            },
             holds: Holds::open(&self.js, &self.settings.name, max_age, replicas).await?,
             shutdown: shutdown.clone(),
             breaker: Breaker::new(
@@ -151,6 +140,24 @@ impl<S: Sink> Driver<S> {
                 self.metrics.paused_sinks.clone(),
             ),
         });
+        // Every sink shows the lane gauges (0 when unordered), so one dashboard and one
+        // alert cover every sink.
+        let label = [self.settings.name.as_str()];
+        self.metrics.lanes_active.with_label_values(&label).set(0);
+        self.metrics.lanes_blocked.with_label_values(&label).set(0);
+        self.metrics
+            .lane_oldest_wait
+            .with_label_values(&label)
+            .set(0.0);
+        self.metrics
+            .partitions_owned
+            .with_label_values(&label)
+            .set(0);
+        if ordered {
+            let shape = (replicas, max_age);
+            return crate::lanes::run(worker, self.metrics, shape, shutdown).await;
+        }
+        let consumer = self.ensure_consumer().await?;
         let s = Arc::clone(&self.settings);
         tracing::info!(sink = %s.name, stream = %s.stream, subjects = ?s.subjects, dedupe = s.dedupe_window.is_some(), "sink started");
         let gauges = tokio::spawn(refresh_gauges(
@@ -398,6 +405,33 @@ async fn refresh_gauges(
                 .set(info.config.max_messages_per_subject);
         }
     }
+}
+
+/// The sink's consumer `name`: explicit acks, unlimited deliveries, the sink's filter
+/// subjects as far as the server can take them.
+pub(crate) fn consumer_config(
+    js: &jetstream::Context,
+    s: &DriverSettings,
+    name: String,
+) -> pull::Config {
+    let mut config = pull::Config {
+        durable_name: Some(name),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: s.ack_wait,
+        max_deliver: MAX_DELIVER,
+        max_ack_pending: (s.concurrency as i64 * 4).max(256),
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        ..Default::default()
+    };
+    match s.subjects.as_slice() {
+        [] => {}
+        [one] => config.filter_subject = one.clone(),
+        many if server_at_least(js, 2, 10) => config.filter_subjects = many.to_vec(),
+        // nats-server 2.9 allows one filter per consumer: read everything, and let
+        // the in-process filter ack what this sink does not want.
+        _ => {}
+    }
+    config
 }
 
 fn server_at_least(js: &jetstream::Context, major: u64, minor: u64) -> bool {

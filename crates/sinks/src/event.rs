@@ -22,6 +22,8 @@ pub struct Event<'a> {
     /// 1 on the first delivery, then 2, 3...
     pub attempt: u32,
     pub body: &'a Body<'a>,
+    /// Its lane and place in it, when the sink delivers in order; sent as headers.
+    pub lane: Option<&'a crate::ordering::LaneMark>,
 }
 
 /// The envelope bytes exactly as they are on the bus, and what has been read from them.

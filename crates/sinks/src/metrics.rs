@@ -1,7 +1,7 @@
 //! Sink metrics, labelled by sink name and outcome only (bounded).
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     exponential_buckets,
 };
 
@@ -29,6 +29,14 @@ pub struct SinkMetrics {
     pub paused: IntGaugeVec,
     /// The paused sinks and why, for `/readyz`.
     pub paused_sinks: PausedSinks,
+    /// Ordered sinks: lanes with events waiting or in flight in this process.
+    pub lanes_active: IntGaugeVec,
+    /// Ordered sinks: lanes whose next event failed and waits for another try.
+    pub lanes_blocked: IntGaugeVec,
+    /// Ordered sinks: how long the oldest event waiting in a lane has waited.
+    pub lane_oldest_wait: GaugeVec,
+    /// Ordered sinks: partitions of the lanes this process delivers.
+    pub partitions_owned: IntGaugeVec,
 }
 
 impl SinkMetrics {
@@ -87,6 +95,25 @@ impl SinkMetrics {
                 "1 while the sink is paused after a run of failed events (see /readyz for why).",
             )?,
             paused_sinks: PausedSinks::default(),
+            lanes_active: gauge(
+                "relaycord_sink_lanes_active",
+                "Ordered sinks: lanes with events waiting or being delivered in this process.",
+            )?,
+            lanes_blocked: gauge(
+                "relaycord_sink_lanes_blocked",
+                "Ordered sinks: lanes whose next event failed and waits to be tried again (its successors wait behind it).",
+            )?,
+            lane_oldest_wait: GaugeVec::new(
+                Opts::new(
+                    "relaycord_sink_lane_oldest_wait_seconds",
+                    "Ordered sinks: how long the oldest event waiting in a lane of this process has waited since it was pulled.",
+                ),
+                &["sink"],
+            )?,
+            partitions_owned: gauge(
+                "relaycord_sink_partitions_owned",
+                "Ordered sinks: partitions of the lanes this process holds the lease of.",
+            )?,
         };
         registry.register(Box::new(m.deliveries.clone()))?;
         registry.register(Box::new(m.attempt_latency.clone()))?;
@@ -98,6 +125,10 @@ impl SinkMetrics {
         registry.register(Box::new(m.dlq_bytes.clone()))?;
         registry.register(Box::new(m.dlq_max_bytes.clone()))?;
         registry.register(Box::new(m.paused.clone()))?;
+        registry.register(Box::new(m.lanes_active.clone()))?;
+        registry.register(Box::new(m.lanes_blocked.clone()))?;
+        registry.register(Box::new(m.lane_oldest_wait.clone()))?;
+        registry.register(Box::new(m.partitions_owned.clone()))?;
         // The discord sink's answers, process-wide (shared with the interactions role).
         relaycord_bus::InvalidRequests::register(registry)?;
         crate::amqp::metrics::register(registry)?;

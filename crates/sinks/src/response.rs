@@ -106,6 +106,7 @@ mod tests {
             event_type: "MESSAGE_CREATE",
             attempt: 1,
             body: &body,
+            lane: None,
         };
         // Far below the sinks' timeout: the cap, not the clock, ends the read.
         tokio::time::timeout(Duration::from_secs(5), sink.deliver(&event))

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::filter::Filter;
+use crate::ordering::{OnFailure, Ordering};
 use crate::pause::PauseConfig;
 use crate::retry::Backoff;
 
@@ -32,4 +33,10 @@ pub struct DriverSettings {
     pub dedupe_window: Option<Duration>,
     /// When to pause after a run of failures, and how to probe.
     pub pause: PauseConfig,
+    /// Which events are delivered one after another ([`crate::lanes`]).
+    pub ordering: Ordering,
+    /// What an ordered lane does with an event it cannot deliver.
+    pub on_failure: OnFailure,
+    /// How many parts the lanes are split into between replicas (ordered sinks only).
+    pub partitions: u32,
 }

@@ -15,6 +15,10 @@ use crate::SinkConfig;
 /// would overflow `Instant + Duration` (which panics) when the next probe is scheduled.
 pub const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
+/// The most partitions of an ordered sink: each one is a consumer reading every event
+/// of the sink, so the server's work grows with their number.
+pub const MAX_PARTITIONS: u32 = 64;
+
 /// Checks every configured sink against the stream it reads, `[nats]`'s `max_age` (0:
 /// kept forever): [`validate`], then no wait of a sink may outlast the events it waits
 /// for. An event nak'd for longer than the stream keeps it, or unacked for longer than
@@ -87,6 +91,15 @@ pub fn common(sink: &SinkConfig) -> Result<(), ConfigError> {
     }
     if sink.concurrency == 0 {
         return Err(ConfigError::new(key("concurrency"), "must be at least 1"));
+    }
+    if !(1..=MAX_PARTITIONS).contains(&sink.partitions) {
+        return Err(ConfigError::new(
+            key("partitions"),
+            format!(
+                "must be 1 to {MAX_PARTITIONS}: every partition reads all of the sink's events; \
+                 use about the number of replicas you run (e.g. 4)"
+            ),
+        ));
     }
     if sink.pause.probe_interval.is_zero() {
         return Err(ConfigError::new(

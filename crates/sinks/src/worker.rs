@@ -136,6 +136,7 @@ impl<S: Sink> Worker<S> {
             event_type: type_and_guild(&message.subject).0,
             attempt,
             body,
+            lane: None,
         };
         // Which stored copy this is: redeliveries of it share the stream sequence.
         let copy = match (&self.dedupe, message.info()) {
@@ -190,9 +191,12 @@ impl<S: Sink> Worker<S> {
         self.holds.add(seq, before).await;
     }
 
-    /// One delivery attempt, timed. `None` when the sink panicked: the message was
-    /// nak'd already.
-    async fn attempt(&self, event: &Event<'_>, message: &Message) -> Option<Outcome> {
+    /// One delivery attempt, timed, the sink's panic caught: `Err` carries what it said.
+    pub(crate) async fn try_deliver(
+        &self,
+        event: &Event<'_>,
+        message: &Message,
+    ) -> Result<Outcome, Box<dyn Any + Send>> {
         let started = Instant::now();
         let outcome = AssertUnwindSafe(self.deliver_with_progress(event, message))
             .catch_unwind()
@@ -201,7 +205,13 @@ impl<S: Sink> Worker<S> {
             .attempt_latency
             .with_label_values(&[&self.settings.name])
             .observe(started.elapsed().as_secs_f64());
-        match outcome {
+        outcome
+    }
+
+    /// One delivery attempt, timed. `None` when the sink panicked: the message was
+    /// nak'd already.
+    async fn attempt(&self, event: &Event<'_>, message: &Message) -> Option<Outcome> {
+        match self.try_deliver(event, message).await {
             Ok(outcome) => Some(outcome),
             Err(panic) => {
                 // Left alone, the message would wait out ack_wait in silence. The
@@ -303,20 +313,21 @@ impl<S: Sink> Worker<S> {
         }
     }
 
-    /// Moves a message to `relaycord.dlq.<sink>` and terminates it. While the dead letter
+    /// Moves a message to `relaycord.dlq.<sink>` and terminates it; false when it was
+    /// given back instead (the worker is stopping). While the dead letter
     /// cannot be stored (DLQ stream missing, NATS unreachable), it keeps trying in this
     /// worker with in-progress acks instead of nak'ing: a nak would spend one of the
     /// consumer's `max_deliver` deliveries per failure, and once those are gone the
     /// server never hands the message out again, so it would be neither delivered nor
     /// dead-lettered. Only a stopping worker gives the message back (nak).
-    async fn dead_letter(
+    pub(crate) async fn dead_letter(
         &self,
         message: &Message,
         id: &str,
         attempts: u32,
         reason: &str,
         status: Option<u16>,
-    ) {
+    ) -> bool {
         let s = &self.settings;
         let info = DeadLetterInfo {
             sink: &s.name,
@@ -339,13 +350,13 @@ impl<S: Sink> Worker<S> {
                     tracing::warn!(sink = %s.name, %id, attempts, ?status, %reason, "dead-lettered");
                     self.ack(message, AckKind::Term).await;
                     self.count("dead_lettered");
-                    return;
+                    return true;
                 }
                 Err(dlq::StoreError::TooLarge { bytes, max_payload }) => {
                     tracing::error!(sink = %s.name, %id, bytes, max_payload, "LOST: the dead letter can never fit the NATS server's max_payload; the event stays in its stream, find it by its id");
                     self.ack(message, AckKind::Term).await;
                     self.count("abandoned");
-                    return;
+                    return true;
                 }
                 Err(error) => error,
             };
@@ -364,7 +375,7 @@ impl<S: Sink> Worker<S> {
             );
             if stopping.await {
                 self.give_back_undead(message, id).await;
-                return;
+                return false;
             }
         }
     }
@@ -377,7 +388,7 @@ impl<S: Sink> Worker<S> {
         self.ack(message, AckKind::Nak(Some(s.backoff.max))).await;
     }
 
-    async fn ack(&self, message: &Message, kind: AckKind) {
+    pub(crate) async fn ack(&self, message: &Message, kind: AckKind) {
         // A lost ack means a redelivery later, which dedupe (or the receiver) absorbs:
         // logging is all that is useful here.
         if let Err(error) = message.ack_with(kind).await {
@@ -386,7 +397,7 @@ impl<S: Sink> Worker<S> {
         }
     }
 
-    fn count(&self, outcome: &str) {
+    pub(crate) fn count(&self, outcome: &str) {
         if relaycord_bus::trace::enabled() {
             tracing::Span::current().record("outcome", outcome);
         }
@@ -407,7 +418,7 @@ pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
 }
 
 /// The dedupe id: the `Nats-Msg-Id` header, else the envelope's own `id`.
-fn event_id<'a>(message: &'a Message, body: &'a Body<'_>) -> Option<&'a str> {
+pub(crate) fn event_id<'a>(message: &'a Message, body: &'a Body<'_>) -> Option<&'a str> {
     if let Some(id) = message
         .headers
         .as_ref()
@@ -418,7 +429,7 @@ fn event_id<'a>(message: &'a Message, body: &'a Body<'_>) -> Option<&'a str> {
     body.envelope().ok().map(|e| e.id.as_ref())
 }
 
-fn end_to_end(body: &Body<'_>) -> Option<Duration> {
+pub(crate) fn end_to_end(body: &Body<'_>) -> Option<Duration> {
     let envelope = body.envelope().ok()?;
     SystemTime::now()
         .duration_since(envelope.received_at_time()?)

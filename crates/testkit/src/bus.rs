@@ -39,17 +39,40 @@ impl Stack {
         ids
     }
 
-    /// Waits until the sink's consumer has handed out and seen acked every message.
+    /// Waits until the sink's consumer has handed out and seen acked every message. An
+    /// ordered sink (see docs/sinks.md) has one consumer per partition instead, each
+    /// reading every message: all of them (the default number) must be settled.
     pub async fn wait_settled(&self, sink: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let stream = self.js.get_stream("DISCORD_GATEWAY").await.unwrap();
         let name = Driver::<RecordingSink>::consumer_name(sink);
+        let partitions = format!("{name}-p");
         loop {
             // The consumer may not exist yet: the sink creates it when it starts.
-            let state = stream
-                .consumer_info(&name)
-                .await
-                .map(|i| (i.num_pending, i.num_ack_pending));
+            let state = match stream.consumer_info(&name).await {
+                Ok(info) => Ok((info.num_pending, info.num_ack_pending)),
+                Err(error) => {
+                    let mut found = Vec::new();
+                    let mut names = stream.consumer_names();
+                    while let Some(Ok(consumer)) = names.next().await {
+                        if consumer.starts_with(&partitions) {
+                            found.push(consumer);
+                        }
+                    }
+                    let mut unsettled = (0, 0);
+                    for consumer in &found {
+                        if let Ok(info) = stream.consumer_info(consumer).await {
+                            unsettled.0 += info.num_pending;
+                            unsettled.1 += info.num_ack_pending;
+                        }
+                    }
+                    match found.len() as u32 {
+                        n if n >= relaycord_sinks::config::DEFAULT_PARTITIONS => Ok(unsettled),
+                        0 => Err(error),
+                        _ => Ok((u64::MAX, 0)),
+                    }
+                }
+            };
             if matches!(state, Ok((0, 0))) {
                 return;
             }

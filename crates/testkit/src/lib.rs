@@ -31,7 +31,7 @@ pub use sinks::{
     write_config,
 };
 pub use stack::{Stack, StackBuilder, assert_sim_clean, start_sim};
-pub use test_receiver::{TestReceiver, wait_accepted};
+pub use test_receiver::{Accepted, TestReceiver, wait_accepted};
 
 /// The webhook secret of every HTTP sink and receiver in the suite.
 pub const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";

@@ -62,6 +62,19 @@ struct Inner {
     /// Non-zero: the first request of each id is answered 429 `Retry-After: <this>`.
     retry_after_first: AtomicU64,
     arrivals: Mutex<HashMap<String, Vec<Instant>>>,
+    /// Non-zero: this share of requests (in percent, spread evenly) is answered 503.
+    fail_percent: AtomicU64,
+    /// Every accepted request in the order it was accepted, with its lane headers.
+    log: Mutex<Vec<Accepted>>,
+}
+
+/// One accepted request: the event's id and the ordered sinks' lane headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub id: String,
+    pub lane: Option<String>,
+    pub lane_seq: Option<u64>,
+    pub lane_gap: Option<u64>,
 }
 
 impl TestReceiver {
@@ -87,6 +100,8 @@ impl TestReceiver {
             hang: Duration::from_secs(3),
             retry_after_first: AtomicU64::new(0),
             arrivals: Mutex::default(),
+            fail_percent: AtomicU64::new(0),
+            log: Mutex::default(),
         });
         let receiver = TestReceiver {
             inner,
@@ -167,6 +182,26 @@ impl TestReceiver {
     /// The ids [`Self::refuse_next_for_good`] picked.
     pub fn refused_for_good(&self) -> HashSet<String> {
         self.inner.refused_for_good.lock().unwrap().clone()
+    }
+
+    /// Answers `percent` % of requests 503, spread evenly over the requests (0: off).
+    pub fn set_fail_percent(&self, percent: u64) {
+        self.inner.fail_percent.store(percent, Ordering::SeqCst);
+    }
+
+    /// These ids are answered 400 every time, until [`Self::accept_all_again`].
+    pub fn refuse(&self, ids: impl IntoIterator<Item = String>) {
+        self.inner.refused_for_good.lock().unwrap().extend(ids);
+    }
+
+    /// Forgets the ids refused for good.
+    pub fn accept_all_again(&self) {
+        self.inner.refused_for_good.lock().unwrap().clear();
+    }
+
+    /// Every accepted request, in the order accepted.
+    pub fn log(&self) -> Vec<Accepted> {
+        self.inner.log.lock().unwrap().clone()
     }
 
     /// While flaky, these ids fail every time (they end up dead-lettered).
@@ -295,6 +330,11 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         let _ = hold.wait_for(|h| !*h).await;
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
+    let percent = inner.fail_percent.load(Ordering::SeqCst);
+    // 37 is prime to 100: failures spread over every hundred requests, not in a run.
+    if percent > 0 && (n * 37) % 100 < percent {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     let period = inner.flaky.load(Ordering::SeqCst);
     if period > 0 {
         if inner.doomed.lock().unwrap().contains(id) {
@@ -316,13 +356,22 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
     if !inner.delay.is_zero() {
         tokio::time::sleep(inner.delay).await;
     }
-    inner
-        .accepted
-        .lock()
-        .unwrap()
-        .entry(id.to_owned())
-        .or_default()
-        .push(SystemTime::now());
+    let number = |name: &str| header(name).and_then(|v| v.parse().ok());
+    let entry = Accepted {
+        id: id.to_owned(),
+        lane: header("relaycord-lane").map(str::to_owned),
+        lane_seq: number("relaycord-lane-seq"),
+        lane_gap: number("relaycord-lane-gap"),
+    };
+    {
+        // One lock for both, so the log's order is the order of acceptance.
+        let mut accepted = inner.accepted.lock().unwrap();
+        accepted
+            .entry(id.to_owned())
+            .or_default()
+            .push(SystemTime::now());
+        inner.log.lock().unwrap().push(entry);
+    }
     let replica = header("x-replica").unwrap_or("-").to_owned();
     *inner.by_replica.lock().unwrap().entry(replica).or_default() += 1;
     StatusCode::NO_CONTENT.into_response()

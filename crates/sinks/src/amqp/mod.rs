@@ -12,7 +12,7 @@ mod service;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
@@ -149,6 +149,16 @@ impl AmqpSink {
             .with_type(event.event_type.into())
             .with_app_id("relaycord".into())
             .with_timestamp(timestamp);
+        let properties = match event.lane {
+            Some(lane) => {
+                let mut headers = FieldTable::default();
+                for (name, value) in lane.headers() {
+                    headers.insert(name.into(), AMQPValue::LongString(value.into()));
+                }
+                properties.with_headers(headers)
+            }
+            None => properties,
+        };
         let options = BasicPublishOptions {
             mandatory: self.mandatory,
             ..BasicPublishOptions::default()

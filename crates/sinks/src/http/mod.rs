@@ -100,6 +100,13 @@ impl Sink for HttpSink {
         // `traceparent`: the receiver's own spans join the delivery's trace.
         let mut headers = self.headers.clone();
         relaycord_bus::trace::inject_http(&mut headers);
+        for (name, value) in event.lane.map(|l| l.headers()).unwrap_or_default() {
+            // Lane keys are `channel:<id>` or `guild:<id>`; a channel id from a payload
+            // that is not a valid header value is left out rather than sent mangled.
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
         let mut request = self
             .client
             .post(self.url.clone())
@@ -163,6 +170,7 @@ mod tests {
             event_type: "T",
             attempt: 1,
             body: &body,
+            lane: None,
         };
         let Outcome::Retry { reason, .. } = sink.deliver(&event).await else {
             panic!("a refused connection is retried");

@@ -103,12 +103,15 @@ impl NatsSink {
         event: &Event<'_>,
     ) -> Result<(), PublishError> {
         let subject = self.subject.render(&self.name, event.body, sanitize_token);
-        let message = OutgoingMessage::envelope_bytes(
+        let mut message = OutgoingMessage::envelope_bytes(
             subject,
             event.body.bytes.clone(),
             Some(event.id),
             Some(event.event_type),
         );
+        for (name, value) in event.lane.map(|l| l.headers()).unwrap_or_default() {
+            message.headers.insert(name, value.as_str());
+        }
         if self.config.jetstream {
             message.publish(js).await.map(drop)
         } else {

@@ -13,6 +13,11 @@ use relaycord_testkit::{Stack, eventually, run_sink};
 
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// The broker is shared and one test stops it: while it is down, another test's publishes
+/// fail for a reason that is not theirs (the unroutable test once saw no return at all).
+/// Every test here holds this for its whole run.
+static BROKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
 }
@@ -57,6 +62,7 @@ impl Drop for RestartGuard {
 /// event id and the routing key from the template.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_messages_read_back_across_a_broker_restart() {
+    let _broker = BROKER.lock().await;
     let url = amqp_url();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -147,6 +153,7 @@ async fn amqp_messages_read_back_across_a_broker_restart() {
 /// `max_attempts`, and each return is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_events_are_not_delivered_but_dead_lettered() {
+    let _broker = BROKER.lock().await;
     let url = amqp_url();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -478,6 +478,24 @@ async fn settle(
             Err(_) => false,
         };
         if (web_missing == 0 && relay_idle) || Instant::now() > deadline {
+            if !relay_idle {
+                // What kept the NATS sink's consumer busy, for the post-mortem.
+                let state = match &gateway {
+                    Ok(stream) => match stream.consumer_info("relaycord-relay").await {
+                        Ok(i) => format!(
+                            "pending {}, ack pending {}, redelivered {}, ack floor {:?}, delivered {:?}",
+                            i.num_pending,
+                            i.num_ack_pending,
+                            i.num_redelivered,
+                            i.ack_floor.stream_sequence,
+                            i.delivered.stream_sequence
+                        ),
+                        Err(e) => format!("consumer info failed: {e}"),
+                    },
+                    Err(e) => format!("no stream: {e}"),
+                };
+                eprintln!("soak: the relay sink's consumer is not idle: {state}");
+            }
             return web_missing == 0 && relay_idle;
         }
         // Dead letters count as accounted for: when some are missing, look there.

@@ -463,8 +463,10 @@ async fn settle(
     expected: &HashMap<String, SystemTime>,
     deadline: Instant,
 ) -> bool {
-    let gateway = js.get_stream("DISCORD_GATEWAY").await;
     loop {
+        // Looked up on every round: right after a node's death the request can time out,
+        // and a stream handle that failed once must not make the whole wait fail.
+        let gateway = js.get_stream("DISCORD_GATEWAY").await;
         let accepted = receiver.accepted_at();
         let web_missing = expected
             .keys()

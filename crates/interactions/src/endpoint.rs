@@ -109,17 +109,28 @@ pub(crate) async fn handle(
         otel.kind = "server",
         outcome = tracing::field::Empty
     );
-    relaycord_bus::trace::continue_from_http(&span, &headers);
     let mark = mark.map(|axum::Extension(mark)| mark);
     let answer = endpoint.process(&headers, body, started, mark.as_ref());
-    let answer = answer.instrument(span.clone()).await;
-    span.record("outcome", answer.outcome);
+    let answer = traced(span, &headers, answer).await;
     let m = &endpoint.metrics;
     m.request(answer.outcome, answer.reason);
     m.response_latency
         .with_label_values(&[answer.outcome])
         .observe(started.elapsed().as_secs_f64());
     answer.into_response()
+}
+
+/// Runs a request's `answer` inside its server `span` (continuing the trace context a
+/// proxy in front may send) and records the outcome on the span. Both routes use it.
+pub(crate) async fn traced(
+    span: tracing::Span,
+    headers: &HeaderMap,
+    answer: impl std::future::Future<Output = Answer>,
+) -> Answer {
+    relaycord_bus::trace::continue_from_http(&span, headers);
+    let answer = answer.instrument(span.clone()).await;
+    span.record("outcome", answer.outcome);
+    answer
 }
 
 impl IntoResponse for Answer {

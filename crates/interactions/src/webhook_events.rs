@@ -22,7 +22,6 @@ use axum::response::{IntoResponse, Response};
 use relaycord_bus::OutgoingMessage;
 use relaycord_bus::webhook_event::{WebhookBody, WebhookEvent};
 use tokio::time::Instant as TokioInstant;
-use tracing::Instrument;
 
 use crate::endpoint::{Answer, Endpoint};
 use crate::serve::ConnMark;
@@ -39,13 +38,9 @@ pub(crate) async fn handle(
         otel.kind = "server",
         outcome = tracing::field::Empty
     );
-    relaycord_bus::trace::continue_from_http(&span, &headers);
     let mark = mark.map(|axum::Extension(mark)| mark);
-    let answer = endpoint
-        .webhook_event(&headers, body, started, mark.as_ref())
-        .instrument(span.clone())
-        .await;
-    span.record("outcome", answer.outcome);
+    let answer = endpoint.webhook_event(&headers, body, started, mark.as_ref());
+    let answer = crate::endpoint::traced(span, &headers, answer).await;
     endpoint
         .metrics
         .webhook_event(answer.outcome, answer.reason);

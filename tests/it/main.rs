@@ -36,6 +36,7 @@ mod sinks_lost_ack;
 mod sinks_nats;
 mod sinks_ordering;
 mod sinks_process;
+mod sinks_replay;
 mod sinks_tail;
 mod skeleton;
 mod soak;

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod dlq;
+mod replay;
 mod reshard;
 mod tail;
 
@@ -132,6 +133,9 @@ enum Command {
     },
     /// Dead letters of a sink: list, show, replay through the sink, purge.
     Dlq(dlq::DlqArgs),
+    /// Deliver the events of a time range again, to one sink only; `--only failed` takes
+    /// its dead letters of the range. Run again after a stop, it continues.
+    Replay(replay::ReplayArgs),
     /// Change the shard count without a gap: `--to N` starts it, `status` follows it.
     Reshard(reshard::ReshardArgs),
     /// Follow events live: pretty lines, or the envelopes as JSON lines (--json).
@@ -375,6 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq(args) => dlq::run(cli.config.as_deref(), args).await,
+        Command::Replay(args) => replay::run(cli.config.as_deref(), args, shutdown).await,
         Command::Reshard(args) => reshard::run(cli.config.as_deref(), args).await,
         Command::Tail(args) => tail::run(cli.config.as_deref(), args, shutdown).await,
         Command::Asyncapi { envelope_schema } => {

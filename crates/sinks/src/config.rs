@@ -19,6 +19,7 @@ use crate::http::HttpSinkConfig;
 use crate::nats::NatsSinkConfig;
 use crate::ordering::{OnFailure, Ordering};
 use crate::pause::PauseConfig;
+use crate::replay;
 use crate::retry::Backoff;
 use crate::{BuildContext, SinkMetrics};
 
@@ -254,6 +255,28 @@ impl SinkConfig {
             .kind
             .build(&self.name, &BuildContext::on_bus(js, subjects))?;
         dlq::replay(js, &sink, dedupe.as_ref(), letters).await
+    }
+
+    /// Replays a time range (or its dead letters) through the sink built from this
+    /// config, with its filters and retry settings; see [`replay`].
+    pub async fn replay(
+        &self,
+        js: &jetstream::Context,
+        subjects: &Subjects,
+        request: &replay::Request,
+        shutdown: &CancellationToken,
+        progress: &mut dyn FnMut(&replay::Report),
+    ) -> Result<replay::Report, SinkError> {
+        let settings = self.driver_settings(subjects);
+        let sink = self
+            .kind
+            .build(&self.name, &BuildContext::on_bus(js, subjects))?;
+        let target = replay::Target {
+            name: &self.name,
+            sink: &sink,
+            settings: &settings,
+        };
+        replay::run(js, &target, request, shutdown, progress).await
     }
 }
 

@@ -161,6 +161,9 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// The original envelope, byte for byte.
     pub payload: Bytes,
+    /// Where the event was in its stream, when the driver stored the letter: replays
+    /// deliver letters in this order, the events' own.
+    pub source_seq: Option<u64>,
 }
 
 impl DeadLetter {
@@ -184,9 +187,19 @@ impl DeadLetter {
             reason: get(headers::REASON),
             status: get(headers::STATUS).parse().ok(),
             attempts: get(headers::ATTEMPTS).parse().unwrap_or(0),
+            source_seq: source_seq(&get(bus_headers::MSG_ID), &get(headers::SINK)),
             payload,
         }
     }
+}
+
+/// The stream sequence in a letter's `Nats-Msg-Id` ([`DeadLetterInfo::msg_id`]).
+fn source_seq(msg_id: &str, sink: &str) -> Option<u64> {
+    let rest = msg_id
+        .strip_prefix("dlq:")?
+        .strip_prefix(sink)?
+        .strip_prefix(':')?;
+    rest.split(':').next()?.parse().ok()
 }
 
 /// A replayed letter is its own copy: a second replay of it (say, after its deletion
@@ -374,6 +387,7 @@ pub async fn replay<S: Sink>(
                 attempt: letter.attempts + 1,
                 body: &body,
                 lane: None,
+                replay: None,
             };
             match sink.deliver(&event).await {
                 Outcome::Delivered => {
@@ -454,6 +468,11 @@ mod tests {
             (7, "msg:1", Some(500), 3)
         );
         assert_eq!(l.event_type, "MESSAGE_CREATE");
+        assert_eq!(l.source_seq, None, "no Nats-Msg-Id");
+        h.insert(headers::SINK, "my:hook");
+        h.insert(bus_headers::MSG_ID, "dlq:my:hook:42:msg:1");
+        let l = DeadLetter::from_parts(7, SystemTime::UNIX_EPOCH, Some(&h), Bytes::new());
+        assert_eq!(l.source_seq, Some(42));
         let bare = DeadLetter::from_parts(1, SystemTime::UNIX_EPOCH, None, Bytes::new());
         assert_eq!((bare.status, bare.attempts), (None, 0));
     }

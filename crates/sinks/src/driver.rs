@@ -423,15 +423,20 @@ pub(crate) fn consumer_config(
         deliver_policy: jetstream::consumer::DeliverPolicy::All,
         ..Default::default()
     };
-    match s.subjects.as_slice() {
-        [] => {}
-        [one] => config.filter_subject = one.clone(),
-        many if server_at_least(js, 2, 10) => config.filter_subjects = many.to_vec(),
-        // nats-server 2.9 allows one filter per consumer: read everything, and let
-        // the in-process filter ack what this sink does not want.
-        _ => {}
-    }
+    (config.filter_subject, config.filter_subjects) = filters(js, &s.subjects);
     config
+}
+
+/// A consumer's `filter_subject` and `filter_subjects` for a sink's filter subjects.
+pub(crate) fn filters(js: &jetstream::Context, subjects: &[String]) -> (String, Vec<String>) {
+    match subjects {
+        [] => Default::default(),
+        [one] => (one.clone(), Vec::new()),
+        many if server_at_least(js, 2, 10) => (String::new(), many.to_vec()),
+        // nats-server 2.9 allows one filter per consumer: read everything, and let
+        // the in-process filter skip what this sink does not want.
+        _ => Default::default(),
+    }
 }
 
 fn server_at_least(js: &jetstream::Context, major: u64, minor: u64) -> bool {

@@ -24,6 +24,20 @@ pub struct Event<'a> {
     pub body: &'a Body<'a>,
     /// Its lane and place in it, when the sink delivers in order; sent as headers.
     pub lane: Option<&'a crate::ordering::LaneMark>,
+    /// The replay delivering it again (`relaycord replay`), sent as `Relaycord-Replay`.
+    pub replay: Option<&'a str>,
+}
+
+impl Event<'_> {
+    /// The headers that describe this delivery (not the event): its lane and place in it,
+    /// and the replay it is part of. Every sink type with headers sends them.
+    pub fn delivery_headers(&self) -> Vec<(&'static str, String)> {
+        let mut out = self.lane.map(|l| l.headers()).unwrap_or_default();
+        if let Some(replay) = self.replay {
+            out.push((crate::replay::HEADER, replay.to_owned()));
+        }
+        out
+    }
 }
 
 /// The envelope bytes exactly as they are on the bus, and what has been read from them.

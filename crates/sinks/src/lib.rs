@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod nats;
 pub mod ordering;
 pub mod pause;
+pub mod replay;
 pub mod response;
 pub mod retry;
 mod settings;

@@ -107,6 +107,7 @@ mod tests {
             attempt: 1,
             body: &body,
             lane: None,
+            replay: None,
         };
         // Far below the sinks' timeout: the cap, not the clock, ends the read.
         tokio::time::timeout(Duration::from_secs(5), sink.deliver(&event))

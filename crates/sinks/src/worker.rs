@@ -137,6 +137,7 @@ impl<S: Sink> Worker<S> {
             attempt,
             body,
             lane: None,
+            replay: None,
         };
         // Which stored copy this is: redeliveries of it share the stream sequence.
         let copy = match (&self.dedupe, message.info()) {

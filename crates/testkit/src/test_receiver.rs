@@ -68,13 +68,15 @@ struct Inner {
     log: Mutex<Vec<Accepted>>,
 }
 
-/// One accepted request: the event's id and the ordered sinks' lane headers.
+/// One accepted request: the event's id, the ordered sinks' lane headers and the replay's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     pub id: String,
     pub lane: Option<String>,
     pub lane_seq: Option<u64>,
     pub lane_gap: Option<u64>,
+    /// `Relaycord-Replay`: the replay that sent it, if one did.
+    pub replay: Option<String>,
 }
 
 impl TestReceiver {
@@ -362,6 +364,7 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         lane: header("relaycord-lane").map(str::to_owned),
         lane_seq: number("relaycord-lane-seq"),
         lane_gap: number("relaycord-lane-gap"),
+        replay: header("relaycord-replay").map(str::to_owned),
     };
     {
         // One lock for both, so the log's order is the order of acceptance.

@@ -149,15 +149,16 @@ impl AmqpSink {
             .with_type(event.event_type.into())
             .with_app_id("relaycord".into())
             .with_timestamp(timestamp);
-        let properties = match event.lane {
-            Some(lane) => {
+        let delivery = event.delivery_headers();
+        let properties = match delivery.is_empty() {
+            true => properties,
+            false => {
                 let mut headers = FieldTable::default();
-                for (name, value) in lane.headers() {
+                for (name, value) in delivery {
                     headers.insert(name.into(), AMQPValue::LongString(value.into()));
                 }
                 properties.with_headers(headers)
             }
-            None => properties,
         };
         let options = BasicPublishOptions {
             mandatory: self.mandatory,

@@ -100,7 +100,7 @@ impl Sink for HttpSink {
         // `traceparent`: the receiver's own spans join the delivery's trace.
         let mut headers = self.headers.clone();
         relaycord_bus::trace::inject_http(&mut headers);
-        for (name, value) in event.lane.map(|l| l.headers()).unwrap_or_default() {
+        for (name, value) in event.delivery_headers() {
             // Lane keys are `channel:<id>` or `guild:<id>`; a channel id from a payload
             // that is not a valid header value is left out rather than sent mangled.
             if let Ok(value) = HeaderValue::from_str(&value) {
@@ -171,6 +171,7 @@ mod tests {
             attempt: 1,
             body: &body,
             lane: None,
+            replay: None,
         };
         let Outcome::Retry { reason, .. } = sink.deliver(&event).await else {
             panic!("a refused connection is retried");

@@ -117,6 +117,7 @@ async fn deliver<S: Sink>(ctx: &LaneContext<S>, lane: &str, held: Held) {
             attempt,
             body: &body,
             lane: Some(&mark),
+            replay: None,
         };
         let outcome = {
             let _slot = ctx.attempts.acquire().await.expect("never closed");

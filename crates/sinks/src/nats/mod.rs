@@ -109,7 +109,7 @@ impl NatsSink {
             Some(event.id),
             Some(event.event_type),
         );
-        for (name, value) in event.lane.map(|l| l.headers()).unwrap_or_default() {
+        for (name, value) in event.delivery_headers() {
             message.headers.insert(name, value.as_str());
         }
         if self.config.jetstream {

@@ -4,6 +4,9 @@
 #   scripts/bench.sh            all of them (about 20 minutes on 2 cores, after the build)
 #   scripts/bench.sh ingest     one or more of: ingest sinks interactions shards traces
 #                               http-sink latency discordhooks
+#   scripts/bench.sh scoreboard the CPU-per-event and memory-per-shard figures of issue 23's
+#                               scoreboard (docs/benchmarks.md): ingest interactions shards
+#                               http-sink discordhooks
 # The last three (the gateway → HTTP path, relaycord-bench) run every process as a child on
 # 127.0.0.1 and end with a summary table; their options: relaycord-bench <name> --help.
 set -euo pipefail
@@ -16,6 +19,9 @@ echo "nats-server: $("$NATS_SERVER_BIN" --version); commit $(git rev-parse --sho
 
 cargo build --release --locked -p relaycord -p relaycord-bench
 which=("${@:-ingest sinks interactions shards traces http-sink latency discordhooks}")
+if [ "${which[*]}" = scoreboard ]; then
+    which=(ingest interactions shards http-sink discordhooks)
+fi
 for bench in ${which[*]}; do
     echo "== $bench" >&2
     case "$bench" in

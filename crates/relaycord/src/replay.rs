@@ -151,10 +151,14 @@ fn print_report(sink: &str, request: &Request, r: &Report) {
         }
     }
     if request.dry_run {
-        eprintln!(
-            "dry run: {} {what} would be sent ({} others in the range are not for this sink)",
-            r.matched, r.filtered
-        );
+        let others = match request.only {
+            Only::All => format!(
+                " ({} others in the range are not for this sink)",
+                r.filtered
+            ),
+            Only::Failed => String::new(),
+        };
+        eprintln!("dry run: {} {what} would be sent{others}", r.matched);
         return;
     }
     eprintln!(

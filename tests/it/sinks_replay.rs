@@ -178,7 +178,9 @@ async fn a_killed_replay_run_again_sends_the_rest_not_everything() {
     let before = replayed(&rx).len();
     assert!(before < 2000, "the first run finished before it was killed");
 
+    let started = std::time::Instant::now();
     let (ok, _, err) = relaycord(&args).await;
+    let took = started.elapsed();
     assert!(
         ok && err.contains("continued after stream sequence"),
         "{err}"
@@ -193,7 +195,10 @@ async fn a_killed_replay_run_again_sends_the_rest_not_everything() {
     }
     let again = all.len() - before;
     let resent = all.len() - 2000;
-    println!("first run: {before} sent; second: {again}, of which {resent} resent");
+    println!(
+        "first run: {before} sent; second: {again} in {:.2} s (process start included), of which {resent} resent",
+        took.as_secs_f64()
+    );
     assert!(
         resent as u64 <= CHECKPOINT_EVERY,
         "the second run resent {resent} events, more than one checkpoint interval"

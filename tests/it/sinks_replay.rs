@@ -26,13 +26,14 @@ fn config_file(dir: &Path, bus: &Stack, sinks: &[&SinkConfig]) -> PathBuf {
             panic!("http sinks only")
         };
         toml += &format!(
-            "\n[[sinks]]\nname = \"{}\"\ntype = \"http\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nmax_attempts = {}\npause = {{ after = {} }}\nbackoff = {{ initial = \"{}ms\", max = \"{}ms\" }}\n",
+            "\n[[sinks]]\nname = \"{}\"\ntype = \"http\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nmax_attempts = {}\npause = {{ after = {} }}\nbackoff = {{ initial = \"{}ms\", max = \"{}ms\" }}\nevents = {:?}\n",
             sink.name,
             http.url,
             sink.max_attempts,
             sink.pause.after,
             sink.backoff.initial.as_millis(),
             sink.backoff.max.as_millis(),
+            sink.events,
         );
     }
     let path = dir.join("relaycord.toml");
@@ -81,16 +82,23 @@ async fn a_range_goes_again_to_one_sink_once_with_its_ids_while_live_traffic_flo
         TestReceiver::start(Duration::ZERO).await,
         TestReceiver::start(Duration::ZERO).await,
     );
-    let hook = fast(http_config("hook", &rx.url), 3);
+    // Two types: several consumer filter subjects on 2.10+, the in-process filter on 2.9.
+    let mut hook = fast(http_config("hook", &rx.url), 3);
+    hook.events = vec!["MESSAGE_CREATE".into(), "MESSAGE_UPDATE".into()];
     let other = fast(http_config("other", &other_rx.url), 3);
     let live = [run_sink(&bus, &hook), run_sink(&bus, &other)];
     bus.messages(0, 100).await;
     let since = mark().await;
     bus.messages(1000, 300).await;
+    for i in 0..50 {
+        let data = r#"{"channel_id":"10","user_id":"2"}"#;
+        bus.publish(&format!("typing:{i}"), "TYPING_START", "1", data)
+            .await;
+    }
     let until = mark().await;
     bus.messages(2000, 100).await;
     wait_accepted(&rx, 500).await;
-    wait_accepted(&other_rx, 500).await;
+    wait_accepted(&other_rx, 550).await;
 
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(dir.path(), &bus, &[&hook, &other]);
@@ -122,21 +130,61 @@ async fn a_range_goes_again_to_one_sink_once_with_its_ids_while_live_traffic_flo
         "another sink got the replay"
     );
     wait_accepted(&rx, 700).await;
-    wait_accepted(&other_rx, 700).await;
+    wait_accepted(&other_rx, 750).await;
     let accepted = rx.accepted();
     for id in ids(3000..3200) {
         assert_eq!(accepted.get(&id), Some(&1), "live event {id}");
     }
-    let key = rx.log().into_iter().find_map(|a| a.replay).unwrap();
-    assert!(key.starts_with("hook."), "{key}");
+    let first_id = rx.log().into_iter().find_map(|a| a.replay).unwrap();
+    assert!(first_id.starts_with("hook."), "{first_id}");
 
-    // The same command again: the range is done, nothing is sent twice.
-    let (ok, _, err) = relaycord(&replay).await;
-    assert!(ok && err.contains("already complete: 300 sent"), "{err}");
-    assert_eq!(replayed(&rx).len(), 300);
-    // Nothing was republished onto the gateway subjects.
+    // Without --until, under live traffic that stops only once the replay is over: the
+    // replay ends at the stream's end as it was when it started (an endless one would
+    // hang here). A finished replay kept no checkpoint: this is a new one, with a new id.
+    let open_ended = [
+        "--config", config, "replay", "--sink", "hook", "--since", &since,
+    ];
+    let over = std::sync::atomic::AtomicBool::new(false);
+    let replay_run = async {
+        let out = relaycord(&open_ended).await;
+        over.store(true, std::sync::atomic::Ordering::SeqCst);
+        out
+    };
+    let traffic = async {
+        let mut base = 5000;
+        while !over.load(std::sync::atomic::Ordering::SeqCst) {
+            bus.messages(base, 10).await;
+            base += 10;
+        }
+        base - 5000
+    };
+    let run = async { tokio::join!(replay_run, traffic) };
+    let ((ok, _, err), during) = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("a replay without --until never ended under live traffic");
+    assert!(ok, "{err}");
+    let second: Vec<_> = rx
+        .log()
+        .into_iter()
+        .filter(|a| a.replay.as_ref().is_some_and(|r| *r != first_id))
+        .map(|a| a.id)
+        .collect();
+    let expected: Vec<String> = [ids(1000..1300), ids(2000..2100), ids(3000..3200)].concat();
+    assert_eq!(
+        second[..expected.len()],
+        expected[..],
+        "the second replay: the range, then what came after, in stream order"
+    );
+    assert!(
+        second[expected.len()..]
+            .iter()
+            .all(|id| id.starts_with("msg:5")),
+        "only live traffic of the replay's first moments may follow"
+    );
+    // Nothing was republished onto the gateway subjects: only the test published.
     let mut stream = bus.js.get_stream("DISCORD_GATEWAY").await.unwrap();
-    assert_eq!(stream.info().await.unwrap().state.messages, 700);
+    let stored = stream.info().await.unwrap().state.messages;
+    assert_eq!(stored, 100 + 300 + 50 + 100 + 200 + during);
     for running in live {
         running.stop().await;
     }
@@ -182,7 +230,7 @@ async fn a_killed_replay_run_again_sends_the_rest_not_everything() {
     let (ok, _, err) = relaycord(&args).await;
     let took = started.elapsed();
     assert!(
-        ok && err.contains("continued after stream sequence"),
+        ok && err.contains("continued the replay started at"),
         "{err}"
     );
     let all = replayed(&rx);
@@ -269,4 +317,59 @@ async fn only_failed_delivers_exactly_the_dead_letters_of_the_window() {
     left.sort();
     assert_eq!(left, ids(0..5), "the letters outside the window stay");
     live.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_removes_the_letters_it_delivers_and_stores_one_per_failure() {
+    let bus = Stack::builder().start().await;
+    let rx = TestReceiver::start(Duration::ZERO).await;
+    let mut hook = fast(http_config("hook", &rx.url), 2);
+    hook.pause.after = 0;
+    let live = run_sink(&bus, &hook);
+    let since = mark().await;
+    // The live sink dead-letters msg:0..2 (refused for good, 400).
+    rx.refuse(ids(0..3));
+    bus.messages(0, 20).await;
+    assert!(
+        eventually(WAIT, async || dlq::list(&bus.js, "hook")
+            .await
+            .unwrap()
+            .len()
+            == 3)
+        .await,
+        "the refused events were not dead-lettered"
+    );
+    wait_accepted(&rx, 17).await;
+    live.stop().await;
+
+    // Now msg:1 and msg:5 are refused: msg:1 keeps its one letter, msg:5 gets one.
+    rx.accept_all_again();
+    rx.refuse([ids(1..2), ids(5..6)].concat());
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &bus, &[&hook]);
+    let since = rfc3339(since);
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "replay",
+        "--sink",
+        "hook",
+        "--since",
+        &since,
+    ];
+    let (ok, _, err) = relaycord(&args).await;
+    assert!(!ok, "a replay with failures exits 1: {err}");
+    assert!(err.contains("sent 18, skipped 0, failed 2"), "{err}");
+    let mut letters: Vec<(String, String)> = dlq::list(&bus.js, "hook")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.id, l.reason))
+        .collect();
+    letters.sort();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert_eq!(letters[0].0, "msg:1");
+    assert!(!letters[0].1.starts_with("replay:"), "{letters:?}");
+    assert_eq!(letters[1].0, "msg:5");
+    assert!(letters[1].1.starts_with("replay: "), "{letters:?}");
 }

@@ -65,8 +65,8 @@ pub async fn run(
             )
         })?;
     sink.check()?;
-    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        bail!("--rate must be a positive number of events per second");
+    if args.rate.is_some_and(|r| replay::pace(r).is_none()) {
+        bail!("--rate must be a number of events per second above 0 and at most 1000000");
     }
     let now = SystemTime::now();
     let since = parse_time("--since", &args.since, now)?;
@@ -135,30 +135,25 @@ fn print_report(sink: &str, request: &Request, r: &Report) {
     };
     eprintln!("replay {} ({what} of {range}) to sink {sink}", request.key);
     if let Some(e) = &r.earlier {
+        let started = show(std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.started_ms));
         match request.only {
-            Only::All if e.complete => {
-                eprintln!(
-                    "already complete: {} sent, {} skipped, {} failed over earlier runs; --fresh replays the range again",
-                    e.sent, e.skipped, e.failed
-                );
-                return;
-            }
             Only::All => eprintln!(
-                "continued after stream sequence {}: earlier runs sent {}, skipped {}, failed {}",
+                "continued the replay started at {started}, after stream sequence {}: earlier runs sent {}, skipped {}, failed {} (--fresh starts a new one)",
                 e.done_seq, e.sent, e.skipped, e.failed
             ),
-            Only::Failed => eprintln!("the range of the first run of this command"),
+            Only::Failed => eprintln!(
+                "continued the replay started at {started}, with its range (--fresh starts a new one)"
+            ),
         }
     }
+    if let Some(oldest) = r.oldest_stored {
+        eprintln!(
+            "events before {} are no longer in the stream (its max_age): the range starts there",
+            show(oldest)
+        );
+    }
     if request.dry_run {
-        let others = match request.only {
-            Only::All => format!(
-                " ({} others in the range are not for this sink)",
-                r.filtered
-            ),
-            Only::Failed => String::new(),
-        };
-        eprintln!("dry run: {} {what} would be sent{others}", r.matched);
+        eprintln!("dry run: {} {what} would be sent", r.matched);
         return;
     }
     eprintln!(

@@ -35,11 +35,29 @@ pub struct Checkpoint {
     pub sent: u64,
     pub skipped: u64,
     pub failed: u64,
-    /// The whole range is done.
-    pub complete: bool,
+    /// When the first run of this replay started: with the key, the replay's id.
+    pub started_ms: u64,
 }
 
 impl Checkpoint {
+    /// The state of a replay that has not run before.
+    pub fn new(since: SystemTime, until: SystemTime, end_seq: u64) -> Self {
+        Self {
+            since_ms: millis(since),
+            // Rounded up: `until` is included, down to its last nanosecond.
+            until_ms: millis(until + Duration::from_nanos(999_999)),
+            end_seq,
+            started_ms: millis(SystemTime::now()),
+            ..Default::default()
+        }
+    }
+
+    /// What every delivery of this replay carries in `Relaycord-Replay`: the same for its
+    /// continuations, another for a new replay of the same command.
+    pub fn replay_id(&self, key: &str) -> String {
+        format!("{key}.{}", self.started_ms)
+    }
+
     pub fn since(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.since_ms)
     }
@@ -95,7 +113,30 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets the checkpoint: the next run starts over (`--fresh`).
+    /// The state to run from: the stored one when an earlier run of the same command
+    /// stopped before the end (unless `--fresh`), else `new`, saved at once (unless a dry
+    /// run) so that a run killed in its first second keeps the range a relative time
+    /// resolved to. Returns it with the earlier run's state.
+    pub async fn begin(
+        &self,
+        request: &super::Request,
+        new: Checkpoint,
+    ) -> Result<(Checkpoint, Option<Checkpoint>), SinkError> {
+        if request.fresh && !request.dry_run {
+            self.clear().await?;
+        }
+        let earlier = match request.fresh {
+            true => None,
+            false => self.load().await?,
+        };
+        let state = earlier.clone().unwrap_or(new);
+        if earlier.is_none() && !request.dry_run {
+            self.save(&state).await?;
+        }
+        Ok((state, earlier))
+    }
+
+    /// Forgets the checkpoint: the next run starts over (`--fresh`, or a finished run).
     pub async fn clear(&self) -> Result<(), SinkError> {
         self.store.purge(&self.key).await.map_err(|e| {
             SinkError::with_source(SinkErrorKind::Bus, "cannot clear the replay checkpoint", e)
@@ -143,11 +184,19 @@ mod tests {
     #[test]
     fn checkpoints_round_trip_their_range() {
         let since = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        let c = Checkpoint {
-            since_ms: millis(since),
-            ..Default::default()
-        };
+        let until = since + Duration::from_micros(2_500);
+        let c = Checkpoint::new(since, until, 7);
         assert_eq!(c.since(), since);
+        assert!(c.until() >= until, "until is rounded up, never cut");
+        assert_eq!(c.until(), since + Duration::from_millis(3));
+        assert_ne!(
+            c.replay_id("k"),
+            Checkpoint {
+                started_ms: 1,
+                ..c.clone()
+            }
+            .replay_id("k")
+        );
         let json = serde_json::to_vec(&c).unwrap();
         assert_eq!(serde_json::from_slice::<Checkpoint>(&json).unwrap(), c);
     }

@@ -1,15 +1,15 @@
 //! `replay --only failed`: the sink's dead letters whose events were received in the
-//! range, delivered again in their events' stream order. Each one the receiver
-//! accepts leaves the DLQ; one that fails again stays. So the DLQ is this mode's
-//! checkpoint: a second run takes exactly what is still there. The stored checkpoint only
-//! pins the range a relative `--since` resolved to on the first run.
+//! range, delivered again in their events' stream order. Each one the receiver accepts
+//! leaves the DLQ; one that fails again stays. So the DLQ is this mode's checkpoint: a
+//! second run takes what is still there. The stored checkpoint only pins the range a
+//! relative `--since` resolved to, while a run is unfinished.
 
 use std::time::SystemTime;
 
 use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
-use super::checkpoint::{self, Checkpoint, Store};
+use super::checkpoint::{Checkpoint, Store};
 use super::{Delivered, Report, Request, Sender, Target, Ticker};
 use crate::dlq::{self, DeadLetter};
 use crate::error::{SinkError, SinkErrorKind};
@@ -27,18 +27,8 @@ pub(super) async fn run<S: Sink>(
         Err(_) => 1,
     };
     let store = Store::open(js, request.key.clone(), replicas).await?;
-    let earlier = match request.fresh {
-        true => None,
-        false => store.load().await?,
-    };
-    let state = earlier.clone().unwrap_or(Checkpoint {
-        since_ms: checkpoint::millis(request.since),
-        until_ms: checkpoint::millis(request.until),
-        ..Default::default()
-    });
-    if earlier.is_none() && !request.dry_run {
-        store.save(&state).await?;
-    }
+    let fresh = Checkpoint::new(request.since, request.until, 0);
+    let (state, earlier) = store.begin(request, fresh).await?;
     let mut report = Report {
         earlier,
         since: Some(state.since()),
@@ -46,19 +36,18 @@ pub(super) async fn run<S: Sink>(
         ..Default::default()
     };
     let mut letters = dlq::list(js, target.name).await?;
+    letters.retain(|l| in_range(l, state.since(), state.until()));
     // In the events' stream order, not the order they failed in: lanes keep theirs.
     letters.sort_by_key(|l| (l.source_seq.unwrap_or(u64::MAX), l.seq));
-    let (since, until) = (state.since(), state.until());
-    let mut sender = Sender::new(target, request, shutdown);
+    let replay_id = state.replay_id(&request.key);
+    let mut sender = Sender::new(target, &replay_id, request.rate, shutdown);
     let mut ticker = Ticker::new();
-    for letter in letters {
-        if !in_range(&letter, since, until) {
-            continue;
-        }
+    for copies in letters.chunk_by(same_event) {
         report.matched += 1;
         if request.dry_run {
             continue;
         }
+        let letter = &copies[0];
         let body = Body::new(&letter.payload);
         let Some(delivered) = sender.send(&letter.id, &letter.event_type, &body).await else {
             report.stopped = Some("interrupted".to_owned());
@@ -74,17 +63,17 @@ pub(super) async fn run<S: Sink>(
                     Delivered::Sent => report.sent += 1,
                     _ => report.skipped += 1,
                 }
-                dlq::purge(js, target.name, &[letter.seq])
-                    .await
-                    .map_err(|e| {
-                        SinkError::new(
-                            SinkErrorKind::Bus,
-                            format!(
-                                "dead letter {} was delivered but cannot be removed from the DLQ: {e}",
-                                letter.seq
-                            ),
-                        )
-                    })?;
+                // A crash right here leaves the letter, to be sent again next time.
+                let seqs: Vec<u64> = copies.iter().map(|l| l.seq).collect();
+                dlq::purge(js, target.name, &seqs).await.map_err(|e| {
+                    SinkError::new(
+                        SinkErrorKind::Bus,
+                        format!(
+                            "dead letter {} was delivered but cannot be removed from the DLQ ({e}); run the same command again to continue",
+                            letter.seq
+                        ),
+                    )
+                })?;
             }
         }
         if let Some(reason) = sender.receiver_down() {
@@ -95,7 +84,16 @@ pub(super) async fn run<S: Sink>(
             progress(&report);
         }
     }
+    if !request.dry_run && report.stopped.is_none() {
+        store.clear().await?;
+    }
     Ok(report)
+}
+
+/// Two letters of one event: a replay that failed on an event stored a second letter
+/// when the first had left the DLQ's duplicate window. Sent once, removed together.
+fn same_event(a: &DeadLetter, b: &DeadLetter) -> bool {
+    a.source_seq.is_some() && a.source_seq == b.source_seq && a.id == b.id
 }
 
 /// Whether the letter's event was received in `since..=until`: the envelope's own time,

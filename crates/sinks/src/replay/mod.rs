@@ -13,6 +13,7 @@
 
 pub mod checkpoint;
 mod failed;
+mod letters;
 mod range;
 
 use std::time::{Duration, Instant, SystemTime};
@@ -24,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dlq::{self, DeadLetterInfo};
 use crate::error::{SinkError, SinkErrorKind};
-use crate::retry::Backoff;
 use crate::{Body, Event, Outcome, Sink};
 
 pub use checkpoint::Checkpoint;
@@ -76,13 +76,14 @@ pub struct Report {
     pub skipped: u64,
     /// Still failing after `max_attempts`: dead-lettered (or left in the DLQ).
     pub failed: u64,
-    /// Events of the range the sink's filters leave out.
-    pub filtered: u64,
     /// The checkpoint of the run this one continued.
     pub earlier: Option<Checkpoint>,
     /// The range, as resolved on the first run.
     pub since: Option<SystemTime>,
     pub until: Option<SystemTime>,
+    /// The oldest event still stored, when it is later than `since`: the stream's
+    /// `max_age` dropped the start of the range.
+    pub oldest_stored: Option<SystemTime>,
     /// Why the replay ended before the range did (interrupted, failures in a row);
     /// running the same command again continues.
     pub stopped: Option<String>,
@@ -133,17 +134,18 @@ pub(crate) struct Sender<'a, S> {
 impl<'a, S: Sink> Sender<'a, S> {
     pub fn new(
         target: &'a Target<'a, S>,
-        request: &'a Request,
+        replay: &'a str,
+        rate: Option<f64>,
         shutdown: &'a CancellationToken,
     ) -> Self {
-        let pace = request.rate.filter(|r| *r > 0.0).map(|rate| {
-            let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        let pace = rate.and_then(pace).map(|period| {
+            let mut interval = tokio::time::interval(period);
             interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
             interval
         });
         Self {
             target,
-            replay: &request.key,
+            replay,
             pace,
             shutdown,
             failures_in_a_row: 0,
@@ -200,7 +202,7 @@ impl<'a, S: Sink> Sender<'a, S> {
                 });
             };
             tracing::debug!(sink = self.target.name, id, attempt, %reason, "replay attempt failed");
-            let wait = backoff(settings.backoff, attempt, after);
+            let wait = settings.backoff.next_delay(attempt, after);
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = self.shutdown.cancelled() => return None,
@@ -223,8 +225,19 @@ impl<'a, S: Sink> Sender<'a, S> {
     }
 }
 
-fn backoff(backoff: Backoff, attempt: u32, retry_after: Option<Duration>) -> Duration {
-    backoff.next_delay(attempt, retry_after)
+/// The time between two deliveries at `rate` per second; `None` for a rate that is not
+/// a positive number or faster than one per microsecond.
+pub fn pace(rate: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(1.0 / rate)
+        .ok()
+        .filter(|period| *period >= Duration::from_micros(1))
+}
+
+pub(crate) fn bus(
+    context: impl Into<String>,
+    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> SinkError {
+    SinkError::with_source(SinkErrorKind::Bus, context, e)
 }
 
 /// Stores an event that failed its replay as a dead letter of the sink, as the driver

@@ -328,7 +328,7 @@ impl Build {
             of(|r| r.ingest),
             of(|r| r.simulator),
             of(|r| r.server),
-            median(self.rounds.iter().map(|r| r.events_per_second).collect()),
+            median(self.rounds.iter().map(|r| r.events_per_second).collect()).round(),
             median(self.ratios.clone()),
         )
     }

@@ -4,6 +4,8 @@
 //! scripts/bench.sh ingest
 //! cargo test --release -p relaycord --test it ingest_bench -- --ignored --nocapture
 //! RELAYCORD_BENCH_INGEST=path/to/relaycord ...   # another build of the ingest process
+//! RELAYCORD_BENCH_BEFORE=path/to/old/relaycord ... # and an older one in the same rounds
+//! RELAYCORD_BENCH_ROUNDS=3 ...                     # rounds (default 5)
 //! ```
 //!
 //! Each round starts a fresh nats-server, a `relaycord sim` process sending N events as fast
@@ -37,6 +39,12 @@ const GUILDS: u32 = 8;
 const WINDOW: usize = 256;
 const ROUNDS: usize = 5;
 const PATIENCE: Duration = Duration::from_secs(600);
+/// This bench's environment settings, which its children must not see.
+const BENCH_SETTINGS: [&str; 3] = [
+    "RELAYCORD_BENCH_INGEST",
+    "RELAYCORD_BENCH_BEFORE",
+    "RELAYCORD_BENCH_ROUNDS",
+];
 
 /// A child process and the lines it writes to stderr.
 struct Process {
@@ -46,6 +54,11 @@ struct Process {
 
 impl Process {
     fn spawn(command: &mut Command) -> Self {
+        // relaycord reads every RELAYCORD_* variable as a config key and refuses unknown
+        // ones: the bench's own settings made the ingest under test exit at start.
+        for setting in BENCH_SETTINGS {
+            command.env_remove(setting);
+        }
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -122,11 +135,34 @@ async fn wait_stream(js: &jetstream::Context, name: &str, messages: u64) {
     }
 }
 
-/// One round of ingest: (events/s, events per ingest CPU-second, CPU µs per event of
-/// ingest + simulator and of nats-server).
-async fn ingest_round(nats: &NatsServer, js: &jetstream::Context) -> (f64, f64, Cpu) {
+/// One round of ingest, by CPU µs per event of each process.
+struct Round {
+    events_per_second: f64,
+    ingest: f64,
+    simulator: f64,
+    server: f64,
+}
+
+/// Ends with the last lines a process wrote, when it exits before it should: an ingest
+/// build that refuses this bench's flags or settings otherwise waits out `PATIENCE` and
+/// prints no figures at all.
+async fn exited(process: &mut Process, name: &str) {
+    let status = process.child.wait().await;
+    let mut lines = Vec::new();
+    while let Ok(line) = process.lines.try_recv() {
+        lines.push(line);
+    }
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    panic!("{name} exited ({status:?}) during the round; its last lines:\n{tail}")
+}
+
+/// One round of ingest with the ingest process run from `ingest_bin`.
+async fn ingest_round(
+    nats: &NatsServer,
+    js: &jetstream::Context,
+    ingest_bin: &std::path::Path,
+) -> Round {
     let bin = relaycord_testkit::relaycord_bin();
-    let ingest_bin = std::env::var_os("RELAYCORD_BENCH_INGEST").map_or(bin.clone(), Into::into);
     let mut sim = Process::spawn(
         Command::new(&bin)
             .args(["sim", "--listen", "127.0.0.1:0", "--rate", "0"])
@@ -146,7 +182,7 @@ async fn ingest_round(nats: &NatsServer, js: &jetstream::Context) -> (f64, f64, 
         .and_then(|rest| rest.split(',').next())
         .unwrap()
         .to_owned();
-    let ingest = Process::spawn(
+    let mut ingest = Process::spawn(
         Command::new(ingest_bin)
             .args(["ingest", "--shards", &format!("0-{}", SHARDS - 1)])
             .args(["--shard-count", &SHARDS.to_string()])
@@ -159,11 +195,17 @@ async fn ingest_round(nats: &NatsServer, js: &jetstream::Context) -> (f64, f64, 
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT"),
     );
-    sim.line("all shards ready: generating").await;
+    tokio::select! {
+        _ = sim.line("all shards ready: generating") => {}
+        () = exited(&mut ingest, "ingest") => {}
+    }
     let (started, cpu) = (Instant::now(), ingest.cpu_seconds());
     let (sim_cpu, server_cpu) = (sim.cpu_seconds(), nats_cpu(nats));
     let expected = u64::from(GUILDS) + EVENTS;
-    wait_stream(js, "DISCORD_GATEWAY", expected).await;
+    tokio::select! {
+        () = wait_stream(js, "DISCORD_GATEWAY", expected) => {}
+        () = exited(&mut ingest, "ingest") => {}
+    }
     let (elapsed, cpu) = (started.elapsed(), ingest.cpu_seconds() - cpu);
     let sim_cpu = sim.cpu_seconds() - sim_cpu;
     let server_cpu = nats_cpu(nats) - server_cpu;
@@ -176,11 +218,12 @@ async fn ingest_round(nats: &NatsServer, js: &jetstream::Context) -> (f64, f64, 
     );
     ingest.stop().await;
     sim.stop().await;
-    (
-        EVENTS as f64 / elapsed.as_secs_f64(),
-        EVENTS as f64 / cpu.max(f64::EPSILON),
-        (us(cpu + sim_cpu), us(server_cpu)),
-    )
+    Round {
+        events_per_second: EVENTS as f64 / elapsed.as_secs_f64(),
+        ingest: us(cpu),
+        simulator: us(sim_cpu),
+        server: us(server_cpu),
+    }
 }
 
 /// Every message of the gateway stream, as (subject, publish), split by shard.
@@ -262,39 +305,91 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// "median (min–max)" of one figure over the rounds.
+fn spread(v: &[f64]) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.1} ({min:.1}–{max:.1})", median(v.to_vec()))
+}
+
+/// The rounds of one ingest build.
+#[derive(Default)]
+struct Build {
+    rounds: Vec<Round>,
+    ratios: Vec<f64>,
+}
+
+impl Build {
+    fn summary(&self, name: &str) -> String {
+        let of = |f: fn(&Round) -> f64| spread(&self.rounds.iter().map(f).collect::<Vec<_>>());
+        format!(
+            "{name}: CPU µs per event, median (min–max) of {} rounds: ingest {}, simulator {}, nats-server {}; {} events/s; ratio to the bare publish {:.2}",
+            self.rounds.len(),
+            of(|r| r.ingest),
+            of(|r| r.simulator),
+            of(|r| r.server),
+            median(self.rounds.iter().map(|r| r.events_per_second).collect()).round(),
+            median(self.ratios.clone()),
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --ignored --nocapture"]
 async fn ingest_bench() {
-    let (mut ingest, mut per_cpu, mut baseline, mut ratios) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // RELAYCORD_BENCH_INGEST replaces the ingest build; RELAYCORD_BENCH_BEFORE adds
+    // another one, run in every round next to it (order alternating), so that a change is
+    // measured against its parent in the same run on a shared machine.
+    let bin = relaycord_testkit::relaycord_bin();
+    let ingest_bin: std::path::PathBuf =
+        std::env::var_os("RELAYCORD_BENCH_INGEST").map_or(bin, Into::into);
+    let before_bin = std::env::var_os("RELAYCORD_BENCH_BEFORE").map(std::path::PathBuf::from);
+    let rounds = std::env::var("RELAYCORD_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(ROUNDS);
+    let (mut after, mut before) = (Build::default(), Build::default());
     let (mut path_cpu, mut bare_cpu): (Vec<Cpu>, Vec<Cpu>) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        let nats = NatsServer::start().expect("start nats-server");
-        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-        let (rate, cpu, path) = ingest_round(&nats, &js).await;
-        let (bare, bare_us) = baseline_round(&nats, &js).await;
-        println!(
-            "round {round}: ingest {rate:.0} events/s ({cpu:.0} per ingest CPU-second), bare publish {bare:.0}/s, ratio {:.2}; CPU µs per event: ingest + simulator {:.1}, nats-server {:.1}; bare publisher {:.1}, nats-server {:.1}",
-            rate / bare,
-            path.0,
-            path.1,
-            bare_us.0,
-            bare_us.1
-        );
-        path_cpu.push(path);
-        bare_cpu.push(bare_us);
-        ingest.push(rate);
-        per_cpu.push(cpu);
-        baseline.push(bare);
-        ratios.push(rate / bare);
+    for round in 0..rounds {
+        let mut builds = vec![(&ingest_bin, &mut after, "ingest")];
+        if let Some(before_bin) = &before_bin {
+            let entry = (before_bin, &mut before, "before");
+            if round % 2 == 0 {
+                builds.insert(0, entry);
+            } else {
+                builds.push(entry);
+            }
+        }
+        for (bin, build, name) in builds {
+            let nats = NatsServer::start().expect("start nats-server");
+            let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+            let path = ingest_round(&nats, &js, bin).await;
+            let (bare, bare_us) = baseline_round(&nats, &js).await;
+            let ratio = path.events_per_second / bare;
+            println!(
+                "round {round} {name}: {:.0} events/s, bare publish {bare:.0}/s, ratio {ratio:.2}; CPU µs per event: ingest {:.1}, simulator {:.1}, nats-server {:.1}; bare publisher {:.1}, nats-server {:.1}",
+                path.events_per_second,
+                path.ingest,
+                path.simulator,
+                path.server,
+                bare_us.0,
+                bare_us.1
+            );
+            if name == "ingest" {
+                path_cpu.push((path.ingest + path.simulator, path.server));
+                bare_cpu.push(bare_us);
+            }
+            build.ratios.push(ratio);
+            build.rounds.push(path);
+        }
     }
-    let (ingest, per_cpu, baseline) = (median(ingest), median(per_cpu), median(baseline));
-    // Each round's ratio pairs two runs seconds apart: steadier than the ratio of the
-    // medians on a machine whose load changes from round to round.
     println!(
-        "ingest: {ingest:.0} events/s, bare JetStream publish: {baseline:.0} events/s (medians); ratio = {:.2} (median of the rounds' ratios); {per_cpu:.0} events per ingest CPU-second ({EVENTS} events, {SHARDS} shards, window {WINDOW} per shard, simulator and ingest in their own processes, {ROUNDS} rounds)",
-        median(ratios)
+        "{} ({EVENTS} events, {SHARDS} shards, window {WINDOW} per shard, simulator and ingest in their own processes)",
+        after.summary(&ingest_bin.display().to_string())
     );
+    if let Some(before_bin) = &before_bin {
+        println!("{}", before.summary(&before_bin.display().to_string()));
+    }
     // On one machine every process shares the same cores: the ratio of the CPU each
     // path spends per event is the most the ingest path could reach against the baseline.
     let total = |v: &[Cpu]| median(v.iter().map(|(a, b)| a + b).collect());

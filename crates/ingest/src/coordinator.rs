@@ -536,6 +536,7 @@ mod tests {
             queue: KvQueue::new(buckets.identify.clone(), "a".into(), 1, budget),
             shard_count: COUNT,
             alerts: Arc::default(),
+            gateway_config: std::sync::OnceLock::new(),
             generations: None,
             view: tokio::sync::watch::channel(crate::generations::View::default()).1,
             notices: tokio::sync::mpsc::unbounded_channel().0,

@@ -145,6 +145,7 @@ pub async fn run(
         queue,
         shard_count,
         alerts: Arc::default(),
+        gateway_config: std::sync::OnceLock::new(),
         generations: generations.clone(),
         view,
         notices: notices_tx,

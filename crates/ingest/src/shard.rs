@@ -10,7 +10,7 @@
 //! what the session record in KV holds ([`crate::checkpoint`]), and what a restarted or new
 //! owner resumes from.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -18,7 +18,7 @@ use async_nats::jetstream::context::traits::TimeoutProvider;
 use futures::stream::StreamExt;
 use relaycord_bus::{Dispatch, Secret, Subjects};
 use twilight_gateway::{
-    CloseFrame, ConfigBuilder, Intents, Message, Session, Shard, ShardId,
+    CloseFrame, Config, ConfigBuilder, Intents, Message, Session, Shard, ShardId,
     error::ReceiveMessageErrorType,
 };
 
@@ -51,6 +51,11 @@ pub(crate) struct ShardContext {
     pub queue: KvQueue,
     pub shard_count: u32,
     pub alerts: Arc<Alerts>,
+    /// The gateway configuration every shard starts from, built once: twilight's
+    /// `ConfigBuilder::new` loads a rustls client config (root store, session cache) of
+    /// ~30 KiB each time, which per shard was a fifth of an idle shard's memory; clones of
+    /// one config share it (docs/benchmarks.md, "Shard density").
+    pub gateway_config: OnceLock<Config<KvQueue>>,
     /// The reshard bucket, the plan as the supervisor last read it (static mode: no plan,
     /// every shard live), and the supervisor's ear.
     pub generations: Option<Generations>,
@@ -59,6 +64,17 @@ pub(crate) struct ShardContext {
 }
 
 impl ShardContext {
+    /// The configuration shared by this context's shards, before a session's own resume
+    /// state is added.
+    fn gateway_config(&self) -> &Config<KvQueue> {
+        self.gateway_config.get_or_init(|| {
+            ConfigBuilder::new(self.token.expose().to_owned(), self.intents)
+                .queue(self.queue.clone())
+                .proxy_url(self.gateway_url.clone())
+                .build()
+        })
+    }
+
     /// Records an owned shard as up or down, for `/readyz` and `relaycord_shard_up`. A
     /// shard that is not running but still owned here (waiting to be started again) is
     /// down: only the coordinator, which knows when a shard stops being ours, forgets it.
@@ -159,9 +175,7 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
         handoff.report_stopped().await?;
         return Ok(());
     }
-    let mut builder = ConfigBuilder::new(ctx.token.expose().to_owned(), ctx.intents)
-        .queue(ctx.queue.clone())
-        .proxy_url(ctx.gateway_url.clone());
+    let mut builder = ConfigBuilder::from(ctx.gateway_config().clone());
     let mut window = AckWindow::new(0);
     let resumed_session = record.as_ref().map(|r| r.session_id.clone());
     if let Some(record) = record {

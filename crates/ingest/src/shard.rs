@@ -52,9 +52,10 @@ pub(crate) struct ShardContext {
     pub shard_count: u32,
     pub alerts: Arc<Alerts>,
     /// The gateway configuration every shard starts from, built once: twilight's
-    /// `ConfigBuilder::new` loads a rustls client config (root store, session cache) of
-    /// ~30 KiB each time, which per shard was a fifth of an idle shard's memory; clones of
-    /// one config share it (docs/benchmarks.md, "Shard density").
+    /// `ConfigBuilder::new` builds a rustls client config (root store, session cache) each
+    /// time, and clones of one config share it. Most of it is never touched, so resident
+    /// memory barely moved (docs/benchmarks.md, "Shard density"); it is still one
+    /// allocation per process instead of one per shard.
     pub gateway_config: OnceLock<Config<KvQueue>>,
     /// The reshard bucket, the plan as the supervisor last read it (static mode: no plan,
     /// every shard live), and the supervisor's ear.

@@ -41,6 +41,10 @@ pub struct Options {
     /// wrk's threads.
     #[arg(long, default_value_t = 2)]
     wrk_threads: u32,
+    /// Another `relaycord` binary (the commit before a change) whose sink runs the same
+    /// dedupe-on and -off rounds, alternating with the measured one in each round.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// Where the children's logs go (default: a new directory under the system temp dir).
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -68,6 +72,7 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
 
     let (mut ceiling, mut on, mut off) = (Vec::new(), Vec::new(), Vec::new());
     let (mut on_cpu, mut off_cpu) = (Vec::new(), Vec::new());
+    let (mut base_on_us, mut base_off_us) = (Vec::new(), Vec::new());
     let (mut ceiling_us, mut on_us, mut off_us) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..options.rounds {
         receiver.reset(0)?;
@@ -106,6 +111,24 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
             false,
             &logs,
         )?;
+        if let Some(baseline) = &options.baseline {
+            for (dedupe, into) in [(true, &mut base_on_us), (false, &mut base_off_us)] {
+                let name = format!("base{}{round}", if dedupe { "on" } else { "off" });
+                let r = deliver(baseline, &nats, &receiver, options, &name, dedupe, &logs)?;
+                eprintln!(
+                    "round {round}: baseline sink, dedupe {dedupe}: {:.0}/s, sink {:.1} µs, nats-server {:.1} µs per delivery",
+                    r.per_second, r.budget_us.sink, r.budget_us.nats
+                );
+                into.push(r.budget_us);
+            }
+        }
+        eprintln!(
+            "round {round}: sink, dedupe on: sink {:.1} µs, nats-server {:.1} µs; off: sink {:.1} µs, nats-server {:.1} µs per delivery",
+            round_on.budget_us.sink,
+            round_on.budget_us.nats,
+            round_off.budget_us.sink,
+            round_off.budget_us.nats
+        );
         on.push(round_on.per_second);
         on_cpu.push(round_on.per_cpu_second);
         on_us.push(round_on.budget_us);
@@ -116,6 +139,20 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
             "round {round}: sink dedupe on {:.0}/s, dedupe off {:.0}/s",
             on[round], off[round]
         );
+    }
+    let spread = |rounds: &[Budget], f: fn(&Budget) -> f64| {
+        let values: Vec<f64> = rounds.iter().map(f).collect();
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{min:.1}–{max:.1}")
+    };
+    let mut spreads = vec![
+        ("relaycord sink, dedupe on", on_us.clone()),
+        ("relaycord sink, dedupe off", off_us.clone()),
+    ];
+    if options.baseline.is_some() {
+        spreads.push(("baseline sink, dedupe on", base_on_us.clone()));
+        spreads.push(("baseline sink, dedupe off", base_off_us.clone()));
     }
     let (ceiling, on, off) = (median(ceiling), median(on), median(off));
     let (on_cpu, off_cpu) = (median(on_cpu), median(off_cpu));
@@ -149,11 +186,16 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
     );
     println!("| what | sink | nats-server | receiver | wrk | total | CPU-bound ratio |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (what, b) in [
+    let mut rows = vec![
         ("receiver ceiling (wrk)", ceiling_us),
         ("relaycord sink, dedupe on", on_us),
         ("relaycord sink, dedupe off", off_us),
-    ] {
+    ];
+    if options.baseline.is_some() {
+        rows.push(("baseline sink, dedupe on", Budget::median(&base_on_us)));
+        rows.push(("baseline sink, dedupe off", Budget::median(&base_off_us)));
+    }
+    for (what, b) in rows {
         println!(
             "| {what} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |",
             b.sink,
@@ -162,6 +204,17 @@ pub fn run(binary: &Path, options: &Options) -> anyhow::Result<()> {
             b.load,
             b.total(),
             ceiling_us.total() / b.total()
+        );
+    }
+    println!();
+    println!("Spread over the rounds, CPU µs per delivery (min–max):");
+    println!("| what | sink | nats-server |");
+    println!("|---|---:|---:|");
+    for (what, rounds) in spreads {
+        println!(
+            "| {what} | {} | {} |",
+            spread(&rounds, |b| b.sink),
+            spread(&rounds, |b| b.nats)
         );
     }
     Ok(())

@@ -6,7 +6,16 @@
 //! acked without reaching the receiver again. It cannot cover a crash between the
 //! receiver's 2xx and the record: those few (at most the deliveries in flight at the
 //! crash) reach the receiver twice, which dedupes on `webhook-id` / message id.
+//!
+//! Only a redelivery needs the lookup. A first delivery (JetStream's `delivered` = 1)
+//! repeats an earlier one only when the consumer lost its state since (deleted and
+//! created again), and then the earlier record is older than the consumer. So first
+//! deliveries skip the lookup while the bucket is known to hold no record older than the
+//! consumer's `created` ([`Dedupe::check_consumer`]); a pull error, or a consumer
+//! created anew, turns the lookups back on until the old records have expired.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -17,9 +26,22 @@ use relaycord_bus::subject::sanitize_token;
 
 use crate::error::{SinkError, SinkErrorKind};
 
+/// How much later than the consumer's `created` the oldest record must be to be the
+/// consumer's own: the two times may come from different servers' clocks.
+const CLOCK_MARGIN_MS: i128 = 2_000;
+
 #[derive(Clone)]
 pub struct Dedupe {
     store: kv::Store,
+    first_deliveries: Arc<FirstDeliveries>,
+}
+
+/// Whether first deliveries may skip the lookup, and for which consumer incarnation
+/// (its `created`, in unix ns) that was shown.
+#[derive(Default)]
+struct FirstDeliveries {
+    skip: AtomicBool,
+    verified_for: AtomicI64,
 }
 
 impl Dedupe {
@@ -41,7 +63,10 @@ impl Dedupe {
             .map_err(|e| {
                 SinkError::with_source(SinkErrorKind::Bus, "cannot open the dedupe bucket", e)
             })?;
-        Ok(Self { store })
+        Ok(Self {
+            store,
+            first_deliveries: Arc::default(),
+        })
     }
 
     /// The sink's bucket if it exists, without changing its settings (the replay tool
@@ -50,7 +75,10 @@ impl Dedupe {
         js.get_key_value(Self::bucket(sink))
             .await
             .ok()
-            .map(|store| Self { store })
+            .map(|store| Self {
+                store,
+                first_deliveries: Arc::default(),
+            })
     }
 
     /// The key of one stored copy of an event: its id and which copy (`copy`: the stream
@@ -74,6 +102,41 @@ impl Dedupe {
                 false
             }
         }
+    }
+
+    /// Whether a delivery that is the consumer's `delivered`-th needs the lookup.
+    pub fn must_look_up(&self, delivered: i64) -> bool {
+        delivered > 1 || !self.first_deliveries.skip.load(Ordering::Acquire)
+    }
+
+    /// Lookups for every delivery until the next [`Self::check_consumer`]: a pull failed,
+    /// and the consumer may have been deleted and created again meanwhile.
+    pub fn doubt(&self) {
+        self.first_deliveries.skip.store(false, Ordering::Release);
+    }
+
+    /// Lets first deliveries skip the lookup when no record in the bucket can be older
+    /// than the consumer (created at `created`, unix ns, read from the server just now).
+    /// Shown once per consumer incarnation: records written since are its own.
+    pub async fn check_consumer(&self, js: &jetstream::Context, created: i64) {
+        let first = &self.first_deliveries;
+        if first.verified_for.load(Ordering::Acquire) == created {
+            first.skip.store(true, Ordering::Release);
+            return;
+        }
+        let clear = match js.get_stream(&self.store.stream_name).await {
+            Ok(stream) => {
+                let state = &stream.cached_info().state;
+                let margin = (state.first_timestamp.unix_timestamp_nanos() - i128::from(created))
+                    / 1_000_000;
+                state.messages == 0 || margin > CLOCK_MARGIN_MS
+            }
+            Err(_) => false,
+        };
+        if clear {
+            first.verified_for.store(created, Ordering::Release);
+        }
+        first.skip.store(clear, Ordering::Release);
     }
 
     pub async fn record(&self, id: &str, copy: &str) {

@@ -31,6 +31,7 @@ use tracing::Instrument;
 use crate::dedupe::Dedupe;
 use crate::error::{SinkError, SinkErrorKind};
 use crate::holds::Holds;
+use crate::metrics::DeliveryHandles;
 use crate::ordering::Ordering;
 use crate::pause::Breaker;
 use crate::worker::Worker;
@@ -42,6 +43,9 @@ pub use crate::settings::DriverSettings;
 /// How long one pull request waits on the server for messages. It bounds how long a
 /// shutdown waits for the last pull to end.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
+
+/// How long a pull waits for more of its slots to free up before going out with fewer.
+const REFILL_WAIT: Duration = Duration::from_millis(2);
 
 /// How often consumer and dead-letter gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
@@ -124,6 +128,7 @@ impl<S: Sink> Driver<S> {
             js: self.js.clone(),
             settings: Arc::clone(&self.settings),
             metrics: self.metrics.clone(),
+            handles: DeliveryHandles::new(&self.metrics, &self.settings.name),
             // An ordered sink's lane records do dedupe's work (see crate::lanes).
             dedupe: match ordered {
                 true => None,
@@ -158,6 +163,11 @@ impl<S: Sink> Driver<S> {
             return crate::lanes::run(worker, self.metrics, shape, shutdown).await;
         }
         let consumer = self.ensure_consumer().await?;
+        if let Some(dedupe) = &worker.dedupe {
+            dedupe
+                .check_consumer(&self.js, created(consumer.cached_info()))
+                .await;
+        }
         let s = Arc::clone(&self.settings);
         tracing::info!(sink = %s.name, stream = %s.stream, subjects = ?s.subjects, dedupe = s.dedupe_window.is_some(), "sink started");
         let gauges = tokio::spawn(refresh_gauges(
@@ -165,6 +175,7 @@ impl<S: Sink> Driver<S> {
             self.js.clone(),
             Arc::clone(&s),
             self.metrics.clone(),
+            worker.dedupe.clone(),
         ));
 
         let permits = Arc::new(Semaphore::new(s.concurrency.max(1)));
@@ -188,10 +199,8 @@ impl<S: Sink> Driver<S> {
                 () = worker.breaker.until_paused() => continue,
                 permit = Arc::clone(&permits).acquire_owned() => permit.expect("semaphore is never closed"),
             };
-            let mut slots: Vec<OwnedSemaphorePermit> = vec![first];
-            while let Ok(p) = Arc::clone(&permits).try_acquire_owned() {
-                slots.push(p);
-            }
+            let slots = more_slots(first, &permits, refill(s.concurrency)).await;
+            let mut slots = slots;
             let batch = consumer
                 .batch()
                 .max_messages(slots.len())
@@ -202,6 +211,7 @@ impl<S: Sink> Driver<S> {
                 Ok(batch) => batch,
                 Err(error) => {
                     tracing::warn!(sink = %s.name, %error, "pull request failed");
+                    doubt(&worker);
                     pause(&shutdown).await;
                     continue;
                 }
@@ -235,6 +245,7 @@ impl<S: Sink> Driver<S> {
                     Some(Err(error)) => {
                         // Missed replies and server errors are transient: pull again.
                         tracing::warn!(sink = %s.name, %error, "pulling messages failed");
+                        doubt(&worker);
                         pause(&shutdown).await;
                         break;
                     }
@@ -359,6 +370,54 @@ async fn leftover_paused<S: Sink>(batch: &mut pull::Batch, worker: &Worker<S>) {
     }
 }
 
+/// A failed pull may mean the consumer was deleted (and maybe created again, its acks
+/// forgotten): every delivery is looked up until the next gauge refresh shows which
+/// consumer is there.
+fn doubt<S>(worker: &Worker<S>) {
+    if let Some(dedupe) = &worker.dedupe {
+        dedupe.doubt();
+    }
+}
+
+/// A consumer's creation time in unix ns, which tells its incarnations apart.
+fn created(info: &jetstream::consumer::Info) -> i64 {
+    i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
+/// The slots a pull fills: a quarter of the concurrency, so that each pull (a
+/// subscription, a request and its end on the server) serves many deliveries rather than
+/// the one or two freed since the last, while three quarters stay in flight.
+fn refill(concurrency: usize) -> usize {
+    (concurrency / 4).max(1)
+}
+
+/// `first` and the free slots, waiting up to [`REFILL_WAIT`] for `want` of them: a few
+/// slow deliveries must not keep the freed slots idle for long.
+async fn more_slots(
+    first: OwnedSemaphorePermit,
+    permits: &Arc<Semaphore>,
+    want: usize,
+) -> Vec<OwnedSemaphorePermit> {
+    let mut slots = vec![first];
+    while let Ok(p) = Arc::clone(permits).try_acquire_owned() {
+        slots.push(p);
+    }
+    if slots.len() >= want {
+        return slots;
+    }
+    let wait = tokio::time::sleep(REFILL_WAIT);
+    tokio::pin!(wait);
+    while slots.len() < want {
+        tokio::select! {
+            () = &mut wait => break,
+            permit = Arc::clone(permits).acquire_owned() => {
+                slots.push(permit.expect("semaphore is never closed"));
+            }
+        }
+    }
+    slots
+}
+
 /// A short wait before pulling again after an error, cut short by shutdown.
 async fn pause(shutdown: &CancellationToken) {
     tokio::select! {
@@ -373,13 +432,21 @@ async fn refresh_gauges(
     js: jetstream::Context,
     settings: Arc<DriverSettings>,
     metrics: SinkMetrics,
+    dedupe: Option<Dedupe>,
 ) {
     let label = [settings.name.as_str()];
     let dlq_subject = subject::dlq(&settings.name);
     let mut tick = tokio::time::interval(GAUGE_INTERVAL);
     loop {
         tick.tick().await;
-        if let Ok(info) = consumer.info().await {
+        let info = consumer.info().await;
+        if let Some(dedupe) = &dedupe {
+            match &info {
+                Ok(info) => dedupe.check_consumer(&js, created(info)).await,
+                Err(_) => dedupe.doubt(),
+            }
+        }
+        if let Ok(info) = info {
             metrics
                 .consumer_pending
                 .with_label_values(&label)

@@ -1,8 +1,8 @@
 //! Sink metrics, labelled by sink name and outcome only (bounded).
 
 use prometheus::{
-    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    exponential_buckets,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, exponential_buckets,
 };
 
 use crate::pause::PausedSinks;
@@ -133,5 +133,24 @@ impl SinkMetrics {
         relaycord_bus::InvalidRequests::register(registry)?;
         crate::amqp::metrics::register(registry)?;
         Ok(m)
+    }
+}
+
+/// One sink's series of the metrics every delivery updates, looked up once: a lookup
+/// hashes the labels and takes the vector's lock, on every event.
+#[derive(Clone)]
+pub(crate) struct DeliveryHandles {
+    pub delivered: IntCounter,
+    pub attempt_latency: Histogram,
+    pub end_to_end_latency: Histogram,
+}
+
+impl DeliveryHandles {
+    pub(crate) fn new(metrics: &SinkMetrics, sink: &str) -> Self {
+        Self {
+            delivered: metrics.deliveries.with_label_values(&[sink, "delivered"]),
+            attempt_latency: metrics.attempt_latency.with_label_values(&[sink]),
+            end_to_end_latency: metrics.end_to_end_latency.with_label_values(&[sink]),
+        }
     }
 }

@@ -16,6 +16,7 @@ use crate::dedupe::Dedupe;
 use crate::dlq::{self, DeadLetterInfo};
 use crate::filter::type_and_guild;
 use crate::holds::Holds;
+use crate::metrics::DeliveryHandles;
 use crate::pause::{Breaker, Verdict};
 use crate::settings::DriverSettings;
 use crate::{Body, Event, Outcome, Sink, SinkMetrics};
@@ -25,6 +26,7 @@ pub(crate) struct Worker<S> {
     pub js: jetstream::Context,
     pub settings: Arc<DriverSettings>,
     pub metrics: SinkMetrics,
+    pub handles: DeliveryHandles,
     pub dedupe: Option<Dedupe>,
     /// Naks of untried events, which must not spend their attempts.
     pub holds: Holds,
@@ -144,7 +146,9 @@ impl<S: Sink> Worker<S> {
             (Some(_), Ok(info)) => info.stream_sequence.to_string(),
             _ => String::new(),
         };
+        let delivered = message.info().map_or(2, |info| info.delivered);
         if let Some(dedupe) = &self.dedupe
+            && dedupe.must_look_up(delivered)
             && dedupe.delivered(event.id, &copy).await
         {
             // Before the attempts check: a delivered event whose ack was lost on its
@@ -202,9 +206,8 @@ impl<S: Sink> Worker<S> {
         let outcome = AssertUnwindSafe(self.deliver_with_progress(event, message))
             .catch_unwind()
             .await;
-        self.metrics
+        self.handles
             .attempt_latency
-            .with_label_values(&[&self.settings.name])
             .observe(started.elapsed().as_secs_f64());
         outcome
     }
@@ -247,10 +250,7 @@ impl<S: Sink> Worker<S> {
                 self.breaker.delivered();
                 self.count("delivered");
                 if let Some(age) = end_to_end(body) {
-                    self.metrics
-                        .end_to_end_latency
-                        .with_label_values(&[&s.name])
-                        .observe(age.as_secs_f64());
+                    self.handles.end_to_end_latency.observe(age.as_secs_f64());
                 }
                 return;
             }
@@ -402,10 +402,14 @@ impl<S: Sink> Worker<S> {
         if relaycord_bus::trace::enabled() {
             tracing::Span::current().record("outcome", outcome);
         }
-        self.metrics
-            .deliveries
-            .with_label_values(&[&self.settings.name, outcome])
-            .inc();
+        match outcome {
+            "delivered" => self.handles.delivered.inc(),
+            _ => self
+                .metrics
+                .deliveries
+                .with_label_values(&[&self.settings.name, outcome])
+                .inc(),
+        }
     }
 }
 

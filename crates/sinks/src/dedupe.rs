@@ -14,9 +14,9 @@
 //! consumer's `created` ([`Dedupe::check_consumer`]); a pull error, or a consumer
 //! created anew, turns the lookups back on until the old records have expired.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use base64::Engine;
@@ -36,12 +36,14 @@ pub struct Dedupe {
     first_deliveries: Arc<FirstDeliveries>,
 }
 
-/// Whether first deliveries may skip the lookup, and for which consumer incarnation
-/// (its `created`, in unix ns) that was shown.
+/// Whether first deliveries may skip the lookup, for which consumer incarnation (its
+/// `created`, in unix ns) that was shown, and until when a failed pull keeps every
+/// delivery looked up.
 #[derive(Default)]
 struct FirstDeliveries {
     skip: AtomicBool,
     verified_for: AtomicI64,
+    doubt_until: Mutex<Option<Instant>>,
 }
 
 impl Dedupe {
@@ -109,10 +111,14 @@ impl Dedupe {
         delivered > 1 || !self.first_deliveries.skip.load(Ordering::Acquire)
     }
 
-    /// Lookups for every delivery until the next [`Self::check_consumer`]: a pull failed,
-    /// and the consumer may have been deleted and created again meanwhile.
-    pub fn doubt(&self) {
-        self.first_deliveries.skip.store(false, Ordering::Release);
+    /// Lookups for every delivery for `hold` (the sink's `ack_wait`): a pull failed, so
+    /// the consumer may have been deleted and created again, or its server restarted and
+    /// lost the delivery state it had not yet written (its redeliveries then come as
+    /// first deliveries of the same incarnation, right after the server is back).
+    pub fn doubt(&self, hold: Duration) {
+        let first = &self.first_deliveries;
+        first.skip.store(false, Ordering::Release);
+        *first.doubt_until.lock().expect("not poisoned") = Some(Instant::now() + hold);
     }
 
     /// Lets first deliveries skip the lookup when no record in the bucket can be older
@@ -120,6 +126,10 @@ impl Dedupe {
     /// Shown once per consumer incarnation: records written since are its own.
     pub async fn check_consumer(&self, js: &jetstream::Context, created: i64) {
         let first = &self.first_deliveries;
+        let doubted = *first.doubt_until.lock().expect("not poisoned");
+        if doubted.is_some_and(|until| Instant::now() < until) {
+            return;
+        }
         if first.verified_for.load(Ordering::Acquire) == created {
             first.skip.store(true, Ordering::Release);
             return;

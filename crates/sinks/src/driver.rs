@@ -371,11 +371,11 @@ async fn leftover_paused<S: Sink>(batch: &mut pull::Batch, worker: &Worker<S>) {
 }
 
 /// A failed pull may mean the consumer was deleted (and maybe created again, its acks
-/// forgotten): every delivery is looked up until the next gauge refresh shows which
-/// consumer is there.
+/// forgotten) or its server restarted: every delivery is looked up for `ack_wait`
+/// ([`Dedupe::doubt`]).
 fn doubt<S>(worker: &Worker<S>) {
     if let Some(dedupe) = &worker.dedupe {
-        dedupe.doubt();
+        dedupe.doubt(worker.settings.ack_wait);
     }
 }
 
@@ -443,7 +443,7 @@ async fn refresh_gauges(
         if let Some(dedupe) = &dedupe {
             match &info {
                 Ok(info) => dedupe.check_consumer(&js, created(info)).await,
-                Err(_) => dedupe.doubt(),
+                Err(_) => dedupe.doubt(settings.ack_wait),
             }
         }
         if let Ok(info) = info {

@@ -395,7 +395,6 @@ async fn interactions_bench() {
     )
     .await;
 
-    let me = std::process::id();
     let nats = nats_server_pid();
     // Every row answers the same message: the constant, the route's response, the handler's.
     let pong: serde_json::Value = serde_json::from_str(PONG).unwrap();

@@ -212,4 +212,52 @@ mod tests {
             assert_eq!(verdict.await.unwrap(), i != 11, "job {i}");
         }
     }
+
+    /// Thread CPU seconds so far (10 ms ticks; the rounds below take ~0.2 s each).
+    fn thread_cpu() -> f64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+    }
+
+    /// Not a check: what one signature costs alone and in batches (CPU µs per signature,
+    /// ~1 KB bodies like an interaction's). Run with
+    /// `cargo test --release -p relaycord-interactions --lib batch_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "measurement; prints CPU per signature"]
+    fn batch_cost() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let verifying = key.verifying_key();
+        let padded: Vec<(Vec<u8>, Signature)> = (0..4096)
+            .map(|i| {
+                let message = format!("1700000000{{\"id\":\"{i}\",\"p\":\"{}\"}}", "x".repeat(900));
+                let signature = key.sign(message.as_bytes());
+                (message.into_bytes(), signature)
+            })
+            .collect();
+        let per_signature = |started: f64| (thread_cpu() - started) / padded.len() as f64 * 1e6;
+        for round in 0..3 {
+            let started = thread_cpu();
+            for (message, signature) in &padded {
+                assert!(verifying.verify_strict(message, signature).is_ok());
+            }
+            let mut line = format!(
+                "round {round}: verify_strict {:.1} µs",
+                per_signature(started)
+            );
+            for n in [2, 4, 8, 16, 32, 64] {
+                let started = thread_cpu();
+                for chunk in padded.chunks(n) {
+                    assert!(batch_holds(&verifying, &items(chunk)));
+                }
+                line += &format!(", batch of {n} {:.1}", per_signature(started));
+            }
+            println!("{line} (CPU per signature)");
+        }
+    }
 }

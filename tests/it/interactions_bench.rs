@@ -22,8 +22,11 @@
 //! median round, so that a burst of the machine's other work does not decide a ratio.
 //! Besides req/s and p50/p99 it prints each row's CPU seconds per process and the requests
 //! per CPU-second of the server: the per-core figure of the scale notes (docs/benchmarks.md).
-//! `BENCH_RELAYCORD_BIN=path/to/relaycord` measures another build of the binary (a commit before
-//! a change) under the same load generator.
+//! `BENCH_RELAYCORD_BIN=path/to/relaycord` measures another build of the binary instead;
+//! `BENCH_RELAYCORD_BEFORE=path/to/relaycord` measures one *as well*, in the same run: a second
+//! process against the same nats-server whose rows alternate with this build's, so that a
+//! before/after comparison sees the same machine load (the figure that matters on a shared
+//! machine is CPU per request, printed in µs for the server and nats-server).
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -182,22 +185,57 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn median(runs: &mut [Run]) -> &Run {
-    runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-    &runs[runs.len() / 2]
+/// One measured row: a server, the command its requests carry, and its rounds.
+struct Row {
+    label: String,
+    addr: SocketAddr,
+    /// The server, nats-server and this process (the load generator).
+    pids: [u32; 3],
+    command: &'static str,
+    runs: Vec<Run>,
 }
 
-fn row(label: &str, run: &Run, baseline: &Run, requests: usize) {
-    let [server, nats, generator] = run.cpu;
+impl Row {
+    fn new(label: &str, server: &Server, nats: u32, command: &'static str) -> Self {
+        Self {
+            label: label.to_owned(),
+            addr: server.addr,
+            pids: [server.pid(), nats, std::process::id()],
+            command,
+            runs: Vec::new(),
+        }
+    }
+}
+
+/// The median over rounds of `f`, and its spread (lowest, highest).
+fn median_by(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
+    spread(runs, f).1
+}
+
+fn spread(runs: &[Run], f: impl Fn(&Run) -> f64) -> (f64, f64, f64) {
+    let mut values: Vec<f64> = runs.iter().map(f).collect();
+    values.sort_by(f64::total_cmp);
+    (
+        values[0],
+        values[values.len() / 2],
+        values[values.len() - 1],
+    )
+}
+
+fn print_row(row: &Row, baseline_rps: f64, requests: usize) {
+    let per_request = |i: usize| move |r: &Run| r.cpu[i] / requests as f64 * 1e6;
+    let (s_lo, server, s_hi) = spread(&row.runs, per_request(0));
+    let (n_lo, nats, n_hi) = spread(&row.runs, per_request(1));
+    let rps = median_by(&row.runs, |r| r.rps);
+    let p50 = median_by(&row.runs, |r| r.p50.as_secs_f64() * 1e3);
+    let p99 = median_by(&row.runs, |r| r.p99.as_secs_f64() * 1e3);
+    let generator = median_by(&row.runs, per_request(2));
     println!(
-        "{label:<44} {:>7.0} req/s ({:>4.2} of baseline)  p50 {:>6.2} ms  p99 {:>6.2} ms  \
-         CPU s: server {server:.2}, nats {nats:.2}, load {generator:.2}  \
-         server {:.0} req per CPU-s",
-        run.rps,
-        run.rps / baseline.rps,
-        run.p50.as_secs_f64() * 1e3,
-        run.p99.as_secs_f64() * 1e3,
-        requests as f64 / server,
+        "{:<52} {rps:>7.0} req/s ({:>4.2} of baseline)  p50 {p50:>6.2} ms  p99 {p99:>6.2} ms  \
+         CPU µs/req: server {server:.1} ({s_lo:.1}–{s_hi:.1}), nats {nats:.1} ({n_lo:.1}–{n_hi:.1}), \
+         load {generator:.1}",
+        row.label,
+        rps / baseline_rps,
     );
 }
 
@@ -261,13 +299,19 @@ fn free_addr() -> SocketAddr {
 }
 
 /// `relaycord interactions` with the two routes measured, against the stack's NATS.
-async fn spawn_relaycord(stack: &Stack, dir: &tempfile::TempDir) -> Server {
+async fn spawn_relaycord(
+    stack: &Stack,
+    dir: &tempfile::TempDir,
+    binary: std::ffi::OsString,
+    prefix: &str,
+) -> Server {
     let (addr, metrics) = (free_addr(), free_addr());
-    let path = dir.path().join("relaycord.toml");
+    let path = dir.path().join(format!("relaycord-{}.toml", addr.port()));
     let toml = format!(
         r#"
 [nats]
 url = "{nats}"
+subject_prefix = "{prefix}"
 [discord]
 public_key = "{key}"
 api_base = "{api}"
@@ -286,9 +330,6 @@ handler = {{ nats = "relaycord.handlers.ping" }}
         api = stack.config.discord.api_base,
     );
     std::fs::write(&path, toml).unwrap();
-    // Another build of the binary (e.g. the commit before a change) with BENCH_RELAYCORD_BIN (not RELAYCORD_…: that prefix is the config's).
-    let binary = std::env::var_os("BENCH_RELAYCORD_BIN")
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_relaycord").into());
     let child = Command::new(binary)
         .arg("--config")
         .arg(&path)
@@ -332,7 +373,18 @@ async fn interactions_bench() {
         client.server_info().version
     };
     let dir = tempfile::tempdir().unwrap();
-    let relaycord = spawn_relaycord(&stack, &dir).await;
+    // Another build of the binary with BENCH_RELAYCORD_BIN (not RELAYCORD_…: that prefix is
+    // the config's); BENCH_RELAYCORD_BEFORE adds one measured alongside.
+    let binary = std::env::var_os("BENCH_RELAYCORD_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_relaycord").into());
+    let prefix = stack.config.nats.subject_prefix.clone();
+    let relaycord = spawn_relaycord(&stack, &dir, binary, &prefix).await;
+    // Its own prefix, so its own streams, buckets and late-reply worker: neither process
+    // reads the other's replies (that CPU would land on the wrong row).
+    let before = match std::env::var_os("BENCH_RELAYCORD_BEFORE") {
+        Some(binary) => Some(spawn_relaycord(&stack, &dir, binary, "before").await),
+        None => None,
+    };
     // The handler runs on its own connection, as a separate service would.
     let handler_client = async_nats::connect(stack.nats_url()).await.unwrap();
     let _handler = nats_handler(
@@ -343,26 +395,44 @@ async fn interactions_bench() {
     )
     .await;
 
-    let me = std::process::id();
     let nats = nats_server_pid();
-    let on_baseline = [baseline_server.pid(), nats, me];
-    let on_relaycord = [relaycord.pid(), nats, me];
     // Every row answers the same message: the constant, the route's response, the handler's.
     let pong: serde_json::Value = serde_json::from_str(PONG).unwrap();
-    // Warm up every path (connections, caches, pools, the streams' first blocks).
-    let (base, ix) = (baseline_server.addr, relaycord.addr);
-    load(base, sign("fixed", 1000), concurrency, &pong, on_baseline).await;
-    load(ix, sign("fixed", 1000), concurrency, &pong, on_relaycord).await;
-    load(ix, sign("ping", 1000), concurrency, &pong, on_relaycord).await;
-
-    let (mut baseline, mut fixed, mut handled) = (vec![], vec![], vec![]);
-    for _ in 0..rounds {
-        let requests = sign("fixed", n);
-        baseline.push(load(base, requests, concurrency, &pong, on_baseline).await);
-        fixed.push(load(ix, sign("fixed", n), concurrency, &pong, on_relaycord).await);
-        handled.push(load(ix, sign("ping", n), concurrency, &pong, on_relaycord).await);
+    let mut rows = vec![Row::new(
+        "baseline: bare axum, constant answer",
+        &baseline_server,
+        nats,
+        "fixed",
+    )];
+    let builds = [(before.as_ref(), "before: "), (Some(&relaycord), "")];
+    for (command, path) in [
+        ("fixed", "verify + publish + configured response"),
+        ("ping", "verify + publish + NATS handler round trip"),
+    ] {
+        for (server, build) in builds {
+            if let Some(server) = server {
+                rows.push(Row::new(&format!("{build}{path}"), server, nats, command));
+            }
+        }
     }
-    let baseline = median(&mut baseline);
+    // Warm up every path (connections, caches, pools, the streams' first blocks).
+    for row in &rows {
+        load(
+            row.addr,
+            sign(row.command, 1000),
+            concurrency,
+            &pong,
+            row.pids,
+        )
+        .await;
+    }
+    for _ in 0..rounds {
+        for row in &mut rows {
+            let requests = sign(row.command, n);
+            let run = load(row.addr, requests, concurrency, &pong, row.pids).await;
+            row.runs.push(run);
+        }
+    }
 
     println!();
     println!(
@@ -376,24 +446,10 @@ async fn interactions_bench() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    row(
-        "baseline: bare axum, constant answer",
-        baseline,
-        baseline,
-        n,
-    );
-    row(
-        "verify + publish + configured response",
-        median(&mut fixed),
-        baseline,
-        n,
-    );
-    row(
-        "verify + publish + NATS handler round trip",
-        median(&mut handled),
-        baseline,
-        n,
-    );
+    let baseline_rps = median_by(&rows[0].runs, |r| r.rps);
+    for row in &rows {
+        print_row(row, baseline_rps, n);
+    }
     // How often the late-reply worker read each handler reply: more than once means it
     // read the reply before the owner's `answered` record and put it back (nak).
     let js = async_nats::jetstream::new(handler_client.clone());
@@ -418,6 +474,7 @@ async fn interactions_bench() {
         info.num_ack_pending + info.num_pending as usize,
     );
     drop(relaycord);
+    drop(before);
     drop(baseline_server);
     stack.stop().await;
 }

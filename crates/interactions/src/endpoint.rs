@@ -311,12 +311,13 @@ impl Endpoint {
                 Answer::error(StatusCode::BAD_REQUEST, "rejected", "incomplete_body")
             }
         })?;
-        if let Err(rejection) = self.verifier.verify(
+        let verified = self.verifier.verify_batched(
             header(SIGNATURE_HEADER),
             header(TIMESTAMP_HEADER),
             &body,
             SystemTime::now(),
-        ) {
+        );
+        if let Err(rejection) = verified.await {
             return Err(Answer::error(
                 StatusCode::UNAUTHORIZED,
                 "rejected",

@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
 pub mod config;
 mod decisions;
 mod endpoint;

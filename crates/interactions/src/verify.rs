@@ -5,6 +5,7 @@
 //! nothing about the clock, and with `verify_strict` so that malleable signatures and
 //! weak keys are refused too (Discord's own signatures are canonical).
 
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -83,6 +84,9 @@ impl std::fmt::Debug for PublicKey {
 pub struct Verifier {
     key: PublicKey,
     window: Duration,
+    /// The batch-verifying thread of [`Verifier::verify_batched`], started on first use
+    /// (`None`: it could not be, so each request is checked on its own).
+    batch: Arc<OnceLock<Option<mpsc::Sender<crate::batch::Job>>>>,
 }
 
 impl Verifier {
@@ -90,6 +94,7 @@ impl Verifier {
         Self {
             key,
             window: DEFAULT_WINDOW,
+            batch: Arc::default(),
         }
     }
 
@@ -131,6 +136,61 @@ impl Verifier {
         body: &[u8],
         now: SystemTime,
     ) -> Result<(), Rejection> {
+        let (signature, seconds, message) = Self::signed(signature, timestamp, body)?;
+        self.key
+            .0
+            .verify_strict(&message, &signature)
+            .map_err(|_| Rejection::BadSignature)?;
+        self.fresh(seconds, now)
+    }
+
+    /// [`Verifier::verify`], with the signature checked together with those of other
+    /// requests waiting at the same moment (batch.rs): the same verdicts, less CPU each.
+    pub async fn verify_batched(
+        &self,
+        signature: Option<&[u8]>,
+        timestamp: Option<&[u8]>,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<(), Rejection> {
+        let (signature, seconds, message) = Self::signed(signature, timestamp, body)?;
+        let jobs = self
+            .batch
+            .get_or_init(|| crate::batch::spawn(self.key.0).ok());
+        let (verdict, answer) = tokio::sync::oneshot::channel();
+        let job = crate::batch::Job {
+            message,
+            signature,
+            verdict,
+        };
+        let valid = match jobs {
+            Some(jobs) => match jobs.send(job) {
+                // No verdict (the thread is gone): refused, as fail closed wants.
+                Ok(()) => answer.await.unwrap_or(false),
+                Err(mpsc::SendError(job)) => self
+                    .key
+                    .0
+                    .verify_strict(&job.message, &job.signature)
+                    .is_ok(),
+            },
+            None => self
+                .key
+                .0
+                .verify_strict(&job.message, &job.signature)
+                .is_ok(),
+        };
+        if !valid {
+            return Err(Rejection::BadSignature);
+        }
+        self.fresh(seconds, now)
+    }
+
+    /// The signature, the timestamp's seconds and the signed message (timestamp ‖ body).
+    fn signed(
+        signature: Option<&[u8]>,
+        timestamp: Option<&[u8]>,
+        body: &[u8],
+    ) -> Result<(Signature, u64, Vec<u8>), Rejection> {
         let (Some(signature), Some(timestamp)) = (signature, timestamp) else {
             return Err(Rejection::MissingHeader);
         };
@@ -140,10 +200,11 @@ impl Verifier {
         let mut message = Vec::with_capacity(timestamp.len() + body.len());
         message.extend_from_slice(timestamp);
         message.extend_from_slice(body);
-        self.key
-            .0
-            .verify_strict(&message, &signature)
-            .map_err(|_| Rejection::BadSignature)?;
+        Ok((signature, seconds, message))
+    }
+
+    /// Checked after the signature, so that a forged request learns nothing of the clock.
+    fn fresh(&self, seconds: u64, now: SystemTime) -> Result<(), Rejection> {
         let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         if now.abs_diff(seconds) > self.window.as_secs() {
             return Err(Rejection::Stale);
@@ -238,6 +299,37 @@ mod tests {
         assert_eq!(
             verifier.verify(Some(sig.as_bytes()), None, BODY, now),
             Err(Rejection::MissingHeader)
+        );
+    }
+
+    /// The batched path gives the same verdicts as the single one, stale included.
+    #[tokio::test]
+    async fn batched_verdicts_are_the_single_ones() {
+        let (key, verifier, now) = setup();
+        let ts = "1700000000";
+        let sig = sign(&key, ts, BODY);
+        let old = sign(&key, "1699999000", BODY);
+        let cases: [(&str, &str, &[u8]); 6] = [
+            (&sig, ts, BODY),
+            (&sig, ts, b"{}"),
+            (&sig, "1700000001", BODY),
+            (&old, "1699999000", BODY),
+            (&sig[..126], ts, BODY),
+            (&"00".repeat(64), "1", BODY),
+        ];
+        let batched = futures::future::join_all(cases.iter().map(|(sig, ts, body)| {
+            verifier.verify_batched(Some(sig.as_bytes()), Some(ts.as_bytes()), body, now)
+        }))
+        .await;
+        for ((sig, ts, body), got) in cases.iter().zip(batched) {
+            let single = verifier.verify(Some(sig.as_bytes()), Some(ts.as_bytes()), body, now);
+            assert_eq!(got, single, "{ts} {body:?}");
+        }
+        assert_eq!(
+            verifier
+                .verify_batched(Some(sig.as_bytes()), Some(ts.as_bytes()), BODY, now)
+                .await,
+            Ok(())
         );
     }
 

@@ -16,7 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use relaycord_bus::{OutgoingMessage, headers as bus_headers, streams::DLQ_STREAM, subject};
 
 use crate::dedupe::Dedupe;
-use crate::error::{SinkError, SinkErrorKind};
+use crate::error::{SinkError, SinkErrorKind, bus};
 use crate::{Body, Event, Outcome, Sink};
 
 /// Headers of a dead letter, beside the original `Relaycord-Type`.
@@ -208,17 +208,10 @@ fn replay_copy(letter: &DeadLetter) -> String {
     format!("dlq{}", letter.seq)
 }
 
-fn bus_error(
-    context: impl Into<String>,
-    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-) -> SinkError {
-    SinkError::with_source(SinkErrorKind::Bus, context, e)
-}
-
 async fn dlq_stream(js: &jetstream::Context) -> Result<jetstream::stream::Stream, SinkError> {
     js.get_stream(DLQ_STREAM)
         .await
-        .map_err(|e| bus_error(format!("stream {DLQ_STREAM} is not available"), e))
+        .map_err(|e| bus(format!("stream {DLQ_STREAM} is not available"), e))
 }
 
 /// Dead letters stored on `subject` (a sink's, or `relaycord.dlq.>`).
@@ -227,10 +220,10 @@ pub async fn count(js: &jetstream::Context, subject: &str) -> Result<u64, SinkEr
     let counts: Vec<(String, usize)> = stream
         .info_with_subjects(subject)
         .await
-        .map_err(|e| bus_error("cannot read the DLQ's subjects", e))?
+        .map_err(|e| bus("cannot read the DLQ's subjects", e))?
         .try_collect()
         .await
-        .map_err(|e| bus_error("cannot read the DLQ's subjects", e))?;
+        .map_err(|e| bus("cannot read the DLQ's subjects", e))?;
     Ok(counts.iter().map(|(_, n)| *n as u64).sum())
 }
 
@@ -250,22 +243,22 @@ pub async fn list(js: &jetstream::Context, sink: &str) -> Result<Vec<DeadLetter>
             ..Default::default()
         })
         .await
-        .map_err(|e| bus_error("cannot read the DLQ", e))?;
+        .map_err(|e| bus("cannot read the DLQ", e))?;
     let mut messages = consumer
         .messages()
         .await
-        .map_err(|e| bus_error("cannot read the DLQ", e))?;
+        .map_err(|e| bus("cannot read the DLQ", e))?;
     let mut letters = Vec::new();
     loop {
         let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
             .await
-            .map_err(|e| bus_error("reading the DLQ timed out", e))?;
+            .map_err(|e| bus("reading the DLQ timed out", e))?;
         let Some(message) = next else { break };
-        let message = message.map_err(|e| bus_error("cannot read the DLQ", e))?;
+        let message = message.map_err(|e| bus("cannot read the DLQ", e))?;
         let (seq, published, pending) = {
             let info = message
                 .info()
-                .map_err(|e| bus_error("DLQ message without metadata", e))?;
+                .map_err(|e| bus("DLQ message without metadata", e))?;
             (info.stream_sequence, info.published, info.pending)
         };
         letters.push(DeadLetter::from_parts(
@@ -287,7 +280,7 @@ pub async fn get(js: &jetstream::Context, seq: u64) -> Result<DeadLetter, SinkEr
     let m = stream
         .get_raw_message(seq)
         .await
-        .map_err(|e| bus_error(format!("no dead letter with sequence {seq}"), e))?;
+        .map_err(|e| bus(format!("no dead letter with sequence {seq}"), e))?;
     Ok(DeadLetter::from_parts(
         m.sequence,
         m.time.into(),
@@ -306,7 +299,7 @@ pub async fn purge(js: &jetstream::Context, sink: &str, seqs: &[u64]) -> Result<
             .purge()
             .filter(subject::dlq(sink))
             .await
-            .map_err(|e| bus_error("cannot purge the DLQ", e))?;
+            .map_err(|e| bus("cannot purge the DLQ", e))?;
         return Ok(purged.purged);
     }
     // A sequence is global to RELAYCORD_DLQ: check that each one is this sink's before
@@ -328,7 +321,7 @@ pub async fn purge(js: &jetstream::Context, sink: &str, seqs: &[u64]) -> Result<
                 ));
             }
             Err(e) => {
-                return Err(bus_error(
+                return Err(bus(
                     format!(
                         "no dead letter with sequence {seq}, nothing purged (see `relaycord dlq list --sink {sink}`)"
                     ),
@@ -342,7 +335,7 @@ pub async fn purge(js: &jetstream::Context, sink: &str, seqs: &[u64]) -> Result<
         if stream
             .delete_message(*seq)
             .await
-            .map_err(|e| bus_error(format!("cannot delete dead letter {seq}"), e))?
+            .map_err(|e| bus(format!("cannot delete dead letter {seq}"), e))?
         {
             removed += 1;
         }
@@ -404,7 +397,7 @@ pub async fn replay<S: Sink>(
         };
         if !matches!(outcome, Replayed::Failed(_)) {
             stream.delete_message(letter.seq).await.map_err(|e| {
-                bus_error(
+                bus(
                     format!("delivered, but cannot delete dead letter {}", letter.seq),
                     e,
                 )

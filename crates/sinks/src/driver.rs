@@ -44,9 +44,6 @@ pub use crate::settings::DriverSettings;
 /// shutdown waits for the last pull to end.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
-/// How long a pull waits for more of its slots to free up before going out with fewer.
-const REFILL_WAIT: Duration = Duration::from_millis(2);
-
 /// How often consumer and dead-letter gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -199,8 +196,10 @@ impl<S: Sink> Driver<S> {
                 () = worker.breaker.until_paused() => continue,
                 permit = Arc::clone(&permits).acquire_owned() => permit.expect("semaphore is never closed"),
             };
-            let slots = more_slots(first, &permits, refill(s.concurrency)).await;
-            let mut slots = slots;
+            let mut slots: Vec<OwnedSemaphorePermit> = vec![first];
+            while let Ok(p) = Arc::clone(&permits).try_acquire_owned() {
+                slots.push(p);
+            }
             let batch = consumer
                 .batch()
                 .max_messages(slots.len())
@@ -382,40 +381,6 @@ fn doubt<S>(worker: &Worker<S>) {
 /// A consumer's creation time in unix ns, which tells its incarnations apart.
 fn created(info: &jetstream::consumer::Info) -> i64 {
     i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(i64::MAX)
-}
-
-/// The slots a pull fills: a quarter of the concurrency, so that each pull (a
-/// subscription, a request and its end on the server) serves many deliveries rather than
-/// the one or two freed since the last, while three quarters stay in flight.
-fn refill(concurrency: usize) -> usize {
-    (concurrency / 4).max(1)
-}
-
-/// `first` and the free slots, waiting up to [`REFILL_WAIT`] for `want` of them: a few
-/// slow deliveries must not keep the freed slots idle for long.
-async fn more_slots(
-    first: OwnedSemaphorePermit,
-    permits: &Arc<Semaphore>,
-    want: usize,
-) -> Vec<OwnedSemaphorePermit> {
-    let mut slots = vec![first];
-    while let Ok(p) = Arc::clone(permits).try_acquire_owned() {
-        slots.push(p);
-    }
-    if slots.len() >= want {
-        return slots;
-    }
-    let wait = tokio::time::sleep(REFILL_WAIT);
-    tokio::pin!(wait);
-    while slots.len() < want {
-        tokio::select! {
-            () = &mut wait => break,
-            permit = Arc::clone(permits).acquire_owned() => {
-                slots.push(permit.expect("semaphore is never closed"));
-            }
-        }
-    }
-    slots
 }
 
 /// A short wait before pulling again after an error, cut short by shutdown.

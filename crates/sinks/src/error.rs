@@ -10,3 +10,11 @@ pub enum SinkErrorKind {
 }
 
 pub type SinkError = relaycord_bus::error::Error<SinkErrorKind>;
+
+/// A bus failure with its cause: the consumer, a stream or a bucket could not be used.
+pub(crate) fn bus(
+    context: impl Into<String>,
+    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> SinkError {
+    SinkError::with_source(SinkErrorKind::Bus, context, e)
+}

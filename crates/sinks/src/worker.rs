@@ -142,11 +142,13 @@ impl<S: Sink> Worker<S> {
             replay: None,
         };
         // Which stored copy this is: redeliveries of it share the stream sequence.
-        let copy = match (&self.dedupe, message.info()) {
-            (Some(_), Ok(info)) => info.stream_sequence.to_string(),
+        let info = message.info().ok();
+        let copy = match (&self.dedupe, &info) {
+            (Some(_), Some(info)) => info.stream_sequence.to_string(),
             _ => String::new(),
         };
-        let delivered = message.info().map_or(2, |info| info.delivered);
+        // Unknown counts as a redelivery: looked up.
+        let delivered = info.map_or(2, |info| info.delivered);
         if let Some(dedupe) = &self.dedupe
             && dedupe.must_look_up(delivered)
             && dedupe.delivered(event.id, &copy).await

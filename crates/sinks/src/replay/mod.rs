@@ -233,13 +233,6 @@ pub fn pace(rate: f64) -> Option<Duration> {
         .filter(|period| *period >= Duration::from_micros(1))
 }
 
-pub(crate) fn bus(
-    context: impl Into<String>,
-    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-) -> SinkError {
-    SinkError::with_source(SinkErrorKind::Bus, context, e)
-}
-
 /// Stores an event that failed its replay as a dead letter of the sink, as the driver
 /// would; `replay --only failed` or `dlq replay` can take it from there.
 pub(crate) async fn dead_letter(

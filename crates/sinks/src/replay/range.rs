@@ -11,10 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{Checkpoint, Store};
 use super::letters::Letters;
-use super::{
-    CHECKPOINT_EVERY, Delivered, Report, Request, SAVE_EVERY, Sender, Target, Ticker, bus,
-};
-use crate::error::{SinkError, SinkErrorKind};
+use super::{CHECKPOINT_EVERY, Delivered, Report, Request, SAVE_EVERY, Sender, Target, Ticker};
+use crate::error::{SinkError, SinkErrorKind, bus};
 use crate::filter::type_and_guild;
 use crate::worker::event_id;
 use crate::{Body, Sink};

@@ -335,7 +335,11 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
     } else {
         false
     };
-    let retiring = matches!(generation, Generation::Retiring) || matches!(end, End::Retired);
+    // The view too: a shard fenced before it saw the switch still belongs to a retiring
+    // generation.
+    let retiring = matches!(generation, Generation::Retiring)
+        || matches!(end, End::Retired)
+        || view.borrow().role(ctx.shard_count) == Role::Retire;
     match end {
         End::Fatal(error) if retiring && owner => {
             // The old generation's session is gone either way; the new one covers its guilds.
@@ -382,7 +386,14 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
     // retired the session and reported it stopped, but its close 1000 may have reached a
     // connection Discord had already replaced by this one's resume. Nobody resumes a
     // stopped shard's session, so this one ends it for good instead of leaving it open.
-    let frame = if retiring && handoff.is_stopped().await.unwrap_or(false) {
+    // Fenced, this one learns of the other owner before that owner has retired the
+    // shard (a resume is all it takes to fence), so it waits a little for the report.
+    let patience = if owner {
+        Duration::ZERO
+    } else {
+        RETIRED_ELSEWHERE_WAIT
+    };
+    let frame = if retiring && retired_elsewhere(&handoff, &view, ctx.shard_count, patience).await {
         tracing::info!(
             shard = id,
             "the shard was retired by another owner; ending its session"
@@ -404,6 +415,35 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
 
 /// Sends `frame` as the close frame and waits for the gateway's answer (up to 2 s): the
 /// RESUME code leaves the session resumable, NORMAL ends it.
+/// How long a fenced shard of a retiring generation waits for the new owner to report
+/// the shard stopped: that owner resumes, publishes the replay and retires within a few
+/// seconds when the bus is healthy.
+const RETIRED_ELSEWHERE_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether the retiring shard's session was ended by another owner within `patience`:
+/// it reported the shard stopped, or the generation has left the plan (the reshard ended
+/// and its marks are cleared).
+async fn retired_elsewhere(
+    handoff: &Handoff<'_>,
+    view: &watch::Receiver<View>,
+    count: u32,
+    patience: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let left_the_plan = view.borrow().plan.as_ref().is_some_and(|plan| {
+            plan.count != count && plan.reshard.as_ref().is_none_or(|r| r.to != count)
+        });
+        if left_the_plan || handoff.is_stopped().await.unwrap_or(false) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn close(shard: &mut Shard<KvQueue>, frame: CloseFrame<'static>) {
     shard.close(frame);
     let _ = tokio::time::timeout(Duration::from_secs(2), async {

@@ -194,7 +194,12 @@ pub async fn run(
         let url = webhook_events_url
             .clone()
             .context("the interactions role's URL")?;
-        let webhooks = DemoWebhooks::check(sim, url).await?;
+        // Ctrl-C stops the interactions role under the check's feet: a clean stop, not
+        // a URL that answers wrongly.
+        let webhooks = tokio::select! {
+            () = stop.cancelled() => return Ok(None),
+            checked = DemoWebhooks::check(sim, url) => checked?,
+        };
         let generator = sim.generate(GenerateSpec {
             count: opts.events,
             rate_per_sec: opts.rate,
@@ -210,7 +215,10 @@ pub async fn run(
             generator.stop();
             return Ok(None);
         };
-        let webhook_ids = webhooks.send(WEBHOOK_EVENTS).await?;
+        let webhook_ids = tokio::select! {
+            () = stop.cancelled() => return Ok(None),
+            sent = webhooks.send(WEBHOOK_EVENTS) => sent?,
+        };
         eprintln!(
             "simulator sent {} webhook events, each acknowledged with 204",
             webhook_ids.len()
@@ -232,20 +240,21 @@ pub async fn run(
 
     // On Ctrl-C every branch may be ready at once (the roles return as soon as `stop`
     // fires): a role that ended because it was asked to is a clean stop, not a failure.
-    let report = tokio::select! {
-        report = work => report?,
-        result = &mut ingest => role_ended("ingest", result, &stop)?,
-        result = &mut sinks => role_ended("sink", result, &stop)?,
-        result = &mut interactions => role_ended("interactions", result, &stop)?,
+    // The role whose branch won has been awaited; awaiting it again would panic.
+    let (report, ended) = tokio::select! {
+        report = work => (report, None),
+        result = &mut ingest => (role_ended("ingest", result, &stop), Some(0)),
+        result = &mut sinks => (role_ended("sink", result, &stop), Some(1)),
+        result = &mut interactions => (role_ended("interactions", result, &stop), Some(2)),
     };
     stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(15), async {
-        let _ = ingest.await;
-        let _ = sinks.await;
-        let _ = interactions.await;
-    })
-    .await;
-    Ok(report)
+    let others = [ingest, sinks, interactions]
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != ended)
+        .map(|(_, role)| role);
+    let _ = tokio::time::timeout(Duration::from_secs(15), futures::future::join_all(others)).await;
+    report
 }
 
 /// A role task that returned before the demo was done: fine when a shutdown was asked

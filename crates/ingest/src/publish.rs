@@ -238,17 +238,19 @@ impl Publisher {
         );
         let publishing =
             relaycord_bus::span!(parent: &receive, "publish", otel.kind = "producer", %id);
-        let (subject, message) = publishing.in_scope(|| {
-            OutgoingMessage::event(subject_of(dispatch, &self.subjects), &envelope).into_parts()
-        });
+        let outgoing = publishing
+            .in_scope(|| OutgoingMessage::event(subject_of(dispatch, &self.subjects), &envelope));
+        let resend = Resend {
+            payload: outgoing.payload.clone(),
+            shard: envelope.shard,
+            id,
+            event_type: event_type.to_owned(),
+        };
+        let (subject, message) = outgoing.into_parts();
 
         // Sending here, in read order, keeps a shard's events in gateway order on the
         // stream whenever no publish has to be retried.
-        let first = self
-            .lane
-            .js
-            .send_publish(subject.clone(), message.clone())
-            .await;
+        let first = self.lane.js.send_publish(subject.clone(), message).await;
         // The client refuses a message over the server's max_payload before sending it,
         // and would on every retry: retrying would wedge the shard's window for good.
         // Skipping it loses one event, loudly.
@@ -258,7 +260,7 @@ impl Publisher {
             self.lane.metrics.oversized.inc();
             tracing::error!(
                 shard = shard_id,
-                %id,
+                id = %resend.id,
                 event_type,
                 %error,
                 "event larger than the NATS server's max_payload: skipped; raise max_payload \
@@ -269,7 +271,7 @@ impl Publisher {
         }
         let lane = Arc::clone(&self.lane);
         let acked = async move {
-            let ack = lane.acked(subject, message, first).await;
+            let ack = lane.acked(subject, &resend, first).await;
             let metrics = &lane.metrics;
             metrics.published.inc();
             if ack.duplicate {
@@ -280,6 +282,29 @@ impl Publisher {
                 .observe(received.elapsed().as_secs_f64());
         };
         window.push(seq, acked.instrument(publishing));
+    }
+}
+
+/// What a retry needs to send a publish again: the payload is shared with the first
+/// attempt, the headers are built again from these (the same ones, see
+/// `OutgoingMessage::event_headers`) instead of copied for every event.
+struct Resend {
+    payload: bytes::Bytes,
+    id: String,
+    event_type: String,
+    shard: Option<u32>,
+}
+
+impl Resend {
+    /// Called inside the publish's span, so that `traceparent` is the first attempt's.
+    fn message(&self) -> PublishMessage {
+        PublishMessage::build()
+            .payload(self.payload.clone())
+            .headers(OutgoingMessage::event_headers(
+                &self.id,
+                &self.event_type,
+                self.shard,
+            ))
     }
 }
 
@@ -305,7 +330,7 @@ impl Lane {
     async fn acked(
         &self,
         subject: String,
-        message: PublishMessage,
+        resend: &Resend,
         first: Result<PublishAckFuture, PublishError>,
     ) -> jetstream::publish::PublishAck {
         let mut pending = Some(first);
@@ -314,7 +339,11 @@ impl Lane {
         loop {
             let sent = match pending.take() {
                 Some(sent) => sent,
-                None => self.js.send_publish(subject.clone(), message.clone()).await,
+                None => {
+                    self.js
+                        .send_publish(subject.clone(), resend.message())
+                        .await
+                }
             };
             let error = match sent {
                 Ok(ack) => match ack.await {

@@ -162,18 +162,22 @@ enum End {
     Retired,
 }
 
+// Every await below but the per-event ones (`frames.handle`, the window) is boxed: an
+// async fn's state is as large as its largest await, and these (KV reads and writes, the
+// reshard's switch, the close) would otherwise sit in each shard's task for its whole life,
+// idle shards included. Boxed, the shard's future went from 14.5 to 6.3 KB (debug build).
 async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(), IngestError> {
     let mut view = ctx.view.clone();
     let role = view.borrow_and_update().role(ctx.shard_count);
     let handoff = Handoff::new(id, ctx);
-    if role == Role::Retire && handoff.is_stopped().await? {
+    if role == Role::Retire && Box::pin(handoff.is_stopped()).await? {
         return Ok(());
     }
     let (mut checkpoint, record) =
-        Checkpoint::claim(ctx.sessions.clone(), id, ctx.shard_count).await?;
+        Box::pin(Checkpoint::claim(ctx.sessions.clone(), id, ctx.shard_count)).await?;
     if role == Role::Retire && record.is_none() {
         // Nothing to resume, nothing left to publish: the new generation has it all.
-        handoff.report_stopped().await?;
+        Box::pin(handoff.report_stopped()).await?;
         return Ok(());
     }
     let mut builder = ConfigBuilder::from(ctx.gateway_config().clone());
@@ -203,7 +207,7 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
         stop.set_resumable();
     }
     let mut generation = match role {
-        Role::Standby => handoff.standby_state(resumed_session.as_deref()).await?,
+        Role::Standby => Box::pin(handoff.standby_state(resumed_session.as_deref())).await?,
         Role::Retire => Generation::Retiring,
         Role::Live => Generation::Live,
     };
@@ -230,7 +234,7 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
                     break End::Retired;
                 }
                 if now.may_align() && let Generation::Standby(standby) = &mut generation {
-                    match handoff.switch_over(standby, GatewaySession::of(&shard), &mut publisher, &mut window, &mut checkpoint).await {
+                    match Box::pin(handoff.switch_over(standby, GatewaySession::of(&shard), &mut publisher, &mut window, &mut checkpoint)).await {
                         Ok(cut) => generation = Generation::Aligned { cut, mark_at: None },
                         Err(error) => tracing::warn!(shard = id, %error, "cannot switch over yet; retrying"),
                     }
@@ -239,7 +243,7 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
             Some(_) = window.next(), if !window.is_empty() => {
                 let acked = generation.resume_point(window.acked_seq());
                 if checkpoint.is_unrecorded()
-                    && checkpoint.checkpoint(acked, shard.resume_url(), &stop).await.is_err()
+                    && Box::pin(checkpoint.checkpoint(acked, shard.resume_url(), &stop)).await.is_err()
                 {
                     break End::Fenced;
                 }
@@ -256,17 +260,17 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
                     continue;
                 }
                 let acked = generation.resume_point(window.acked_seq());
-                if checkpoint.checkpoint(acked, shard.resume_url(), &stop).await.is_err() {
+                if Box::pin(checkpoint.checkpoint(acked, shard.resume_url(), &stop)).await.is_err() {
                     break End::Fenced;
                 }
-                if let Err(error) = handoff.progress(&mut generation, window.acked_seq()).await {
+                if let Err(error) = Box::pin(handoff.progress(&mut generation, window.acked_seq())).await {
                     tracing::warn!(shard = id, %error, "cannot record reshard progress; retrying");
                 }
                 // A switch that failed (NATS down) is tried again here.
                 let may_align = view.borrow().may_align();
                 if may_align
                     && let Generation::Standby(standby) = &mut generation
-                    && let Ok(cut) = handoff.switch_over(standby, GatewaySession::of(&shard), &mut publisher, &mut window, &mut checkpoint).await
+                    && let Ok(cut) = Box::pin(handoff.switch_over(standby, GatewaySession::of(&shard), &mut publisher, &mut window, &mut checkpoint)).await
                 {
                     generation = Generation::Aligned { cut, mark_at: None };
                 }
@@ -331,7 +335,9 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
     let fenced = matches!(end, End::Fenced);
     let owner = !fenced && !stop.is_lost();
     let saved = if owner {
-        checkpoint.save(acked_seq, shard.resume_url()).await.is_ok()
+        Box::pin(checkpoint.save(acked_seq, shard.resume_url()))
+            .await
+            .is_ok()
     } else {
         false
     };
@@ -344,7 +350,7 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
         End::Fatal(error) if retiring && owner => {
             // The old generation's session is gone either way; the new one covers its guilds.
             tracing::info!(shard = id, acked_seq, %error, "retiring shard closed by the gateway");
-            handoff.report_stopped().await?;
+            Box::pin(handoff.report_stopped()).await?;
             return Ok(());
         }
         End::Fatal(error) => {
@@ -361,8 +367,8 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
             return Err(error);
         }
         End::Retired if owner && drained.is_ok() && saved => {
-            close(&mut shard, CloseFrame::NORMAL).await;
-            handoff.report_stopped().await?;
+            Box::pin(close(&mut shard, CloseFrame::NORMAL)).await;
+            Box::pin(handoff.report_stopped()).await?;
             tracing::info!(
                 shard = id,
                 shard_count = ctx.shard_count,
@@ -374,7 +380,7 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
         End::Retired => {
             // Not everything is on the bus (or recorded): leave the session resumable; the
             // next start of this shard resumes it and retires again.
-            close(&mut shard, CloseFrame::RESUME).await;
+            Box::pin(close(&mut shard, CloseFrame::RESUME)).await;
             return Err(IngestError::new(
                 IngestErrorKind::Bus,
                 format!("shard {id}: could not drain before retiring; trying again"),
@@ -393,7 +399,15 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
     } else {
         RETIRED_ELSEWHERE_WAIT
     };
-    let frame = if retiring && retired_elsewhere(&handoff, &view, ctx.shard_count, patience).await {
+    let frame = if retiring
+        && Box::pin(retired_elsewhere(
+            &handoff,
+            &view,
+            ctx.shard_count,
+            patience,
+        ))
+        .await
+    {
         tracing::info!(
             shard = id,
             "the shard was retired by another owner; ending its session"
@@ -402,7 +416,7 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
     } else {
         CloseFrame::RESUME
     };
-    close(&mut shard, frame).await;
+    Box::pin(close(&mut shard, frame)).await;
     tracing::info!(shard = id, acked_seq, owner, "shard stopped");
     if fenced {
         return Err(IngestError::new(

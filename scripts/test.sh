@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --tests
 export PATH="$PATH:/usr/sbin"
 # A failing test's message, not pages of backtrace: CI keeps only part of the output, and
-# a backtrace pushes the message out of it. Set RELAYCORD_TEST_BACKTRACE=1 to have them back.
+# a backtrace pushes the message out of it. This overrides RUST_BACKTRACE from the caller's
+# environment; RELAYCORD_TEST_BACKTRACE=1 brings backtraces back.
 export RUST_BACKTRACE="${RELAYCORD_TEST_BACKTRACE:-0}"
 
 echo "== cargo fmt --check" >&2

@@ -281,6 +281,7 @@ impl Publisher {
                 .publish_latency
                 .observe(received.elapsed().as_secs_f64());
         };
+        // Inside `publishing`, a retry's `traceparent` is the first attempt's (Resend).
         window.push(seq, acked.instrument(publishing));
     }
 }

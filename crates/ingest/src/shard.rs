@@ -399,8 +399,17 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
     } else {
         RETIRED_ELSEWHERE_WAIT
     };
-    let frame = if retiring
+    // Not the owner while a reshard is under way: this shard's view may be a second behind
+    // the plan (a replica whose lease lapsed was likely stalled), so the plan is read again
+    // while waiting.
+    let reshard_under_way = view
+        .borrow()
+        .plan
+        .as_ref()
+        .is_some_and(|plan| plan.reshard.is_some());
+    let frame = if (retiring || (!owner && reshard_under_way))
         && Box::pin(retired_elsewhere(
+            id,
             &handoff,
             &view,
             ctx.shard_count,
@@ -427,29 +436,46 @@ async fn run_session(id: u32, ctx: &Arc<ShardContext>, stop: Stop) -> Result<(),
     Ok(())
 }
 
-/// Sends `frame` as the close frame and waits for the gateway's answer (up to 2 s): the
-/// RESUME code leaves the session resumable, NORMAL ends it.
 /// How long a fenced shard of a retiring generation waits for the new owner to report
 /// the shard stopped: that owner resumes, publishes the replay and retires within a few
 /// seconds when the bus is healthy.
 const RETIRED_ELSEWHERE_WAIT: Duration = Duration::from_secs(5);
 
-/// Whether the retiring shard's session was ended by another owner within `patience`:
-/// it reported the shard stopped, or the generation has left the plan (the reshard ended
-/// and its marks are cleared).
+/// Whether another owner ended this shard's session within `patience`: by the latest plan
+/// its generation retires and the shard is reported stopped, or the generation has left
+/// the plan (the reshard ended, or was cancelled, and its marks are cleared). A shard of the
+/// new generation is not retired by anyone: its next owner resumes it.
 async fn retired_elsewhere(
+    id: u32,
     handoff: &Handoff<'_>,
     view: &watch::Receiver<View>,
     count: u32,
     patience: Duration,
 ) -> bool {
     let deadline = tokio::time::Instant::now() + patience;
+    // A KV read cannot hold the shard's end much past the deadline.
+    let reads_until = deadline + Duration::from_secs(2);
     loop {
-        let left_the_plan = view.borrow().plan.as_ref().is_some_and(|plan| {
-            plan.count != count && plan.reshard.as_ref().is_none_or(|r| r.to != count)
-        });
-        if left_the_plan || handoff.is_stopped().await.unwrap_or(false) {
+        let (role, left_the_plan, marked) = {
+            let now = view.borrow();
+            let left_the_plan = now.plan.as_ref().is_some_and(|plan| {
+                plan.count != count && plan.reshard.as_ref().is_none_or(|r| r.to != count)
+            });
+            (now.role(count), left_the_plan, now.stopped.contains(&id))
+        };
+        if left_the_plan {
             return true;
+        }
+        match role {
+            Role::Standby => return false,
+            Role::Retire if marked => return true,
+            Role::Retire => {
+                let stopped = tokio::time::timeout_at(reads_until, handoff.is_stopped()).await;
+                if matches!(stopped, Ok(Ok(true))) {
+                    return true;
+                }
+            }
+            Role::Live => {}
         }
         if tokio::time::Instant::now() >= deadline {
             return false;
@@ -458,6 +484,8 @@ async fn retired_elsewhere(
     }
 }
 
+/// Sends `frame` as the close frame and waits for the gateway's answer (up to 2 s): the
+/// RESUME code leaves the session resumable, NORMAL ends it.
 async fn close(shard: &mut Shard<KvQueue>, frame: CloseFrame<'static>) {
     shard.close(frame);
     let _ = tokio::time::timeout(Duration::from_secs(2), async {

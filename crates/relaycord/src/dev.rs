@@ -186,6 +186,7 @@ pub async fn run(
             return Ok(None);
         };
         tokio::select! {
+            biased;
             () = stop.cancelled() => return Ok(None),
             ready = sim.wait_ready(Duration::from_secs(60)) => {
                 ready.context("shards did not become ready")?;
@@ -197,8 +198,12 @@ pub async fn run(
         // Ctrl-C stops the interactions role under the check's feet: a clean stop, not
         // a URL that answers wrongly.
         let webhooks = tokio::select! {
+            biased;
             () = stop.cancelled() => return Ok(None),
-            checked = DemoWebhooks::check(sim, url) => checked?,
+            checked = DemoWebhooks::check(sim, url) => match checked {
+                Err(_) if stop.is_cancelled() => return Ok(None),
+                checked => checked?,
+            },
         };
         let generator = sim.generate(GenerateSpec {
             count: opts.events,
@@ -216,8 +221,12 @@ pub async fn run(
             return Ok(None);
         };
         let webhook_ids = tokio::select! {
+            biased;
             () = stop.cancelled() => return Ok(None),
-            sent = webhooks.send(WEBHOOK_EVENTS) => sent?,
+            sent = webhooks.send(WEBHOOK_EVENTS) => match sent {
+                Err(_) if stop.is_cancelled() => return Ok(None),
+                sent => sent?,
+            },
         };
         eprintln!(
             "simulator sent {} webhook events, each acknowledged with 204",

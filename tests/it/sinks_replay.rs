@@ -41,6 +41,30 @@ fn config_file(dir: &Path, bus: &Stack, sinks: &[&SinkConfig]) -> PathBuf {
     path
 }
 
+/// A replay of sink `hook` from `since`, then `extra`: the arguments, and the directory
+/// holding their config file (`sinks`), which must outlive the runs.
+fn replay_of_hook(
+    bus: &Stack,
+    sinks: &[&SinkConfig],
+    since: SystemTime,
+    extra: &[&str],
+) -> (tempfile::TempDir, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), bus, sinks);
+    let mut args: Vec<String> = [
+        "--config",
+        config.to_str().unwrap(),
+        "replay",
+        "--sink",
+        "hook",
+    ]
+    .map(str::to_owned)
+    .into();
+    args.extend(["--since".to_owned(), rfc3339(since)]);
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    (dir, args)
+}
+
 fn fast(mut sink: SinkConfig, max_attempts: u32) -> SinkConfig {
     sink.max_attempts = max_attempts;
     sink.backoff = Backoff {
@@ -197,21 +221,11 @@ async fn a_killed_replay_run_again_sends_the_rest_not_everything() {
     let hook = fast(http_config("hook", &rx.url), 3);
     let since = mark().await;
     bus.messages(0, 2000).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_file(dir.path(), &bus, &[&hook]);
-    let since = rfc3339(since);
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "replay",
-        "--sink",
-        "hook",
-        "--since",
-        &since,
-    ];
+    let (_dir, args) = replay_of_hook(&bus, &[&hook], since, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
     let mut first = tokio::process::Command::new(relaycord_bin())
-        .args(args)
+        .args(&args)
         .args(["--rate", "500"])
         .kill_on_drop(true)
         .spawn()
@@ -285,22 +299,14 @@ async fn only_failed_delivers_exactly_the_dead_letters_of_the_window() {
     bus.messages(2000, 50).await;
     wait_accepted(&rx, 95).await;
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_file(dir.path(), &bus, &[&hook]);
-    let (since, until) = (rfc3339(since), rfc3339(until));
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "replay",
-        "--sink",
-        "hook",
-        "--only",
-        "failed",
-        "--since",
-        &since,
-        "--until",
-        &until,
-    ];
+    let until = rfc3339(until);
+    let (_dir, args) = replay_of_hook(
+        &bus,
+        &[&hook],
+        since,
+        &["--until", &until, "--only", "failed"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, _, err) = relaycord(&args).await;
     assert!(ok && err.contains("sent 150, skipped 0, failed 0"), "{err}");
     assert_eq!(
@@ -345,18 +351,8 @@ async fn a_replay_removes_the_letters_it_delivers_and_stores_one_per_failure() {
     // Now msg:1 and msg:5 are refused: msg:1 keeps its one letter, msg:5 gets one.
     rx.accept_all_again();
     rx.refuse([ids(1..2), ids(5..6)].concat());
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_file(dir.path(), &bus, &[&hook]);
-    let since = rfc3339(since);
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "replay",
-        "--sink",
-        "hook",
-        "--since",
-        &since,
-    ];
+    let (_dir, args) = replay_of_hook(&bus, &[&hook], since, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, _, err) = relaycord(&args).await;
     assert!(!ok, "a replay with failures exits 1: {err}");
     assert!(err.contains("sent 18, skipped 0, failed 2"), "{err}");

@@ -13,6 +13,12 @@ pub fn own_cpu_seconds() -> Option<f64> {
     read("self")
 }
 
+/// User + system CPU seconds of the calling thread alone, for a measurement that runs
+/// inside one thread while others do something else.
+pub fn thread_cpu_seconds() -> Option<f64> {
+    read("thread-self")
+}
+
 fn read(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     Some(cpu_ticks(&stat)? as f64 / clock_ticks())

@@ -215,14 +215,7 @@ mod tests {
 
     /// Thread CPU seconds so far (10 ms ticks; the rounds below take ~0.2 s each).
     fn thread_cpu() -> f64 {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+        relaycord_devkit::proc::thread_cpu_seconds().expect("/proc/thread-self/stat")
     }
 
     /// Not a check: what one signature costs alone and in batches (CPU µs per signature,

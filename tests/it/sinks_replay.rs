@@ -95,6 +95,11 @@ fn replayed(rx: &TestReceiver) -> Vec<String> {
         .collect()
 }
 
+/// How many dead letters sink `hook` has.
+async fn letters(bus: &Stack) -> usize {
+    dlq::list(&bus.js, "hook").await.unwrap().len()
+}
+
 fn ids(range: std::ops::Range<u64>) -> Vec<String> {
     range.map(|i| format!("msg:{i}")).collect()
 }
@@ -285,12 +290,7 @@ async fn only_failed_delivers_exactly_the_dead_letters_of_the_window() {
     rx.set_down(true).await;
     bus.messages(1000, 150).await;
     assert!(
-        eventually(WAIT, async || dlq::list(&bus.js, "hook")
-            .await
-            .unwrap()
-            .len()
-            == 155)
-        .await,
+        eventually(WAIT, async || letters(&bus).await == 155).await,
         "the window's events were not all dead-lettered"
     );
     let until = mark().await;
@@ -337,12 +337,7 @@ async fn a_replay_removes_the_letters_it_delivers_and_stores_one_per_failure() {
     rx.refuse(ids(0..3));
     bus.messages(0, 20).await;
     assert!(
-        eventually(WAIT, async || dlq::list(&bus.js, "hook")
-            .await
-            .unwrap()
-            .len()
-            == 3)
-        .await,
+        eventually(WAIT, async || letters(&bus).await == 3).await,
         "the refused events were not dead-lettered"
     );
     wait_accepted(&rx, 17).await;

@@ -180,6 +180,23 @@ def test_ingest_deployment_pdb_and_grace():
     assert not [d for d in of_kind(objects, "Deployment") if "sink" in d["metadata"]["name"]]
 
 
+def test_ingest_worker_threads_reach_only_the_ingest_container():
+    def worker_env(values: dict) -> dict[str, str | None]:
+        return {
+            d["metadata"]["name"]: {v["name"]: v.get("value") for v in c["env"]}.get("TOKIO_WORKER_THREADS")
+            for d, c in containers(render(values))
+        }
+
+    # Unset: the binary's own default (one worker for ingest, one per core elsewhere).
+    assert set(worker_env(load_values("minimal.yaml")).values()) == {None}
+    values = load_values("minimal.yaml")
+    values.setdefault("ingest", {})["workerThreads"] = 2
+    values["sinks"] = [{"name": "a", "type": "http", "config": {"url": "http://receiver.relay:8080/"}}]
+    env = worker_env(values)
+    assert env.pop("rc-relaycord-ingest") == "2"
+    assert env and set(env.values()) == {None}, env
+
+
 def interactions_grace(values: dict) -> int:
     (deployment,) = [d for d in of_kind(render(values), "Deployment") if d["metadata"]["name"] == "rc-relaycord-interactions"]
     return deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
@@ -443,12 +460,15 @@ def test_relaycord_accepts_every_rendered_config(rendered, relaycord_bin, tmp_pa
         {"sinks": [{"name": "a" * 41, "type": "http"}]},
         {"ingest": {"pdb": {"enabled": True, "unhealthyPodEvictionPolicy": "Sometimes"}}},
         {"probes": {"startup": {"timeoutSeconds": 0}}},
+        {"ingest": {"workerThreads": 0}},
+        {"ingest": {"workerThreads": "two"}},
     ],
     ids=[
         "sink-without-name", "sink-replicas-two", "ingest-replicas-two", "sink-secret-inline",
         "nats-password-inline", "tracing-ratio-over-one", "tracing-endpoint-not-a-url",
         "service-and-pod-monitor", "sink-hpa-and-keda", "sink-defaults-hpa-and-keda",
         "sink-name-over-40", "pdb-policy-unknown", "probe-timeout-zero",
+        "ingest-worker-threads-zero", "ingest-worker-threads-not-a-number",
     ],
 )
 def test_bad_values_are_refused_by_the_schema(bad):

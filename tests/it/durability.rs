@@ -512,12 +512,19 @@ async fn a_new_replica_takes_its_share_by_clean_handover() {
 }
 
 /// Static assignment (StatefulSet ordinals): two processes with fixed ranges cover the
-/// shard set between them, without leases.
+/// shard set between them, without leases. One runs on ingest's default single worker
+/// thread, the other on three (`TOKIO_WORKER_THREADS`): both carry their share.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_shard_ranges_split_the_work() {
     let fx = with_shards(4).await;
     let _low = fx.ingest_with("low", &["--shards", "0-1", "--shard-count", "4"]);
-    let _high = fx.ingest_with("high", &["--shards", "2-3", "--shard-count", "4"]);
+    let _high = spawn_ingest(
+        &fx,
+        "high",
+        fx.dir(),
+        &["--shards", "2-3", "--shard-count", "4"],
+        &[("TOKIO_WORKER_THREADS", "3")],
+    );
     fx.children_ready().await;
     fx.sim
         .generate(GenerateSpec {
@@ -529,6 +536,17 @@ async fn static_shard_ranges_split_the_work() {
         .await;
     fx.assert_all_on_bus("with static ranges").await;
     assert_eq!(fx.sim.stats().identifies, 4);
+    for (replica, workers) in [("low", 1), ("high", 3)] {
+        let log = std::fs::read_to_string(fx.dir().join(format!("{replica}.log"))).unwrap();
+        let line = log
+            .lines()
+            .find(|line| line.contains("runtime worker threads"))
+            .unwrap_or_else(|| panic!("{replica} logged no worker count:\n{log}"));
+        assert!(
+            line.contains(&format!("workers={workers}")),
+            "{replica}: expected {workers} worker threads: {line}"
+        );
+    }
     assert_sim_clean(&fx.sim, 0);
 }
 

@@ -162,7 +162,7 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let runtime = runtime(&cli.command).expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
@@ -170,6 +170,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Worker threads of ingest's runtime, unless `TOKIO_WORKER_THREADS` sets them.
+///
+/// Every gateway event crosses three tasks: the shard that reads it, the NATS
+/// connection's task that writes the publish and reads its ack, and the shard again when
+/// the ack comes back. On several workers, each crossing can wake a parked thread through
+/// the kernel, the largest item of ingest's profile; on one, the tasks take turns. One
+/// worker spent less CPU per event in every round measured (docs/benchmarks.md, "Ingest
+/// throughput"), and one core carries tens of thousands of events a second: scale ingest
+/// with replicas. The sinks keep tokio's default (one worker per core): there one thread
+/// measured worse.
+const INGEST_WORKER_THREADS: usize = 1;
+
+fn runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if matches!(command, Command::Ingest { .. })
+        && std::env::var_os("TOKIO_WORKER_THREADS").is_none()
+    {
+        builder.worker_threads(INGEST_WORKER_THREADS);
+    }
+    builder.build()
 }
 
 /// Cancels the returned token on Ctrl-C or SIGTERM (Kubernetes stops pods with it).
@@ -261,6 +284,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let mut config = Config::load(cli.config.as_deref())?;
             let _traces = traces::init("info", &config.telemetry, "ingest")?;
+            tracing::info!(
+                workers = tokio::runtime::Handle::current().metrics().num_workers(),
+                "runtime worker threads (TOKIO_WORKER_THREADS to change)"
+            );
             if let Some(shards) = shards {
                 config.ingest.shards = shards;
             }

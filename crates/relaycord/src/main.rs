@@ -172,16 +172,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Worker threads of ingest's runtime, unless `TOKIO_WORKER_THREADS` sets them.
-///
-/// Every gateway event crosses three tasks: the shard that reads it, the NATS
-/// connection's task that writes the publish and reads its ack, and the shard again when
-/// the ack comes back. On several workers, each crossing can wake a parked thread through
-/// the kernel, the largest item of ingest's profile; on one, the tasks take turns. One
-/// worker spent less CPU per event in every round measured (docs/benchmarks.md, "Ingest
-/// throughput"), and one core carries tens of thousands of events a second: scale ingest
-/// with replicas. The sinks keep tokio's default (one worker per core): there one thread
-/// measured worse.
+/// Worker threads of ingest's runtime, unless `TOKIO_WORKER_THREADS` sets them: one spares
+/// each event's task crossings a kernel wakeup (docs/ingest.md, "Worker threads"). The
+/// other roles keep tokio's default, one per core: the sink measured worse on one.
 const INGEST_WORKER_THREADS: usize = 1;
 
 fn runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {

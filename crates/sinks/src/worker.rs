@@ -225,8 +225,10 @@ impl<S: Sink> Worker<S> {
                 // panics every time still ends in the DLQ after max_attempts.
                 let s = &self.settings;
                 tracing::error!(sink = %s.name, id = %event.id, attempt = event.attempt, panic = %panic_message(&*panic), "the sink panicked; the event is redelivered at once");
-                self.ack(message, AckKind::Nak(None)).await;
+                // Counted first: once nak'd the event can be back and delivered before
+                // this task runs again.
                 self.count("panicked");
+                self.ack(message, AckKind::Nak(None)).await;
                 None
             }
         }

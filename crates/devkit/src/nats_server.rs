@@ -152,7 +152,12 @@ impl NatsServer {
     }
 
     fn spawn_within(&mut self, timeout: Duration) -> Result<(), NatsServerError> {
-        let log = std::fs::File::create(self.log_path()).map_err(io("cannot create the log"))?;
+        // Appended: a restarted node keeps what it logged before it was killed.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(io("cannot open the log"))?;
         let port = self.port.map_or("-1".to_owned(), |p| p.to_string());
         let mut command = Command::new(&self.binary);
         command
@@ -191,7 +196,8 @@ impl NatsServer {
         self.wait_listening(timeout)
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// The server's log (stderr), across its restarts; deleted with the store.
+    pub fn log_path(&self) -> PathBuf {
         self.store.path().join("server.log")
     }
 

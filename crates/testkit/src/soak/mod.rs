@@ -412,6 +412,14 @@ pub async fn run(options: &Options) -> Report {
     let gateway = stream_ids(&js, "DISCORD_GATEWAY").await;
     let interactions = count_interactions(&sent, &handler, &discord);
     let lost = web.lost.len() + relay.lost.len() + interactions.1;
+    // The nodes' logs go with the report: elections and catch-ups are the first thing a
+    // loss next to a `nats_kill` needs (their stores are deleted when the cluster drops).
+    for (i, node) in cluster.lock().unwrap().nodes.iter().enumerate() {
+        let kept = options.dir.join(format!("nats-n{i}.log"));
+        if let Err(error) = std::fs::copy(node.log_path(), &kept) {
+            eprintln!("soak: cannot keep {}: {error}", kept.display());
+        }
+    }
     let procs = procs.lock().unwrap();
     let faults_per_kind: Vec<(&'static str, usize)> =
         count::per_kind(&fault_log).into_iter().collect();

@@ -45,8 +45,8 @@ impl<S: Sink> Worker<S> {
             // Pulled just before the pause: back to the stream, untried.
             let delay = self.settings.pause.probe_interval;
             self.hold(&message, Some(held)).await;
-            self.ack(&message, AckKind::Nak(Some(delay))).await;
-            self.count("held");
+            self.conclude(&message, AckKind::Nak(Some(delay)), "held")
+                .await;
             return;
         }
         let Some(outcome) = self.attempt(&event, &message).await else {
@@ -102,9 +102,9 @@ impl<S: Sink> Worker<S> {
                     // It goes back to the stream for later, and the next probe is another
                     // event; a resumed sink settles it as usual.
                     self.breaker.probe_failed(&reason, None);
-                    self.count("probe_failed");
                     let later = self.settings.pause.probe_max_interval;
-                    self.ack(&message, AckKind::Nak(Some(later))).await;
+                    self.conclude(&message, AckKind::Nak(Some(later)), "probe_failed")
+                        .await;
                     return;
                 }
             }
@@ -123,8 +123,7 @@ impl<S: Sink> Worker<S> {
         let s = &self.settings;
         let (attempt, held) = self.attempt_number(message).await;
         if !s.filter.accepts(&message.subject, body) {
-            self.count("skipped");
-            self.ack(message, AckKind::Ack).await;
+            self.conclude(message, AckKind::Ack, "skipped").await;
             return None;
         }
         let Some(id) = event_id(message, body) else {
@@ -155,8 +154,7 @@ impl<S: Sink> Worker<S> {
         {
             // Before the attempts check: a delivered event whose ack was lost on its
             // last attempt is done, not dead.
-            self.count("duplicate");
-            self.ack(message, AckKind::Ack).await;
+            self.conclude(message, AckKind::Ack, "duplicate").await;
             return None;
         }
         if attempt > s.max_attempts {
@@ -225,10 +223,7 @@ impl<S: Sink> Worker<S> {
                 // panics every time still ends in the DLQ after max_attempts.
                 let s = &self.settings;
                 tracing::error!(sink = %s.name, id = %event.id, attempt = event.attempt, panic = %panic_message(&*panic), "the sink panicked; the event is redelivered at once");
-                // Counted first: once nak'd the event can be back and delivered before
-                // this task runs again.
-                self.count("panicked");
-                self.ack(message, AckKind::Nak(None)).await;
+                self.conclude(message, AckKind::Nak(None), "panicked").await;
                 None
             }
         }
@@ -250,9 +245,8 @@ impl<S: Sink> Worker<S> {
                 if let Some(dedupe) = &self.dedupe {
                     dedupe.record(event.id, copy).await;
                 }
-                self.ack(message, AckKind::Ack).await;
                 self.breaker.delivered();
-                self.count("delivered");
+                self.conclude(message, AckKind::Ack, "delivered").await;
                 if let Some(age) = end_to_end(body) {
                     self.handles.end_to_end_latency.observe(age.as_secs_f64());
                 }
@@ -260,8 +254,7 @@ impl<S: Sink> Worker<S> {
             }
             Outcome::Skipped { reason } => {
                 tracing::debug!(sink = %s.name, id = %event.id, %reason, "skipped");
-                self.ack(message, AckKind::Ack).await;
-                self.count("skipped");
+                self.conclude(message, AckKind::Ack, "skipped").await;
                 return;
             }
             Outcome::Retry {
@@ -271,8 +264,8 @@ impl<S: Sink> Worker<S> {
             } if attempt < s.max_attempts => {
                 let delay = s.backoff.next_delay(attempt, after);
                 tracing::debug!(sink = %s.name, id = %event.id, attempt, ?status, %reason, ?delay, "delivery failed; retrying");
-                self.ack(message, AckKind::Nak(Some(delay))).await;
-                self.count("retried");
+                self.conclude(message, AckKind::Nak(Some(delay)), "retried")
+                    .await;
                 return;
             }
             Outcome::Retry { reason, status, .. } => {
@@ -286,8 +279,8 @@ impl<S: Sink> Worker<S> {
                     .await;
             }
             Verdict::Hold(delay) => {
-                self.ack(message, AckKind::Nak(Some(delay))).await;
-                self.count("held");
+                self.conclude(message, AckKind::Nak(Some(delay)), "held")
+                    .await;
             }
         }
     }
@@ -295,8 +288,7 @@ impl<S: Sink> Worker<S> {
     /// Hands a message pulled but never started back to the server for another worker.
     pub async fn release(&self, message: &Message) {
         self.hold(message, None).await;
-        self.ack(message, AckKind::Nak(None)).await;
-        self.count("released");
+        self.conclude(message, AckKind::Nak(None), "released").await;
     }
 
     /// Runs the delivery, telling JetStream every half ack-wait that it is still
@@ -353,14 +345,12 @@ impl<S: Sink> Worker<S> {
             let error = match self.with_progress(stored, message).await {
                 Ok(()) => {
                     tracing::warn!(sink = %s.name, %id, attempts, ?status, %reason, "dead-lettered");
-                    self.ack(message, AckKind::Term).await;
-                    self.count("dead_lettered");
+                    self.conclude(message, AckKind::Term, "dead_lettered").await;
                     return true;
                 }
                 Err(dlq::StoreError::TooLarge { bytes, max_payload }) => {
                     tracing::error!(sink = %s.name, %id, bytes, max_payload, "LOST: the dead letter can never fit the NATS server's max_payload; the event stays in its stream, find it by its id");
-                    self.ack(message, AckKind::Term).await;
-                    self.count("abandoned");
+                    self.conclude(message, AckKind::Term, "abandoned").await;
                     return true;
                 }
                 Err(error) => error,
@@ -391,6 +381,14 @@ impl<S: Sink> Worker<S> {
         let s = &self.settings;
         tracing::warn!(sink = %s.name, %id, "stopping before the dead letter could be stored; released for another worker");
         self.ack(message, AckKind::Nak(Some(s.backoff.max))).await;
+    }
+
+    /// Settles a message with `kind`, counted as `outcome` first: once acked or nak'd the
+    /// event can be redelivered and settled again before this task runs on, and the
+    /// metrics must not say less than the stream has seen.
+    pub(crate) async fn conclude(&self, message: &Message, kind: AckKind, outcome: &str) {
+        self.count(outcome);
+        self.ack(message, kind).await;
     }
 
     pub(crate) async fn ack(&self, message: &Message, kind: AckKind) {

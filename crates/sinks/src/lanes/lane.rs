@@ -93,8 +93,7 @@ async fn deliver<S: Sink>(ctx: &LaneContext<S>, lane: &str, held: Held) {
         if held.stream_seq <= record.stream_seq {
             // Settled by an earlier owner of the partition, which was stopped or died
             // before its ack: the next owner reads again from the oldest unacked event.
-            worker.ack(message, AckKind::Ack).await;
-            worker.count("duplicate");
+            worker.conclude(message, AckKind::Ack, "duplicate").await;
             return;
         }
         let mark = LaneMark {
@@ -136,9 +135,8 @@ async fn deliver<S: Sink>(ctx: &LaneContext<S>, lane: &str, held: Held) {
         let (reason, status, retryable, after) = match outcome {
             Outcome::Delivered => {
                 settle_record(ctx, lane, held.stream_seq, Settled::Delivered).await;
-                worker.ack(message, AckKind::Ack).await;
                 worker.breaker.delivered();
-                worker.count("delivered");
+                worker.conclude(message, AckKind::Ack, "delivered").await;
                 if let Some(age) = end_to_end(&body) {
                     worker
                         .metrics
@@ -151,8 +149,7 @@ async fn deliver<S: Sink>(ctx: &LaneContext<S>, lane: &str, held: Held) {
             Outcome::Skipped { reason } => {
                 tracing::debug!(sink = %s.name, %id, %reason, "skipped");
                 settle_record(ctx, lane, held.stream_seq, Settled::Skipped).await;
-                worker.ack(message, AckKind::Ack).await;
-                worker.count("skipped");
+                worker.conclude(message, AckKind::Ack, "skipped").await;
                 return;
             }
             Outcome::Retry {

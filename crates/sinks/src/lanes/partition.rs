@@ -209,8 +209,7 @@ async fn admit<S: Sink>(
         return None;
     }
     if !s.filter.accepts(&message.subject, &body) {
-        worker.count("skipped");
-        worker.ack(&message, AckKind::Ack).await;
+        worker.conclude(&message, AckKind::Ack, "skipped").await;
         return None;
     }
     let held = Held {

@@ -59,6 +59,8 @@ pub(crate) struct Answer {
     pub body: Bytes,
     pub outcome: &'static str,
     pub reason: &'static str,
+    /// Say `Connection: close`: the request's body may be unread (see [`Answer::refused`]).
+    pub close: bool,
 }
 
 impl Answer {
@@ -68,6 +70,7 @@ impl Answer {
             body,
             outcome,
             reason: "",
+            close: false,
         }
     }
 
@@ -83,6 +86,7 @@ impl Answer {
             body: Bytes::new(),
             outcome,
             reason: "",
+            close: false,
         }
     }
 
@@ -92,6 +96,19 @@ impl Answer {
             body: Bytes::from(format!(r#"{{"error":"{reason}"}}"#)),
             outcome,
             reason,
+            close: false,
+        }
+    }
+
+    /// A request refused before or while its body was read, or for a bad signature: the
+    /// connection closes after the answer. hyper reuses a connection only once the body is
+    /// read to its end, and closes it otherwise; a client not told so would send its next
+    /// request onto the closing connection and lose it ("connection closed before message
+    /// completed"). Nor is anything else such a client sends worth reading.
+    pub(crate) fn refused(status: StatusCode, reason: &'static str) -> Self {
+        Self {
+            close: true,
+            ..Self::error(status, "rejected", reason)
         }
     }
 }
@@ -145,13 +162,7 @@ impl IntoResponse for Answer {
             )
                 .into_response()
         };
-        if matches!(
-            self.reason,
-            "slow_body" | "busy" | "missing_header" | "bad_hex" | "bad_length" | "bad_timestamp"
-        ) || self.status == StatusCode::UNAUTHORIZED
-        {
-            // The rest of a trickled or unread body is not worth reading (nor is anything
-            // else such a client sends): close the connection.
+        if self.close {
             response.headers_mut().insert(
                 header::CONNECTION,
                 header::HeaderValue::from_static("close"),
@@ -266,9 +277,8 @@ impl Endpoint {
             header(TIMESTAMP_HEADER),
             SystemTime::now(),
         ) {
-            return Err(Answer::error(
+            return Err(Answer::refused(
                 StatusCode::UNAUTHORIZED,
-                "rejected",
                 rejection.as_str(),
             ));
         }
@@ -277,39 +287,23 @@ impl Endpoint {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         if declared.is_some_and(|n| n > limit) {
-            return Err(Answer::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "rejected",
-                "too_large",
-            ));
+            return Err(Answer::refused(StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
         }
         // Bodies share one budget until answered, so that the memory they take is bounded
         // whatever the number of connections. A chunked body may grow to the limit.
         let Some(budget) = self.body_budget(declared.unwrap_or(limit)).await else {
-            return Err(Answer::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "rejected",
-                "busy",
-            ));
+            return Err(Answer::refused(StatusCode::SERVICE_UNAVAILABLE, "busy"));
         };
         let body_deadline = self.settings.serve.body_read_timeout;
         let Ok(body) = tokio::time::timeout(body_deadline, read_body(body, limit)).await else {
             // A body trickled in slower than any real client sends one.
-            return Err(Answer::error(
-                StatusCode::REQUEST_TIMEOUT,
-                "rejected",
-                "slow_body",
-            ));
+            return Err(Answer::refused(StatusCode::REQUEST_TIMEOUT, "slow_body"));
         };
         let body = body.map_err(|e| match e {
-            BodyError::TooLarge => {
-                Answer::error(StatusCode::PAYLOAD_TOO_LARGE, "rejected", "too_large")
-            }
+            BodyError::TooLarge => Answer::refused(StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             // Nobody will read this answer; counted apart so hang-ups do not pass for
             // oversized requests.
-            BodyError::Incomplete => {
-                Answer::error(StatusCode::BAD_REQUEST, "rejected", "incomplete_body")
-            }
+            BodyError::Incomplete => Answer::refused(StatusCode::BAD_REQUEST, "incomplete_body"),
         })?;
         let verified = self.verifier.verify_batched(
             header(SIGNATURE_HEADER),
@@ -318,9 +312,8 @@ impl Endpoint {
             SystemTime::now(),
         );
         if let Err(rejection) = verified.await {
-            return Err(Answer::error(
+            return Err(Answer::refused(
                 StatusCode::UNAUTHORIZED,
-                "rejected",
                 rejection.as_str(),
             ));
         }

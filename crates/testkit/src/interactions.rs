@@ -12,20 +12,17 @@ use tokio::net::TcpListener;
 use crate::Stack;
 
 impl Stack {
-    async fn try_send(&self, request: &SignedRequest) -> Option<(u16, Bytes)> {
-        send_to(&self.http, &self.url, request).await
-    }
-
     /// POSTs `request` to the interactions endpoint; returns the status and body.
     pub async fn send(&self, request: &SignedRequest) -> (u16, Bytes) {
-        self.try_send(request).await.expect("endpoint reachable")
+        let url = self.url.clone();
+        self.post(&url, request).await
     }
 
     /// POSTs `request` to `url` (e.g. [`Stack::webhook_events_url`]).
     pub async fn post(&self, url: &str, request: &SignedRequest) -> (u16, Bytes) {
         send_to(&self.http, url, request)
             .await
-            .expect("endpoint reachable")
+            .unwrap_or_else(|e| panic!("POST {url}: {}", error_chain(&e)))
     }
 }
 
@@ -33,14 +30,27 @@ pub async fn send_to(
     http: &reqwest::Client,
     url: &str,
     request: &SignedRequest,
-) -> Option<(u16, Bytes)> {
+) -> Result<(u16, Bytes), reqwest::Error> {
     let mut builder = http.post(url).body(request.body.clone());
     for (name, value) in request.headers() {
         builder = builder.header(name, value);
     }
-    let response = builder.send().await.ok()?;
+    let response = builder.send().await?;
     let status = response.status().as_u16();
-    Some((status, response.bytes().await.ok()?))
+    Ok((status, response.bytes().await?))
+}
+
+/// `error` and its sources, one after another: reqwest's own message alone ("error sending
+/// request") does not say whether the connection was refused, reset or timed out.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A NATS handler on `subject` (queue group "handlers") that answers every request with

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 pub use bus::{Stored, decision, stored, stored_in, stream_ids};
 pub use interactions::{
-    HoldingProxy, nats_handler, nats_route, post_chunked, send_to, shaped_signature_headers,
+    HoldingProxy, error_chain, nats_handler, nats_route, post_chunked, send_to,
+    shaped_signature_headers,
 };
 pub use metrics::{metric, metric_with, scrape, sum_metric, sum_metric_with};
 pub use relaycord_devkit::{

@@ -116,9 +116,9 @@ pub async fn send(
                     .await
                 {
                     Err(_) => Answer::NotAccepted("no answer within 3 s".to_owned()),
-                    Ok(None) => Answer::NotAccepted("connection failed".to_owned()),
-                    Ok(Some((200, body))) => classify(&body, &interaction.id),
-                    Ok(Some((status, _))) => Answer::NotAccepted(format!("HTTP {status}")),
+                    Ok(Err(e)) => Answer::NotAccepted(crate::error_chain(&e)),
+                    Ok(Ok((200, body))) => classify(&body, &interaction.id),
+                    Ok(Ok((status, _))) => Answer::NotAccepted(format!("HTTP {status}")),
                 };
             Sent {
                 id: interaction.id,

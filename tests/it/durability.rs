@@ -81,11 +81,21 @@ pub(crate) fn log_tail(dir: &Path) -> String {
     let mut out = String::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        // The first lines too: whether a child ever connected is told at its start.
+        let lines: Vec<&str> = text.lines().collect();
+        let head = &lines[..lines.len().min(10)];
+        let tail = &lines[lines.len().saturating_sub(15).max(head.len())..];
+        let skipped = lines.len() - head.len() - tail.len();
         out.push_str(&format!(
-            "--- {}\n{}\n",
+            "--- {}\n{}\n{}{}\n",
             entry.path().display(),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            head.join("\n"),
+            if skipped > 0 {
+                format!("[… {skipped} lines]\n")
+            } else {
+                String::new()
+            },
+            tail.join("\n")
         ));
     }
     out
@@ -150,7 +160,11 @@ impl Replicas for Stack {
 
     async fn children_ready(&self) {
         if let Err(error) = self.sim.wait_ready(Duration::from_secs(60)).await {
-            panic!("shards not ready: {error}\n{}", log_tail(self.dir()));
+            panic!(
+                "shards not ready: {error}\n{}\n{}",
+                log_tail(self.dir()),
+                self.nats_diagnosis()
+            );
         }
     }
 

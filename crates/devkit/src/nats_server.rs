@@ -205,6 +205,37 @@ impl NatsServer {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// What a test that lost its server should print: whether the process still runs (its
+    /// state from /proc: `R`/`S` running, `T` stopped, `Z` exited and not yet reaped),
+    /// whether its port accepts a connection, and the end of its log.
+    pub fn diagnosis(&self) -> String {
+        let Some(pid) = self.pid() else {
+            return "nats-server: not running (killed or stopped by the test)".to_owned();
+        };
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let after_name = stat.rsplit_once(')')?.1.trim_start().to_owned();
+                after_name.split(' ').next().map(str::to_owned)
+            })
+            .unwrap_or_else(|| "gone".to_owned());
+        let connect = match self.port {
+            Some(_) => match TcpStream::connect_timeout(&self.addr(), Duration::from_secs(1)) {
+                Ok(_) => "accepts connections".to_owned(),
+                Err(e) => format!("refuses connections ({e})"),
+            },
+            None => "no port".to_owned(),
+        };
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        format!(
+            "nats-server pid {pid} at {}: state {state}, {connect}; its log ends:\n{}",
+            self.port
+                .map_or_else(String::new, |_| self.addr().to_string()),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    }
+
     /// Waits for this child's own ports file: only the process that bound the ports
     /// writes it, so a connect cannot reach some other process by mistake.
     fn wait_listening(&mut self, timeout: Duration) -> Result<(), NatsServerError> {
@@ -303,6 +334,15 @@ impl NatsCluster {
             }
         }
         Ok(Self { nodes })
+    }
+
+    /// [`NatsServer::diagnosis`] of every node.
+    pub fn diagnosis(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::diagnosis)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Every node's client URL, comma-separated, as `nats.url` takes them.

@@ -301,6 +301,11 @@ impl Stack {
     }
 
     /// The (first) nats-server.
+    /// Each nats-server's process state, port and log tail, for a test's failure message.
+    pub fn nats_diagnosis(&self) -> String {
+        self.nats.diagnosis()
+    }
+
     pub fn nats(&self) -> &NatsServer {
         &self.nats.nodes[0]
     }
@@ -372,7 +377,11 @@ impl Stack {
     /// Waits until every shard has a session and a live connection.
     pub async fn ready(&self) {
         if let Err(error) = self.sim.wait_ready(PATIENCE).await {
-            panic!("shards not ready: {error}; {:?}", self.sim.stats());
+            panic!(
+                "shards not ready: {error}; {:?}\n{}",
+                self.sim.stats(),
+                self.nats_diagnosis()
+            );
         }
     }
 

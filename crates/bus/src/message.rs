@@ -5,13 +5,18 @@
 //! identical on every path, which consumers rely on (docs/bus.md is the contract). That
 //! includes `traceparent`, so every publish continues the trace it is part of.
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishError, message::PublishMessage};
+use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 
 use crate::envelope::Envelope;
 use crate::headers;
 use crate::subject::BusSubject;
+
+/// The custom header names as values: an `&str` name is copied into a new allocation on
+/// every insert, these are not (ingest builds a message per gateway event).
+const TYPE_HEADER: HeaderName = HeaderName::from_static(headers::TYPE);
+const SHARD_HEADER: HeaderName = HeaderName::from_static(headers::SHARD);
 
 /// A message ready to publish: subject, payload and headers. Only this module makes one
 /// (`#[non_exhaustive]`), so the headers every consumer relies on are set here or not at all.
@@ -59,7 +64,7 @@ impl OutgoingMessage {
         let mut headers =
             Self::envelope_bytes("", Bytes::new(), Some(id), Some(event_type)).headers;
         if let Some(shard) = shard {
-            headers.insert(headers::SHARD, shard.to_string().as_str());
+            headers.insert(SHARD_HEADER, shard.to_string());
         }
         headers
     }
@@ -78,7 +83,7 @@ impl OutgoingMessage {
             headers.insert(headers::MSG_ID, msg_id);
         }
         if let Some(event_type) = event_type {
-            headers.insert(headers::TYPE, event_type);
+            headers.insert(TYPE_HEADER, event_type);
         }
         crate::trace::inject(&mut headers);
         Self {

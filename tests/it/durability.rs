@@ -39,7 +39,12 @@ pub(crate) fn spawn_ingest(
         .env("RELAYCORD_INGEST__METRICS_LISTEN", "127.0.0.1:0")
         .env("RELAYCORD_INGEST__LEASE_TTL", "3s")
         .env("RELAYCORD_INGEST__REPLICA_ID", replica)
-        .env("RUST_LOG", "info,relaycord_ingest=debug")
+        // async-nats's connector says why a connection attempt failed (its event only
+        // says "IO error"): a few lines per attempt.
+        .env(
+            "RUST_LOG",
+            "info,relaycord_ingest=debug,async_nats::connector=debug",
+        )
         // Ingest's own default unless a test sets it, whatever the runner's environment.
         .env_remove("TOKIO_WORKER_THREADS")
         .envs(env.iter().copied())

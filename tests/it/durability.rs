@@ -82,6 +82,8 @@ async fn wait_on_bus(
     }
 }
 
+/// The first 10 and last 15 lines of every file in `dir` (the children's logs): how each
+/// child started, and how it ended.
 pub(crate) fn log_tail(dir: &Path) -> String {
     let mut out = String::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {

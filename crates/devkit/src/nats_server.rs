@@ -212,26 +212,21 @@ impl NatsServer {
         let Some(pid) = self.pid() else {
             return "nats-server: not running (killed or stopped by the test)".to_owned();
         };
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| {
-                let after_name = stat.rsplit_once(')')?.1.trim_start().to_owned();
-                after_name.split(' ').next().map(str::to_owned)
-            })
-            .unwrap_or_else(|| "gone".to_owned());
-        let connect = match self.port {
-            Some(_) => match TcpStream::connect_timeout(&self.addr(), Duration::from_secs(1)) {
-                Ok(_) => "accepts connections".to_owned(),
-                Err(e) => format!("refuses connections ({e})"),
-            },
-            None => "no port".to_owned(),
+        let state = crate::proc::state(pid).map_or("gone".to_owned(), String::from);
+        let at = match self.port {
+            None => "no port yet".to_owned(),
+            Some(_) => {
+                let addr = self.addr();
+                match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                    Ok(_) => format!("{addr} accepts connections"),
+                    Err(e) => format!("{addr} refuses connections ({e})"),
+                }
+            }
         };
         let log = self.log();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
         format!(
-            "nats-server pid {pid} at {}: state {state}, {connect}; its log ends:\n{}",
-            self.port
-                .map_or_else(String::new, |_| self.addr().to_string()),
+            "nats-server pid {pid}: state {state}, {at}; its log ends:\n{}",
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         )
     }

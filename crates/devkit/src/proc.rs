@@ -1,5 +1,5 @@
-//! CPU time of processes from `/proc/<pid>/stat` (Linux), for the benchmarks' per-process
-//! CPU budgets: one parser for the bench harness and the end-to-end benches.
+//! CPU time and state of processes from `/proc/<pid>/stat` (Linux), for the benchmarks'
+//! per-process CPU budgets and the tests' diagnoses: one parser for all of them.
 
 use std::sync::OnceLock;
 
@@ -17,6 +17,19 @@ pub fn own_cpu_seconds() -> Option<f64> {
 /// inside one thread while others do something else.
 pub fn thread_cpu_seconds() -> Option<f64> {
     read("thread-self")
+}
+
+/// The process state letter of `pid` (`R` running, `S` sleeping, `T` stopped, `Z` exited and
+/// not yet reaped…); `None` once it is gone.
+pub fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    state_of(&stat)
+}
+
+/// Field 3, the first after the command name.
+fn state_of(stat: &str) -> Option<char> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().next()?.chars().next()
 }
 
 fn read(pid: &str) -> Option<f64> {
@@ -55,11 +68,16 @@ mod tests {
         let stat = "4242 (tokio rt) worker)) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0";
         assert_eq!(cpu_ticks(stat), Some(300));
         assert_eq!(cpu_ticks("4242 (short"), None);
+        assert_eq!(state_of(stat), Some('S'));
+        assert_eq!(state_of("4242 (short"), None);
     }
 
     #[test]
     fn this_process_has_a_cpu_time_and_a_dead_pid_has_none() {
         assert!(own_cpu_seconds().is_some_and(|s| s >= 0.0));
         assert_eq!(cpu_seconds(u32::MAX), None);
+        // The main thread's state: the harness's is waiting for this one.
+        assert!(state(std::process::id()).is_some_and(|s| s.is_ascii_uppercase()));
+        assert_eq!(state(u32::MAX), None);
     }
 }

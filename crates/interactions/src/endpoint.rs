@@ -101,10 +101,12 @@ impl Answer {
     }
 
     /// A request refused before or while its body was read, or for a bad signature: the
-    /// connection closes after the answer. hyper reuses a connection only once the body is
-    /// read to its end, and closes it otherwise; a client not told so would send its next
-    /// request onto the closing connection and lose it ("connection closed before message
-    /// completed"). Nor is anything else such a client sends worth reading.
+    /// connection closes after the answer. With the body unread, hyper keeps the
+    /// connection only if the rest of the body has already arrived (it drains what it
+    /// holds, and closes otherwise): a race the client cannot see, so that one not told
+    /// would sometimes send its next request onto the closing connection and lose it
+    /// ("connection closed before message completed"). Nor is anything else such a client
+    /// sends worth reading.
     pub(crate) fn refused(status: StatusCode, reason: &'static str) -> Self {
         Self {
             close: true,
@@ -628,6 +630,24 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_close_the_connection_and_other_answers_keep_it() {
+        let close = |answer: Answer| {
+            answer
+                .into_response()
+                .headers()
+                .get(header::CONNECTION)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let refused = Answer::refused(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+        assert_eq!(close(refused).as_deref(), Some("close"));
+        assert_eq!(close(Answer::json(Bytes::from_static(b"{}"), "pong")), None);
+        assert_eq!(close(Answer::no_content("stored")), None);
+        let malformed = Answer::error(StatusCode::BAD_REQUEST, "rejected", "malformed");
+        assert_eq!(close(malformed), None);
+        assert_eq!(close(Answer::unrecorded("publish")), None);
+    }
 
     #[tokio::test]
     async fn bodies_are_limited_while_streamed_and_hang_ups_are_not_too_large() {

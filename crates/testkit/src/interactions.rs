@@ -14,8 +14,7 @@ use crate::Stack;
 impl Stack {
     /// POSTs `request` to the interactions endpoint; returns the status and body.
     pub async fn send(&self, request: &SignedRequest) -> (u16, Bytes) {
-        let url = self.url.clone();
-        self.post(&url, request).await
+        self.post(&self.url, request).await
     }
 
     /// POSTs `request` to `url` (e.g. [`Stack::webhook_events_url`]).

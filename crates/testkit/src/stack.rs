@@ -300,12 +300,12 @@ impl Stack {
         }
     }
 
-    /// The (first) nats-server.
     /// Each nats-server's process state, port and log tail, for a test's failure message.
     pub fn nats_diagnosis(&self) -> String {
         self.nats.diagnosis()
     }
 
+    /// The (first) nats-server.
     pub fn nats(&self) -> &NatsServer {
         &self.nats.nodes[0]
     }

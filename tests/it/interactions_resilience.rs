@@ -658,13 +658,42 @@ async fn two_late_replies_for_one_interaction_post_one_follow_up() {
             && info.num_pending == 0
     })
     .await;
-    assert!(settled, "both replies settled");
     let posted: Vec<_> = stack
         .discord
         .calls()
         .into_iter()
         .filter(|c| c.interaction_id.as_deref() == Some(&command.id))
         .collect();
+    if !settled {
+        // What did not settle: the record, the worker's consumer, the posts.
+        let mut consumer: PullConsumer = stream.get_consumer(LATE_REPLIES_CONSUMER).await.unwrap();
+        let info = consumer.info().await.unwrap();
+        panic!(
+            "both replies settled within 60 s: record {:?}, consumer delivered {:?}, ack floor \
+             {:?}, ack pending {}, pending {}, redelivered {}; posts {posted:?}; late replies \
+             by outcome: {}",
+            state(&stack, &command.id).await,
+            info.delivered,
+            info.ack_floor,
+            info.num_ack_pending,
+            info.num_pending,
+            info.num_redelivered,
+            [
+                "delivered",
+                "duplicate",
+                "retried",
+                "failed",
+                "undecided",
+                "shed"
+            ]
+            .map(|outcome| {
+                let label = format!("outcome=\"{outcome}\"");
+                let n = stack.metric_with("relaycord_interactions_late_replies_total", &[&label]);
+                format!("{outcome} {n}")
+            })
+            .join(", ")
+        );
+    }
     assert_eq!(posted.len(), 1, "one follow-up per interaction: {posted:?}");
     assert_eq!(
         stack.metric_with(

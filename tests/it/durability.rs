@@ -89,20 +89,10 @@ pub(crate) fn log_tail(dir: &Path) -> String {
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
         // The first lines too: whether a child ever connected is told at its start.
-        let lines: Vec<&str> = text.lines().collect();
-        let head = &lines[..lines.len().min(10)];
-        let tail = &lines[lines.len().saturating_sub(15).max(head.len())..];
-        let skipped = lines.len() - head.len() - tail.len();
         out.push_str(&format!(
-            "--- {}\n{}\n{}{}\n",
+            "--- {}\n{}\n",
             entry.path().display(),
-            head.join("\n"),
-            if skipped > 0 {
-                format!("[… {skipped} lines]\n")
-            } else {
-                String::new()
-            },
-            tail.join("\n")
+            relaycord_testkit::log_excerpt(&text, 10, 15)
         ));
     }
     out

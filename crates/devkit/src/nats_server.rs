@@ -207,7 +207,7 @@ impl NatsServer {
 
     /// What a test that lost its server should print: whether the process still runs (its
     /// state from /proc: `R`/`S` running, `T` stopped, `Z` exited and not yet reaped),
-    /// whether its port accepts a connection, and the end of its log.
+    /// whether its port accepts a connection, and both ends of its log.
     pub fn diagnosis(&self) -> String {
         let Some(pid) = self.pid() else {
             return "nats-server: not running (killed or stopped by the test)".to_owned();
@@ -223,11 +223,9 @@ impl NatsServer {
                 }
             }
         };
-        let log = self.log();
-        let tail: Vec<&str> = log.lines().rev().take(30).collect();
         format!(
-            "nats-server pid {pid}: state {state}, {at}; its log ends:\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            "nats-server pid {pid}: state {state}, {at}; its log:\n{}",
+            crate::log_excerpt(&self.log(), 10, 30)
         )
     }
 

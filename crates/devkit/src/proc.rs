@@ -22,8 +22,7 @@ pub fn thread_cpu_seconds() -> Option<f64> {
 /// The process state letter of `pid` (`R` running, `S` sleeping, `T` stopped, `Z` exited and
 /// not yet reaped…); `None` once it is gone.
 pub fn state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    state_of(&stat)
+    state_of(&stat(&pid.to_string())?)
 }
 
 /// Field 3, the first after the command name.
@@ -33,8 +32,12 @@ fn state_of(stat: &str) -> Option<char> {
 }
 
 fn read(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(cpu_ticks(&stat)? as f64 / clock_ticks())
+    Some(cpu_ticks(&stat(pid)?)? as f64 / clock_ticks())
+}
+
+/// `/proc/<pid>/stat`; `None` once the process is gone.
+fn stat(pid: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
 }
 
 /// utime + stime: fields 14 and 15, counted after the command name (in parentheses, and

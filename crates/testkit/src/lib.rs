@@ -24,7 +24,8 @@ pub use interactions::{
 };
 pub use metrics::{metric, metric_with, scrape, sum_metric, sum_metric_with};
 pub use relaycord_devkit::{
-    GENERATED_TYPES, NatsCluster, NatsServer, Receiver, dedupe_id, expected_ids, is_published, proc,
+    GENERATED_TYPES, NatsCluster, NatsServer, Receiver, dedupe_id, expected_ids, is_published,
+    log_excerpt, proc,
 };
 pub use sinks::{
     RecordingSink, RefusingSink, Running, http_config, http_config_with, http_sink, outcome_count,

@@ -28,6 +28,7 @@ mod reshard;
 mod sinks_amqp;
 mod sinks_bench;
 mod sinks_config;
+mod sinks_dedupe;
 mod sinks_discord;
 mod sinks_dlq;
 mod sinks_driver;

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
 use relaycord_sinks::SinkConfig;
 use relaycord_sinks::dedupe::Dedupe;
 use relaycord_sinks::dlq;
@@ -144,13 +143,23 @@ async fn lost_acks_then_kill_9(name: &str, dedupe: bool) -> HashMap<String, u32>
     let mut first = spawn_sink(&lossy, dir.path(), "lossy");
     wait_accepted(&rx, ids.len()).await;
     if dedupe {
-        // Every id recorded: from here on, a kill is exactly "after the KV write,
-        // before the ack reached the server".
-        let kv = bus.js.get_key_value(Dedupe::bucket(name)).await.unwrap();
-        let recorded = || async { kv.keys().await.unwrap().count().await };
+        // Every copy recorded: from here on, a kill is exactly "after the KV write,
+        // before the ack reached the server". The stream was empty and each publish
+        // awaited its ack, so the i-th id is at sequence i + 1.
+        let dedupe = Dedupe::existing(&bus.js, name).await.expect("the bucket");
+        let recorded = || async {
+            let mut n = 0;
+            for (i, id) in ids.iter().enumerate() {
+                n += usize::from(dedupe.delivered_copy(id, i as u64 + 1).await);
+            }
+            n
+        };
         let deadline = tokio::time::Instant::now() + WAIT;
         while recorded().await < ids.len() {
-            assert!(tokio::time::Instant::now() < deadline, "ids never recorded");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "copies never recorded"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -52,7 +52,7 @@ impl<S: Sink> Worker<S> {
         let Some(outcome) = self.attempt(&event, &message).await else {
             return;
         };
-        self.settle(&message, &event, &copy, &body, outcome).await;
+        self.settle(&message, &event, copy, &body, outcome).await;
     }
 
     /// Delivers one event to a paused sink, holding it (in-progress acks, no nak, so no
@@ -81,7 +81,7 @@ impl<S: Sink> Worker<S> {
             if !self.breaker.is_paused() {
                 // Resumed meanwhile (another event got through): the normal path.
                 if let Some(outcome) = self.attempt(&event, &message).await {
-                    self.settle(&message, &event, &copy, &body, outcome).await;
+                    self.settle(&message, &event, copy, &body, outcome).await;
                 }
                 return;
             }
@@ -90,7 +90,7 @@ impl<S: Sink> Worker<S> {
             };
             match outcome {
                 outcome @ (Outcome::Delivered | Outcome::Skipped { .. }) => {
-                    self.settle(&message, &event, &copy, &body, outcome).await;
+                    self.settle(&message, &event, copy, &body, outcome).await;
                     return;
                 }
                 Outcome::Retry { reason, after, .. } => {
@@ -119,7 +119,7 @@ impl<S: Sink> Worker<S> {
         &self,
         message: &'m Message,
         body: &'m Body<'m>,
-    ) -> Option<(Event<'m>, String, u32)> {
+    ) -> Option<(Event<'m>, Option<u64>, u32)> {
         let s = &self.settings;
         let (attempt, held) = self.attempt_number(message).await;
         if !s.filter.accepts(&message.subject, body) {
@@ -142,15 +142,13 @@ impl<S: Sink> Worker<S> {
         };
         // Which stored copy this is: redeliveries of it share the stream sequence.
         let info = message.info().ok();
-        let copy = match (&self.dedupe, &info) {
-            (Some(_), Some(info)) => info.stream_sequence.to_string(),
-            _ => String::new(),
-        };
+        let copy = info.as_ref().map(|info| info.stream_sequence);
         // Unknown counts as a redelivery: looked up.
         let delivered = info.map_or(2, |info| info.delivered);
         if let Some(dedupe) = &self.dedupe
+            && let Some(seq) = copy
             && dedupe.must_look_up(delivered)
-            && dedupe.delivered(event.id, &copy).await
+            && dedupe.delivered_copy(event.id, seq).await
         {
             // Before the attempts check: a delivered event whose ack was lost on its
             // last attempt is done, not dead.
@@ -234,7 +232,7 @@ impl<S: Sink> Worker<S> {
         &self,
         message: &Message,
         event: &Event<'_>,
-        copy: &str,
+        copy: Option<u64>,
         body: &Body<'_>,
         outcome: Outcome,
     ) {
@@ -242,8 +240,10 @@ impl<S: Sink> Worker<S> {
         let attempt = event.attempt;
         let (reason, status) = match outcome {
             Outcome::Delivered => {
-                if let Some(dedupe) = &self.dedupe {
-                    dedupe.record(event.id, copy).await;
+                if let Some(dedupe) = &self.dedupe
+                    && let Some(seq) = copy
+                {
+                    dedupe.record_copy(event.id, seq).await;
                 }
                 self.breaker.delivered();
                 self.conclude(message, AckKind::Ack, "delivered").await;

@@ -1,11 +1,15 @@
-//! Sink-side dedupe: a KV bucket of the ids a sink has delivered.
+//! Sink-side dedupe: a KV bucket of the copies a sink has delivered.
 //!
 //! JetStream redelivers a message whose ack was lost (worker killed after the receiver's
-//! 2xx, connection dropped before the ack reached the server). The driver looks the id up
-//! before delivering and records it after a successful delivery, so such a redelivery is
-//! acked without reaching the receiver again. It cannot cover a crash between the
+//! 2xx, connection dropped before the ack reached the server). The driver looks the copy
+//! up before delivering and records it after a successful delivery, so such a redelivery
+//! is acked without reaching the receiver again. It cannot cover a crash between the
 //! receiver's 2xx and the record: those few (at most the deliveries in flight at the
 //! crash) reach the receiver twice, which dedupes on `webhook-id` / message id.
+//!
+//! The live path records copies in block records written by group commit
+//! ([`recorder`], [`block`]); a replayed dead letter, and every copy recorded before
+//! those existed, has a key of its own ([`Dedupe::key`]). Lookups read both.
 //!
 //! Only a redelivery needs the lookup. A first delivery (JetStream's `delivered` = 1)
 //! repeats an earlier one only when the consumer lost its state since (deleted and
@@ -14,17 +18,21 @@
 //! consumer's `created` ([`Dedupe::check_consumer`]); a pull error, or a consumer
 //! created anew, turns the lookups back on until the old records have expired.
 
+mod block;
+mod recorder;
+
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, kv, stream::DirectGetErrorKind};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use relaycord_bus::subject::sanitize_token;
 
 use crate::error::{SinkError, SinkErrorKind};
+use recorder::Recorder;
 
 /// How much later than the consumer's `created` the oldest record must be to be the
 /// consumer's own: the two times may come from different servers' clocks.
@@ -34,6 +42,8 @@ const CLOCK_MARGIN_MS: i128 = 2_000;
 pub struct Dedupe {
     store: kv::Store,
     first_deliveries: Arc<FirstDeliveries>,
+    /// Writes the block records; `None` when opened only to look up (replay tool).
+    recorder: Option<Recorder>,
 }
 
 /// Whether first deliveries may skip the lookup, for which consumer incarnation (its
@@ -66,6 +76,7 @@ impl Dedupe {
                 SinkError::with_source(SinkErrorKind::Bus, "cannot open the dedupe bucket", e)
             })?;
         Ok(Self {
+            recorder: Some(Recorder::start(store.clone())),
             store,
             first_deliveries: Arc::default(),
         })
@@ -80,6 +91,7 @@ impl Dedupe {
             .map(|store| Self {
                 store,
                 first_deliveries: Arc::default(),
+                recorder: None,
             })
     }
 
@@ -103,6 +115,43 @@ impl Dedupe {
                 tracing::warn!(%id, %error, "dedupe lookup failed; delivering anyway");
                 false
             }
+        }
+    }
+
+    /// Whether the copy of `id` at stream sequence `seq` was delivered: its block's
+    /// records (one per writer that delivered in the block), then the key of its own an
+    /// earlier version wrote. An error counts as "not delivered", as in [`Self::delivered`].
+    pub async fn delivered_copy(&self, id: &str, seq: u64) -> bool {
+        let (block, offset) = block::locate(seq);
+        let hash = block::id_hash(id);
+        let subject = format!("{}{}", self.store.prefix, recorder::block_keys(block));
+        let mut from = None;
+        loop {
+            let stream = &self.store.stream;
+            match stream.direct_get_next_for_subject(&subject, from).await {
+                Ok(record) if block::contains(&record.payload, offset, hash) => return true,
+                Ok(record) => from = Some(record.sequence + 1),
+                Err(error) if error.kind() == DirectGetErrorKind::NotFound => break,
+                Err(error) => {
+                    tracing::warn!(%id, %error, "dedupe lookup failed; delivering anyway");
+                    return false;
+                }
+            }
+        }
+        self.delivered(id, &seq.to_string()).await
+    }
+
+    /// Records the copy of `id` at stream sequence `seq` in its block's record, written
+    /// together with the other copies delivered meanwhile; returns once it is stored
+    /// (or could not be: logged, and a redelivery of it would reach the receiver again).
+    pub async fn record_copy(&self, id: &str, seq: u64) {
+        match &self.recorder {
+            Some(recorder) => {
+                if !recorder.record(seq, id).await {
+                    tracing::warn!(%id, "cannot record the delivery; a redelivery would repeat it");
+                }
+            }
+            None => self.record(id, &seq.to_string()).await,
         }
     }
 

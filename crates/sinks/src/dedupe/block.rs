@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// Sequences per block: 2^8. Small enough that a full record stays near 1 KiB (it is
+/// Sequences per block: 2^8 (the offset is a byte). Small enough that a full record stays near 1 KiB (it is
 /// written whole each time), large enough that a group of deliveries touches one or two.
 pub const BLOCK_BITS: u32 = 8;
 
@@ -27,10 +27,8 @@ const ENTRY: usize = 5;
 
 /// The block of stream sequence `seq` and its offset in it.
 pub fn locate(seq: u64) -> (u64, u8) {
-    // The mask keeps the low 8 bits, so the cast cannot truncate.
-    #[allow(clippy::cast_possible_truncation)]
-    let offset = (seq & ((1 << BLOCK_BITS) - 1)) as u8;
-    (seq >> BLOCK_BITS, offset)
+    // The offset is the low 8 bits, which is what the cast keeps.
+    (seq >> BLOCK_BITS, seq as u8)
 }
 
 /// FNV-1a over the id's bytes: fixed by its definition, so records written by one build

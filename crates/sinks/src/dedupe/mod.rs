@@ -9,13 +9,15 @@
 //!
 //! The live path records copies in block records written by group commit
 //! ([`recorder`], [`block`]); a replayed dead letter, and every copy recorded before
-//! those existed, has a key of its own ([`Dedupe::key`]). Lookups read both.
+//! those existed, has a key of its own ([`Dedupe::key`]). A live lookup reads both.
 //!
 //! Only a redelivery needs the lookup. A first delivery (JetStream's `delivered` = 1)
 //! repeats an earlier one only when the consumer lost its state since (deleted and
-//! created again), and then the earlier record is older than the consumer. So first
-//! deliveries skip the lookup while the bucket is known to hold no record older than the
-//! consumer's `created` ([`Dedupe::check_consumer`]); a pull error, or a consumer
+//! created again), and then the earlier copy was recorded before the consumer existed. So
+//! first deliveries skip the lookup while the bucket is known to hold no record with a
+//! copy older than the consumer's `created` ([`Dedupe::check_consumer`]: a record's
+//! timestamp is its last write, and a generation takes copies for at most
+//! [`GENERATION_SPAN`]); a pull error, or a consumer
 //! created anew, turns the lookups back on until the old records have expired.
 
 mod block;
@@ -25,7 +27,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, kv, stream::DirectGetErrorKind};
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::{DirectGetErrorKind, RawMessageErrorKind};
+use async_nats::jetstream::{self, kv};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
@@ -33,6 +37,7 @@ use relaycord_bus::subject::sanitize_token;
 
 use crate::error::{SinkError, SinkErrorKind};
 use recorder::Recorder;
+pub use recorder::{BLOCKS_KEPT, GENERATION_SPAN};
 
 /// How much later than the consumer's `created` the oldest record must be to be the
 /// consumer's own: the two times may come from different servers' clocks.
@@ -119,36 +124,70 @@ impl Dedupe {
     }
 
     /// Whether the copy of `id` at stream sequence `seq` was delivered: its block's
-    /// records (one per writer that delivered in the block), then the key of its own an
-    /// earlier version wrote. An error counts as "not delivered", as in [`Self::delivered`].
+    /// records (one per process and generation that recorded in the block), and the key of
+    /// its own an earlier version wrote, read at the same time. An error counts as "not
+    /// delivered", as in [`Self::delivered`].
     pub async fn delivered_copy(&self, id: &str, seq: u64) -> bool {
-        let (block, offset) = block::locate(seq);
-        let hash = block::id_hash(id);
-        let subject = format!("{}{}", self.store.prefix, recorder::block_keys(block));
-        let mut from = None;
-        loop {
-            let stream = &self.store.stream;
-            match stream.direct_get_next_for_subject(&subject, from).await {
-                Ok(record) if block::contains(&record.payload, offset, hash) => return true,
-                Ok(record) => from = Some(record.sequence + 1),
-                Err(error) if error.kind() == DirectGetErrorKind::NotFound => break,
-                Err(error) => {
-                    tracing::warn!(%id, %error, "dedupe lookup failed; delivering anyway");
-                    return false;
-                }
+        let copy = seq.to_string();
+        let (in_blocks, own_key) =
+            tokio::join!(self.in_block_records(id, seq), self.delivered(id, &copy));
+        match in_blocks {
+            Ok(found) => found || own_key,
+            Err(error) => {
+                tracing::warn!(%id, %error, "dedupe lookup failed; delivering anyway");
+                own_key
             }
         }
-        self.delivered(id, &seq.to_string()).await
+    }
+
+    async fn in_block_records(&self, id: &str, seq: u64) -> Result<bool, String> {
+        let (block, offset) = block::locate(seq);
+        let hash = block::id_hash(id);
+        let prefix = format!("{}{}", self.store.prefix, recorder::block_prefix(block));
+        let filter = format!("{prefix}>");
+        let mut from = 1;
+        while let Some(record) = self.next_message(&filter, from).await? {
+            // A server that ignored the filter must not make another block's record match.
+            if record.subject.starts_with(&prefix) && block::contains(&record.payload, offset, hash)
+            {
+                return Ok(true);
+            }
+            from = record.sequence + 1;
+        }
+        Ok(false)
+    }
+
+    /// The bucket's first message under `filter` from sequence `from` on: a direct get,
+    /// which any replica answers, when the bucket allows it (Relaycord's do), else a get
+    /// from the stream's leader.
+    async fn next_message(&self, filter: &str, from: u64) -> Result<Option<StreamMessage>, String> {
+        let stream = &self.store.stream;
+        if stream.cached_info().config.allow_direct {
+            match stream.direct_get_next_for_subject(filter, Some(from)).await {
+                Ok(message) => Ok(Some(message)),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            let get = stream.raw_message_builder().sequence(from);
+            match get.next_by_subject(filter).send().await {
+                Ok(message) => Ok(Some(message)),
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        }
     }
 
     /// Records the copy of `id` at stream sequence `seq` in its block's record, written
-    /// together with the other copies delivered meanwhile; returns once it is stored
-    /// (or could not be: logged, and a redelivery of it would reach the receiver again).
+    /// together with the other copies delivered meanwhile; returns once it is stored or
+    /// could not be (the writer logs that once per block; a redelivery of such a copy
+    /// would reach the receiver again). A bucket opened with [`Self::existing`] has no
+    /// writer: the copy gets a key of its own, as a replayed dead letter's does.
     pub async fn record_copy(&self, id: &str, seq: u64) {
         match &self.recorder {
             Some(recorder) => {
                 if !recorder.record(seq, id).await {
-                    tracing::warn!(%id, "cannot record the delivery; a redelivery would repeat it");
+                    tracing::debug!(%id, "delivery not recorded; a redelivery would repeat it");
                 }
             }
             None => self.record(id, &seq.to_string()).await,
@@ -188,7 +227,10 @@ impl Dedupe {
                 let state = &stream.cached_info().state;
                 let margin = (state.first_timestamp.unix_timestamp_nanos() - i128::from(created))
                     / 1_000_000;
-                state.messages == 0 || margin > CLOCK_MARGIN_MS
+                // A record's timestamp is its last write; its copies are at most one
+                // generation's span older.
+                let span = i128::try_from(GENERATION_SPAN.as_millis()).unwrap_or(i128::MAX);
+                state.messages == 0 || margin > CLOCK_MARGIN_MS + span
             }
             Err(_) => false,
         };

@@ -8,18 +8,26 @@
 //! before the ack.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use tokio::sync::{mpsc, oneshot};
 
 use super::block::{self, BlockRecord};
 
-/// Blocks whose records stay in memory. Deliveries move forward through the stream, so
-/// the oldest goes first; a copy in a block already let go (a redelivery long after) starts
-/// a new generation of that block's record rather than overwrite the stored one.
-const BLOCKS_KEPT: usize = 64;
+/// Blocks whose records a writer keeps in memory, at most. Deliveries move forward through
+/// the stream, so the oldest goes first; a copy in a block already let go (a redelivery
+/// long after) starts a new generation of that block's record rather than overwrite the
+/// stored one.
+pub const BLOCKS_KEPT: usize = 64;
 
-/// The most deliveries one write covers.
+/// How long one generation of a block's record takes new copies. A record's stream
+/// timestamp is its last write, and the consumer check ([`super::Dedupe::check_consumer`])
+/// reads timestamps: bounding a generation's life bounds how much older than its timestamp
+/// a copy in it can be.
+pub const GENERATION_SPAN: Duration = Duration::from_secs(1);
+
+/// The most deliveries one group takes (a write covers at most one block's 256).
 const GROUP_MAX: usize = 4096;
 
 struct Pending {
@@ -41,8 +49,7 @@ impl Recorder {
         let writer = Writer {
             store,
             writer: rand::random(),
-            generations: 0,
-            blocks: BTreeMap::new(),
+            blocks: Blocks::default(),
         };
         tokio::spawn(writer.run(rx));
         Self { tx }
@@ -65,16 +72,18 @@ struct Writer {
     store: kv::Store,
     /// Random per process: records of concurrent workers never share a key.
     writer: u64,
-    generations: u64,
-    /// Block → (generation, record).
-    blocks: BTreeMap<u64, (u64, BlockRecord)>,
+    blocks: Blocks,
 }
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Pending>) {
         let mut group = Vec::new();
         while rx.recv_many(&mut group, GROUP_MAX).await > 0 {
-            let touched: BTreeSet<u64> = group.iter().map(|p| self.add(p)).collect();
+            let now = Instant::now();
+            let touched: BTreeSet<u64> = group
+                .iter()
+                .map(|p| self.blocks.add(p.seq, p.hash, now))
+                .collect();
             let writes = touched.iter().map(|&b| self.write(b));
             let stored: BTreeMap<u64, bool> = futures::future::join_all(writes)
                 .await
@@ -85,27 +94,15 @@ impl Writer {
                 // The waiter may have gone (its task cancelled): nothing to tell.
                 let _ = pending.stored.send(stored[&block]);
             }
-            self.let_go();
+            self.blocks.let_go(Instant::now());
         }
-    }
-
-    /// Adds a copy to its block's record; returns the block.
-    fn add(&mut self, pending: &Pending) -> u64 {
-        let (block, offset) = block::locate(pending.seq);
-        let generations = &mut self.generations;
-        let (_, record) = self.blocks.entry(block).or_insert_with(|| {
-            *generations += 1;
-            (*generations, BlockRecord::default())
-        });
-        record.insert(offset, pending.hash);
-        block
     }
 
     /// Writes `block`'s whole record under its own key.
     async fn write(&self, block: u64) -> (u64, bool) {
-        let (generation, record) = &self.blocks[&block];
-        let key = key(block, self.writer, *generation);
-        match self.store.put(&key, record.encode()).await {
+        let generation = &self.blocks.kept[&block];
+        let key = key(block, self.writer, generation.number);
+        match self.store.put(&key, generation.record.encode()).await {
             Ok(_) => (block, true),
             Err(error) => {
                 tracing::warn!(%key, %error, "cannot write a dedupe record; the next write of its block carries it again");
@@ -113,20 +110,111 @@ impl Writer {
             }
         }
     }
+}
 
-    fn let_go(&mut self) {
-        while self.blocks.len() > BLOCKS_KEPT {
-            self.blocks.pop_first();
+/// The records a writer keeps: block → its current generation.
+#[derive(Default)]
+struct Blocks {
+    kept: BTreeMap<u64, Generation>,
+    generations: u64,
+}
+
+struct Generation {
+    number: u64,
+    started: Instant,
+    record: BlockRecord,
+}
+
+impl Blocks {
+    /// Adds a copy to its block's current generation, starting one when there is none or
+    /// it is older than [`GENERATION_SPAN`]; returns the block.
+    fn add(&mut self, seq: u64, hash: u32, now: Instant) -> u64 {
+        let (block, offset) = block::locate(seq);
+        let current = self
+            .kept
+            .get(&block)
+            .is_some_and(|g| now.duration_since(g.started) < GENERATION_SPAN);
+        if !current {
+            self.generations += 1;
+            let fresh = Generation {
+                number: self.generations,
+                started: now,
+                record: BlockRecord::default(),
+            };
+            self.kept.insert(block, fresh);
+        }
+        let generation = self.kept.get_mut(&block).expect("inserted above");
+        generation.record.insert(offset, hash);
+        block
+    }
+
+    /// Drops generations past their span (written for the last time already), then the
+    /// lowest blocks beyond [`BLOCKS_KEPT`].
+    fn let_go(&mut self, now: Instant) {
+        self.kept
+            .retain(|_, g| now.duration_since(g.started) < GENERATION_SPAN);
+        while self.kept.len() > BLOCKS_KEPT {
+            self.kept.pop_first();
         }
     }
 }
 
-/// `g.<block>.<writer>.<generation>`: every record of a block under `g.<block>.>`.
-pub(super) fn key(block: u64, writer: u64, generation: u64) -> String {
-    format!("g.{block}.{writer:016x}.{generation}")
+/// `g.<block>.<writer>.<generation>`: every record of a block under [`block_prefix`].
+fn key(block: u64, writer: u64, generation: u64) -> String {
+    format!("{}{writer:016x}.{generation}", block_prefix(block))
 }
 
-/// The wildcard key of every record of `block`.
-pub(super) fn block_keys(block: u64) -> String {
-    format!("g.{block}.>")
+/// `g.<block>.`, the start of every key of `block`'s records.
+pub(super) fn block_prefix(block: u64) -> String {
+    format!("g.{block}.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generation_takes_copies_for_its_span_then_a_new_one_starts() {
+        let mut blocks = Blocks::default();
+        let t0 = Instant::now();
+        assert_eq!(blocks.add(1, 10, t0), 0);
+        assert_eq!(blocks.add(2, 20, t0 + GENERATION_SPAN / 2), 0);
+        assert_eq!(blocks.kept[&0].number, 1, "same generation within the span");
+        blocks.add(3, 30, t0 + GENERATION_SPAN);
+        let renewed = &blocks.kept[&0];
+        assert_eq!(renewed.number, 2, "a new generation after the span");
+        let value = renewed.record.encode();
+        assert!(block::contains(&value, 3, 30));
+        assert!(
+            !block::contains(&value, 1, 10),
+            "it carries no copy of the old generation"
+        );
+    }
+
+    #[test]
+    fn blocks_are_let_go_by_age_and_beyond_the_count() {
+        let mut blocks = Blocks::default();
+        let t0 = Instant::now();
+        blocks.add(5, 1, t0);
+        blocks.let_go(t0 + GENERATION_SPAN);
+        assert!(blocks.kept.is_empty(), "past its span");
+        for block in 0..(BLOCKS_KEPT as u64 + 6) {
+            blocks.add(block << block::BLOCK_BITS, 1, t0);
+        }
+        blocks.let_go(t0);
+        assert_eq!(blocks.kept.len(), BLOCKS_KEPT);
+        assert_eq!(blocks.kept.first_key_value().map(|(b, _)| *b), Some(6));
+        // A block let go and written again gets a generation of its own: the stored
+        // record of the earlier one is never overwritten.
+        blocks.add(0, 1, t0);
+        assert_eq!(blocks.kept[&0].number, BLOCKS_KEPT as u64 + 8);
+    }
+
+    #[test]
+    fn keys_of_a_block_share_its_prefix_and_no_other_block_s() {
+        let k = key(12, 0xab, 3);
+        assert_eq!(k, "g.12.00000000000000ab.3");
+        assert!(k.starts_with(&block_prefix(12)));
+        assert!(!key(123, 0xab, 3).starts_with(&block_prefix(12)));
+    }
 }

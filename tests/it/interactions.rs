@@ -260,8 +260,9 @@ async fn a_pooled_client_loses_no_request_after_a_refusal() {
     let http = reqwest::Client::new();
     // Much larger than hyper reads ahead: a small unread body is often drained whole, and
     // the race this test catches would not happen.
+    let large = vec![b' '; stack.config.interactions.max_body + 1];
     let mut oversized = discord.signed(&discord.ping());
-    oversized.body = vec![b' '; stack.config.interactions.max_body + 1];
+    oversized.body = large.clone();
     let refusals = [
         (oversized, 413),
         (discord.forged(&discord.ping(), Forgery::WrongKey), 401),
@@ -277,6 +278,38 @@ async fn a_pooled_client_loses_no_request_after_a_refusal() {
                 Ok((status, _)) => assert_eq!(status, *expected),
                 Err(e) => lost.push(format!(
                     "refusal {expected}, round {round}: {}",
+                    error_chain(&e)
+                )),
+            }
+            let ping = discord.signed(&discord.ping());
+            match send_to(&http, &stack.url, &ping).await {
+                Ok((status, _)) => assert_eq!(status, 200, "the PING after a {expected}"),
+                Err(e) => lost.push(format!(
+                    "PING after {expected}, round {round}: {}",
+                    error_chain(&e)
+                )),
+            }
+        }
+    }
+    // A path or method not served is refused the same way, its body unread.
+    let unserved = [
+        (
+            reqwest::Method::POST,
+            format!("{}/unserved", stack.url),
+            404,
+        ),
+        (reqwest::Method::PUT, stack.url.clone(), 405),
+    ];
+    for round in 0..100 {
+        for (method, url, expected) in &unserved {
+            let request = http.request(method.clone(), url).body(large.clone());
+            match request.send().await {
+                Ok(response) => {
+                    assert_eq!(response.status().as_u16(), *expected, "{method} {url}");
+                    assert_eq!(response.headers()["connection"], "close", "{method} {url}");
+                }
+                Err(e) => lost.push(format!(
+                    "{method} {url}, round {round}: {}",
                     error_chain(&e)
                 )),
             }

@@ -47,6 +47,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream;
 use axum::Router;
+use axum::http::StatusCode;
 use axum::routing::post;
 use relaycord_bus::Shared;
 use tokio::net::TcpListener;
@@ -62,7 +63,7 @@ pub use serve::ServeLimits;
 pub use settings::Settings;
 pub use webhook_seen::SEEN_FOR as WEBHOOK_EVENTS_SEEN_FOR;
 
-use endpoint::Endpoint;
+use endpoint::{Answer, Endpoint};
 use late::LateWorker;
 use replies::ReplyMux;
 use rest::DiscordRest;
@@ -158,6 +159,12 @@ impl Service {
         Router::new()
             .route(&settings.path, post(endpoint::handle))
             .route(&settings.webhook_events_path, post(webhook_events::handle))
+            // Refused like the endpoint's own refusals, with `Connection: close`: the body
+            // goes unread, so a pooled client must not send its next request after it.
+            .method_not_allowed_fallback(|| async {
+                Answer::refused(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            })
+            .fallback(|| async { Answer::refused(StatusCode::NOT_FOUND, "not_found") })
             .with_state(Arc::clone(&self.endpoint))
     }
 

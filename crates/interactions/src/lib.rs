@@ -161,6 +161,7 @@ impl Service {
             .route(&settings.webhook_events_path, post(webhook_events::handle))
             // Refused like the endpoint's own refusals, with `Connection: close`: the body
             // goes unread, so a pooled client must not send its next request after it.
+            // Last: a route added below the method fallback would not get it.
             .method_not_allowed_fallback(|| async {
                 Answer::refused(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             })

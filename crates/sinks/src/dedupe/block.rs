@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// Sequences per block: 2^8 (the offset is a byte). Small enough that a full record stays near 1 KiB (it is
-/// written whole each time), large enough that a group of deliveries touches one or two.
+/// Sequences per block: 2^8 (the offset is a byte). Small enough that a full record stays
+/// near 1 KiB (it is written whole each time), large enough that a group of deliveries
+/// touches one or two.
 pub const BLOCK_BITS: u32 = 8;
 
 /// The first byte of a record's value; a lookup ignores a value in a format it does not

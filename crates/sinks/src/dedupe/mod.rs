@@ -43,6 +43,20 @@ pub use recorder::{BLOCKS_KEPT, GENERATION_SPAN};
 /// consumer's own: the two times may come from different servers' clocks.
 const CLOCK_MARGIN_MS: i128 = 2_000;
 
+/// How much older than its record's timestamp (its last write) a copy in it can be: a
+/// generation's span, or the copy's wait for a write in flight if longer (at most a
+/// JetStream request's timeout, 10 s in Relaycord: taken as one more span), plus its write.
+fn copy_age_bound_ms() -> i128 {
+    2 * i128::try_from(GENERATION_SPAN.as_millis()).unwrap_or(i128::MAX / 4)
+}
+
+/// Whether a bucket of `messages` records, the oldest written at `oldest` (unix ns), can
+/// hold only copies recorded after a consumer created at `created` (unix ns).
+fn only_copies_after(messages: u64, oldest: i128, created: i64) -> bool {
+    let margin_ms = (oldest - i128::from(created)) / 1_000_000;
+    messages == 0 || margin_ms > CLOCK_MARGIN_MS + copy_age_bound_ms()
+}
+
 #[derive(Clone)]
 pub struct Dedupe {
     store: kv::Store,
@@ -114,12 +128,16 @@ impl Dedupe {
     /// a possible duplicate is better than holding every delivery while the KV is
     /// unreachable.
     pub async fn delivered(&self, id: &str, copy: &str) -> bool {
+        self.own_key(id, copy).await.unwrap_or_else(|error| {
+            tracing::warn!(%id, %error, "dedupe lookup failed; delivering anyway");
+            false
+        })
+    }
+
+    async fn own_key(&self, id: &str, copy: &str) -> Result<bool, String> {
         match self.store.get(Self::key(id, copy)).await {
-            Ok(found) => found.is_some(),
-            Err(error) => {
-                tracing::warn!(%id, %error, "dedupe lookup failed; delivering anyway");
-                false
-            }
+            Ok(found) => Ok(found.is_some()),
+            Err(error) => Err(error.to_string()),
         }
     }
 
@@ -130,12 +148,13 @@ impl Dedupe {
     pub async fn delivered_copy(&self, id: &str, seq: u64) -> bool {
         let copy = seq.to_string();
         let (in_blocks, own_key) =
-            tokio::join!(self.in_block_records(id, seq), self.delivered(id, &copy));
-        match in_blocks {
-            Ok(found) => found || own_key,
-            Err(error) => {
+            tokio::join!(self.in_block_records(id, seq), self.own_key(id, &copy));
+        match (in_blocks, own_key) {
+            (Ok(true), _) | (_, Ok(true)) => true,
+            (Ok(false), Ok(false)) => false,
+            (Err(error), _) | (_, Err(error)) => {
                 tracing::warn!(%id, %error, "dedupe lookup failed; delivering anyway");
-                own_key
+                false
             }
         }
     }
@@ -225,12 +244,8 @@ impl Dedupe {
         let clear = match js.get_stream(&self.store.stream_name).await {
             Ok(stream) => {
                 let state = &stream.cached_info().state;
-                let margin = (state.first_timestamp.unix_timestamp_nanos() - i128::from(created))
-                    / 1_000_000;
-                // A record's timestamp is its last write; its copies are at most one
-                // generation's span older.
-                let span = i128::try_from(GENERATION_SPAN.as_millis()).unwrap_or(i128::MAX);
-                state.messages == 0 || margin > CLOCK_MARGIN_MS + span
+                let oldest = state.first_timestamp.unix_timestamp_nanos();
+                only_copies_after(state.messages, oldest, created)
             }
             Err(_) => false,
         };
@@ -250,6 +265,20 @@ impl Dedupe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_deliveries_skip_lookups_only_when_every_copy_is_younger_than_the_consumer() {
+        let created = 1_000_000_000_000_000_000;
+        let after = |ms: i128| i128::from(created) + ms * 1_000_000;
+        // 2 s of clock margin and 2 × 10 s of copy age: 22 s.
+        assert!(only_copies_after(0, 0, created), "an empty bucket");
+        assert!(only_copies_after(5, after(22_001), created));
+        assert!(!only_copies_after(5, after(21_999), created));
+        assert!(
+            !only_copies_after(5, after(-60_000), created),
+            "older records"
+        );
+    }
 
     #[test]
     fn keys_are_valid_kv_keys_and_distinct() {

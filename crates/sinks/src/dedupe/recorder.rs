@@ -21,11 +21,13 @@ use super::block::{self, BlockRecord};
 /// stored one.
 pub const BLOCKS_KEPT: usize = 64;
 
-/// How long one generation of a block's record takes new copies. A record's stream
-/// timestamp is its last write, and the consumer check ([`super::Dedupe::check_consumer`])
-/// reads timestamps: bounding a generation's life bounds how much older than its timestamp
-/// a copy in it can be.
-pub const GENERATION_SPAN: Duration = Duration::from_secs(1);
+/// How long one generation of a block's record takes new copies, from the first handed to
+/// it. A record's stream timestamp is its last write, and the consumer check
+/// ([`super::Dedupe::check_consumer`]) reads timestamps: bounding a generation's life
+/// bounds how much older than its timestamp a copy in it can be (the span, or the time the
+/// copy waited for a write in flight if longer, plus its own write). Long enough that a
+/// block delivered slowly still has few records to read in a lookup.
+pub const GENERATION_SPAN: Duration = Duration::from_secs(10);
 
 /// The most deliveries one group takes (a write covers at most one block's 256).
 const GROUP_MAX: usize = 4096;
@@ -33,6 +35,8 @@ const GROUP_MAX: usize = 4096;
 struct Pending {
     seq: u64,
     hash: u32,
+    /// When the copy was handed in: it may wait for a write in flight.
+    at: Instant,
     stored: oneshot::Sender<bool>,
 }
 
@@ -62,9 +66,14 @@ impl Recorder {
         let pending = Pending {
             seq,
             hash: block::id_hash(id),
+            at: Instant::now(),
             stored,
         };
-        self.tx.send(pending).is_ok() && done.await.unwrap_or(false)
+        if self.tx.send(pending).is_err() {
+            tracing::warn!("the dedupe writer has stopped; deliveries are not recorded");
+            return false;
+        }
+        done.await.unwrap_or(false)
     }
 }
 
@@ -82,7 +91,7 @@ impl Writer {
             let now = Instant::now();
             let touched: BTreeSet<u64> = group
                 .iter()
-                .map(|p| self.blocks.add(p.seq, p.hash, now))
+                .map(|p| self.blocks.add(p.seq, p.hash, p.at, now))
                 .collect();
             let writes = touched.iter().map(|&b| self.write(b));
             let stored: BTreeMap<u64, bool> = futures::future::join_all(writes)
@@ -105,7 +114,8 @@ impl Writer {
         match self.store.put(&key, generation.record.encode()).await {
             Ok(_) => (block, true),
             Err(error) => {
-                tracing::warn!(%key, %error, "cannot write a dedupe record; the next write of its block carries it again");
+                let next = "a later write of its generation may carry it again";
+                tracing::warn!(%key, %error, "cannot write a dedupe record; {next}");
                 (block, false)
             }
         }
@@ -126,9 +136,10 @@ struct Generation {
 }
 
 impl Blocks {
-    /// Adds a copy to its block's current generation, starting one when there is none or
-    /// it is older than [`GENERATION_SPAN`]; returns the block.
-    fn add(&mut self, seq: u64, hash: u32, now: Instant) -> u64 {
+    /// Adds a copy handed in at `at` to its block's current generation, starting one when
+    /// there is none or it is [`GENERATION_SPAN`] old; returns the block. A generation is
+    /// as old as the earliest copy it holds.
+    fn add(&mut self, seq: u64, hash: u32, at: Instant, now: Instant) -> u64 {
         let (block, offset) = block::locate(seq);
         let current = self
             .kept
@@ -138,12 +149,13 @@ impl Blocks {
             self.generations += 1;
             let fresh = Generation {
                 number: self.generations,
-                started: now,
+                started: at,
                 record: BlockRecord::default(),
             };
             self.kept.insert(block, fresh);
         }
         let generation = self.kept.get_mut(&block).expect("inserted above");
+        generation.started = generation.started.min(at);
         generation.record.insert(offset, hash);
         block
     }
@@ -177,10 +189,12 @@ mod tests {
     fn a_generation_takes_copies_for_its_span_then_a_new_one_starts() {
         let mut blocks = Blocks::default();
         let t0 = Instant::now();
-        assert_eq!(blocks.add(1, 10, t0), 0);
-        assert_eq!(blocks.add(2, 20, t0 + GENERATION_SPAN / 2), 0);
+        assert_eq!(blocks.add(1, 10, t0, t0), 0);
+        let half = t0 + GENERATION_SPAN / 2;
+        assert_eq!(blocks.add(2, 20, half, half), 0);
         assert_eq!(blocks.kept[&0].number, 1, "same generation within the span");
-        blocks.add(3, 30, t0 + GENERATION_SPAN);
+        let end = t0 + GENERATION_SPAN;
+        blocks.add(3, 30, end, end);
         let renewed = &blocks.kept[&0];
         assert_eq!(renewed.number, 2, "a new generation after the span");
         let value = renewed.record.encode();
@@ -195,19 +209,33 @@ mod tests {
     fn blocks_are_let_go_by_age_and_beyond_the_count() {
         let mut blocks = Blocks::default();
         let t0 = Instant::now();
-        blocks.add(5, 1, t0);
+        blocks.add(5, 1, t0, t0);
         blocks.let_go(t0 + GENERATION_SPAN);
         assert!(blocks.kept.is_empty(), "past its span");
         for block in 0..(BLOCKS_KEPT as u64 + 6) {
-            blocks.add(block << block::BLOCK_BITS, 1, t0);
+            blocks.add(block << block::BLOCK_BITS, 1, t0, t0);
         }
         blocks.let_go(t0);
         assert_eq!(blocks.kept.len(), BLOCKS_KEPT);
         assert_eq!(blocks.kept.first_key_value().map(|(b, _)| *b), Some(6));
         // A block let go and written again gets a generation of its own: the stored
         // record of the earlier one is never overwritten.
-        blocks.add(0, 1, t0);
+        blocks.add(0, 1, t0, t0);
         assert_eq!(blocks.kept[&0].number, BLOCKS_KEPT as u64 + 8);
+    }
+
+    #[test]
+    fn a_generation_is_as_old_as_the_earliest_copy_it_holds() {
+        let mut blocks = Blocks::default();
+        let t0 = Instant::now();
+        let later = t0 + GENERATION_SPAN / 2;
+        blocks.add(1, 10, later, later);
+        // A copy handed in at t0 that waited for a write in flight joins it, and dates it.
+        blocks.add(2, 20, t0, later);
+        assert_eq!(blocks.kept[&0].started, t0);
+        let end = t0 + GENERATION_SPAN;
+        blocks.add(3, 30, end, end);
+        assert_eq!(blocks.kept[&0].number, 2, "the span counts from t0");
     }
 
     #[test]

@@ -41,6 +41,7 @@ mod sinks_replay;
 mod sinks_tail;
 mod skeleton;
 mod soak;
+mod stream_setup;
 mod traces;
 mod traces_bench;
 mod webhook_events;

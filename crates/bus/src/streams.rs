@@ -130,17 +130,32 @@ pub async fn ensure_streams(
     Ok(())
 }
 
-/// `create_or_update_stream`, tolerant of other processes doing the same at the same
-/// moment: async-nats tries an update, then a create, and when two processes start
-/// together the loser's create fails (nats-server 2.9 answers "subjects overlap") although
-/// the stream it wanted now exists. The next attempt's update then succeeds.
-pub(crate) async fn create_or_update(
+/// Creates the stream, or updates it when it exists with another configuration; tolerant
+/// of other processes doing the same at the same moment.
+///
+/// Create first, update only when the server says the stream exists with another
+/// configuration. async-nats's `create_or_update_stream` does the opposite (update, then
+/// create when not found), so every process start sends an update, and nats-server before
+/// 2.9.15 registers a new stream before its storage exists: an update from a second
+/// process arriving in that window dereferences the missing store and the server exits
+/// (`updateWithAdvisory`, stream.go:1602 in 2.9.10; reproduced by `tests/it/stream_setup.rs`
+/// with async-nats's call, and seen in the suite as a test's nats-server dying while two
+/// ingest replicas started). A create of an identical stream is answered with the
+/// existing one, so replicas starting together never update. When two creates race, the
+/// loser may be told the subjects overlap (2.9) although the stream it wanted now exists;
+/// the next attempt's create then succeeds.
+pub async fn create_or_update(
     js: &jetstream::Context,
     config: stream::Config,
 ) -> Result<stream::Info, jetstream::context::CreateStreamError> {
     let mut attempt: u64 = 0;
     loop {
-        match js.create_or_update_stream(config.clone()).await {
+        let result = match js.create_stream(config.clone()).await {
+            Ok(stream) => Ok(stream.cached_info().clone()),
+            Err(e) if exists_with_another_config(&e) => js.update_stream(&config).await,
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(info) => return Ok(info),
             Err(e)
                 if attempt < 4
@@ -154,6 +169,14 @@ pub(crate) async fn create_or_update(
             Err(e) => return Err(e),
         }
     }
+}
+
+fn exists_with_another_config(error: &jetstream::context::CreateStreamError) -> bool {
+    matches!(
+        error.kind(),
+        jetstream::context::CreateStreamErrorKind::JetStream(e)
+            if e.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST
+    )
 }
 
 #[cfg(test)]

@@ -51,25 +51,13 @@ pub async fn ensure_stream(
         discard: stream::DiscardPolicy::Old,
         ..Default::default()
     };
-    // Replicas starting together race on the create; the loser's next update succeeds.
-    let mut attempt = 0;
-    loop {
-        match js.create_or_update_stream(config.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(e) if attempt < 4 => {
-                attempt += 1;
-                tracing::debug!(error = %e, attempt, "replies stream setup raced; retrying");
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-            }
-            Err(e) => {
-                return Err(InteractionsError::with_source(
-                    InteractionsErrorKind::Setup,
-                    "replies stream",
-                    e,
-                ));
-            }
-        }
-    }
+    // Replicas start together: see create_or_update for why not async-nats's own.
+    relaycord_bus::streams::create_or_update(js, config)
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            InteractionsError::with_source(InteractionsErrorKind::Setup, "replies stream", e)
+        })
 }
 
 type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<async_nats::Message>>>>;

@@ -157,7 +157,10 @@ async fn every_webhook_event_is_stored_once_and_delivered_through_retries_and_an
     .await;
     let seen = stack.receiver.seen();
     let missing = ids.iter().filter(|id| !seen.contains_key(*id)).count();
-    assert!(delivered, "{missing} of 500 never reached the HTTP sink");
+    if !delivered {
+        let diagnosis = stack.sink_diagnosis("receiver").await;
+        panic!("{missing} of 500 never reached the HTTP sink\n{diagnosis}");
+    }
     let duplicates: u32 = ids.iter().map(|id| seen[id] - 1).sum();
     println!(
         "500 webhook events: stored 500, delivered 500, {resent} sent twice, {duplicates} delivered twice"

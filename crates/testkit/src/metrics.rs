@@ -21,6 +21,24 @@ pub fn metric_with(registry: &Registry, name: &str, labels: &[&str]) -> f64 {
     sum_metric_with(&String::from_utf8(text).unwrap(), name, labels)
 }
 
+/// The registry's samples whose labels contain `label` (e.g. `sink="receiver"`), histogram
+/// buckets left out: what a failing test prints about one component.
+pub fn samples_with(registry: &Registry, label: &str) -> String {
+    let mut text = Vec::new();
+    prometheus::Encoder::encode(
+        &prometheus::TextEncoder::new(),
+        &registry.gather(),
+        &mut text,
+    )
+    .unwrap();
+    String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(label) && !l.contains("_bucket{"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Sums the samples of `name` (any labels) in a Prometheus text exposition.
 pub fn sum_metric(exposition: &str, name: &str) -> f64 {
     sum_metric_with(exposition, name, &[])

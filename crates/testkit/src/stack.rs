@@ -14,12 +14,13 @@ use relaycord_bus::Secret;
 use relaycord_devkit::{NatsCluster, NatsServer, Receiver, expected_ids};
 use relaycord_interactions::RouteConfig;
 use relaycord_sim::{GenerateSpec, GeneratorHandle, Interactions, SimConfig, Simulator};
+use relaycord_sinks::Driver;
 use relaycord_sinks::http::SigningKey;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{SECRET, http_sink, metric, metric_with, stream_ids};
+use crate::{RecordingSink, SECRET, http_sink, metric, metric_with, stream_ids};
 
 /// Upper bound for things that take seconds; reached only when a test fails.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -343,6 +344,44 @@ impl Stack {
     /// (`outcome="deferred"` style).
     pub fn metric_with(&self, name: &str, labels: &[&str]) -> f64 {
         metric_with(&self.registry, name, labels)
+    }
+
+    /// What a test that waited in vain for `sink` prints: whether the sinks role is still
+    /// running, its consumer on each stream (delivered, ack floor, pending, unacknowledged,
+    /// redelivered) and the sink's own metrics.
+    pub async fn sink_diagnosis(&self, sink: &str) -> String {
+        use futures::TryStreamExt;
+        let role = match &self.sinks {
+            Some(role) if role.is_finished() => "the sinks role has stopped",
+            Some(_) => "the sinks role is running",
+            None => "no sinks role",
+        };
+        let mut lines = vec![role.to_owned()];
+        let name = Driver::<RecordingSink>::consumer_name(sink);
+        let streams: Vec<String> = match self.js.stream_names().try_collect().await {
+            Ok(names) => names,
+            Err(e) => vec![format!("(cannot list streams: {e})")],
+        };
+        for stream in streams {
+            let Ok(stream_handle) = self.js.get_stream(&stream).await else {
+                continue;
+            };
+            if let Ok(i) = stream_handle.consumer_info(&name).await {
+                lines.push(format!(
+                    "consumer {name} on {stream}: delivered {}, ack floor {}, pending {}, ack pending {}, redelivered {}",
+                    i.delivered.stream_sequence,
+                    i.ack_floor.stream_sequence,
+                    i.num_pending,
+                    i.num_ack_pending,
+                    i.num_redelivered
+                ));
+            }
+        }
+        lines.push(crate::metrics::samples_with(
+            &self.registry,
+            &format!("sink=\"{sink}\""),
+        ));
+        lines.join("\n")
     }
 
     /// Every dispatch the simulator logged that ingest publishes.

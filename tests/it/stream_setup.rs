@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use relaycord_devkit::NatsServer;
+use relaycord_testkit::NatsServer;
 
 /// Separate connections: one connection's API requests are handled one after another.
 const CLIENTS: usize = 8;

@@ -342,6 +342,46 @@ fn only_the_bus_spells_subjects_and_headers() {
     );
 }
 
+/// The lines (1-based) of `source`'s code before its unit tests that call async-nats's
+/// update-then-create.
+fn update_first_calls(source: &str) -> Vec<usize> {
+    // Unit tests sit at the end of a file: stop at them.
+    let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+    code.lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            let code = line.split("//").next().unwrap_or_default();
+            code.contains(".create_or_update_stream(")
+        })
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+#[test]
+fn streams_are_set_up_create_first() {
+    let mut files = Vec::new();
+    rust_files(&root().join("crates"), &mut files);
+    let mut found = Vec::new();
+    for file in files
+        .iter()
+        .filter(|f| f.components().any(|c| c.as_os_str() == "src"))
+    {
+        let source = std::fs::read_to_string(file).unwrap();
+        for line in update_first_calls(&source) {
+            let path = file.strip_prefix(root()).unwrap_or(file).display();
+            found.push(format!("{path}:{line}"));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "async-nats's create_or_update_stream called (use relaycord_bus::streams::create_or_update, ARCHITECTURE.md \"Invariants\"):\n  {}",
+        found.join("\n  ")
+    );
+    // Not vacuous: the scan finds the reproduction's deliberate call.
+    let reproduction = std::fs::read_to_string(root().join("tests/it/stream_setup.rs")).unwrap();
+    assert_eq!(update_first_calls(&reproduction).len(), 1);
+}
+
 #[test]
 fn the_literal_scan_sees_what_it_looks_for() {
     let source = r##"

@@ -11,19 +11,21 @@ pub fn metric(registry: &Registry, name: &str) -> f64 {
 /// Like [`metric`], counting only samples whose labels contain every `labels` entry
 /// (written as in the exposition, e.g. `outcome="delivered"`).
 pub fn metric_with(registry: &Registry, name: &str, labels: &[&str]) -> f64 {
-    let mut text = Vec::new();
-    prometheus::Encoder::encode(
-        &prometheus::TextEncoder::new(),
-        &registry.gather(),
-        &mut text,
-    )
-    .unwrap();
-    sum_metric_with(&String::from_utf8(text).unwrap(), name, labels)
+    sum_metric_with(&exposition(registry), name, labels)
 }
 
 /// The registry's samples whose labels contain `label` (e.g. `sink="receiver"`), histogram
 /// buckets left out: what a failing test prints about one component.
 pub fn samples_with(registry: &Registry, label: &str) -> String {
+    exposition(registry)
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(label) && !l.contains("_bucket{"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The registry in Prometheus' text exposition, as `/metrics` serves it.
+fn exposition(registry: &Registry) -> String {
     let mut text = Vec::new();
     prometheus::Encoder::encode(
         &prometheus::TextEncoder::new(),
@@ -31,12 +33,7 @@ pub fn samples_with(registry: &Registry, label: &str) -> String {
         &mut text,
     )
     .unwrap();
-    String::from_utf8(text)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.contains(label) && !l.contains("_bucket{"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    String::from_utf8(text).unwrap()
 }
 
 /// Sums the samples of `name` (any labels) in a Prometheus text exposition.

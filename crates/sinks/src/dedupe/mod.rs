@@ -135,10 +135,10 @@ impl Dedupe {
     }
 
     async fn own_key(&self, id: &str, copy: &str) -> Result<bool, String> {
-        match self.store.get(Self::key(id, copy)).await {
-            Ok(found) => Ok(found.is_some()),
-            Err(error) => Err(error.to_string()),
-        }
+        let found = self.store.get(Self::key(id, copy)).await;
+        found
+            .map(|value| value.is_some())
+            .map_err(|e| e.to_string())
     }
 
     /// Whether the copy of `id` at stream sequence `seq` was delivered: its block's
